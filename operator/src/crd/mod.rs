@@ -1,0 +1,718 @@
+//! The `MetricsStack` custom resource: what a platform team declares, validated by the API
+//! server at admission (schema bounds, enums, patterns and CEL rules across fields).
+
+mod duration;
+mod status;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::DaemonSetUpdateStrategy;
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub use duration::{DURATION_PATTERN, Duration, InvalidDuration, cel_seconds};
+pub use status::{
+    AppliedRevision, CollectorsStatus, ConditionReason, ConditionType, DatabaseStatus,
+    MetricsStackStatus, PendingPlan,
+};
+
+/// The API group of MetricsStack resources.
+pub const GROUP: &str = "metricsstack.dev";
+/// Pattern of an SQL identifier the operator accepts from a resource (lower case, no quoting
+/// needed), such as a schema, aggregate or column name.
+pub const IDENTIFIER_PATTERN: &str = "^[a-z_][a-z0-9_]{0,62}$";
+
+/// A metrics stack: node collectors writing host, process and pod metrics to TimescaleDB,
+/// the database's schema and storage policies, and a cached query service for dashboards.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[kube(
+    group = "metricsstack.dev",
+    version = "v1alpha1",
+    kind = "MetricsStack",
+    plural = "metricsstacks",
+    shortname = "mstack",
+    namespaced,
+    status = "MetricsStackStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Collectors","type":"string","jsonPath":".status.collectors.summary"}"#,
+    printcolumn = r#"{"name":"Policies","type":"integer","jsonPath":".status.database.policies"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsStackSpec {
+    /// The PostgreSQL/TimescaleDB database the stack writes to and manages.
+    pub database: DatabaseSpec,
+    /// The node collectors (a DaemonSet).
+    #[serde(default)]
+    pub collector: CollectorSpec,
+    /// Storage policy: hypertables, compression, retention and continuous aggregates.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// The cached query service that answers dashboards.
+    #[serde(default)]
+    pub query_service: QueryServiceSpec,
+    /// What happens to the database when this resource is deleted: `Retain` leaves it
+    /// exactly as it is; `RemovePolicies` removes the compression, retention and refresh
+    /// policies the operator created (tables, aggregates and data stay).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// What happens to the database when the resource is deleted.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+pub enum DeletionPolicy {
+    /// Leave the database exactly as it is.
+    #[default]
+    Retain,
+    /// Remove the policies (jobs) the operator created; keep tables, aggregates and data.
+    RemovePolicies,
+}
+
+/// Where the database is and how to reach it.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// The Secret (in the resource's namespace) holding the connection URI,
+    /// `postgres://user:password@host:port/database`.
+    pub secret_ref: SecretKeyRef,
+    /// TLS towards the database.
+    #[serde(default)]
+    pub tls_mode: TlsMode,
+    /// The schema that holds the metric tables. It cannot be changed once set: the data
+    /// would stay behind in the old one.
+    #[serde(default = "default_schema")]
+    #[schemars(regex(pattern = IDENTIFIER_PATTERN))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("database.schema is immutable: create a new MetricsStack to use another schema"))]
+    pub schema: String,
+    /// Connection-pool settings, separately for each client of the database.
+    #[serde(default)]
+    pub pools: PoolsSpec,
+}
+
+fn default_schema() -> String {
+    "public".into()
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key whose value is the connection URI.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "uri".into()
+}
+
+/// TLS towards the database, as PostgreSQL's `sslmode`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+pub enum TlsMode {
+    /// No TLS.
+    Disable,
+    /// TLS when the server offers it.
+    #[default]
+    Prefer,
+    /// TLS required, certificate not verified.
+    Require,
+    /// TLS required, certificate verified against the CA.
+    VerifyCa,
+    /// TLS required, certificate and host name verified.
+    VerifyFull,
+}
+
+/// Connection pools, one per client of the database.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolsSpec {
+    /// The operator's own connections (schema and policy management).
+    #[serde(default = "PoolSpec::operator_default")]
+    pub operator: PoolSpec,
+    /// Each collector's connections (batched inserts).
+    #[serde(default = "PoolSpec::collector_default")]
+    pub collector: PoolSpec,
+    /// Each query service replica's connections.
+    #[serde(default = "PoolSpec::query_service_default")]
+    pub query_service: PoolSpec,
+}
+
+impl Default for PoolsSpec {
+    fn default() -> Self {
+        Self {
+            operator: PoolSpec::operator_default(),
+            collector: PoolSpec::collector_default(),
+            query_service: PoolSpec::query_service_default(),
+        }
+    }
+}
+
+/// Settings of one connection pool.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.minConnections <= self.maxConnections").message("minConnections must not exceed maxConnections").field_path(".minConnections"))]
+pub struct PoolSpec {
+    /// Most connections open at once.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_connections: u32,
+    /// Connections kept open even when idle.
+    #[serde(default)]
+    #[schemars(range(max = 1000))]
+    pub min_connections: u32,
+    /// How long to wait for a free connection before failing.
+    #[serde(default = "default_acquire_timeout")]
+    pub acquire_timeout: Duration,
+    /// Close connections idle for longer than this; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// Replace connections older than this; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<Duration>,
+    /// Check that a connection is alive before handing it out.
+    #[serde(default)]
+    pub test_before_acquire: bool,
+}
+
+fn default_acquire_timeout() -> Duration {
+    Duration::parse("30s").expect("valid default")
+}
+
+impl PoolSpec {
+    fn with_max(max_connections: u32) -> Self {
+        Self {
+            max_connections,
+            min_connections: 0,
+            acquire_timeout: default_acquire_timeout(),
+            idle_timeout: Some(Duration::parse("10m").expect("valid default")),
+            max_lifetime: Some(Duration::parse("30m").expect("valid default")),
+            test_before_acquire: false,
+        }
+    }
+    fn operator_default() -> Self {
+        Self::with_max(2)
+    }
+    fn collector_default() -> Self {
+        Self::with_max(2)
+    }
+    fn query_service_default() -> Self {
+        Self::with_max(10)
+    }
+}
+
+/// The node collectors.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorSpec {
+    /// The collector's container image.
+    #[serde(default = "default_collector_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// When to pull the image.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// How often each collector samples its node, between 1s and 1h.
+    #[serde(default = "default_interval")]
+    #[x_kube(validation = kube::core::Rule::new(interval_rule()).message("collector.interval must be between 1s and 1h"))]
+    pub interval: Duration,
+    /// Which processes are recorded on each node.
+    #[serde(default)]
+    pub processes: ProcessSelection,
+    /// Attribute processes to their container and pod (from cgroups and a watch of the
+    /// node's pods), writing them to `vm_process_metrics`.
+    #[serde(default = "default_true")]
+    pub pod_attribution: bool,
+    /// Most rows sent to the database in one batch.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 50000))]
+    pub batch_size: u32,
+    /// Most bytes of unsent batches kept on the node's disk while the database is away;
+    /// beyond it the oldest are dropped (and counted).
+    #[serde(default = "default_spool_megabytes")]
+    #[schemars(range(min = 1, max = 102400))]
+    pub spool_megabytes: u32,
+    /// Compute resources of the collector container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Run collectors only on nodes with these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the collector pods (for example to run on tainted control-plane nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Priority class of the collector pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// How the DaemonSet replaces collector pods on a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<DaemonSetUpdateStrategy>,
+}
+
+fn interval_rule() -> String {
+    let seconds = cel_seconds("self");
+    format!("{seconds} >= 1 && {seconds} <= 3600")
+}
+
+fn default_collector_image() -> String {
+    format!(
+        "ghcr.io/metricsstack/collector:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+fn default_interval() -> Duration {
+    Duration::parse("5s").expect("valid default")
+}
+fn default_true() -> bool {
+    true
+}
+fn default_batch_size() -> u32 {
+    1000
+}
+fn default_spool_megabytes() -> u32 {
+    256
+}
+
+impl Default for CollectorSpec {
+    fn default() -> Self {
+        Self {
+            image: default_collector_image(),
+            image_pull_policy: PullPolicy::default(),
+            interval: default_interval(),
+            processes: ProcessSelection::default(),
+            pod_attribution: true,
+            batch_size: default_batch_size(),
+            spool_megabytes: default_spool_megabytes(),
+            resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            priority_class_name: None,
+            update_strategy: None,
+        }
+    }
+}
+
+/// When the kubelet pulls an image.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when the node does not have the image.
+    #[default]
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// The policy as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Which processes each collector records: the top N by CPU plus the top N by memory, plus
+/// every process whose name matches an include pattern, minus those matching an exclude
+/// pattern.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessSelection {
+    /// How many of the busiest processes by CPU to record.
+    #[serde(default = "default_top")]
+    #[schemars(range(max = 1000))]
+    pub top_by_cpu: u32,
+    /// How many of the largest processes by resident memory to record.
+    #[serde(default = "default_top")]
+    #[schemars(range(max = 1000))]
+    pub top_by_memory: u32,
+    /// Regular expressions (Rust `regex` syntax) on the process name; matches are always
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub include: Vec<String>,
+    /// Regular expressions on the process name; matches are never recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub exclude: Vec<String>,
+    /// Longest command line stored, in characters.
+    #[serde(default = "default_command_line_length")]
+    #[schemars(range(min = 16, max = 8192))]
+    pub command_line_max_length: u32,
+}
+
+fn default_top() -> u32 {
+    20
+}
+fn default_command_line_length() -> u32 {
+    256
+}
+
+impl Default for ProcessSelection {
+    fn default() -> Self {
+        Self {
+            top_by_cpu: default_top(),
+            top_by_memory: default_top(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            command_line_max_length: default_command_line_length(),
+        }
+    }
+}
+
+/// Storage policy of the metric tables and their aggregates.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// The metric tables the operator manages, each with its own policy. A table left out
+    /// keeps its data, and the operator removes the policies it had created for it.
+    #[serde(default = "default_tables")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["table"]))]
+    #[schemars(length(max = 3))]
+    pub tables: Vec<TableSpec>,
+    /// Continuous aggregates (rollups) of the metric tables, each with its own refresh and
+    /// retention policy.
+    #[serde(default = "default_aggregates")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(max = 16))]
+    pub aggregates: Vec<AggregateSpec>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            tables: default_tables(),
+            aggregates: default_aggregates(),
+        }
+    }
+}
+
+/// The metric tables of the schema (see `migrations/`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Deserialize,
+    Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum MetricTable {
+    /// `host_process_metrics`: one row per recorded process and sample.
+    HostProcessMetrics,
+    /// `host_overall_metrics`: one row per node and sample.
+    HostOverallMetrics,
+    /// `vm_process_metrics`: processes attributed to a pod (or VM).
+    VmProcessMetrics,
+}
+
+impl MetricTable {
+    /// Every metric table.
+    pub const ALL: [MetricTable; 3] = [
+        Self::HostProcessMetrics,
+        Self::HostOverallMetrics,
+        Self::VmProcessMetrics,
+    ];
+
+    /// The table's SQL name.
+    pub fn table_name(self) -> &'static str {
+        match self {
+            Self::HostProcessMetrics => "host_process_metrics",
+            Self::HostOverallMetrics => "host_overall_metrics",
+            Self::VmProcessMetrics => "vm_process_metrics",
+        }
+    }
+}
+
+/// The storage policy of one metric table.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(compress_before_drop_rule()).message("compression.after must be shorter than retention.dropAfter: data would be dropped before it is compressed").field_path(".compression.after"))]
+pub struct TableSpec {
+    /// Which table.
+    pub table: MetricTable,
+    /// Time range of one hypertable chunk (applies to chunks created after a change).
+    #[serde(default = "default_chunk_interval")]
+    pub chunk_interval: Duration,
+    /// Compression of chunks older than a given age; absent: no compression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<CompressionSpec>,
+    /// Dropping of chunks older than a given age; absent: data is kept forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+}
+
+fn compress_before_drop_rule() -> String {
+    format!(
+        "!has(self.compression) || !has(self.retention) || {} < {}",
+        cel_seconds("self.compression.after"),
+        cel_seconds("self.retention.dropAfter")
+    )
+}
+
+fn default_chunk_interval() -> Duration {
+    Duration::parse("1d").expect("valid default")
+}
+
+fn default_tables() -> Vec<TableSpec> {
+    MetricTable::ALL
+        .into_iter()
+        .map(|table| TableSpec {
+            table,
+            chunk_interval: default_chunk_interval(),
+            compression: Some(CompressionSpec {
+                after: Duration::parse("7d").expect("valid default"),
+                segment_by: vec!["host".into()],
+                order_by: vec!["time DESC".into()],
+            }),
+            retention: Some(RetentionSpec {
+                drop_after: Duration::parse("90d").expect("valid default"),
+            }),
+        })
+        .collect()
+}
+
+/// Compression of a table's older chunks.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompressionSpec {
+    /// Compress chunks whose data is older than this.
+    pub after: Duration,
+    /// Columns whose values are kept apart in compressed batches (usually the columns
+    /// queries filter on).
+    #[serde(default)]
+    #[schemars(length(max = 8), inner(regex(pattern = IDENTIFIER_PATTERN)))]
+    pub segment_by: Vec<String>,
+    /// Order inside compressed batches: a column, optionally followed by ` ASC` or ` DESC`.
+    #[serde(default)]
+    #[schemars(
+        length(max = 8),
+        inner(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}( (ASC|DESC))?$"))
+    )]
+    pub order_by: Vec<String>,
+}
+
+/// Dropping of old data.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Drop chunks whose data is older than this.
+    pub drop_after: Duration,
+}
+
+/// A continuous aggregate: a rollup of a metric table into time buckets.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(bucket_shorter_than_retention_rule()).message("bucket must be shorter than retention.dropAfter").field_path(".bucket"))]
+#[x_kube(validation = kube::core::Rule::new(refresh_window_rule()).message("refresh.startOffset must exceed refresh.endOffset by at least two buckets").field_path(".refresh.startOffset"))]
+pub struct AggregateSpec {
+    /// The aggregate's name (a materialized view in the database's schema).
+    #[schemars(regex(pattern = IDENTIFIER_PATTERN))]
+    pub name: String,
+    /// The table it rolls up. Fixed once created: changing it would replace the aggregate.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("source is immutable: add a new aggregate instead"))]
+    pub source: MetricTable,
+    /// The bucket width, such as `1h` or `1d`. Fixed once created.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("bucket is immutable: add a new aggregate instead"))]
+    pub bucket: Duration,
+    /// How the aggregate is kept up to date.
+    #[serde(default)]
+    pub refresh: RefreshSpec,
+    /// Dropping of old buckets; absent: kept forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+}
+
+fn bucket_shorter_than_retention_rule() -> String {
+    format!(
+        "!has(self.retention) || {} < {}",
+        cel_seconds("self.bucket"),
+        cel_seconds("self.retention.dropAfter")
+    )
+}
+
+fn refresh_window_rule() -> String {
+    let end = format!(
+        "(has(self.refresh.endOffset) ? {} : 0)",
+        cel_seconds("self.refresh.endOffset")
+    );
+    format!(
+        "{} - {end} >= 2 * {}",
+        cel_seconds("self.refresh.startOffset"),
+        cel_seconds("self.bucket")
+    )
+}
+
+/// The refresh policy of a continuous aggregate.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshSpec {
+    /// Refresh buckets from this far back.
+    #[serde(default = "default_start_offset")]
+    pub start_offset: Duration,
+    /// Up to this long ago; absent: up to now.
+    #[serde(
+        default = "default_end_offset",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub end_offset: Option<Duration>,
+    /// How often the refresh runs.
+    #[serde(default = "default_schedule")]
+    pub schedule: Duration,
+}
+
+fn default_start_offset() -> Duration {
+    Duration::parse("3h").expect("valid default")
+}
+fn default_end_offset() -> Option<Duration> {
+    Some(Duration::parse("1h").expect("valid default"))
+}
+fn default_schedule() -> Duration {
+    Duration::parse("1h").expect("valid default")
+}
+
+impl Default for RefreshSpec {
+    fn default() -> Self {
+        Self {
+            start_offset: default_start_offset(),
+            end_offset: default_end_offset(),
+            schedule: default_schedule(),
+        }
+    }
+}
+
+fn default_aggregates() -> Vec<AggregateSpec> {
+    [
+        MetricTable::HostProcessMetrics,
+        MetricTable::HostOverallMetrics,
+    ]
+    .into_iter()
+    .map(|source| AggregateSpec {
+        name: format!("{}_hourly", source.table_name()),
+        source,
+        bucket: Duration::parse("1h").expect("valid default"),
+        refresh: RefreshSpec::default(),
+        retention: Some(RetentionSpec {
+            drop_after: Duration::parse("1y").expect("valid default"),
+        }),
+    })
+    .collect()
+}
+
+/// The cached query service.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryServiceSpec {
+    /// The image running `metricsstack-operator query-service`.
+    #[serde(default = "default_operator_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// How many replicas; with more than one, a PodDisruptionBudget keeps one available.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 50))]
+    pub replicas: i32,
+    /// Compute resources of the query service container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The HTTP port of the service.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+    /// The response cache.
+    #[serde(default)]
+    pub cache: CacheSpec,
+}
+
+fn default_operator_image() -> String {
+    format!(
+        "ghcr.io/metricsstack/operator:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+fn default_replicas() -> i32 {
+    1
+}
+fn default_port() -> i32 {
+    8080
+}
+
+impl Default for QueryServiceSpec {
+    fn default() -> Self {
+        Self {
+            image: default_operator_image(),
+            replicas: default_replicas(),
+            resources: None,
+            port: default_port(),
+            cache: CacheSpec::default(),
+        }
+    }
+}
+
+/// The query service's response cache.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// How long an answer is served without asking the database again.
+    #[serde(default = "default_fresh_ttl")]
+    pub fresh_ttl: Duration,
+    /// After that, how long a stale answer is still served at once while one background
+    /// refresh runs.
+    #[serde(default = "default_stale_while_revalidate")]
+    pub stale_while_revalidate: Duration,
+    /// How long a stale answer may be served while the database is failing.
+    #[serde(default = "default_stale_if_error")]
+    pub stale_if_error: Duration,
+    /// Most cached answers.
+    #[serde(default = "default_max_entries")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_entries: u32,
+    /// Most bytes of cached answers, in megabytes.
+    #[serde(default = "default_cache_megabytes")]
+    #[schemars(range(min = 1, max = 16384))]
+    pub max_megabytes: u32,
+}
+
+fn default_fresh_ttl() -> Duration {
+    Duration::parse("4s").expect("valid default")
+}
+fn default_stale_while_revalidate() -> Duration {
+    Duration::parse("30s").expect("valid default")
+}
+fn default_stale_if_error() -> Duration {
+    Duration::parse("5m").expect("valid default")
+}
+fn default_max_entries() -> u32 {
+    10_000
+}
+fn default_cache_megabytes() -> u32 {
+    64
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        Self {
+            fresh_ttl: default_fresh_ttl(),
+            stale_while_revalidate: default_stale_while_revalidate(),
+            stale_if_error: default_stale_if_error(),
+            max_entries: default_max_entries(),
+            max_megabytes: default_cache_megabytes(),
+        }
+    }
+}

