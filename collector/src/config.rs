@@ -79,7 +79,7 @@ impl Default for ProcessConfig {
 
 /// Connection-pool settings of one database client (sqlx `PgPoolOptions`), as the
 /// `MetricsStack` declares them for that client.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PoolSettings {
     /// Most connections open at once.

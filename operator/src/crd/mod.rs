@@ -115,7 +115,7 @@ fn default_secret_key() -> String {
 
 /// TLS towards the database, as PostgreSQL's `sslmode`.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema,
 )]
 pub enum TlsMode {
     /// No TLS.
@@ -480,7 +480,7 @@ fn default_tables() -> Vec<TableSpec> {
             compression: Some(CompressionSpec {
                 after: Duration::parse("7d").expect("valid default"),
                 segment_by: vec!["host".into()],
-                order_by: vec!["time DESC".into()],
+                order_by: vec!["timestamp DESC".into()],
             }),
             retention: Some(RetentionSpec {
                 drop_after: Duration::parse("90d").expect("valid default"),

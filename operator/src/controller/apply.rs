@@ -1,0 +1,118 @@
+//! Applying desired objects with server-side apply under one field manager. A no-op apply
+//! leaves the object (and its resourceVersion) as it was; the reconciler reports only the
+//! objects whose resourceVersion moved.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::resources::DesiredObjects;
+
+/// The field manager of every object the operator applies.
+pub const FIELD_MANAGER: &str = "metricsstack-operator";
+
+/// What applying the desired objects did and saw.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// `Kind/name` of each object that changed.
+    pub changed: Vec<String>,
+    /// The collector DaemonSet as stored, status included.
+    pub daemon_set: Option<DaemonSet>,
+    /// The query service Deployment as stored, status included.
+    pub deployment: Option<Deployment>,
+}
+
+/// Applies every desired object of a stack in `namespace`, and deletes the
+/// PodDisruptionBudget when it is no longer wanted.
+pub async fn apply_all(
+    client: &Client,
+    namespace: &str,
+    desired: &DesiredObjects,
+) -> Result<Applied, kube::Error> {
+    let mut applied = Applied::default();
+    for account in &desired.service_accounts {
+        apply_namespaced(client, namespace, account, &mut applied).await?;
+    }
+    apply_object(
+        &Api::all(client.clone()),
+        &desired.cluster_role,
+        &mut applied,
+    )
+    .await?;
+    apply_object(
+        &Api::all(client.clone()),
+        &desired.cluster_role_binding,
+        &mut applied,
+    )
+    .await?;
+    for config_map in &desired.config_maps {
+        apply_namespaced(client, namespace, config_map, &mut applied).await?;
+    }
+    applied.daemon_set =
+        Some(apply_namespaced(client, namespace, &desired.daemon_set, &mut applied).await?);
+    applied.deployment =
+        Some(apply_namespaced(client, namespace, &desired.deployment, &mut applied).await?);
+    apply_namespaced(client, namespace, &desired.service, &mut applied).await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+    match &desired.pod_disruption_budget {
+        Some(budget) => {
+            apply_object(&budgets, budget, &mut applied).await?;
+        }
+        None => {
+            let name = desired.deployment.name_any();
+            if budgets.get_metadata_opt(&name).await?.is_some() {
+                budgets.delete(&name, &DeleteParams::default()).await?;
+                applied
+                    .changed
+                    .push(format!("PodDisruptionBudget/{name} (deleted)"));
+            }
+        }
+    }
+    Ok(applied)
+}
+
+async fn apply_namespaced<K>(
+    client: &Client,
+    namespace: &str,
+    object: &K,
+    applied: &mut Applied,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    apply_object(&Api::namespaced(client.clone(), namespace), object, applied).await
+}
+
+/// Server-side applies one object, recording it in `applied.changed` when its
+/// resourceVersion moved.
+async fn apply_object<K>(api: &Api<K>, object: &K, applied: &mut Applied) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = object.name_any();
+    let before = api
+        .get_metadata_opt(&name)
+        .await?
+        .and_then(|m| m.metadata.resource_version);
+    let stored = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?;
+    if stored.resource_version() != before {
+        applied.changed.push(format!("{}/{name}", K::kind(&())));
+    }
+    Ok(stored)
+}

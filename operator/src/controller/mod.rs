@@ -1,0 +1,142 @@
+//! The MetricsStack controller: a kube-runtime `Controller` that owns what it creates, is
+//! woken when a referenced Secret changes, and runs one reconcile pipeline per stack
+//! (see [`reconcile`]).
+
+mod apply;
+mod conditions;
+mod database;
+mod reconcile;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::crd::MetricsStack;
+use crate::metrics::Metrics;
+
+pub use apply::FIELD_MANAGER;
+pub use reconcile::{ACKNOWLEDGE_ANNOTATION, FINALIZER, ReconcileError};
+
+/// State shared by every reconcile.
+pub struct Context {
+    /// Client for the API server.
+    pub client: Client,
+    /// Publishes Kubernetes events about stacks.
+    pub recorder: Recorder,
+    /// The operator's Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Database pools, one per stack, replaced when the URI or pool settings change.
+    pools: database::Pools,
+    /// Consecutive failures per stack, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<MetricsStack>, u32>>,
+}
+
+impl Context {
+    /// A context for the controller running as `instance` (usually the pod name).
+    pub fn new(client: Client, metrics: Arc<Metrics>, instance: &str) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(instance.into()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            pools: database::Pools::default(),
+            failures: Mutex::default(),
+        }
+    }
+}
+
+/// Runs the controller until the stream of reconciles ends (on shutdown), over every
+/// namespace or only `namespace`. `on_ready` is called once the MetricsStack cache has
+/// synced.
+pub async fn run(
+    context: Arc<Context>,
+    namespace: Option<&str>,
+    on_ready: impl FnOnce() + Send + 'static,
+) {
+    let client = context.client.clone();
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match namespace {
+            Some(namespace) => Api::namespaced(client.clone(), namespace),
+            None => Api::all(client.clone()),
+        }
+    }
+    let stacks: Api<MetricsStack> = api(&client, namespace);
+    let controller = Controller::new(stacks, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let ready_store = store.clone();
+    tokio::spawn(async move {
+        if ready_store.wait_until_ready().await.is_ok() {
+            on_ready();
+        }
+    });
+    // Only the metadata of Secrets is watched: enough to know that one changed, without
+    // holding every Secret's data in memory.
+    let owned =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=metricsstack-operator");
+    controller
+        .owns(api::<DaemonSet>(&client, namespace), owned.clone())
+        .owns(api::<Deployment>(&client, namespace), owned.clone())
+        .owns(api::<ConfigMap>(&client, namespace), owned.clone())
+        .owns(api::<Service>(&client, namespace), owned.clone())
+        .owns(api::<ServiceAccount>(&client, namespace), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, namespace), owned)
+        .watches(
+            api::<PartialObjectMeta<Secret>>(&client, namespace),
+            watcher::Config::default(),
+            move |secret| {
+                let namespace = secret.namespace();
+                let name = secret.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|stack| {
+                        stack.namespace() == namespace
+                            && stack.spec.database.secret_ref.name == name
+                    })
+                    .map(|stack| ObjectRef::from_obj(&*stack))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((stack, _)) => tracing::debug!(%stack, "reconciled"),
+                // Objects that fail to deserialise or reconcile are logged and counted; the
+                // controller carries on with the others.
+                Err(error) => tracing::warn!(%error, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// Requeues a failed stack with exponential backoff: 1 s, 2 s, 4 s ... up to 5 minutes.
+fn error_policy(stack: Arc<MetricsStack>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.reason());
+    let mut failures = ctx
+        .failures
+        .lock()
+        .expect("the failure map is not poisoned");
+    let count = failures.entry(ObjectRef::from_obj(&*stack)).or_insert(0);
+    *count = count.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300));
+    tracing::warn!(stack = %stack.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

@@ -1,0 +1,292 @@
+//! One reconcile of a MetricsStack: read -> validate (pure) -> build the desired objects
+//! (pure) -> apply -> database -> status. The finalizer is the one top-level action: it runs
+//! the pipeline while the stack lives and the clean-up once it is deleted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::Context;
+use super::apply::{FIELD_MANAGER, apply_all};
+use super::conditions::{Outcome, conditions};
+use super::database::reconcile_database;
+use crate::crd::{
+    CollectorsStatus, ConditionReason, ConditionType, MetricsStack, MetricsStackStatus,
+};
+use crate::database::DatabaseError;
+use crate::resources::{self, desired_objects};
+use crate::validate::validate;
+
+/// The finalizer that lets the operator clean up what lives outside the namespace's garbage
+/// collection: database policies and the cluster-scoped RoleBinding.
+pub const FINALIZER: &str = "metricsstack.dev/cleanup";
+/// Annotation acknowledging a plan that drops data, by its hash.
+pub const ACKNOWLEDGE_ANNOTATION: &str = "metricsstack.dev/acknowledge-data-loss";
+/// How often a converged stack is checked again for drift made outside Kubernetes.
+const RESYNC: Duration = Duration::from_secs(300);
+/// How often a stack that is still converging (pods starting, Secret missing) is checked.
+const PROGRESS_CHECK: Duration = Duration::from_secs(30);
+
+/// Why a reconcile failed; each is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The API server refused or failed a request.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The database failed in a way worth retrying.
+    #[error("database: {0}")]
+    Database(#[from] DatabaseError),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<ReconcileError>>),
+    /// The object has no namespace (MetricsStack is namespaced, so this is a broken object).
+    #[error("the MetricsStack has no namespace")]
+    NoNamespace,
+}
+
+impl ReconcileError {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kubernetes",
+            Self::Database(_) => "database",
+            Self::Finalizer(_) => "finalizer",
+            Self::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+/// Reconciles one stack.
+pub async fn reconcile(
+    stack: Arc<MetricsStack>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let namespace = stack.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let stacks: Api<MetricsStack> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&stacks, FINALIZER, stack.clone(), |event| async {
+        match event {
+            Finalizer::Apply(stack) => apply(&stack, &namespace, &ctx).await,
+            Finalizer::Cleanup(stack) => cleanup(&stack, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| ReconcileError::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(started.elapsed());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .expect("the failure map is not poisoned")
+            .remove(&ObjectRef::from_obj(&*stack));
+    }
+    result
+}
+
+async fn apply(
+    stack: &MetricsStack,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let valid = match validate(&stack.spec) {
+        Ok(valid) => valid,
+        Err(error) => {
+            // Nothing to retry: the spec must change, and a change wakes the controller.
+            publish(
+                ctx,
+                stack,
+                EventType::Warning,
+                "InvalidSpec",
+                error.to_string(),
+            )
+            .await;
+            let outcome = Outcome::failed(
+                ConditionType::PoliciesApplied,
+                ConditionReason::InvalidSpec,
+                error.to_string(),
+            );
+            update_status(ctx, stack, &[outcome], None, None).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let desired = desired_objects(stack, &valid);
+    let applied = apply_all(&ctx.client, namespace, &desired).await?;
+    if !applied.changed.is_empty() {
+        let note = format!("applied {}", applied.changed.join(", "));
+        publish(ctx, stack, EventType::Normal, "Applied", note).await;
+    }
+    let database = reconcile_database(&ctx.client, &ctx.pools, stack, &valid).await?;
+    let collectors = applied.daemon_set.as_ref().map(collectors_status);
+    let outcomes = [
+        collectors_outcome(collectors.as_ref()),
+        database.ready.clone(),
+        database.policies.clone(),
+        query_service_outcome(applied.deployment.as_ref()),
+    ];
+    let changed = update_status(ctx, stack, &outcomes, collectors, database.status).await?;
+    if changed {
+        for outcome in outcomes.iter().filter(|o| !o.ok) {
+            let reason = outcome.reason.as_str();
+            publish(
+                ctx,
+                stack,
+                EventType::Warning,
+                reason,
+                outcome.message.clone(),
+            )
+            .await;
+        }
+    }
+    if let Some(error) = database.retry {
+        return Err(error.into());
+    }
+    Ok(Action::requeue(if outcomes.iter().all(|o| o.ok) {
+        RESYNC
+    } else {
+        PROGRESS_CHECK
+    }))
+}
+
+fn collectors_status(daemon_set: &DaemonSet) -> CollectorsStatus {
+    let status = daemon_set.status.clone().unwrap_or_default();
+    CollectorsStatus::new(status.desired_number_scheduled, status.number_ready)
+}
+
+fn collectors_outcome(collectors: Option<&CollectorsStatus>) -> Outcome {
+    match collectors {
+        Some(c) if c.desired > 0 && c.ready == c.desired => Outcome::ok(
+            ConditionType::CollectorsReady,
+            format!("{} collectors ready", c.summary),
+        ),
+        Some(c) if c.desired == 0 => Outcome::failed(
+            ConditionType::CollectorsReady,
+            ConditionReason::Progressing,
+            "no node runs a collector yet: check collector.nodeSelector and collector.tolerations",
+        ),
+        Some(c) => Outcome::failed(
+            ConditionType::CollectorsReady,
+            ConditionReason::Progressing,
+            format!("{} collectors ready", c.summary),
+        ),
+        None => Outcome::failed(
+            ConditionType::CollectorsReady,
+            ConditionReason::Progressing,
+            "the collector DaemonSet has no status yet",
+        ),
+    }
+}
+
+fn query_service_outcome(deployment: Option<&Deployment>) -> Outcome {
+    let desired = deployment
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let status = deployment
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
+    let available = status.available_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    if available >= desired && updated >= desired {
+        Outcome::ok(
+            ConditionType::QueryServiceReady,
+            format!("{available}/{desired} replicas available"),
+        )
+    } else {
+        Outcome::failed(
+            ConditionType::QueryServiceReady,
+            ConditionReason::Progressing,
+            format!("{available}/{desired} replicas available, {updated} updated"),
+        )
+    }
+}
+
+/// Writes the status when it differs from the stored one; returns whether it did.
+async fn update_status(
+    ctx: &Context,
+    stack: &MetricsStack,
+    outcomes: &[Outcome],
+    collectors: Option<CollectorsStatus>,
+    database: Option<crate::crd::DatabaseStatus>,
+) -> Result<bool, kube::Error> {
+    let previous = stack.status.clone().unwrap_or_default();
+    let status = MetricsStackStatus {
+        observed_generation: stack.meta().generation,
+        conditions: conditions(
+            outcomes,
+            &previous.conditions,
+            stack.meta().generation,
+            Timestamp::now(),
+        ),
+        collectors: collectors.or(previous.collectors.clone()),
+        database: database.or(previous.database.clone()),
+    };
+    if status == previous {
+        return Ok(false);
+    }
+    let api: Api<MetricsStack> =
+        Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": MetricsStack::api_version(&()),
+        "kind": MetricsStack::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &stack.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Removes what garbage collection cannot: the cluster-scoped RoleBinding. Database
+/// policies stay or go as `deletionPolicy` says.
+async fn cleanup(stack: &MetricsStack, ctx: &Context) -> Result<Action, ReconcileError> {
+    let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+    let name = resources::cluster_role_binding_name(stack);
+    if bindings.get_metadata_opt(&name).await?.is_some() {
+        bindings.delete(&name, &DeleteParams::default()).await?;
+    }
+    ctx.pools.remove(stack).await;
+    publish(
+        ctx,
+        stack,
+        EventType::Normal,
+        "Deleted",
+        format!(
+            "removed ClusterRoleBinding {name}; database left as deletionPolicy {:?} says",
+            stack.spec.deletion_policy
+        ),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Publishes an event about the stack; a failure to publish is logged, never fatal.
+async fn publish(
+    ctx: &Context,
+    stack: &MetricsStack,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &stack.object_ref(&())).await {
+        tracing::warn!(%error, "publishing an event failed");
+    }
+}

@@ -1,0 +1,109 @@
+//! Connecting to the stack's database with the operator's pool settings.
+
+use std::str::FromStr;
+
+use metricsstack_collector::config::PoolSettings;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::{Executor, PgPool};
+
+use crate::crd::TlsMode;
+
+/// What went wrong talking to the database. Messages never contain the connection URI.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// The Secret's value is not a PostgreSQL connection URI.
+    #[error("the connection URI in the Secret is not a valid postgres:// URI")]
+    InvalidUri,
+    /// The database could not be reached or refused the credentials.
+    #[error("cannot reach the database: {0}")]
+    Unreachable(#[source] sqlx::Error),
+    /// A statement failed.
+    #[error("{context}: {source}")]
+    Statement {
+        /// What the operator was doing.
+        context: String,
+        /// The database's answer.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl DatabaseError {
+    /// Wraps a failed statement with what the operator was doing.
+    pub fn statement(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Statement { context, source }
+    }
+}
+
+/// What the operator learns about a database when it connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseInfo {
+    /// The TimescaleDB extension's version, if it is installed.
+    pub timescaledb_version: Option<String>,
+}
+
+/// Opens a pool to the database at `uri` with the operator's pool settings. Every connection
+/// starts by clearing prepared statements (a session handed over by a pooler, or the
+/// single-session test server, may still hold some) and putting `schema` first on its
+/// search path, where the migrations create the metric tables.
+pub async fn connect(
+    uri: &str,
+    tls: TlsMode,
+    pool: &PoolSettings,
+    schema: &str,
+) -> Result<PgPool, DatabaseError> {
+    let options = PgConnectOptions::from_str(uri)
+        .map_err(|_| DatabaseError::InvalidUri)?
+        .ssl_mode(match tls {
+            TlsMode::Disable => PgSslMode::Disable,
+            TlsMode::Prefer => PgSslMode::Prefer,
+            TlsMode::Require => PgSslMode::Require,
+            TlsMode::VerifyCa => PgSslMode::VerifyCa,
+            TlsMode::VerifyFull => PgSslMode::VerifyFull,
+        })
+        .application_name("metricsstack-operator");
+    // The schema name matched the identifier pattern at admission and again in validation;
+    // it is quoted all the same.
+    let search_path = format!("SET search_path TO \"{schema}\", public");
+    pool.pool_options()
+        .after_connect(move |conn, _| {
+            let search_path = search_path.clone();
+            Box::pin(async move {
+                conn.execute("DEALLOCATE ALL").await?;
+                conn.execute(sqlx::AssertSqlSafe(search_path)).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(DatabaseError::Unreachable)
+}
+
+/// Checks that the database answers and reads what the operator needs to know of it.
+pub async fn probe(pool: &PgPool) -> Result<DatabaseInfo, DatabaseError> {
+    let timescaledb_version = sqlx::query_scalar::<_, String>(
+        "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(DatabaseError::Unreachable)?;
+    Ok(DatabaseInfo {
+        timescaledb_version,
+    })
+}
+
+/// The schema migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Applies the pending schema migrations in the stack's schema; returns the latest version.
+pub async fn migrate(pool: &PgPool) -> Result<i64, DatabaseError> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| DatabaseError::Statement {
+            context: "applying the schema migrations".into(),
+            source: e.into(),
+        })?;
+    Ok(MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0))
+}

@@ -1,0 +1,133 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so that only one operator replica
+//! reconciles at a time. The holder renews the lease; another replica takes it over once it
+//! has not been renewed for its duration.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+/// A lease-based leader election.
+pub struct LeaderElection {
+    leases: Api<Lease>,
+    name: String,
+    identity: String,
+    lease_duration: Duration,
+}
+
+/// What one attempt to hold the lease found.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    Held,
+    HeldByOther(String),
+}
+
+impl LeaderElection {
+    /// An election on the Lease `namespace/name`, as `identity` (usually the pod name).
+    pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
+        Self {
+            leases: Api::namespaced(client, namespace),
+            name: name.into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(15),
+        }
+    }
+
+    /// Waits until this instance holds the lease.
+    pub async fn acquire(&self) -> Result<(), kube::Error> {
+        loop {
+            match self.try_hold().await? {
+                Attempt::Held => {
+                    tracing::info!(lease = %self.name, identity = %self.identity, "became leader");
+                    return Ok(());
+                }
+                Attempt::HeldByOther(holder) => {
+                    tracing::info!(lease = %self.name, %holder, "standing by");
+                    tokio::time::sleep(self.lease_duration / 3).await;
+                }
+            }
+        }
+    }
+
+    /// Renews the lease until it is lost (another instance took it, or renewing failed for
+    /// longer than the lease lasts), then returns.
+    pub async fn hold(&self) {
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.lease_duration / 3).await;
+            match self.try_hold().await {
+                Ok(Attempt::Held) => last_renewed = tokio::time::Instant::now(),
+                Ok(Attempt::HeldByOther(holder)) => {
+                    tracing::error!(%holder, "lost the lease");
+                    return;
+                }
+                Err(error) if last_renewed.elapsed() < self.lease_duration => {
+                    tracing::warn!(%error, "renewing the lease failed; retrying");
+                }
+                Err(error) => {
+                    tracing::error!(%error, "could not renew the lease in time");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes or renews the lease if it is free, expired or already ours.
+    async fn try_hold(&self) -> Result<Attempt, kube::Error> {
+        let now = Timestamp::now();
+        let spec = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.lease_duration.as_secs() as i32),
+            acquire_time: acquired.or(Some(MicroTime(now))),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        };
+        let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(spec(0, None)),
+            };
+            return match self.leases.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Attempt::Held),
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    Ok(Attempt::HeldByOther("another instance".into()))
+                }
+                Err(error) => Err(error),
+            };
+        };
+        let current = lease.spec.clone().unwrap_or_default();
+        let holder = current.holder_identity.clone().unwrap_or_default();
+        let expired = current.renew_time.as_ref().is_none_or(|renewed| {
+            let lasts =
+                SignedDuration::from_secs(i64::from(current.lease_duration_seconds.unwrap_or(0)));
+            renewed.0 + lasts < now
+        });
+        if holder != self.identity && !holder.is_empty() && !expired {
+            return Ok(Attempt::HeldByOther(holder));
+        }
+        let transitions = current.lease_transitions.unwrap_or(0);
+        lease.spec = Some(if holder == self.identity {
+            spec(transitions, current.acquire_time)
+        } else {
+            spec(transitions + 1, None)
+        });
+        // The resourceVersion in `lease` makes this a compare-and-swap: if another instance
+        // wrote the lease in between, the API server answers 409 and we stand by.
+        match self
+            .leases
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(Attempt::Held),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(Attempt::HeldByOther(holder)),
+            Err(error) => Err(error),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The `metricsstack-operator` binary: `run` reconciles MetricsStack resources.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use metricsstack_operator::controller::{self, Context};
+use metricsstack_operator::leader::LeaderElection;
+use metricsstack_operator::metrics::Metrics;
+use warp::Filter;
+
+/// The MetricsStack operator.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Reconcile MetricsStack resources in every namespace.
+    Run {
+        /// Address of the admin server: /healthz, /readyz and /metrics.
+        #[arg(long, env = "ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
+        admin_address: SocketAddr,
+        /// Namespace of the leader-election Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// Name of the leader-election Lease.
+        #[arg(long, default_value = "metricsstack-operator")]
+        lease_name: String,
+        /// This instance's identity in the election (the pod name in a cluster).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Reconcile without leader election (one instance only).
+        #[arg(long)]
+        no_leader_election: bool,
+        /// Watch only this namespace instead of the whole cluster.
+        #[arg(long, env = "WATCH_NAMESPACE")]
+        namespace: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Run {
+            admin_address,
+            lease_namespace,
+            lease_name,
+            identity,
+            no_leader_election,
+            namespace,
+        } => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API server")?;
+            let metrics = Arc::new(Metrics::default());
+            let ready = Arc::new(AtomicBool::new(false));
+            tokio::spawn(admin_server(admin_address, metrics.clone(), ready.clone()));
+            let identity =
+                identity.unwrap_or_else(|| format!("metricsstack-operator-{}", std::process::id()));
+            let election = (!no_leader_election).then(|| {
+                LeaderElection::new(client.clone(), &lease_namespace, &lease_name, &identity)
+            });
+            if let Some(election) = &election {
+                election
+                    .acquire()
+                    .await
+                    .context("acquiring the leader lease")?;
+            }
+            let context = Arc::new(Context::new(client, metrics, &identity));
+            let on_ready = move || ready.store(true, Ordering::SeqCst);
+            match &election {
+                Some(election) => {
+                    tokio::select! {
+                        () = controller::run(context, namespace.as_deref(), on_ready) => {}
+                        () = election.hold() => anyhow::bail!("lost the leader lease; exiting so that another instance takes over"),
+                    }
+                }
+                None => controller::run(context, namespace.as_deref(), on_ready).await,
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Serves liveness (the process answers), readiness (the MetricsStack cache has synced and
+/// this instance leads) and the Prometheus metrics.
+async fn admin_server(address: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    let healthz = warp::path!("healthz").map(|| "ok".to_owned());
+    let readyz = warp::path!("readyz").map(move || {
+        if ready.load(Ordering::SeqCst) {
+            warp::reply::with_status("ready".to_owned(), warp::http::StatusCode::OK)
+        } else {
+            warp::reply::with_status(
+                "not ready".to_owned(),
+                warp::http::StatusCode::SERVICE_UNAVAILABLE,
+            )
+        }
+    });
+    let metrics = warp::path!("metrics").map(move || metrics.render());
+    warp::serve(warp::get().and(healthz.or(readyz).or(metrics)))
+        .run(address)
+        .await;
+}

@@ -1,0 +1,93 @@
+//! The operator's Prometheus metrics: reconciles, failures by reason, and how long a
+//! reconcile takes.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The operator's metrics and the registry that exposes them.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    reconciles: Counter,
+    failures: Family<Vec<(String, String)>, Counter>,
+    duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("metricsstack_operator");
+        let reconciles = Counter::default();
+        let failures = Family::<Vec<(String, String)>, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed, by reason",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took",
+            duration.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            reconciles,
+            failures,
+            duration,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records a finished reconcile.
+    pub fn reconciled(&self, took: Duration) {
+        self.reconciles.inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Records a failed reconcile.
+    pub fn reconcile_failed(&self, reason: &str) {
+        self.failures
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let registry = self.registry.lock().expect("the registry is not poisoned");
+        encode(&mut text, &registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_reconciles_and_failures_by_reason() {
+        let metrics = Metrics::default();
+        metrics.reconciled(Duration::from_millis(20));
+        metrics.reconcile_failed("database");
+        let text = metrics.render();
+        assert!(
+            text.contains("metricsstack_operator_reconciles_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metricsstack_operator_reconcile_failures_total{reason=\"database\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metricsstack_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! The query service's configuration file (YAML), rendered by the operator into a ConfigMap.
+
+use metricsstack_collector::config::PoolSettings;
+use serde::{Deserialize, Serialize};
+
+/// The query service's settings.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryServiceConfig {
+    /// Address the HTTP server listens on.
+    pub listen_address: String,
+    /// The database schema holding the metric tables.
+    pub schema: String,
+    /// The connection pool towards the database.
+    pub pool: PoolSettings,
+    /// Seconds an answer is served from the cache without asking the database.
+    pub fresh_ttl_seconds: u64,
+    /// Seconds after that during which a stale answer is served while one refresh runs.
+    pub stale_while_revalidate_seconds: u64,
+    /// Seconds a stale answer may be served while the database is failing.
+    pub stale_if_error_seconds: u64,
+    /// Most cached answers.
+    pub max_entries: u32,
+    /// Most bytes of cached answers.
+    pub max_bytes: u64,
+}

@@ -1,0 +1,5 @@
+//! The cached query service that answers dashboards from the metric tables.
+
+mod config;
+
+pub use config::QueryServiceConfig;

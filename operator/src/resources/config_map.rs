@@ -1,0 +1,81 @@
+//! The ConfigMaps holding the collector's and the query service's configuration files.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use sha2::{Digest, Sha256};
+
+use super::{Component, owned_meta};
+use crate::crd::MetricsStack;
+use crate::validate::ValidSpec;
+
+/// The key of the collector's configuration file.
+pub const COLLECTOR_CONFIG_KEY: &str = "collector.yaml";
+/// The key of the query service's configuration file.
+pub const QUERY_SERVICE_CONFIG_KEY: &str = "query-service.yaml";
+
+/// The collector's ConfigMap, then the query service's.
+pub fn build(stack: &MetricsStack, valid: &ValidSpec) -> Vec<ConfigMap> {
+    let file = |component: Component, key: &str, yaml: String| ConfigMap {
+        metadata: owned_meta(stack, component.object_name(stack), component),
+        data: Some(BTreeMap::from([(key.to_owned(), yaml)])),
+        ..ConfigMap::default()
+    };
+    vec![
+        file(
+            Component::Collector,
+            COLLECTOR_CONFIG_KEY,
+            serde_yaml::to_string(&valid.collector).expect("the collector config serialises"),
+        ),
+        file(
+            Component::QueryService,
+            QUERY_SERVICE_CONFIG_KEY,
+            serde_yaml::to_string(&valid.query_service)
+                .expect("the query service config serialises"),
+        ),
+    ]
+}
+
+/// A checksum of a ConfigMap's data, put on the pod template so that a configuration
+/// change rolls the pods.
+pub fn config_checksum(config_map: &ConfigMap) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in config_map.data.iter().flatten() {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::fixtures;
+    use metricsstack_collector::config::CollectorConfig;
+
+    #[test]
+    fn renders_the_collector_config_the_collector_reads() {
+        let (stack, valid) = fixtures::stack("production");
+        let maps = build(&stack, &valid);
+        let yaml = &maps[0].data.as_ref().expect("data")[COLLECTOR_CONFIG_KEY];
+        let parsed: CollectorConfig = serde_yaml::from_str(yaml).expect("the collector parses it");
+        assert_eq!(parsed, valid.collector);
+        assert_eq!(parsed.pool.max_connections, 3);
+        assert_eq!(maps[0].metadata.name.as_deref(), Some("fleet-collector"));
+        assert_eq!(
+            maps[1].metadata.name.as_deref(),
+            Some("fleet-query-service")
+        );
+    }
+
+    #[test]
+    fn checksum_changes_with_the_configuration() {
+        let (stack, mut valid) = fixtures::stack("minimal");
+        let before = config_checksum(&build(&stack, &valid)[0]);
+        assert_eq!(before, config_checksum(&build(&stack, &valid)[0]));
+        valid.collector.interval_seconds += 1;
+        assert_ne!(before, config_checksum(&build(&stack, &valid)[0]));
+    }
+}

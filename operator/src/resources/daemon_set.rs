@@ -1,0 +1,330 @@
+//! The collector DaemonSet: one collector per node, reading the host's `/proc` and cgroup
+//! tree, with a security context as strict as a process collector allows.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::{COLLECTOR_CONFIG_KEY, Component, labels, owned_meta, selector_labels};
+use crate::crd::MetricsStack;
+use crate::validate::{COLLECTOR_METRICS_PORT, HOST_PROC_MOUNT, SPOOL_MOUNT};
+
+/// Annotation on the pod template carrying the configuration's checksum.
+pub const CONFIG_CHECKSUM_ANNOTATION: &str = "metricsstack.dev/config-checksum";
+/// Where the collector container sees the host's cgroup tree.
+pub const HOST_CGROUP_MOUNT: &str = "/host/sys/fs/cgroup";
+const CONFIG_MOUNT: &str = "/etc/metricsstack";
+
+/// The collector DaemonSet.
+pub fn build(stack: &MetricsStack, config_checksum: &str) -> DaemonSet {
+    let spec = &stack.spec.collector;
+    let name = Component::Collector.object_name(stack);
+    let read_only = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    let host_path = |name: &str, path: String, kind: &str| Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path,
+            type_: Some(kind.into()),
+        }),
+        ..Volume::default()
+    };
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("metrics".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "collector".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
+        args: Some(vec![
+            "--config".into(),
+            format!("{CONFIG_MOUNT}/{COLLECTOR_CONFIG_KEY}"),
+        ]),
+        env: Some(vec![
+            EnvVar {
+                name: "NODE_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "spec.nodeName".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+            database_url_env(stack),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: i32::from(COLLECTOR_METRICS_PORT),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(probe("/readyz")),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![
+            read_only("config", CONFIG_MOUNT),
+            read_only("host-proc", HOST_PROC_MOUNT),
+            read_only("host-cgroup", HOST_CGROUP_MOUNT),
+            VolumeMount {
+                name: "spool".into(),
+                mount_path: SPOOL_MOUNT.into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        security_context: Some(SecurityContext {
+            // Root, because the spool is a host directory owned by root, and because reading
+            // other users' /proc/<pid>/io and /proc/<pid>/fd needs the owner's uid or
+            // CAP_SYS_PTRACE. Every other capability is dropped.
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                // Read-only inspection of other processes' /proc entries (io counters,
+                // command lines of processes of other users); no tracing is done.
+                add: Some(vec!["SYS_PTRACE".into()]),
+            }),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    DaemonSet {
+        metadata: owned_meta(stack, name.clone(), Component::Collector),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(stack, Component::Collector)),
+                ..LabelSelector::default()
+            },
+            update_strategy: spec.update_strategy.clone(),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(stack, Component::Collector)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_CHECKSUM_ANNOTATION.to_owned(),
+                        config_checksum.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name.clone()),
+                    // The token is needed only to watch this node's pods for attribution.
+                    automount_service_account_token: Some(spec.pod_attribution),
+                    // The host's process table: without it the collector would see only itself.
+                    host_pid: Some(true),
+                    containers: vec![container],
+                    node_selector: (!spec.node_selector.is_empty())
+                        .then(|| spec.node_selector.clone()),
+                    tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+                    priority_class_name: spec.priority_class_name.clone(),
+                    security_context: Some(PodSecurityContext {
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    termination_grace_period_seconds: Some(30),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: name.clone(),
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        host_path("host-proc", "/proc".into(), "Directory"),
+                        host_path("host-cgroup", "/sys/fs/cgroup".into(), "Directory"),
+                        host_path(
+                            "spool",
+                            format!(
+                                "/var/lib/metricsstack/{}/{}",
+                                stack.namespace().unwrap_or_default(),
+                                stack.name_any()
+                            ),
+                            "DirectoryOrCreate",
+                        ),
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DaemonSetSpec::default()
+        }),
+        ..DaemonSet::default()
+    }
+}
+
+/// `DATABASE_URL` from the Secret the stack references.
+pub fn database_url_env(stack: &MetricsStack) -> EnvVar {
+    let secret = &stack.spec.database.secret_ref;
+    EnvVar {
+        name: "DATABASE_URL".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::fixtures;
+
+    fn pod_spec(daemon_set: &DaemonSet) -> &PodSpec {
+        daemon_set
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("a pod spec")
+    }
+
+    #[test]
+    fn runs_the_collector_with_the_host_process_table_read_only() {
+        let (stack, _) = fixtures::stack("production");
+        let daemon_set = build(&stack, "abc");
+        let pod = pod_spec(&daemon_set);
+        assert_eq!(pod.host_pid, Some(true));
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.image.as_deref(),
+            Some("registry.example.com/metricsstack/collector:0.1.0")
+        );
+        let mounts = container.volume_mounts.as_ref().expect("mounts");
+        for path in [HOST_PROC_MOUNT, HOST_CGROUP_MOUNT] {
+            let mount = mounts
+                .iter()
+                .find(|m| m.mount_path == path)
+                .expect("mounted");
+            assert_eq!(mount.read_only, Some(true), "{path}");
+        }
+        let security = container
+            .security_context
+            .as_ref()
+            .expect("security context");
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        let caps = security.capabilities.as_ref().expect("capabilities");
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        assert_eq!(caps.add.as_deref(), Some(&["SYS_PTRACE".to_owned()][..]));
+    }
+
+    #[test]
+    fn takes_the_node_name_and_database_url_from_the_cluster() {
+        let (stack, _) = fixtures::stack("production");
+        let daemon_set = build(&stack, "abc");
+        let env = pod_spec(&daemon_set).containers[0]
+            .env
+            .clone()
+            .expect("env");
+        let node = env
+            .iter()
+            .find(|e| e.name == "NODE_NAME")
+            .expect("NODE_NAME");
+        let field = node.value_from.as_ref().and_then(|v| v.field_ref.as_ref());
+        assert_eq!(field.map(|f| f.field_path.as_str()), Some("spec.nodeName"));
+        let url = env
+            .iter()
+            .find(|e| e.name == "DATABASE_URL")
+            .expect("DATABASE_URL");
+        let secret = url
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("secret");
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("timescaledb-app", "connection-uri")
+        );
+    }
+
+    #[test]
+    fn carries_scheduling_settings_and_the_config_checksum() {
+        let (stack, _) = fixtures::stack("production");
+        let daemon_set = build(&stack, "checksum-1");
+        let pod = pod_spec(&daemon_set);
+        assert_eq!(
+            pod.priority_class_name.as_deref(),
+            Some("system-node-critical")
+        );
+        assert_eq!(
+            pod.node_selector
+                .as_ref()
+                .and_then(|s| s.get("kubernetes.io/os"))
+                .map(String::as_str),
+            Some("linux")
+        );
+        assert_eq!(pod.tolerations.as_ref().map(Vec::len), Some(1));
+        let spec = daemon_set.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.update_strategy
+                .as_ref()
+                .and_then(|s| s.type_.as_deref()),
+            Some("RollingUpdate")
+        );
+        let annotations = spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref());
+        assert_eq!(
+            annotations
+                .and_then(|a| a.get(CONFIG_CHECKSUM_ANNOTATION))
+                .map(String::as_str),
+            Some("checksum-1")
+        );
+        let resources = pod.containers[0].resources.as_ref().expect("resources");
+        assert!(
+            resources
+                .limits
+                .as_ref()
+                .is_some_and(|l| l.contains_key("memory"))
+        );
+    }
+
+    #[test]
+    fn mounts_no_token_without_pod_attribution() {
+        let (mut stack, _) = fixtures::stack("minimal");
+        stack.spec.collector.pod_attribution = false;
+        assert_eq!(
+            pod_spec(&build(&stack, "x")).automount_service_account_token,
+            Some(false)
+        );
+        stack.spec.collector.pod_attribution = true;
+        assert_eq!(
+            pod_spec(&build(&stack, "x")).automount_service_account_token,
+            Some(true)
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! The query service Deployment: `metricsstack-operator query-service`, unprivileged.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::daemon_set::{CONFIG_CHECKSUM_ANNOTATION, database_url_env};
+use super::{Component, QUERY_SERVICE_CONFIG_KEY, labels, owned_meta, selector_labels};
+use crate::crd::MetricsStack;
+
+const CONFIG_MOUNT: &str = "/etc/metricsstack";
+
+/// The query service Deployment.
+pub fn build(stack: &MetricsStack, config_checksum: &str) -> Deployment {
+    let spec = &stack.spec.query_service;
+    let name = Component::QueryService.object_name(stack);
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "query-service".into(),
+        image: Some(spec.image.clone()),
+        args: Some(vec![
+            "query-service".into(),
+            "--config".into(),
+            format!("{CONFIG_MOUNT}/{QUERY_SERVICE_CONFIG_KEY}"),
+        ]),
+        env: Some(vec![database_url_env(stack)]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: spec.port,
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(probe("/readyz")),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: owned_meta(stack, name.clone(), Component::QueryService),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(stack, Component::QueryService)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(stack, Component::QueryService)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_CHECKSUM_ANNOTATION.to_owned(),
+                        config_checksum.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name.clone()),
+                    automount_service_account_token: Some(false),
+                    containers: vec![container],
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    volumes: Some(vec![Volume {
+                        name: "config".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name,
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::fixtures;
+
+    #[test]
+    fn runs_the_query_service_unprivileged_with_the_spec_replicas_and_port() {
+        let (stack, _) = fixtures::stack("production");
+        let deployment = build(&stack, "sum");
+        let spec = deployment.spec.as_ref().expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.as_ref().expect("pod");
+        let container = &pod.containers[0];
+        assert_eq!(container.args.as_ref().expect("args")[0], "query-service");
+        assert_eq!(
+            container.ports.as_ref().expect("ports")[0].container_port,
+            8080
+        );
+        let security = container.security_context.as_ref().expect("security");
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert!(
+            container
+                .resources
+                .as_ref()
+                .is_some_and(|r| r.requests.is_some())
+        );
+        assert_eq!(pod.automount_service_account_token, Some(false));
+    }
+}

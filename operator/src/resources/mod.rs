@@ -1,0 +1,157 @@
+//! Pure builders of the Kubernetes objects a `MetricsStack` owns, one module per kind. Each
+//! takes the resource (and its validated settings) and returns the object to apply with
+//! server-side apply; nothing here talks to the API server.
+
+mod config_map;
+mod daemon_set;
+mod deployment;
+mod pod_disruption_budget;
+mod rbac;
+mod service;
+mod service_account;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::MetricsStack;
+use crate::validate::ValidSpec;
+
+pub use config_map::{COLLECTOR_CONFIG_KEY, QUERY_SERVICE_CONFIG_KEY, config_checksum};
+pub use rbac::{COLLECTOR_CLUSTER_ROLE, cluster_role_binding_name};
+
+/// Label naming the MetricsStack an object belongs to.
+pub const STACK_LABEL: &str = "metricsstack.dev/stack";
+/// Label naming the MetricsStack's namespace, on cluster-scoped objects.
+pub const STACK_NAMESPACE_LABEL: &str = "metricsstack.dev/stack-namespace";
+/// Label naming the component (`collector` or `query-service`).
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+
+/// A part of the stack that runs as pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    /// The node collectors (DaemonSet).
+    Collector,
+    /// The query service (Deployment).
+    QueryService,
+}
+
+impl Component {
+    /// The component's name, as used in labels and object names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Collector => "collector",
+            Self::QueryService => "query-service",
+        }
+    }
+
+    /// The name of this component's objects for a stack.
+    pub fn object_name(self, stack: &MetricsStack) -> String {
+        format!("{}-{}", stack.name_any(), self.as_str())
+    }
+}
+
+/// Every object a MetricsStack wants, built from its spec.
+#[derive(Clone, Debug)]
+pub struct DesiredObjects {
+    /// The collectors' and the query service's ServiceAccounts.
+    pub service_accounts: Vec<ServiceAccount>,
+    /// The shared ClusterRole that lets collectors read pods.
+    pub cluster_role: ClusterRole,
+    /// This stack's binding of that role to its collectors (cluster-scoped: removed by the
+    /// finalizer, since a namespaced owner cannot own it).
+    pub cluster_role_binding: ClusterRoleBinding,
+    /// The collector and query service configuration.
+    pub config_maps: Vec<ConfigMap>,
+    /// The collectors.
+    pub daemon_set: DaemonSet,
+    /// The query service.
+    pub deployment: Deployment,
+    /// The query service's Service.
+    pub service: Service,
+    /// Present with more than one query service replica; otherwise it must not exist.
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+}
+
+/// Builds every object the stack wants.
+pub fn desired_objects(stack: &MetricsStack, valid: &ValidSpec) -> DesiredObjects {
+    let config_maps = config_map::build(stack, valid);
+    let collector_checksum = config_checksum(&config_maps[0]);
+    let query_checksum = config_checksum(&config_maps[1]);
+    DesiredObjects {
+        service_accounts: vec![
+            service_account::build(stack, Component::Collector),
+            service_account::build(stack, Component::QueryService),
+        ],
+        cluster_role: rbac::cluster_role(),
+        cluster_role_binding: rbac::cluster_role_binding(stack),
+        config_maps,
+        daemon_set: daemon_set::build(stack, &collector_checksum),
+        deployment: deployment::build(stack, &query_checksum),
+        service: service::build(stack),
+        pod_disruption_budget: pod_disruption_budget::build(stack),
+    }
+}
+
+/// The labels that select a component's pods.
+pub fn selector_labels(stack: &MetricsStack, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (STACK_LABEL.to_owned(), stack.name_any()),
+        (COMPONENT_LABEL.to_owned(), component.as_str().to_owned()),
+    ])
+}
+
+/// Labels of every object and pod of a component.
+fn labels(stack: &MetricsStack, component: Component) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(stack, component);
+    labels.insert("app.kubernetes.io/name".into(), "metricsstack".into());
+    labels.insert("app.kubernetes.io/instance".into(), stack.name_any());
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "metricsstack-operator".into(),
+    );
+    labels
+}
+
+/// Metadata of a namespaced object owned (as controller) by the stack.
+fn owned_meta(stack: &MetricsStack, name: String, component: Component) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: stack.namespace(),
+        labels: Some(labels(stack, component)),
+        owner_references: Some(vec![owner_reference(stack)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The stack as controlling owner. Objects reaching the reconciler come from the API server
+/// and always carry the uid this needs.
+fn owner_reference(stack: &MetricsStack) -> OwnerReference {
+    stack
+        .controller_owner_ref(&())
+        .expect("a MetricsStack read from the API server has a uid")
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Small YAML fixtures of whole resources, shared by the builder tests.
+    use crate::crd::MetricsStack;
+    use crate::validate::{ValidSpec, validate};
+
+    /// A fixture by name (`minimal` or `production`), with its validated settings.
+    pub fn stack(name: &str) -> (MetricsStack, ValidSpec) {
+        let yaml = match name {
+            "minimal" => include_str!("../../tests/fixtures/minimal.yaml"),
+            "production" => include_str!("../../tests/fixtures/production.yaml"),
+            other => panic!("no fixture {other}"),
+        };
+        let stack: MetricsStack = serde_yaml::from_str(yaml).expect("the fixture parses");
+        let valid = validate(&stack.spec).expect("the fixture is valid");
+        (stack, valid)
+    }
+}

@@ -1,0 +1,192 @@
+//! Validation of a `MetricsStack` spec beyond what the API server checks at admission
+//! (regular expressions, and values from objects stored before a schema change), turning it
+//! into the settings each component is configured with. Pure: no I/O.
+
+use metricsstack_collector::config::{CollectorConfig, PoolSettings, ProcessConfig};
+
+use crate::crd::{Duration, IDENTIFIER_PATTERN, MetricsStackSpec, PoolSpec};
+use crate::query_service::QueryServiceConfig;
+
+/// Where the collector container sees the host's `/proc`.
+pub const HOST_PROC_MOUNT: &str = "/host/proc";
+/// Where the collector container keeps its spool (a host directory, so it survives restarts).
+pub const SPOOL_MOUNT: &str = "/var/lib/metricsstack/spool";
+/// The port of the collector's health and metrics endpoint.
+pub const COLLECTOR_METRICS_PORT: u16 = 9464;
+
+/// A field of the spec that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec.{field}: {message}")]
+pub struct SpecError {
+    /// The field's path below `spec`, as `kubectl explain` spells it.
+    pub field: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The settings every component gets, derived from a valid spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidSpec {
+    /// The collector's configuration file.
+    pub collector: CollectorConfig,
+    /// The query service's configuration file.
+    pub query_service: QueryServiceConfig,
+    /// The operator's own pool towards the database.
+    pub operator_pool: PoolSettings,
+}
+
+/// Checks the spec and derives each component's settings.
+pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
+    let identifier =
+        regex::Regex::new(IDENTIFIER_PATTERN).expect("the identifier pattern compiles");
+    if !identifier.is_match(&spec.database.schema) {
+        return Err(SpecError::new(
+            "database.schema",
+            format!(
+                "{:?} is not a lower-case SQL identifier ({IDENTIFIER_PATTERN})",
+                spec.database.schema
+            ),
+        ));
+    }
+    let processes = &spec.collector.processes;
+    for (list, patterns) in [
+        ("include", &processes.include),
+        ("exclude", &processes.exclude),
+    ] {
+        for (i, pattern) in patterns.iter().enumerate() {
+            regex::Regex::new(pattern).map_err(|e| {
+                SpecError::new(
+                    format!("collector.processes.{list}[{i}]"),
+                    format!("not a valid regular expression: {e}"),
+                )
+            })?;
+        }
+    }
+    let pools = &spec.database.pools;
+    let collector = CollectorConfig {
+        interval_seconds: seconds(&spec.collector.interval, "collector.interval")?,
+        processes: ProcessConfig {
+            top_by_cpu: processes.top_by_cpu,
+            top_by_memory: processes.top_by_memory,
+            include: processes.include.clone(),
+            exclude: processes.exclude.clone(),
+            command_line_max_length: processes.command_line_max_length,
+        },
+        pod_attribution: spec.collector.pod_attribution,
+        schema: spec.database.schema.clone(),
+        batch_size: spec.collector.batch_size,
+        spool_dir: SPOOL_MOUNT.into(),
+        spool_max_bytes: u64::from(spec.collector.spool_megabytes) * 1024 * 1024,
+        pool: pool_settings(&pools.collector, "database.pools.collector")?,
+        listen_address: format!("0.0.0.0:{COLLECTOR_METRICS_PORT}"),
+        proc_root: HOST_PROC_MOUNT.into(),
+    };
+    let cache = &spec.query_service.cache;
+    let query_service = QueryServiceConfig {
+        listen_address: format!("0.0.0.0:{}", spec.query_service.port),
+        schema: spec.database.schema.clone(),
+        pool: pool_settings(&pools.query_service, "database.pools.queryService")?,
+        fresh_ttl_seconds: seconds(&cache.fresh_ttl, "queryService.cache.freshTtl")?,
+        stale_while_revalidate_seconds: seconds(
+            &cache.stale_while_revalidate,
+            "queryService.cache.staleWhileRevalidate",
+        )?,
+        stale_if_error_seconds: seconds(&cache.stale_if_error, "queryService.cache.staleIfError")?,
+        max_entries: cache.max_entries,
+        max_bytes: u64::from(cache.max_megabytes) * 1024 * 1024,
+    };
+    Ok(ValidSpec {
+        collector,
+        query_service,
+        operator_pool: pool_settings(&pools.operator, "database.pools.operator")?,
+    })
+}
+
+fn seconds(duration: &Duration, field: &str) -> Result<u64, SpecError> {
+    duration
+        .seconds()
+        .map_err(|e| SpecError::new(field, e.to_string()))
+}
+
+/// The pool settings a `PoolSpec` declares.
+fn pool_settings(pool: &PoolSpec, field: &str) -> Result<PoolSettings, SpecError> {
+    if pool.min_connections > pool.max_connections {
+        return Err(SpecError::new(
+            format!("{field}.minConnections"),
+            "must not exceed maxConnections",
+        ));
+    }
+    let optional = |d: &Option<Duration>, name: &str| {
+        d.as_ref()
+            .map(|d| seconds(d, &format!("{field}.{name}")))
+            .transpose()
+    };
+    Ok(PoolSettings {
+        max_connections: pool.max_connections,
+        min_connections: pool.min_connections,
+        acquire_timeout_seconds: seconds(
+            &pool.acquire_timeout,
+            &format!("{field}.acquireTimeout"),
+        )?,
+        idle_timeout_seconds: optional(&pool.idle_timeout, "idleTimeout")?,
+        max_lifetime_seconds: optional(&pool.max_lifetime, "maxLifetime")?,
+        test_before_acquire: pool.test_before_acquire,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::MetricsStack;
+
+    fn spec(yaml: &str) -> MetricsStackSpec {
+        serde_yaml::from_str::<MetricsStack>(yaml)
+            .expect("the fixture is a MetricsStack")
+            .spec
+    }
+
+    #[test]
+    fn derives_each_components_settings() {
+        let valid = validate(&spec(include_str!("../tests/fixtures/production.yaml")))
+            .expect("the production example is valid");
+        assert_eq!(valid.collector.interval_seconds, 10);
+        assert_eq!(valid.collector.processes.top_by_cpu, 30);
+        assert_eq!(valid.collector.schema, "metrics");
+        assert_eq!(valid.collector.pool.max_connections, 3);
+        assert_eq!(valid.collector.pool.idle_timeout_seconds, Some(300));
+        assert_eq!(valid.collector.spool_max_bytes, 512 * 1024 * 1024);
+        assert_eq!(valid.query_service.pool.max_connections, 20);
+        assert_eq!(valid.query_service.fresh_ttl_seconds, 4);
+        assert_eq!(valid.query_service.listen_address, "0.0.0.0:8080");
+        assert_eq!(valid.operator_pool.max_connections, 2);
+    }
+
+    #[test]
+    fn names_the_pattern_that_is_no_regular_expression() {
+        let mut spec = spec(include_str!("../tests/fixtures/minimal.yaml"));
+        spec.collector.processes.exclude = vec!["ok".into(), "(unclosed".into()];
+        let error = validate(&spec).expect_err("the pattern is invalid");
+        assert_eq!(error.field, "collector.processes.exclude[1]");
+        assert!(error.message.contains("regular expression"), "{error}");
+    }
+
+    #[test]
+    fn refuses_a_stored_pool_with_min_over_max() {
+        let mut spec = spec(include_str!("../tests/fixtures/minimal.yaml"));
+        spec.database.pools.operator.min_connections = 9;
+        let error = validate(&spec).expect_err("min over max is invalid");
+        assert_eq!(
+            error.to_string(),
+            "spec.database.pools.operator.minConnections: must not exceed maxConnections"
+        );
+    }
+}

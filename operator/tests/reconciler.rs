@@ -1,0 +1,409 @@
+//! The reconciler against the real API server (with kube-controller-manager, kube-scheduler
+//! and kwok's simulated nodes) and native PostgreSQL: it creates, updates and cleans up every
+//! object, writes nothing when nothing changed, and recovers from a missing Secret.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client, ResourceExt};
+use metricsstack_collector::config::CollectorConfig;
+use metricsstack_operator::controller::{self, Context};
+use metricsstack_operator::crd::MetricsStack;
+use metricsstack_operator::metrics::Metrics;
+use metricsstack_testkit::{TestDatabase, TestNamespace, required_env};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The operator, running in this test's process and watching only its namespace.
+struct Operator {
+    metrics: Arc<Metrics>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    fn start(ns: &TestNamespace) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let context = Arc::new(Context::new(ns.client.clone(), metrics.clone(), "test"));
+        let namespace = ns.name.clone();
+        let task = tokio::spawn(async move {
+            controller::run(context, Some(&namespace), || {}).await;
+        });
+        Self { metrics, task }
+    }
+
+    fn reconciles(&self) -> u64 {
+        let text = self.metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix("metricsstack_operator_reconciles_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The number of simulated nodes, each of which must run a collector.
+fn simulated_nodes() -> i32 {
+    let nodes: i32 = required_env("METRICSSTACK_TESTENV_NODES")
+        .parse()
+        .expect("METRICSSTACK_TESTENV_NODES is a number");
+    assert!(
+        nodes > 0,
+        "these tests need simulated nodes: run them with `testenv/run --nodes 3`"
+    );
+    nodes
+}
+
+async fn create_secret(client: &Client, namespace: &str, uri: &str) {
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("db".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "uri".to_owned(),
+            ByteString(uri.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("the Secret is created");
+}
+
+async fn create_stack(client: &Client, namespace: &str, replicas: i32) -> Api<MetricsStack> {
+    common::install_crd(client).await;
+    let stack: MetricsStack = serde_json::from_value(json!({
+        "apiVersion": "metricsstack.dev/v1alpha1",
+        "kind": "MetricsStack",
+        "metadata": { "name": "stack", "namespace": namespace },
+        "spec": {
+            "database": { "secretRef": { "name": "db" }, "tlsMode": "Disable" },
+            "collector": { "image": "collector:test", "interval": "5s" },
+            "queryService": { "image": "operator:test", "replicas": replicas, "port": 8080 },
+            "deletionPolicy": "Retain"
+        }
+    }))
+    .expect("a MetricsStack");
+    let api: Api<MetricsStack> = Api::namespaced(client.clone(), namespace);
+    api.create(&PostParams::default(), &stack)
+        .await
+        .expect("the MetricsStack is created");
+    api
+}
+
+fn condition<'a>(
+    stack: &'a MetricsStack,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    stack
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+async fn wait_for(
+    api: &Api<MetricsStack>,
+    what: &str,
+    check: impl Fn(&MetricsStack) -> bool,
+) -> MetricsStack {
+    let result = tokio::time::timeout(
+        WAIT,
+        await_condition(api.clone(), "stack", move |s: Option<&MetricsStack>| {
+            s.is_some_and(&check)
+        }),
+    )
+    .await;
+    match result {
+        Ok(Ok(Some(stack))) => stack,
+        _ => {
+            let now = api.get("stack").await.ok();
+            panic!(
+                "timed out waiting until {what}; status: {:#?}",
+                now.and_then(|s| s.status)
+            );
+        }
+    }
+}
+
+fn is_ready(stack: &MetricsStack) -> bool {
+    condition(stack, "Ready").is_some_and(|c| c.status == "True")
+}
+
+/// The resourceVersion of an object that must exist.
+async fn version<K>(api: Api<K>, name: &str) -> Option<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let object = api
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    object.resource_version()
+}
+
+async fn wait_until<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn creates_updates_and_cleans_up_every_object() {
+    let nodes = simulated_nodes();
+    let ns = TestNamespace::create().await;
+    let db = TestDatabase::create().await;
+    let client = ns.client.clone();
+    let _operator = Operator::start(&ns);
+    create_secret(&client, &ns.name, &db.url()).await;
+    let stacks = create_stack(&client, &ns.name, 2).await;
+
+    let stack = wait_for(&stacks, "the stack is Ready", is_ready).await;
+    let status = stack.status.expect("status");
+    let collectors = status.collectors.expect("collectors");
+    assert_eq!((collectors.desired, collectors.ready), (nodes, nodes));
+    assert_eq!(collectors.summary, format!("{nodes}/{nodes}"));
+    assert_eq!(status.observed_generation, stack.metadata.generation);
+    assert!(
+        stack
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&controller::FINALIZER.to_owned())
+    );
+
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["stack-collector", "stack-query-service"] {
+        accounts
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("ServiceAccount {name}: {e}"));
+    }
+    let binding = Api::<ClusterRoleBinding>::all(client.clone())
+        .get(&format!("metricsstack-collector-{}-stack", ns.name))
+        .await
+        .expect("the ClusterRoleBinding exists");
+    assert_eq!(
+        binding.subjects.expect("subjects")[0].name,
+        "stack-collector"
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let collector_config = |map: ConfigMap| -> CollectorConfig {
+        serde_yaml::from_str(&map.data.expect("data")["collector.yaml"])
+            .expect("a collector config")
+    };
+    let config = collector_config(config_maps.get("stack-collector").await.expect("ConfigMap"));
+    assert_eq!(config.interval_seconds, 5);
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns.name);
+    let daemon_set = daemon_sets.get("stack-collector").await.expect("DaemonSet");
+    let pod = daemon_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod spec");
+    assert_eq!(pod.containers[0].image.as_deref(), Some("collector:test"));
+    assert_eq!(pod.host_pid, Some(true));
+    let checksum = |d: &DaemonSet| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .and_then(|a| a.get("metricsstack.dev/config-checksum").cloned())
+    };
+    let first_checksum = checksum(&daemon_set).expect("a checksum annotation");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployment = deployments
+        .get("stack-query-service")
+        .await
+        .expect("Deployment");
+    assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(2));
+    let service = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get("stack-query-service")
+        .await
+        .expect("Service");
+    assert_eq!(
+        service.spec.and_then(|s| s.ports).expect("ports")[0].port,
+        8080
+    );
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
+    budgets
+        .get("stack-query-service")
+        .await
+        .expect("two replicas have a PodDisruptionBudget");
+
+    // Editing the spec updates the objects: one replica drops the budget, a new interval
+    // changes the configuration and rolls the collectors through the checksum.
+    stacks
+        .patch(
+            "stack",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": {
+                "queryService": { "replicas": 1 }, "collector": { "interval": "10s" }
+            } })),
+        )
+        .await
+        .expect("the spec is edited");
+    wait_until("the edit is applied", || async {
+        let replicas = deployments
+            .get("stack-query-service")
+            .await
+            .ok()
+            .and_then(|d| d.spec)
+            .and_then(|s| s.replicas);
+        let budget = budgets.get_opt("stack-query-service").await.expect("get");
+        replicas == Some(1) && budget.is_none()
+    })
+    .await;
+    let config = collector_config(config_maps.get("stack-collector").await.expect("ConfigMap"));
+    assert_eq!(config.interval_seconds, 10);
+    let daemon_set = daemon_sets.get("stack-collector").await.expect("DaemonSet");
+    assert_ne!(checksum(&daemon_set).expect("checksum"), first_checksum);
+    wait_for(&stacks, "the edited stack is Ready again", |s| {
+        is_ready(s)
+            && s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation
+    })
+    .await;
+
+    // Deleting it removes the cluster-scoped binding (finalizer) and, through owner
+    // references, everything else (garbage collector).
+    stacks
+        .delete("stack", &DeleteParams::default())
+        .await
+        .expect("the stack is deleted");
+    wait_until("the stack and its objects are gone", || async {
+        let stack = stacks.get_opt("stack").await.expect("get");
+        let binding = Api::<ClusterRoleBinding>::all(client.clone())
+            .get_opt(&format!("metricsstack-collector-{}-stack", ns.name))
+            .await
+            .expect("get");
+        let daemon_set = daemon_sets.get_opt("stack-collector").await.expect("get");
+        let config_map = config_maps.get_opt("stack-collector").await.expect("get");
+        stack.is_none() && binding.is_none() && daemon_set.is_none() && config_map.is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reconcile_without_changes_writes_nothing() {
+    simulated_nodes();
+    let ns = TestNamespace::create().await;
+    let db = TestDatabase::create().await;
+    let client = ns.client.clone();
+    let operator = Operator::start(&ns);
+    create_secret(&client, &ns.name, &db.url()).await;
+    let stacks = create_stack(&client, &ns.name, 2).await;
+    wait_for(&stacks, "the stack is Ready", is_ready).await;
+
+    let versions = || async {
+        let mut versions = BTreeMap::new();
+        versions.insert("MetricsStack", version(stacks.clone(), "stack").await);
+        let (collector, query) = ("stack-collector", "stack-query-service");
+        let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &ns.name);
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns.name);
+        versions.insert(
+            "ServiceAccount collector",
+            version(accounts.clone(), collector).await,
+        );
+        versions.insert("ServiceAccount query", version(accounts, query).await);
+        versions.insert(
+            "ConfigMap collector",
+            version(config_maps.clone(), collector).await,
+        );
+        versions.insert("ConfigMap query", version(config_maps, query).await);
+        let daemon_sets = Api::<DaemonSet>::namespaced(client.clone(), &ns.name);
+        versions.insert("DaemonSet", version(daemon_sets, collector).await);
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+        versions.insert("Deployment", version(deployments, query).await);
+        let services = Api::<Service>::namespaced(client.clone(), &ns.name);
+        versions.insert("Service", version(services, query).await);
+        let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name);
+        versions.insert("PodDisruptionBudget", version(budgets, query).await);
+        let binding = format!("metricsstack-collector-{}-stack", ns.name);
+        let bindings = Api::<ClusterRoleBinding>::all(client.clone());
+        versions.insert("ClusterRoleBinding", version(bindings, &binding).await);
+        versions
+    };
+    let before = versions().await;
+
+    // Touching the referenced Secret wakes the controller for one more reconcile.
+    let reconciles = operator.reconciles();
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "touched": "yes" } } })),
+        )
+        .await
+        .expect("the Secret is labelled");
+    wait_until("another reconcile ran", || async {
+        operator.reconciles() > reconciles
+    })
+    .await;
+
+    assert_eq!(
+        versions().await,
+        before,
+        "a reconcile without changes must not write"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_reported_and_fixed_by_creating_it() {
+    simulated_nodes();
+    let ns = TestNamespace::create().await;
+    let db = TestDatabase::create().await;
+    let client = ns.client.clone();
+    let _operator = Operator::start(&ns);
+    let stacks = create_stack(&client, &ns.name, 1).await;
+    let stack = wait_for(&stacks, "DatabaseReady reports SecretNotFound", |s| {
+        condition(s, "DatabaseReady")
+            .is_some_and(|c| c.status == "False" && c.reason == "SecretNotFound")
+    })
+    .await;
+    let message = &condition(&stack, "DatabaseReady")
+        .expect("condition")
+        .message;
+    assert!(message.contains(&format!("{}/db", ns.name)), "{message}");
+    assert!(!is_ready(&stack));
+
+    create_secret(&client, &ns.name, &db.url()).await;
+    let stack = wait_for(
+        &stacks,
+        "the stack is Ready after the Secret appears",
+        is_ready,
+    )
+    .await;
+    assert_eq!(
+        condition(&stack, "DatabaseReady")
+            .expect("condition")
+            .reason,
+        "AsExpected"
+    );
+}
