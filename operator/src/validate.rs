@@ -4,7 +4,13 @@
 
 use metricsstack_collector::config::{CollectorConfig, PoolSettings, ProcessConfig};
 
-use crate::crd::{Duration, IDENTIFIER_PATTERN, MetricsStackSpec, PoolSpec};
+use crate::crd::{
+    Duration, IDENTIFIER_PATTERN, MetricTable, MetricsStackSpec, PoolSpec, StorageSpec,
+};
+use crate::database::{
+    DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable,
+    table_columns,
+};
 use crate::query_service::QueryServiceConfig;
 
 /// Where the collector container sees the host's `/proc`.
@@ -42,6 +48,8 @@ pub struct ValidSpec {
     pub query_service: QueryServiceConfig,
     /// The operator's own pool towards the database.
     pub operator_pool: PoolSettings,
+    /// The storage the database should have.
+    pub storage: DesiredStorage,
 }
 
 /// Checks the spec and derives each component's settings.
@@ -108,7 +116,126 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
         collector,
         query_service,
         operator_pool: pool_settings(&pools.operator, "database.pools.operator")?,
+        storage: desired_storage(&spec.storage, &identifier)?,
     })
+}
+
+/// The storage the spec asks for, with every identifier checked: aggregate names must be
+/// SQL identifiers, and segment-by and order-by entries columns of their table.
+fn desired_storage(
+    storage: &StorageSpec,
+    identifier: &regex::Regex,
+) -> Result<DesiredStorage, SpecError> {
+    let mut tables = Vec::new();
+    for (i, table) in storage.tables.iter().enumerate() {
+        let field = format!("storage.tables[{i}]");
+        let columns = table_columns(table.table);
+        let compression = match &table.compression {
+            None => None,
+            Some(c) => {
+                for (j, column) in c.segment_by.iter().enumerate() {
+                    if !columns.contains(&column.as_str()) {
+                        return Err(unknown_column(
+                            &format!("{field}.compression.segmentBy[{j}]"),
+                            column,
+                            columns,
+                        ));
+                    }
+                }
+                for (j, entry) in c.order_by.iter().enumerate() {
+                    let (column, direction) = entry.split_once(' ').unwrap_or((entry, "ASC"));
+                    if !columns.contains(&column) || !["ASC", "DESC"].contains(&direction) {
+                        return Err(unknown_column(
+                            &format!("{field}.compression.orderBy[{j}]"),
+                            entry,
+                            columns,
+                        ));
+                    }
+                }
+                Some(DesiredCompression {
+                    after: signed(seconds(&c.after, &format!("{field}.compression.after"))?),
+                    segment_by: c.segment_by.clone(),
+                    order_by: c.order_by.clone(),
+                })
+            }
+        };
+        tables.push(DesiredTable {
+            table: table.table,
+            chunk_interval: signed(seconds(
+                &table.chunk_interval,
+                &format!("{field}.chunkInterval"),
+            )?),
+            compression,
+            retention: table
+                .retention
+                .as_ref()
+                .map(|r| {
+                    seconds(&r.drop_after, &format!("{field}.retention.dropAfter")).map(signed)
+                })
+                .transpose()?,
+        });
+    }
+    let mut aggregates = Vec::new();
+    for (i, aggregate) in storage.aggregates.iter().enumerate() {
+        let field = format!("storage.aggregates[{i}]");
+        if !identifier.is_match(&aggregate.name)
+            || MetricTable::ALL
+                .iter()
+                .any(|t| t.table_name() == aggregate.name)
+        {
+            return Err(SpecError::new(
+                format!("{field}.name"),
+                format!(
+                    "{:?} must be a lower-case SQL identifier other than a metric table's name",
+                    aggregate.name
+                ),
+            ));
+        }
+        let refresh = &aggregate.refresh;
+        aggregates.push(DesiredAggregate {
+            name: aggregate.name.clone(),
+            source: aggregate.source,
+            bucket: signed(seconds(&aggregate.bucket, &format!("{field}.bucket"))?),
+            refresh: DesiredRefresh {
+                start_offset: signed(seconds(
+                    &refresh.start_offset,
+                    &format!("{field}.refresh.startOffset"),
+                )?),
+                end_offset: refresh
+                    .end_offset
+                    .as_ref()
+                    .map(|d| seconds(d, &format!("{field}.refresh.endOffset")).map(signed))
+                    .transpose()?,
+                schedule: signed(seconds(
+                    &refresh.schedule,
+                    &format!("{field}.refresh.schedule"),
+                )?),
+            },
+            retention: aggregate
+                .retention
+                .as_ref()
+                .map(|r| {
+                    seconds(&r.drop_after, &format!("{field}.retention.dropAfter")).map(signed)
+                })
+                .transpose()?,
+        });
+    }
+    Ok(DesiredStorage { tables, aggregates })
+}
+
+fn unknown_column(field: &str, entry: &str, columns: &[&str]) -> SpecError {
+    SpecError::new(
+        field,
+        format!(
+            "{entry:?} is not a column of the table (optionally followed by ASC or DESC); columns: {}",
+            columns.join(", ")
+        ),
+    )
+}
+
+/// Seconds as the database compares them (durations are at most 7 digits of years).
+fn signed(seconds: u64) -> i64 {
+    i64::try_from(seconds).unwrap_or(i64::MAX)
 }
 
 fn seconds(duration: &Duration, field: &str) -> Result<u64, SpecError> {
@@ -177,6 +304,40 @@ mod tests {
         let error = validate(&spec).expect_err("the pattern is invalid");
         assert_eq!(error.field, "collector.processes.exclude[1]");
         assert!(error.message.contains("regular expression"), "{error}");
+    }
+
+    #[test]
+    fn converts_storage_to_seconds() {
+        let valid = validate(&spec(include_str!("../tests/fixtures/production.yaml")))
+            .expect("the production example is valid");
+        let overall = &valid.storage.tables[1];
+        assert_eq!(overall.chunk_interval, 7 * 86_400);
+        assert_eq!(overall.retention, Some(365 * 86_400));
+        let daily = &valid.storage.aggregates[1];
+        assert_eq!(
+            (
+                daily.bucket,
+                daily.refresh.start_offset,
+                daily.refresh.end_offset
+            ),
+            (86_400, 3 * 86_400, Some(86_400))
+        );
+    }
+
+    #[test]
+    fn names_a_segment_by_column_the_table_lacks() {
+        let mut spec = spec(include_str!("../tests/fixtures/minimal.yaml"));
+        let compression = spec.storage.tables[1]
+            .compression
+            .as_mut()
+            .expect("compression");
+        compression.segment_by = vec!["pod_name".into()];
+        let error = validate(&spec).expect_err("host_overall_metrics has no pod_name");
+        assert_eq!(error.field, "storage.tables[1].compression.segmentBy[0]");
+        assert!(
+            error.message.contains("columns: timestamp, host"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use metricsstack_collector::config::CollectorConfig;
 use metricsstack_operator::controller::{self, Context};
 use metricsstack_operator::crd::MetricsStack;
 use metricsstack_operator::metrics::Metrics;
-use metricsstack_testkit::{TestDatabase, TestNamespace, required_env};
+use metricsstack_testkit::{TestDatabase, TestNamespace, TimescaleSchema, required_env};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -406,4 +406,109 @@ async fn a_missing_secret_is_reported_and_fixed_by_creating_it() {
             .reason,
         "AsExpected"
     );
+}
+
+#[tokio::test]
+async fn timescaledb_policies_follow_the_resource_and_go_with_it() {
+    simulated_nodes();
+    let tsdb = TimescaleSchema::create().await;
+    let ns = TestNamespace::create().await;
+    let client = ns.client.clone();
+    let operator = Operator::start(&ns);
+    create_secret(&client, &ns.name, &tsdb.url()).await;
+    common::install_crd(&client).await;
+    let stack: MetricsStack = serde_json::from_value(json!({
+        "apiVersion": "metricsstack.dev/v1alpha1",
+        "kind": "MetricsStack",
+        "metadata": { "name": "stack", "namespace": ns.name },
+        "spec": {
+            // The test server is one session: the operator keeps to one connection.
+            "database": { "secretRef": { "name": "db" }, "tlsMode": "Disable", "schema": tsdb.schema,
+                          "pools": { "operator": { "maxConnections": 1 } } },
+            "collector": { "image": "collector:test" },
+            "queryService": { "image": "operator:test", "replicas": 1 },
+            "deletionPolicy": "RemovePolicies"
+        }
+    }))
+    .expect("a MetricsStack");
+    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
+    stacks
+        .create(&PostParams::default(), &stack)
+        .await
+        .expect("created");
+    let ready = wait_for(&stacks, "the stack is Ready", is_ready).await;
+    let database = ready
+        .status
+        .and_then(|s| s.database)
+        .expect("database status");
+    assert!(database.timescaledb_version.is_some());
+    // Three tables with compression and retention, two aggregates with refresh and retention.
+    assert_eq!(database.policies, 10);
+    let revision = &database.applied_revisions[0];
+    assert_eq!(Some(revision.generation), ready.metadata.generation);
+    assert!(
+        revision
+            .steps
+            .iter()
+            .any(|s| s.starts_with("create hypertable host_process_metrics")),
+        "{revision:?}"
+    );
+
+    // An edit converges the database and adds a revision.
+    stacks
+        .patch(
+            "stack",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "storage": { "aggregates": [] } } })),
+        )
+        .await
+        .expect("edited");
+    let edited = wait_for(&stacks, "the aggregates are dropped", |s| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.database.as_ref())
+            .is_some_and(|d| d.policies == 6 && d.applied_revisions.len() == 2)
+    })
+    .await;
+    let revisions = edited
+        .status
+        .and_then(|s| s.database)
+        .expect("database")
+        .applied_revisions;
+    assert!(
+        revisions[0]
+            .steps
+            .iter()
+            .any(|s| s == "drop continuous aggregate host_process_metrics_hourly"),
+        "{revisions:?}"
+    );
+
+    // Deleting the stack removes the policies it created (deletionPolicy RemovePolicies).
+    stacks
+        .delete("stack", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    wait_until("the stack is gone", || async {
+        stacks.get_opt("stack").await.expect("get").is_none()
+    })
+    .await;
+    drop(operator);
+    let mut conn = tsdb.connect().await;
+    let jobs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_schema = $1",
+    )
+    .bind(&tsdb.schema)
+    .fetch_one(&mut conn)
+    .await
+    .expect("jobs");
+    assert_eq!(jobs, 0, "the stack's policies are removed with it");
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = $1",
+    )
+    .bind(&tsdb.schema)
+    .fetch_one(&mut conn)
+    .await
+    .expect("hypertables");
+    assert_eq!(tables, 3, "tables and data stay");
+    sqlx::Connection::close(conn).await.expect("closed");
 }

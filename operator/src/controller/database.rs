@@ -12,9 +12,15 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use sqlx::PgPool;
 
+use k8s_openapi::jiff::Timestamp;
+use sha2::{Digest, Sha256};
+
+use super::ACKNOWLEDGE_ANNOTATION;
 use super::conditions::Outcome;
-use crate::crd::{ConditionReason, ConditionType, DatabaseStatus, MetricsStack};
-use crate::database::{self, DatabaseError};
+use crate::crd::{
+    AppliedRevision, ConditionReason, ConditionType, DatabaseStatus, MetricsStack, PendingPlan,
+};
+use crate::database::{self, Convergence, DatabaseError};
 use crate::validate::ValidSpec;
 
 /// Database pools, one per stack.
@@ -103,62 +109,16 @@ impl DatabaseOutcome {
     }
 }
 
-/// Reads the Secret, connects and converges the database.
+/// Reads the Secret, connects, and converges the schema and storage policies.
 pub async fn reconcile_database(
     client: &Client,
     pools: &Pools,
     stack: &MetricsStack,
     valid: &ValidSpec,
 ) -> Result<DatabaseOutcome, kube::Error> {
-    let namespace = stack.namespace().unwrap_or_default();
-    let reference = &stack.spec.database.secret_ref;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let Some(secret) = secrets.get_opt(&reference.name).await? else {
-        return Ok(DatabaseOutcome::not_ready(
-            ConditionReason::SecretNotFound,
-            format!(
-                "Secret {namespace}/{} not found: create it with the key {:?} holding the \
-                 connection URI (postgres://user:password@host:port/database)",
-                reference.name, reference.key
-            ),
-            None,
-        ));
-    };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(&reference.key))
-        .map(|bytes| String::from_utf8(bytes.0.clone()));
-    let uri = match value {
-        Some(Ok(uri)) => uri,
-        Some(Err(_)) | None => {
-            return Ok(DatabaseOutcome::not_ready(
-                ConditionReason::SecretInvalid,
-                format!(
-                    "Secret {namespace}/{} has no UTF-8 key {:?}: set database.secretRef.key to \
-                     the key holding the connection URI",
-                    reference.name, reference.key
-                ),
-                None,
-            ));
-        }
-    };
-    let pool = match pools.get(stack, uri.trim(), valid).await {
+    let pool = match connect_stack(client, pools, stack, valid).await? {
         Ok(pool) => pool,
-        Err(error @ DatabaseError::InvalidUri) => {
-            return Ok(DatabaseOutcome::not_ready(
-                ConditionReason::SecretInvalid,
-                format!("Secret {namespace}/{}: {error}", reference.name),
-                None,
-            ));
-        }
-        Err(error) => {
-            return Ok(DatabaseOutcome::not_ready(
-                ConditionReason::DatabaseUnreachable,
-                error.to_string(),
-                Some(error),
-            ));
-        }
+        Err(outcome) => return Ok(outcome),
     };
     let info = match database::probe(&pool).await {
         Ok(info) => info,
@@ -177,28 +137,185 @@ pub async fn reconcile_database(
             None => "connected; PostgreSQL without TimescaleDB".to_owned(),
         },
     );
-    Ok(match database::migrate(&pool).await {
-        Ok(applied) => DatabaseOutcome {
-            ready,
-            policies: Outcome::ok(
-                ConditionType::PoliciesApplied,
-                format!("schema at migration {applied}"),
+    let acknowledged = stack
+        .annotations()
+        .get(ACKNOWLEDGE_ANNOTATION)
+        .map(String::as_str);
+    let schema = &stack.spec.database.schema;
+    let convergence = match database::converge(&pool, schema, &valid.storage, acknowledged).await {
+        Ok(convergence) => convergence,
+        Err(error) => {
+            return Ok(DatabaseOutcome {
+                ready,
+                policies: Outcome::failed(
+                    ConditionType::PoliciesApplied,
+                    ConditionReason::DatabaseError,
+                    error.to_string(),
+                ),
+                status: None,
+                retry: Some(error),
+            });
+        }
+    };
+    Ok(DatabaseOutcome {
+        ready,
+        policies: policies_outcome(&convergence),
+        status: Some(database_status(stack, &convergence)),
+        retry: None,
+    })
+}
+
+/// How many applied revisions the status keeps.
+const REVISIONS_KEPT: usize = 5;
+
+fn policies_outcome(convergence: &Convergence) -> Outcome {
+    if let Some(pending) = &convergence.pending {
+        let steps: Vec<String> = pending.steps.iter().map(ToString::to_string).collect();
+        return Outcome::failed(
+            ConditionType::PoliciesApplied,
+            ConditionReason::DataLossNotAcknowledged,
+            format!(
+                "held back because it would delete {} rows in {} chunks now: {}. To apply it, \
+                 set the annotation {ACKNOWLEDGE_ANNOTATION}: \"{}\"",
+                pending.loss.rows,
+                pending.loss.chunks,
+                steps.join("; "),
+                pending.hash
             ),
-            status: Some(DatabaseStatus {
-                timescaledb_version: info.timescaledb_version,
-                ..DatabaseStatus::default()
-            }),
-            retry: None,
-        },
-        Err(error) => DatabaseOutcome {
-            ready,
-            policies: Outcome::failed(
-                ConditionType::PoliciesApplied,
+        );
+    }
+    if !convergence.unsupported.is_empty() {
+        return Outcome {
+            type_: ConditionType::PoliciesApplied,
+            ok: true,
+            reason: ConditionReason::TimescaleDbMissing,
+            message: format!(
+                "schema applied; TimescaleDB is not installed, so these are not: {}",
+                convergence.unsupported.join(", ")
+            ),
+        };
+    }
+    Outcome::ok(
+        ConditionType::PoliciesApplied,
+        format!("{} policies in force", convergence.policies),
+    )
+}
+
+fn database_status(stack: &MetricsStack, convergence: &Convergence) -> DatabaseStatus {
+    let previous = stack
+        .status
+        .as_ref()
+        .and_then(|s| s.database.clone())
+        .unwrap_or_default();
+    let mut applied_revisions = previous.applied_revisions;
+    if !convergence.applied.is_empty() {
+        applied_revisions.insert(
+            0,
+            AppliedRevision {
+                generation: stack.metadata.generation.unwrap_or_default(),
+                spec_hash: storage_hash(stack),
+                steps: convergence
+                    .applied
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                applied_at: Timestamp::now().to_string(),
+            },
+        );
+        applied_revisions.truncate(REVISIONS_KEPT);
+    }
+    DatabaseStatus {
+        timescaledb_version: convergence.timescaledb_version.clone(),
+        policies: i32::try_from(convergence.policies).unwrap_or(i32::MAX),
+        unsupported: convergence.unsupported.clone(),
+        applied_revisions,
+        pending_plan: convergence.pending.as_ref().map(|p| PendingPlan {
+            hash: p.hash.clone(),
+            steps: p.steps.iter().map(ToString::to_string).collect(),
+            chunks_to_drop: p.loss.chunks,
+            rows_to_drop: p.loss.rows,
+        }),
+    }
+}
+
+/// A short hash of the storage spec, so that a person can match revisions to commits.
+fn storage_hash(stack: &MetricsStack) -> String {
+    let json = serde_json::to_vec(&stack.spec.storage).expect("the storage spec serialises");
+    format!("{:x}", Sha256::digest(json))[..16].to_owned()
+}
+
+/// Removes the policies the operator created for the stack (`deletionPolicy:
+/// RemovePolicies`); returns what it removed, as step descriptions.
+pub async fn remove_stack_policies(
+    client: &Client,
+    pools: &Pools,
+    stack: &MetricsStack,
+    valid: &ValidSpec,
+) -> Result<Result<Vec<String>, DatabaseOutcome>, kube::Error> {
+    let pool = match connect_stack(client, pools, stack, valid).await? {
+        Ok(pool) => pool,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
+    Ok(
+        match database::remove_policies(&pool, &stack.spec.database.schema).await {
+            Ok(steps) => Ok(steps.iter().map(ToString::to_string).collect()),
+            Err(error) => Err(DatabaseOutcome::not_ready(
                 ConditionReason::DatabaseError,
                 error.to_string(),
-            ),
-            status: None,
-            retry: Some(error),
+                Some(error),
+            )),
         },
+    )
+}
+
+/// The stack's pool, or the outcome that says why there is none.
+async fn connect_stack(
+    client: &Client,
+    pools: &Pools,
+    stack: &MetricsStack,
+    valid: &ValidSpec,
+) -> Result<Result<PgPool, DatabaseOutcome>, kube::Error> {
+    let namespace = stack.namespace().unwrap_or_default();
+    let reference = &stack.spec.database.secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let Some(secret) = secrets.get_opt(&reference.name).await? else {
+        return Ok(Err(DatabaseOutcome::not_ready(
+            ConditionReason::SecretNotFound,
+            format!(
+                "Secret {namespace}/{} not found: create it with the key {:?} holding the \
+                 connection URI (postgres://user:password@host:port/database)",
+                reference.name, reference.key
+            ),
+            None,
+        )));
+    };
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(&reference.key))
+        .map(|bytes| String::from_utf8(bytes.0.clone()));
+    let Some(Ok(uri)) = value else {
+        return Ok(Err(DatabaseOutcome::not_ready(
+            ConditionReason::SecretInvalid,
+            format!(
+                "Secret {namespace}/{} has no UTF-8 key {:?}: set database.secretRef.key to \
+                 the key holding the connection URI",
+                reference.name, reference.key
+            ),
+            None,
+        )));
+    };
+    Ok(match pools.get(stack, uri.trim(), valid).await {
+        Ok(pool) => Ok(pool),
+        Err(error @ DatabaseError::InvalidUri) => Err(DatabaseOutcome::not_ready(
+            ConditionReason::SecretInvalid,
+            format!("Secret {namespace}/{}: {error}", reference.name),
+            None,
+        )),
+        Err(error) => Err(DatabaseOutcome::not_ready(
+            ConditionReason::DatabaseUnreachable,
+            error.to_string(),
+            Some(error),
+        )),
     })
 }

@@ -19,9 +19,10 @@ use serde_json::json;
 use super::Context;
 use super::apply::{FIELD_MANAGER, apply_all};
 use super::conditions::{Outcome, conditions};
-use super::database::reconcile_database;
+use super::database::{reconcile_database, remove_stack_policies};
 use crate::crd::{
-    CollectorsStatus, ConditionReason, ConditionType, MetricsStack, MetricsStackStatus,
+    CollectorsStatus, ConditionReason, ConditionType, DeletionPolicy, MetricsStack,
+    MetricsStackStatus,
 };
 use crate::database::DatabaseError;
 use crate::resources::{self, desired_objects};
@@ -49,6 +50,9 @@ pub enum ReconcileError {
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<ReconcileError>>),
+    /// Clean-up cannot proceed (for example the database Secret is gone).
+    #[error("clean-up: {0}")]
+    Cleanup(String),
     /// The object has no namespace (MetricsStack is namespaced, so this is a broken object).
     #[error("the MetricsStack has no namespace")]
     NoNamespace,
@@ -61,6 +65,7 @@ impl ReconcileError {
             Self::Kube(_) => "kubernetes",
             Self::Database(_) => "database",
             Self::Finalizer(_) => "finalizer",
+            Self::Cleanup(_) => "cleanup",
             Self::NoNamespace => "no_namespace",
         }
     }
@@ -248,26 +253,44 @@ async fn update_status(
     Ok(true)
 }
 
-/// Removes what garbage collection cannot: the cluster-scoped RoleBinding. Database
-/// policies stay or go as `deletionPolicy` says.
+/// Removes what garbage collection cannot: the cluster-scoped RoleBinding and, with
+/// `deletionPolicy: RemovePolicies`, the database policies the operator created (tables,
+/// aggregates and data stay). An unreachable database keeps the finalizer until it answers;
+/// setting `deletionPolicy: Retain` lets the deletion finish without it.
 async fn cleanup(stack: &MetricsStack, ctx: &Context) -> Result<Action, ReconcileError> {
+    let removed_policies = match (stack.spec.deletion_policy, validate(&stack.spec)) {
+        (DeletionPolicy::Retain, _) => "database left as it is (deletionPolicy Retain)".to_owned(),
+        (DeletionPolicy::RemovePolicies, Err(error)) => {
+            format!("database policies not removed: the spec is invalid ({error})")
+        }
+        (DeletionPolicy::RemovePolicies, Ok(valid)) => {
+            match remove_stack_policies(&ctx.client, &ctx.pools, stack, &valid).await? {
+                Ok(steps) => format!("removed {} database policies", steps.len()),
+                Err(outcome) => {
+                    publish(
+                        ctx,
+                        stack,
+                        EventType::Warning,
+                        outcome.ready.reason.as_str(),
+                        outcome.ready.message.clone(),
+                    )
+                    .await;
+                    return Err(match outcome.retry {
+                        Some(error) => error.into(),
+                        None => ReconcileError::Cleanup(outcome.ready.message),
+                    });
+                }
+            }
+        }
+    };
     let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
     let name = resources::cluster_role_binding_name(stack);
     if bindings.get_metadata_opt(&name).await?.is_some() {
         bindings.delete(&name, &DeleteParams::default()).await?;
     }
     ctx.pools.remove(stack).await;
-    publish(
-        ctx,
-        stack,
-        EventType::Normal,
-        "Deleted",
-        format!(
-            "removed ClusterRoleBinding {name}; database left as deletionPolicy {:?} says",
-            stack.spec.deletion_policy
-        ),
-    )
-    .await;
+    let note = format!("removed ClusterRoleBinding {name}; {removed_policies}");
+    publish(ctx, stack, EventType::Normal, "Deleted", note).await;
     Ok(Action::await_change())
 }
 

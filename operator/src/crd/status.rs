@@ -142,6 +142,8 @@ pub enum ConditionReason {
     DataLossNotAcknowledged,
     /// The spec is invalid in a way the schema cannot express.
     InvalidSpec,
+    /// The database is PostgreSQL without TimescaleDB: the schema applies, the policies do not.
+    TimescaleDbMissing,
     /// Waiting on another condition.
     Waiting,
 }
@@ -158,6 +160,7 @@ impl ConditionReason {
             Self::DatabaseError => "DatabaseError",
             Self::DataLossNotAcknowledged => "DataLossNotAcknowledged",
             Self::InvalidSpec => "InvalidSpec",
+            Self::TimescaleDbMissing => "TimescaleDBMissing",
             Self::Waiting => "Waiting",
         }
     }

@@ -97,7 +97,24 @@ pub async fn probe(pool: &PgPool) -> Result<DatabaseInfo, DatabaseError> {
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Applies the pending schema migrations in the stack's schema; returns the latest version.
+/// An up-to-date schema is only read, never written.
 pub async fn migrate(pool: &PgPool) -> Result<i64, DatabaseError> {
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let recorded: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .map_err(DatabaseError::statement("looking for the migrations table"))?;
+    let current: Option<i64> = if recorded {
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .map_err(DatabaseError::statement("reading the applied migrations"))?
+    } else {
+        None
+    };
+    if current == Some(latest) {
+        return Ok(latest);
+    }
     MIGRATOR
         .run(pool)
         .await
@@ -105,5 +122,5 @@ pub async fn migrate(pool: &PgPool) -> Result<i64, DatabaseError> {
             context: "applying the schema migrations".into(),
             source: e.into(),
         })?;
-    Ok(MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0))
+    Ok(latest)
 }

@@ -1,6 +1,148 @@
-//! The operator's side of the database: connecting with the spec's pool settings, and
-//! (in the policy manager) converging schema and storage policies.
+//! The operator's side of the database: connecting with the spec's pool settings, and the
+//! policy manager that converges schema and storage policies: read what the database has
+//! ([`introspect`]), compare with the spec into a typed plan ([`plan`], pure), and apply
+//! only that ([`apply`]), holding back steps that would delete data until acknowledged.
 
+mod apply;
 mod connection;
+mod desired;
+mod introspect;
+mod plan;
 
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+pub use apply::{Loss, interval, measure_loss, qualified};
 pub use connection::{DatabaseError, DatabaseInfo, MIGRATOR, connect, migrate, probe};
+pub use desired::{
+    DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable, rollup,
+    table_columns,
+};
+pub use introspect::{DatabaseState, Job, JobKind, MANAGED_COMMENT, read_state};
+pub use plan::{Step, human, plan, removal};
+
+/// What converging the database did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Convergence {
+    /// The TimescaleDB version; `None` on plain PostgreSQL.
+    pub timescaledb_version: Option<String>,
+    /// The steps applied, in order (empty when the database already matched).
+    pub applied: Vec<Step>,
+    /// Steps held back because they would delete data now, with what they would delete.
+    pub pending: Option<PendingSteps>,
+    /// What the spec asks that this database cannot do.
+    pub unsupported: Vec<String>,
+    /// Policy jobs in force for the stack's tables and aggregates.
+    pub policies: usize,
+}
+
+/// Steps that would delete data, waiting for their hash to be acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingSteps {
+    /// Hash of the held-back steps; acknowledging it lets them run.
+    pub hash: String,
+    /// The held-back steps.
+    pub steps: Vec<Step>,
+    /// What they would delete now, in total.
+    pub loss: Loss,
+}
+
+/// The hash that acknowledges exactly these steps.
+pub fn plan_hash(steps: &[Step]) -> String {
+    let mut hasher = Sha256::new();
+    for step in steps {
+        hasher.update(step.to_string().as_bytes());
+        hasher.update(b"\n");
+    }
+    format!("{:x}", hasher.finalize())[..16].to_owned()
+}
+
+/// Brings the schema up to date and the storage policies in line with `desired`. Steps that
+/// would delete data right now run only when `acknowledged` is their [`plan_hash`].
+pub async fn converge(
+    pool: &PgPool,
+    schema: &str,
+    desired: &DesiredStorage,
+    acknowledged: Option<&str>,
+) -> Result<Convergence, DatabaseError> {
+    migrate(pool).await?;
+    let state = read_state(pool, schema).await?;
+    if state.timescaledb_version.is_none() {
+        return Ok(Convergence {
+            unsupported: unsupported_without_timescaledb(desired),
+            ..Convergence::default()
+        });
+    }
+    let steps = plan(desired, &state);
+    let mut safe = Vec::new();
+    let mut risky = Vec::new();
+    let mut loss = Loss::default();
+    for step in steps {
+        let would_lose = if step.can_drop_data() {
+            measure_loss(pool, schema, &state, &step).await?
+        } else {
+            Loss::default()
+        };
+        if would_lose == Loss::default() {
+            safe.push(step);
+        } else {
+            loss.chunks += would_lose.chunks;
+            loss.rows += would_lose.rows;
+            risky.push(step);
+        }
+    }
+    let hash = plan_hash(&risky);
+    let pending = if risky.is_empty() || acknowledged == Some(hash.as_str()) {
+        safe.append(&mut risky);
+        None
+    } else {
+        Some(PendingSteps {
+            hash,
+            steps: risky,
+            loss,
+        })
+    };
+    let policies = if safe.is_empty() {
+        state.jobs.len()
+    } else {
+        apply::apply_steps(pool, schema, &state, &safe).await?;
+        read_state(pool, schema).await?.jobs.len()
+    };
+    Ok(Convergence {
+        timescaledb_version: state.timescaledb_version,
+        applied: safe,
+        pending,
+        unsupported: Vec::new(),
+        policies,
+    })
+}
+
+/// Removes every policy job the operator manages in `schema` (tables, aggregates and data
+/// stay); returns the steps run.
+pub async fn remove_policies(pool: &PgPool, schema: &str) -> Result<Vec<Step>, DatabaseError> {
+    let state = read_state(pool, schema).await?;
+    let steps = removal(&state);
+    if !steps.is_empty() {
+        apply::apply_steps(pool, schema, &state, &steps).await?;
+    }
+    Ok(steps)
+}
+
+/// What the spec asks that a PostgreSQL without TimescaleDB cannot do.
+fn unsupported_without_timescaledb(desired: &DesiredStorage) -> Vec<String> {
+    let mut unsupported = Vec::new();
+    for table in &desired.tables {
+        let name = table.table.table_name();
+        unsupported.push(format!("hypertable {name}"));
+        if table.compression.is_some() {
+            unsupported.push(format!("compression of {name}"));
+        }
+        if table.retention.is_some() {
+            unsupported.push(format!("retention of {name}"));
+        }
+    }
+    for aggregate in &desired.aggregates {
+        unsupported.push(format!("continuous aggregate {}", aggregate.name));
+    }
+    unsupported
+}

@@ -1,0 +1,302 @@
+//! Running plan steps against the database, and measuring what a step would delete before
+//! it is allowed to run. Identifiers come from validated settings and are quoted; values are
+//! bound as parameters.
+
+use sqlx::{PgConnection, PgPool};
+
+use super::DatabaseError;
+use super::desired::{DesiredRefresh, rollup};
+use super::introspect::{DatabaseState, JobKind, MANAGED_COMMENT};
+use super::plan::Step;
+
+/// A quoted, schema-qualified name.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("\"{schema}\".\"{name}\"")
+}
+
+/// An interval literal PostgreSQL reads, from whole seconds (`7 days`, `3 hours`).
+pub fn interval(seconds: i64) -> String {
+    for (unit, size) in [("days", 86_400), ("hours", 3_600), ("minutes", 60)] {
+        if seconds != 0 && seconds % size == 0 {
+            return format!("{} {unit}", seconds / size);
+        }
+    }
+    format!("{seconds} seconds")
+}
+
+/// Runs `steps` in one transaction: all of them or, on an error, none.
+pub async fn apply_steps(
+    pool: &PgPool,
+    schema: &str,
+    state: &DatabaseState,
+    steps: &[Step],
+) -> Result<(), DatabaseError> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(DatabaseError::statement("starting a transaction"))?;
+    for step in steps {
+        run(&mut tx, schema, state, step)
+            .await
+            .map_err(DatabaseError::statement(step.to_string()))?;
+    }
+    tx.commit()
+        .await
+        .map_err(DatabaseError::statement("committing the plan"))
+}
+
+async fn run(
+    conn: &mut PgConnection,
+    schema: &str,
+    state: &DatabaseState,
+    step: &Step,
+) -> Result<(), sqlx::Error> {
+    match step {
+        Step::CreateHypertable {
+            table,
+            chunk_interval,
+        } => {
+            sqlx::query(
+                "SELECT create_hypertable($1::regclass, by_range('timestamp', $2::interval), \
+                 migrate_data => true, if_not_exists => true)",
+            )
+            .bind(qualified(schema, table.table_name()))
+            .bind(interval(*chunk_interval))
+            .execute(conn)
+            .await?;
+        }
+        Step::SetChunkInterval {
+            table,
+            chunk_interval,
+        } => {
+            sqlx::query("SELECT set_chunk_time_interval($1::regclass, $2::interval)")
+                .bind(qualified(schema, table.table_name()))
+                .bind(interval(*chunk_interval))
+                .execute(conn)
+                .await?;
+        }
+        Step::ConfigureCompression {
+            table,
+            segment_by,
+            order_by,
+        } => {
+            // DDL takes no parameters: the columns matched the identifier pattern and the
+            // table's column list in validation, and are quoted here.
+            let mut options = vec!["timescaledb.compress".to_owned()];
+            if !segment_by.is_empty() {
+                let columns: Vec<String> = segment_by.iter().map(|c| format!("\"{c}\"")).collect();
+                options.push(format!(
+                    "timescaledb.compress_segmentby = '{}'",
+                    columns.join(", ")
+                ));
+            }
+            if !order_by.is_empty() {
+                let entries: Vec<String> = order_by
+                    .iter()
+                    .map(|entry| match entry.split_once(' ') {
+                        Some((column, direction)) => format!("\"{column}\" {direction}"),
+                        None => format!("\"{entry}\""),
+                    })
+                    .collect();
+                options.push(format!(
+                    "timescaledb.compress_orderby = '{}'",
+                    entries.join(", ")
+                ));
+            }
+            let statement = format!(
+                "ALTER TABLE {} SET ({})",
+                qualified(schema, table.table_name()),
+                options.join(", ")
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(conn)
+                .await?;
+        }
+        Step::AddPolicy {
+            kind,
+            relation,
+            after,
+            refresh,
+        } => {
+            let relation = qualified(schema, relation);
+            let query = match kind {
+                JobKind::Compression if state.columnstore_api => {
+                    sqlx::query("CALL add_columnstore_policy($1::regclass, after => $2::interval)")
+                }
+                JobKind::Compression => {
+                    sqlx::query("SELECT add_compression_policy($1::regclass, $2::interval)")
+                }
+                JobKind::Retention => {
+                    sqlx::query("SELECT add_retention_policy($1::regclass, $2::interval)")
+                }
+                JobKind::Refresh => sqlx::query(
+                    "SELECT add_continuous_aggregate_policy($1::regclass, \
+                     start_offset => $2::interval, end_offset => $3::interval, \
+                     schedule_interval => $4::interval)",
+                ),
+            };
+            let refresh = refresh_parameters(refresh);
+            query
+                .bind(relation)
+                .bind(interval(*after))
+                .bind(refresh.0)
+                .bind(refresh.1)
+                .execute(conn)
+                .await?;
+        }
+        Step::AlterPolicy {
+            job_id,
+            kind,
+            after,
+            refresh,
+            ..
+        } => {
+            let key = match kind {
+                JobKind::Compression => "compress_after",
+                JobKind::Retention => "drop_after",
+                JobKind::Refresh => "start_offset",
+            };
+            let refresh = refresh_parameters(refresh);
+            // The job's config is changed in place (same job id); a refresh also gets its
+            // end offset and schedule.
+            sqlx::query(
+                "SELECT alter_job(job_id, \
+                   schedule_interval => COALESCE($5::interval, schedule_interval), \
+                   config => CASE WHEN $4 \
+                     THEN jsonb_set(jsonb_set(config, ARRAY[$2], to_jsonb($3::interval::text)), \
+                                    '{end_offset}', COALESCE(to_jsonb($6::interval::text), 'null'::jsonb)) \
+                     ELSE jsonb_set(config, ARRAY[$2], to_jsonb($3::interval::text)) END) \
+                 FROM timescaledb_information.jobs WHERE job_id = $1",
+            )
+            .bind(job_id)
+            .bind(key)
+            .bind(interval(*after))
+            .bind(*kind == JobKind::Refresh)
+            .bind(refresh.1)
+            .bind(refresh.0)
+            .execute(conn)
+            .await?;
+        }
+        Step::RemovePolicy { job_id, .. } => {
+            sqlx::query("SELECT delete_job($1)")
+                .bind(job_id)
+                .execute(conn)
+                .await?;
+        }
+        Step::CreateAggregate {
+            name,
+            source,
+            bucket,
+        } => {
+            let (select, group) = rollup(*source);
+            let view = qualified(schema, name);
+            let statement = format!(
+                "CREATE MATERIALIZED VIEW {view} \
+                 WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS \
+                 SELECT time_bucket(INTERVAL '{}', \"timestamp\") AS bucket, {select} \
+                 FROM {} GROUP BY bucket, {group} WITH NO DATA",
+                interval(*bucket),
+                qualified(schema, source.table_name())
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&mut *conn)
+                .await?;
+            let comment = format!("COMMENT ON VIEW {view} IS '{MANAGED_COMMENT}'");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(comment))
+                .execute(conn)
+                .await?;
+        }
+        Step::DropAggregate { name } => {
+            let statement = format!("DROP MATERIALIZED VIEW {}", qualified(schema, name));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A refresh's `(end_offset, schedule)` as interval parameters (`NULL` where absent).
+fn refresh_parameters(refresh: &Option<DesiredRefresh>) -> (Option<String>, Option<String>) {
+    match refresh {
+        Some(r) => (r.end_offset.map(interval), Some(interval(r.schedule))),
+        None => (None, None),
+    }
+}
+
+/// What a step would delete if it ran now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loss {
+    /// Chunks dropped.
+    pub chunks: i64,
+    /// Rows dropped.
+    pub rows: i64,
+}
+
+/// Measures what `step` would delete right now (zero for steps that cannot drop data, and
+/// for relations that do not exist yet or are no hypertables yet, which have no chunks).
+pub async fn measure_loss(
+    pool: &PgPool,
+    schema: &str,
+    state: &DatabaseState,
+    step: &Step,
+) -> Result<Loss, DatabaseError> {
+    let context = || DatabaseError::statement(format!("measuring what \"{step}\" would delete"));
+    let (relation, older_than, time_column) = match step {
+        Step::AddPolicy {
+            kind: JobKind::Retention,
+            relation,
+            after,
+            ..
+        }
+        | Step::AlterPolicy {
+            kind: JobKind::Retention,
+            relation,
+            after,
+            ..
+        } => (relation, Some(interval(*after)), time_column(relation)),
+        Step::DropAggregate { name } => (name, None, "bucket"),
+        _ => return Ok(Loss::default()),
+    };
+    let is_table = time_column == "timestamp";
+    let is_hypertable = state.hypertables.keys().any(|t| t.table_name() == relation)
+        || state.aggregates.contains_key(relation);
+    if !is_hypertable && !is_table {
+        // An aggregate that does not exist yet holds nothing to lose.
+        return Ok(Loss::default());
+    }
+    let target = qualified(schema, relation);
+    // A metric table that is no hypertable yet has rows but no chunks.
+    let chunks: i64 = if is_hypertable {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM show_chunks($1::regclass, older_than => $2::interval)",
+        )
+        .bind(&target)
+        .bind(&older_than)
+        .fetch_one(pool)
+        .await
+        .map_err(context())?
+    } else {
+        0
+    };
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {target} WHERE $1::interval IS NULL OR \"{time_column}\" < now() - $1::interval"
+    )))
+    .bind(&older_than)
+    .fetch_one(pool)
+    .await
+    .map_err(context())?;
+    Ok(Loss { chunks, rows })
+}
+
+/// The time column of a metric table (`timestamp`) or of an aggregate (`bucket`).
+fn time_column(relation: &str) -> &'static str {
+    if crate::crd::MetricTable::ALL
+        .iter()
+        .any(|t| t.table_name() == relation)
+    {
+        "timestamp"
+    } else {
+        "bucket"
+    }
+}

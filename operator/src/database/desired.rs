@@ -1,0 +1,157 @@
+//! The storage state a MetricsStack asks for, in the units the database compares in
+//! (seconds), with the SQL each metric table and aggregate needs.
+
+use crate::crd::MetricTable;
+
+/// What the spec asks of the database's storage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredStorage {
+    /// Managed metric tables.
+    pub tables: Vec<DesiredTable>,
+    /// Managed continuous aggregates.
+    pub aggregates: Vec<DesiredAggregate>,
+}
+
+/// One managed metric table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredTable {
+    /// Which table.
+    pub table: MetricTable,
+    /// Chunk time range, in seconds.
+    pub chunk_interval: i64,
+    /// Compression, if wanted.
+    pub compression: Option<DesiredCompression>,
+    /// Drop data older than this many seconds, if wanted.
+    pub retention: Option<i64>,
+}
+
+/// Compression of a table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredCompression {
+    /// Compress chunks older than this many seconds.
+    pub after: i64,
+    /// Segment-by columns.
+    pub segment_by: Vec<String>,
+    /// Order-by entries: a column, optionally followed by ` ASC` or ` DESC`.
+    pub order_by: Vec<String>,
+}
+
+/// One managed continuous aggregate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredAggregate {
+    /// The view's name.
+    pub name: String,
+    /// The table it rolls up.
+    pub source: MetricTable,
+    /// Bucket width in seconds.
+    pub bucket: i64,
+    /// Its refresh policy.
+    pub refresh: DesiredRefresh,
+    /// Drop buckets older than this many seconds, if wanted.
+    pub retention: Option<i64>,
+}
+
+/// A refresh policy, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DesiredRefresh {
+    /// Refresh from this far back.
+    pub start_offset: i64,
+    /// Up to this long ago; `None`: up to now.
+    pub end_offset: Option<i64>,
+    /// How often.
+    pub schedule: i64,
+}
+
+/// The columns of each metric table (as in `migrations/`), for checking segment-by and
+/// order-by settings before they reach the database.
+pub fn table_columns(table: MetricTable) -> &'static [&'static str] {
+    const PROCESS: &[&str] = &[
+        "timestamp",
+        "host",
+        "pid",
+        "start_time",
+        "parent_pid",
+        "process_name",
+        "command_line",
+        "username",
+        "state",
+        "cpu_usage_percent",
+        "cpu_peak_percent",
+        "memory_usage_mb",
+        "virtual_memory_mb",
+        "disk_read_bytes",
+        "disk_write_bytes",
+        "threads",
+    ];
+    const OVERALL: &[&str] = &[
+        "timestamp",
+        "host",
+        "cpu_usage_percent",
+        "cpu_per_core_percent",
+        "load_1",
+        "load_5",
+        "load_15",
+        "memory_total_bytes",
+        "memory_used_bytes",
+        "memory_usage_mb",
+        "swap_total_bytes",
+        "swap_used_bytes",
+        "disk_total_bytes",
+        "disk_used_bytes",
+        "disk_read_bytes",
+        "disk_write_bytes",
+        "network_rx_bytes",
+        "network_tx_bytes",
+        "uptime_seconds",
+        "process_count",
+    ];
+    const VM: &[&str] = &[
+        "timestamp",
+        "host",
+        "pid",
+        "start_time",
+        "process_name",
+        "command_line",
+        "pod_namespace",
+        "pod_name",
+        "pod_uid",
+        "container_id",
+        "container_name",
+        "cpu_usage_percent",
+        "cpu_peak_percent",
+        "cpu_limit_percent",
+        "memory_usage_mb",
+        "disk_read_bytes",
+        "disk_write_bytes",
+    ];
+    match table {
+        MetricTable::HostProcessMetrics => PROCESS,
+        MetricTable::HostOverallMetrics => OVERALL,
+        MetricTable::VmProcessMetrics => VM,
+    }
+}
+
+/// The rollup an aggregate of `source` computes per bucket (grouping columns first, then the
+/// aggregates), as the `SELECT` list and `GROUP BY` list after the bucket column.
+pub fn rollup(source: MetricTable) -> (&'static str, &'static str) {
+    match source {
+        MetricTable::HostProcessMetrics => (
+            "host, process_name, avg(cpu_usage_percent) AS avg_cpu, \
+             max(cpu_peak_percent) AS max_cpu, avg(memory_usage_mb) AS avg_memory_mb, \
+             max(memory_usage_mb) AS max_memory_mb, count(*) AS samples",
+            "host, process_name",
+        ),
+        MetricTable::HostOverallMetrics => (
+            "host, avg(cpu_usage_percent) AS avg_cpu, max(cpu_usage_percent) AS max_cpu, \
+             avg(memory_usage_mb) AS avg_memory_mb, max(memory_usage_mb) AS max_memory_mb, \
+             avg(load_1) AS avg_load_1, count(*) AS samples",
+            "host",
+        ),
+        MetricTable::VmProcessMetrics => (
+            "host, pod_namespace, pod_name, process_name, avg(cpu_usage_percent) AS avg_cpu, \
+             max(cpu_peak_percent) AS max_cpu, avg(memory_usage_mb) AS avg_memory_mb, \
+             max(memory_usage_mb) AS max_memory_mb, count(*) AS samples",
+            "host, pod_namespace, pod_name, process_name",
+        ),
+    }
+}

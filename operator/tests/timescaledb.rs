@@ -1,0 +1,396 @@
+//! The policy manager against real TimescaleDB (one test at a time: the test server is a
+//! single session) and native PostgreSQL: every state is read back from the database's own
+//! catalog.
+
+use std::collections::BTreeSet;
+
+use metricsstack_collector::config::PoolSettings;
+use metricsstack_operator::crd::{MetricsStack, TlsMode};
+use metricsstack_operator::database::{
+    self, Convergence, DatabaseState, DesiredStorage, JobKind, converge, read_state,
+};
+use metricsstack_operator::validate::validate;
+use metricsstack_testkit::{TestDatabase, TimescaleSchema};
+use sqlx::PgPool;
+
+const DAY: i64 = 86_400;
+
+/// The production example's storage policy.
+fn production() -> DesiredStorage {
+    let stack: MetricsStack =
+        serde_yaml::from_str(include_str!("fixtures/production.yaml")).expect("the fixture parses");
+    validate(&stack.spec).expect("the fixture is valid").storage
+}
+
+/// The operator's pool for a test schema: one connection, as the single-session server needs.
+async fn pool(url: &str, schema: &str) -> PgPool {
+    let settings = PoolSettings {
+        max_connections: 1,
+        ..PoolSettings::default()
+    };
+    database::connect(url, TlsMode::Disable, &settings, schema)
+        .await
+        .expect("the operator connects")
+}
+
+/// The database's policy state without job ids, which a removed-and-re-added policy changes.
+fn shape(state: &DatabaseState) -> (String, BTreeSet<String>) {
+    let jobs = state
+        .jobs
+        .iter()
+        .map(|j| {
+            format!(
+                "{:?} {} {} {:?} {:?}",
+                j.kind, j.relation, j.schedule, j.after, j.end_offset
+            )
+        })
+        .collect();
+    let tables = format!("{:?} {:?}", state.hypertables, state.aggregates);
+    (tables, jobs)
+}
+
+async fn insert_process_rows(pool: &PgPool, ages_in_hours: &[i64]) {
+    for (i, age) in ages_in_hours.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO host_process_metrics (\"timestamp\", host, pid, start_time, process_name, \
+               cpu_usage_percent, cpu_peak_percent, memory_usage_mb, virtual_memory_mb, \
+               disk_read_bytes, disk_write_bytes) \
+             VALUES (date_trunc('hour', now()) - make_interval(hours => $1::int) + interval '10 minutes', \
+                     'node-a', $2, now() - interval '400 days', 'postgres', $3, $3, 100, 200, 0, 0)",
+        )
+        .bind(*age as i32)
+        .bind(i as i32 + 1)
+        .bind((i as f32 + 1.0) * 10.0)
+        .execute(pool)
+        .await
+        .expect("a row is inserted");
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_database_gets_every_policy_the_spec_asks_for() {
+    let tsdb = TimescaleSchema::create().await;
+    let pool = pool(&tsdb.url(), &tsdb.schema).await;
+    let desired = production();
+    let outcome = converge(&pool, &tsdb.schema, &desired, None)
+        .await
+        .expect("converges");
+    assert!(outcome.pending.is_none());
+    assert!(
+        outcome
+            .timescaledb_version
+            .is_some_and(|v| v.starts_with("2."))
+    );
+
+    let hypertables: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT hypertable_name::text, EXTRACT(EPOCH FROM time_interval)::bigint \
+         FROM timescaledb_information.dimensions WHERE hypertable_schema = $1 ORDER BY 1",
+    )
+    .bind(&tsdb.schema)
+    .fetch_all(&pool)
+    .await
+    .expect("dimensions");
+    assert_eq!(
+        hypertables,
+        [
+            ("host_overall_metrics".to_owned(), 7 * DAY),
+            ("host_process_metrics".to_owned(), DAY),
+            ("vm_process_metrics".to_owned(), DAY),
+        ]
+    );
+    let segment_by: String = sqlx::query_scalar(
+        "SELECT segmentby FROM timescaledb_information.hypertable_compression_settings \
+         WHERE hypertable = format('%I.host_process_metrics', $1::text)::regclass",
+    )
+    .bind(&tsdb.schema)
+    .fetch_one(&pool)
+    .await
+    .expect("compression settings");
+    assert_eq!(segment_by.replace(' ', ""), "host,process_name");
+    let jobs: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT proc_name::text, hypertable_name::text, \
+                COALESCE(config->>'compress_after', config->>'drop_after', config->>'start_offset') \
+         FROM timescaledb_information.jobs WHERE hypertable_schema = $1 ORDER BY 2, 1",
+    )
+    .bind(&tsdb.schema)
+    .fetch_all(&pool)
+    .await
+    .expect("jobs");
+    let expected = [
+        ("policy_compression", "host_overall_metrics", "14 days"),
+        ("policy_retention", "host_overall_metrics", "365 days"),
+        (
+            "policy_refresh_continuous_aggregate",
+            "host_overall_metrics_daily",
+            "3 days",
+        ),
+        ("policy_compression", "host_process_metrics", "7 days"),
+        ("policy_retention", "host_process_metrics", "90 days"),
+        (
+            "policy_refresh_continuous_aggregate",
+            "host_process_metrics_hourly",
+            "03:00:00",
+        ),
+        (
+            "policy_retention",
+            "host_process_metrics_hourly",
+            "365 days",
+        ),
+        ("policy_compression", "vm_process_metrics", "7 days"),
+        ("policy_retention", "vm_process_metrics", "30 days"),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(p, r, a)| (p.to_string(), r.to_string(), Some(a.to_string())))
+        .collect();
+    assert_eq!(jobs, expected);
+    assert_eq!(outcome.policies, 9);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn edits_alter_jobs_in_place_and_aggregates_fill_when_their_job_runs() {
+    let tsdb = TimescaleSchema::create().await;
+    let pool = pool(&tsdb.url(), &tsdb.schema).await;
+    let mut desired = production();
+    let hourly = desired.aggregates.remove(0);
+    assert_eq!(hourly.name, "host_process_metrics_hourly");
+    converge(&pool, &tsdb.schema, &desired, None)
+        .await
+        .expect("converges");
+    let before = read_state(&pool, &tsdb.schema).await.expect("state");
+    let compression = before
+        .job(JobKind::Compression, "host_process_metrics")
+        .expect("a compression job")
+        .clone();
+
+    // A new compressAfter alters the same job.
+    desired.tables[0]
+        .compression
+        .as_mut()
+        .expect("compression")
+        .after = 3 * DAY;
+    let outcome = converge(&pool, &tsdb.schema, &desired, None)
+        .await
+        .expect("converges");
+    assert_eq!(outcome.applied.len(), 1, "{:?}", outcome.applied);
+    let after = read_state(&pool, &tsdb.schema).await.expect("state");
+    let altered = after
+        .job(JobKind::Compression, "host_process_metrics")
+        .expect("the job");
+    assert_eq!((altered.id, altered.after), (compression.id, Some(3 * DAY)));
+
+    // No retention: the job goes.
+    desired.tables[0].retention = None;
+    converge(&pool, &tsdb.schema, &desired, None)
+        .await
+        .expect("converges");
+    let state = read_state(&pool, &tsdb.schema).await.expect("state");
+    assert!(
+        state
+            .job(JobKind::Retention, "host_process_metrics")
+            .is_none()
+    );
+
+    // A new aggregate is created, and running its refresh job (no background workers
+    // here) materialises the rows of its refresh window.
+    insert_process_rows(&pool, &[2, 2]).await;
+    desired.aggregates.push(hourly);
+    converge(&pool, &tsdb.schema, &desired, None)
+        .await
+        .expect("converges");
+    let state = read_state(&pool, &tsdb.schema).await.expect("state");
+    let refresh = state
+        .job(JobKind::Refresh, "host_process_metrics_hourly")
+        .expect("a refresh job");
+    let materialized: String = sqlx::query_scalar(
+        "SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name) \
+         FROM timescaledb_information.continuous_aggregates \
+         WHERE view_schema = $1 AND view_name = 'host_process_metrics_hourly'",
+    )
+    .bind(&tsdb.schema)
+    .fetch_one(&pool)
+    .await
+    .expect("the aggregate exists");
+    let count = format!("SELECT count(*) FROM {materialized}");
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.clone()))
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 0, "nothing is materialised before the job runs");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CALL run_job({})", refresh.id)))
+        .execute(&pool)
+        .await
+        .expect("the refresh job runs");
+    let rolled_up: (f64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT avg_cpu::float8, samples FROM {}.host_process_metrics_hourly",
+        tsdb.schema
+    )))
+    .fetch_one(&pool)
+    .await
+    .expect("one bucket");
+    let expected: f64 =
+        sqlx::query_scalar("SELECT avg(cpu_usage_percent)::float8 FROM host_process_metrics")
+            .fetch_one(&pool)
+            .await
+            .expect("the raw average");
+    assert_eq!(rolled_up, (expected, 2));
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 1, "the job materialised the bucket");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_then_b_then_a_again_returns_to_the_first_state() {
+    let tsdb = TimescaleSchema::create().await;
+    let pool = pool(&tsdb.url(), &tsdb.schema).await;
+    let a = production();
+    let mut b = a.clone();
+    b.tables[0].compression.as_mut().expect("compression").after = 2 * DAY;
+    b.tables[1].retention = Some(400 * DAY);
+    b.tables[2].compression = None;
+    b.tables[0].chunk_interval = 2 * DAY;
+    b.aggregates[0].refresh.schedule = 2 * 3600;
+    b.aggregates[0].retention = None;
+    converge(&pool, &tsdb.schema, &a, None)
+        .await
+        .expect("A converges");
+    let first = read_state(&pool, &tsdb.schema).await.expect("state");
+    let to_b = converge(&pool, &tsdb.schema, &b, None)
+        .await
+        .expect("B converges");
+    assert!(to_b.applied.len() >= 6, "{:?}", to_b.applied);
+    assert_ne!(
+        shape(&read_state(&pool, &tsdb.schema).await.expect("state")),
+        shape(&first)
+    );
+    converge(&pool, &tsdb.schema, &a, None)
+        .await
+        .expect("A converges again");
+    let again = read_state(&pool, &tsdb.schema).await.expect("state");
+    assert_eq!(shape(&again), shape(&first));
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_second_converge_plans_nothing_and_runs_no_ddl() {
+    let tsdb = TimescaleSchema::create().await;
+    let pool = pool(&tsdb.url(), &tsdb.schema).await;
+    converge(&pool, &tsdb.schema, &production(), None)
+        .await
+        .expect("converges");
+    // Count every DDL command from here on.
+    sqlx::raw_sql(
+        "CREATE TABLE ddl_log (command text); \
+         CREATE FUNCTION log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO ddl_log SELECT command_tag FROM pg_event_trigger_ddl_commands(); END $$; \
+         CREATE EVENT TRIGGER count_ddl ON ddl_command_end EXECUTE FUNCTION log_ddl();",
+    )
+    .execute(&pool)
+    .await
+    .expect("the DDL counter is installed");
+    let second: Convergence = converge(&pool, &tsdb.schema, &production(), None)
+        .await
+        .expect("converges");
+    let ddl: Vec<String> = sqlx::query_scalar("SELECT command FROM ddl_log")
+        .fetch_all(&pool)
+        .await
+        .expect("the DDL log");
+    sqlx::raw_sql("DROP EVENT TRIGGER count_ddl")
+        .execute(&pool)
+        .await
+        .expect("dropped");
+    assert!(second.applied.is_empty(), "{:?}", second.applied);
+    assert!(ddl.is_empty(), "a converged database got DDL: {ddl:?}");
+    assert_eq!(second.policies, 9);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_shorter_retention_over_old_data_waits_for_acknowledgement() {
+    let tsdb = TimescaleSchema::create().await;
+    let pool = pool(&tsdb.url(), &tsdb.schema).await;
+    let mut desired = production();
+    desired.tables[0].retention = Some(365 * DAY);
+    converge(&pool, &tsdb.schema, &desired, None)
+        .await
+        .expect("converges");
+    insert_process_rows(&pool, &[100 * 24, 60 * 24, 60 * 24, 24]).await;
+
+    desired.tables[0].retention = Some(30 * DAY);
+    let held = converge(&pool, &tsdb.schema, &desired, None)
+        .await
+        .expect("converges");
+    let pending = held.pending.expect("the shorter retention is held back");
+    assert_eq!(pending.loss.rows, 3, "three rows are older than 30 days");
+    assert_eq!(pending.loss.chunks, 2, "in two daily chunks");
+    assert_eq!(pending.steps.len(), 1);
+    let state = read_state(&pool, &tsdb.schema).await.expect("state");
+    let retention = state
+        .job(JobKind::Retention, "host_process_metrics")
+        .expect("retention");
+    assert_eq!(
+        retention.after,
+        Some(365 * DAY),
+        "the old retention stays in force"
+    );
+
+    // A wrong acknowledgement changes nothing; the plan's own hash applies it.
+    let wrong = converge(&pool, &tsdb.schema, &desired, Some("0123456789abcdef"))
+        .await
+        .expect("converges");
+    assert_eq!(wrong.pending.map(|p| p.hash), Some(pending.hash.clone()));
+    let applied = converge(&pool, &tsdb.schema, &desired, Some(&pending.hash))
+        .await
+        .expect("converges");
+    assert!(applied.pending.is_none());
+    assert_eq!(applied.applied.len(), 1);
+    let state = read_state(&pool, &tsdb.schema).await.expect("state");
+    let retention = state
+        .job(JobKind::Retention, "host_process_metrics")
+        .expect("retention");
+    assert_eq!(retention.after, Some(30 * DAY));
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn plain_postgres_gets_the_schema_and_reports_what_it_cannot_do() {
+    let db = TestDatabase::create().await;
+    let pool = pool(&db.url(), "public").await;
+    let outcome = converge(&pool, "public", &production(), None)
+        .await
+        .expect("converges");
+    assert!(outcome.timescaledb_version.is_none());
+    assert!(outcome.applied.is_empty());
+    assert!(
+        outcome
+            .unsupported
+            .contains(&"compression of host_process_metrics".to_owned())
+    );
+    assert!(
+        outcome
+            .unsupported
+            .contains(&"continuous aggregate host_overall_metrics_daily".to_owned())
+    );
+    // The migrations created the tables with exactly the columns the validation knows.
+    for table in metricsstack_operator::crd::MetricTable::ALL {
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(table.table_name())
+        .fetch_all(&pool)
+        .await
+        .expect("columns");
+        assert_eq!(
+            columns,
+            database::table_columns(table),
+            "{}",
+            table.table_name()
+        );
+    }
+    pool.close().await;
+}
