@@ -1,6 +1,8 @@
 //! The collector's configuration file (YAML): what the operator renders into the collector
-//! ConfigMap. Every field has a default, so an empty file is a valid configuration.
+//! ConfigMap. Every field has a default, so an empty file is a valid configuration; each
+//! top-level setting can be overridden by an environment variable (see [`SETTINGS`]).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -119,5 +121,377 @@ impl PoolSettings {
             .idle_timeout(self.idle_timeout_seconds.map(Duration::from_secs))
             .max_lifetime(self.max_lifetime_seconds.map(Duration::from_secs))
             .test_before_acquire(self.test_before_acquire)
+    }
+}
+
+/// A setting that cannot be used: which one, and the form it expects. Displayed as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {reason}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// The operating system's answer.
+        reason: String,
+    },
+    /// The file is not valid YAML for this configuration (unknown setting, wrong type).
+    #[error("invalid configuration file {path}: {reason}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// What the YAML parser found, naming the setting.
+        reason: String,
+    },
+    /// A setting has a value outside what it accepts.
+    #[error("invalid setting {setting}: expected {expected}, got {got}")]
+    Invalid {
+        /// The setting, as in the file (`processes.topByCpu`) or its environment variable.
+        setting: String,
+        /// The form or range it accepts.
+        expected: String,
+        /// The value given.
+        got: String,
+    },
+}
+
+fn invalid(setting: &str, expected: &str, got: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        expected: expected.into(),
+        got: got.to_string(),
+    }
+}
+
+/// Every top-level setting: its name in the file, its environment variable, and what it is.
+/// `--help` prints this table, and [`CollectorConfig::apply_env`] reads the variables.
+pub const SETTINGS: &[(&str, &str, &str)] = &[
+    (
+        "intervalSeconds",
+        "COLLECTOR_INTERVAL_SECONDS",
+        "seconds between samples, 1..=3600 (default 5)",
+    ),
+    (
+        "processes.topByCpu",
+        "COLLECTOR_TOP_BY_CPU",
+        "busiest processes by CPU recorded, 0..=1000 (default 20)",
+    ),
+    (
+        "processes.topByMemory",
+        "COLLECTOR_TOP_BY_MEMORY",
+        "largest processes by RSS recorded, 0..=1000 (default 20)",
+    ),
+    (
+        "processes.include",
+        "",
+        "regular expressions on process names always recorded",
+    ),
+    (
+        "processes.exclude",
+        "",
+        "regular expressions on process names never recorded",
+    ),
+    (
+        "processes.commandLineMaxLength",
+        "",
+        "longest command line stored, 16..=8192 characters (default 256)",
+    ),
+    (
+        "podAttribution",
+        "COLLECTOR_POD_ATTRIBUTION",
+        "attribute processes to pods (true/false, default true; needs NODE_NAME)",
+    ),
+    (
+        "schema",
+        "COLLECTOR_SCHEMA",
+        "database schema of the metric tables (default public)",
+    ),
+    (
+        "batchSize",
+        "COLLECTOR_BATCH_SIZE",
+        "most rows per insert, 1..=50000 (default 1000)",
+    ),
+    (
+        "spoolDir",
+        "COLLECTOR_SPOOL_DIR",
+        "directory of unsent batches (default /var/lib/metricsstack/spool)",
+    ),
+    (
+        "spoolMaxBytes",
+        "COLLECTOR_SPOOL_MAX_BYTES",
+        "most bytes spooled, at least 1048576 (default 256 MiB)",
+    ),
+    (
+        "pool.maxConnections",
+        "COLLECTOR_POOL_MAX_CONNECTIONS",
+        "database connections, 1..=100 (default 2)",
+    ),
+    (
+        "pool.minConnections",
+        "",
+        "idle connections kept, at most maxConnections (default 0)",
+    ),
+    (
+        "pool.acquireTimeoutSeconds",
+        "",
+        "seconds to wait for a connection (default 30)",
+    ),
+    (
+        "pool.idleTimeoutSeconds",
+        "",
+        "close idle connections after this (default 600)",
+    ),
+    (
+        "pool.maxLifetimeSeconds",
+        "",
+        "replace connections after this (default 1800)",
+    ),
+    (
+        "pool.testBeforeAcquire",
+        "",
+        "check a connection before use (default false)",
+    ),
+    (
+        "listenAddress",
+        "COLLECTOR_LISTEN_ADDRESS",
+        "address of /metrics, /healthz, /readyz (default 0.0.0.0:9464)",
+    ),
+    (
+        "procRoot",
+        "COLLECTOR_PROC_ROOT",
+        "the host's /proc as mounted (default /proc)",
+    ),
+];
+
+impl CollectorConfig {
+    /// Reads and validates a configuration file, then applies environment overrides.
+    pub fn load(
+        path: &std::path::Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut config: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Overrides settings from `COLLECTOR_*` environment variables (see [`SETTINGS`]).
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn number<T: std::str::FromStr>(var: &str, value: String) -> Result<T, ConfigError> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| invalid(var, "a whole number", value))
+        }
+        if let Some(v) = env("COLLECTOR_INTERVAL_SECONDS") {
+            self.interval_seconds = number("COLLECTOR_INTERVAL_SECONDS", v)?;
+        }
+        if let Some(v) = env("COLLECTOR_TOP_BY_CPU") {
+            self.processes.top_by_cpu = number("COLLECTOR_TOP_BY_CPU", v)?;
+        }
+        if let Some(v) = env("COLLECTOR_TOP_BY_MEMORY") {
+            self.processes.top_by_memory = number("COLLECTOR_TOP_BY_MEMORY", v)?;
+        }
+        if let Some(v) = env("COLLECTOR_POD_ATTRIBUTION") {
+            self.pod_attribution = match v.trim() {
+                "true" => true,
+                "false" => false,
+                _ => return Err(invalid("COLLECTOR_POD_ATTRIBUTION", "true or false", v)),
+            };
+        }
+        if let Some(v) = env("COLLECTOR_SCHEMA") {
+            self.schema = v;
+        }
+        if let Some(v) = env("COLLECTOR_BATCH_SIZE") {
+            self.batch_size = number("COLLECTOR_BATCH_SIZE", v)?;
+        }
+        if let Some(v) = env("COLLECTOR_SPOOL_DIR") {
+            self.spool_dir = v.into();
+        }
+        if let Some(v) = env("COLLECTOR_SPOOL_MAX_BYTES") {
+            self.spool_max_bytes = number("COLLECTOR_SPOOL_MAX_BYTES", v)?;
+        }
+        if let Some(v) = env("COLLECTOR_POOL_MAX_CONNECTIONS") {
+            self.pool.max_connections = number("COLLECTOR_POOL_MAX_CONNECTIONS", v)?;
+        }
+        if let Some(v) = env("COLLECTOR_LISTEN_ADDRESS") {
+            self.listen_address = v;
+        }
+        if let Some(v) = env("COLLECTOR_PROC_ROOT") {
+            self.proc_root = v.into();
+        }
+        Ok(())
+    }
+
+    /// Checks every setting's range and form.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=3600).contains(&self.interval_seconds) {
+            return Err(invalid(
+                "intervalSeconds",
+                "a whole number of seconds from 1 to 3600",
+                self.interval_seconds,
+            ));
+        }
+        let p = &self.processes;
+        if p.top_by_cpu > 1000 {
+            return Err(invalid(
+                "processes.topByCpu",
+                "a count from 0 to 1000",
+                p.top_by_cpu,
+            ));
+        }
+        if p.top_by_memory > 1000 {
+            return Err(invalid(
+                "processes.topByMemory",
+                "a count from 0 to 1000",
+                p.top_by_memory,
+            ));
+        }
+        for (list, patterns) in [("include", &p.include), ("exclude", &p.exclude)] {
+            for (i, pattern) in patterns.iter().enumerate() {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    let reason = e.to_string().lines().last().unwrap_or_default().to_owned();
+                    return Err(invalid(
+                        &format!("processes.{list}[{i}]"),
+                        &format!("a regular expression ({reason})"),
+                        format!("{pattern:?}"),
+                    ));
+                }
+            }
+        }
+        if !(16..=8192).contains(&p.command_line_max_length) {
+            return Err(invalid(
+                "processes.commandLineMaxLength",
+                "a length from 16 to 8192",
+                p.command_line_max_length,
+            ));
+        }
+        let identifier = regex::Regex::new("^[a-z_][a-z0-9_]{0,62}$").expect("a valid pattern");
+        if !identifier.is_match(&self.schema) {
+            return Err(invalid(
+                "schema",
+                "a lower-case SQL identifier",
+                format!("{:?}", self.schema),
+            ));
+        }
+        if !(1..=50_000).contains(&self.batch_size) {
+            return Err(invalid(
+                "batchSize",
+                "a row count from 1 to 50000",
+                self.batch_size,
+            ));
+        }
+        if self.spool_max_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "spoolMaxBytes",
+                "at least 1048576 bytes",
+                self.spool_max_bytes,
+            ));
+        }
+        if !(1..=100).contains(&self.pool.max_connections) {
+            return Err(invalid(
+                "pool.maxConnections",
+                "a count from 1 to 100",
+                self.pool.max_connections,
+            ));
+        }
+        if self.pool.min_connections > self.pool.max_connections {
+            return Err(invalid(
+                "pool.minConnections",
+                "at most pool.maxConnections",
+                self.pool.min_connections,
+            ));
+        }
+        if self.listen_address.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "listenAddress",
+                "an IP address and port such as 0.0.0.0:9464",
+                format!("{:?}", self.listen_address),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sampling interval.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(CollectorConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_is_checked() {
+        let mut config = CollectorConfig::default();
+        let env = |name: &str| (name == "COLLECTOR_INTERVAL_SECONDS").then(|| "12".to_owned());
+        config.apply_env(env).expect("a number");
+        assert_eq!(config.interval_seconds, 12);
+        let env = |name: &str| (name == "COLLECTOR_BATCH_SIZE").then(|| "many".to_owned());
+        let error = config.apply_env(env).expect_err("not a number");
+        assert_eq!(
+            error.to_string(),
+            "invalid setting COLLECTOR_BATCH_SIZE: expected a whole number, got many"
+        );
+        config.apply_env(no_env).expect("nothing to override");
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        type Breaker = Box<dyn Fn(&mut CollectorConfig)>;
+        let cases: Vec<(&str, Breaker)> = vec![
+            ("intervalSeconds", Box::new(|c| c.interval_seconds = 0)),
+            (
+                "processes.topByCpu",
+                Box::new(|c| c.processes.top_by_cpu = 5000),
+            ),
+            (
+                "processes.exclude[0]",
+                Box::new(|c| c.processes.exclude = vec!["(".into()]),
+            ),
+            ("schema", Box::new(|c| c.schema = "Metrics; DROP".into())),
+            ("batchSize", Box::new(|c| c.batch_size = 0)),
+            ("spoolMaxBytes", Box::new(|c| c.spool_max_bytes = 10)),
+            (
+                "pool.minConnections",
+                Box::new(|c| c.pool.min_connections = 9),
+            ),
+            (
+                "listenAddress",
+                Box::new(|c| c.listen_address = "localhost".into()),
+            ),
+        ];
+        for (setting, break_it) in cases {
+            let mut config = CollectorConfig::default();
+            break_it(&mut config);
+            let error = config.validate().expect_err(setting);
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("invalid setting {setting}: expected ")),
+                "{error}"
+            );
+        }
     }
 }

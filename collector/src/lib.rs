@@ -1,4 +1,13 @@
 //! The MetricsStack collector: samples host, process and pod metrics on a node and writes
-//! them in batches to TimescaleDB.
+//! them in batches to TimescaleDB, spooling to disk while the database is away.
 
+pub mod cgroup;
 pub mod config;
+pub mod health;
+pub mod ingest;
+pub mod metrics;
+pub mod pods;
+pub mod rows;
+pub mod sample;
+pub mod spool;
+pub mod writer;

@@ -1,40 +1,198 @@
-//! The `collector` binary. For now it loads and checks its configuration file; sampling and
-//! ingest follow in the collector issue.
+//! The `collector` binary: sample the node every interval and write the rows to the
+//! database, spooling them while it is away.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
-use metricsstack_collector::config::CollectorConfig;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use metricsstack_collector::config::{CollectorConfig, SETTINGS};
+use metricsstack_collector::health;
+use metricsstack_collector::metrics::Metrics;
+use metricsstack_collector::pods::{self, PodIndex};
+use metricsstack_collector::rows::Batch;
+use metricsstack_collector::sample::Sampler;
+use metricsstack_collector::spool::Spool;
+use metricsstack_collector::writer::Writer;
+use sqlx::Executor;
+use sqlx::postgres::PgConnectOptions;
 
-/// MetricsStack node collector.
+/// MetricsStack node collector: host, process and pod metrics into TimescaleDB.
+///
+/// Needs DATABASE_URL (postgres://user:password@host:port/database) and, for pod
+/// attribution, NODE_NAME and in-cluster Kubernetes credentials.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
-    /// The configuration file (YAML) that the operator renders into the collector ConfigMap.
+    /// The configuration file (YAML), as the operator renders it into the collector ConfigMap.
     #[arg(long, env = "COLLECTOR_CONFIG")]
     config: Option<PathBuf>,
-    /// Validate the configuration and exit.
+    /// Validate the configuration (and DATABASE_URL's form) and exit.
     #[arg(long)]
     check_config: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn settings_help() -> String {
+    let mut help = String::from("Settings (file key, environment override, meaning):\n");
+    for (key, env, meaning) in SETTINGS {
+        let env = if env.is_empty() { "-" } else { env };
+        help.push_str(&format!("  {key:<32} {env:<32} {meaning}\n"));
+    }
+    help
+}
+
+fn main() -> std::process::ExitCode {
+    let matches = Args::command().after_help(settings_help()).get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let env = |name: &str| std::env::var(name).ok();
     let config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the configuration file {}", path.display()))?;
-            serde_yaml::from_str::<CollectorConfig>(&text)
-                .with_context(|| format!("{}: invalid configuration", path.display()))?
+        Some(path) => CollectorConfig::load(path, env),
+        None => {
+            let mut config = CollectorConfig::default();
+            config
+                .apply_env(env)
+                .and_then(|()| config.validate())
+                .map(|()| config)
         }
-        None => CollectorConfig::default(),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("collector: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let database = match std::env::var("DATABASE_URL").ok().map(|url| {
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        url.parse::<PgConnectOptions>().ok().filter(|_| postgres)
+    }) {
+        Some(Some(options)) => options,
+        Some(None) => {
+            eprintln!(
+                "collector: invalid setting DATABASE_URL: expected postgres://user:password@host:port/database"
+            );
+            return std::process::ExitCode::from(2);
+        }
+        None => {
+            eprintln!(
+                "collector: missing setting DATABASE_URL: expected postgres://user:password@host:port/database"
+            );
+            return std::process::ExitCode::from(2);
+        }
     };
     if args.check_config {
         println!(
             "configuration is valid: sampling every {} s",
             config.interval_seconds
         );
+        return std::process::ExitCode::SUCCESS;
     }
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    match runtime.block_on(run(config, database)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "the collector stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let address: SocketAddr = config.listen_address.parse().context("listenAddress")?;
+    tokio::spawn(health::serve(address, metrics.clone(), ready.clone()));
+
+    let search_path = format!("SET search_path TO \"{}\", public", config.schema);
+    let pool = config
+        .pool
+        .pool_options()
+        .after_connect(move |conn, _| {
+            let search_path = search_path.clone();
+            Box::pin(async move {
+                conn.execute(sqlx::AssertSqlSafe(search_path)).await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(database.application_name("metricsstack-collector"));
+    let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)
+        .with_context(|| format!("opening the spool {}", config.spool_dir.display()))?;
+    let mut writer = Writer::new(pool, spool, metrics.clone(), config.batch_size as usize);
+
+    let node = std::env::var("NODE_NAME")
+        .ok()
+        .or_else(|| sysinfo::System::host_name().ok())
+        .unwrap_or_else(|| "unknown".into());
+    let pod_store = if config.pod_attribution {
+        match kube::Client::try_default().await {
+            Ok(client) => {
+                let (store, watch) = pods::watch(client, &node);
+                tokio::spawn(watch);
+                Some(store)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no Kubernetes credentials: pod attribution is off");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut sampler = Sampler::new(&node, &config.processes, config.proc_root.clone())?;
+
+    // Samples wait here for the writer; bounded, so memory stays bounded whatever happens.
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Batch>(64);
+    let writer_task = tokio::spawn(async move {
+        while let Some(batch) = receiver.recv().await {
+            writer.submit(batch).await;
+        }
+        writer.flush().await;
+    });
+
+    let interval = config.interval();
+    let tick = Duration::from_secs(1).min(interval);
+    let mut next_sample = tokio::time::Instant::now() + interval;
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tracing::info!(%node, interval_seconds = config.interval_seconds, "collecting");
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+        if tokio::time::Instant::now() < next_sample {
+            sampler.tick();
+            continue;
+        }
+        next_sample += interval;
+        let index = pod_store
+            .as_ref()
+            .map(|store| PodIndex::from_pods(store.state().iter().map(|p| &**p)));
+        let batch = sampler.sample(chrono::Utc::now(), index.as_ref());
+        metrics.samples.inc();
+        ready.store(true, Ordering::SeqCst);
+        let rows = batch.len();
+        if sender.try_send(batch).is_err() {
+            metrics.rows_dropped.inc_by(rows as u64);
+            tracing::error!(rows, "the writer is too far behind: a sample was dropped");
+        }
+    }
+    tracing::info!("stopping: flushing what the collector holds");
+    drop(sender);
+    writer_task.await.context("the writer task")?;
     Ok(())
 }
