@@ -37,6 +37,8 @@ pub struct Sampler {
     last_sample: Instant,
     /// When CPU times were last read (by a sample or a tick).
     last_read: Instant,
+    /// Processes whose CPU time grew at the last read: the ones a tick reads.
+    busy: Vec<Pid>,
 }
 
 /// One process's CPU time readings, in milliseconds, and the highest use seen in the interval.
@@ -58,10 +60,17 @@ pub enum SampleError {
     Pattern(#[from] regex::Error),
 }
 
-fn process_refresh() -> ProcessRefreshKind {
+/// What every process needs for the selection: CPU time and memory.
+fn selection_refresh() -> ProcessRefreshKind {
     ProcessRefreshKind::nothing()
         .with_cpu()
         .with_memory()
+        .without_tasks()
+}
+
+/// What only the selected processes need: I/O counters, owner and command line.
+fn detail_refresh() -> ProcessRefreshKind {
+    ProcessRefreshKind::nothing()
         .with_disk_usage()
         .with_user(UpdateKind::OnlyIfNotSet)
         .with_cmd(UpdateKind::OnlyIfNotSet)
@@ -89,23 +98,29 @@ impl Sampler {
             cpu: HashMap::new(),
             last_sample: Instant::now(),
             last_read: Instant::now(),
+            busy: Vec::new(),
         };
         // Prime the counters that are reported as differences.
         sampler
             .system
             .refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
-        sampler
-            .system
-            .refresh_processes_specifics(ProcessesToUpdate::All, true, process_refresh());
+        sampler.system.refresh_processes_specifics(
+            ProcessesToUpdate::All,
+            true,
+            selection_refresh(),
+        );
         sampler.remember_cpu_times();
         Ok(sampler)
     }
 
-    /// Reads every process's CPU use since the last read, keeping the highest per process.
+    /// Reads the CPU use of the processes that were busy at the last read, keeping the
+    /// highest per process. Idle processes are left to the next sample, which reads every
+    /// process (their CPU time in between still counts in the interval's average), so that a
+    /// tick costs what the busy processes cost, not what the process table does.
     pub fn tick(&mut self) {
         self.system.refresh_processes_specifics(
-            ProcessesToUpdate::All,
-            true,
+            ProcessesToUpdate::Some(&self.busy),
+            false,
             ProcessRefreshKind::nothing().with_cpu().without_tasks(),
         );
         self.read_cpu();
@@ -115,6 +130,7 @@ impl Sampler {
     fn read_cpu(&mut self) {
         let elapsed_ms = (self.last_read.elapsed().as_millis() as u64).max(1);
         self.last_read = Instant::now();
+        self.busy.clear();
         for (pid, process) in self.system.processes() {
             let time = process.accumulated_cpu_time();
             let track = self
@@ -125,8 +141,11 @@ impl Sampler {
                     at_read: time,
                     peak: 0.0,
                 });
-            let percent = percent(time.saturating_sub(track.at_read), elapsed_ms);
-            track.peak = track.peak.max(percent);
+            let used = time.saturating_sub(track.at_read);
+            if used > 0 {
+                self.busy.push(*pid);
+            }
+            track.peak = track.peak.max(percent(used, elapsed_ms));
             track.at_read = time;
         }
     }
@@ -141,7 +160,7 @@ impl Sampler {
         self.system
             .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram().with_swap());
         self.system
-            .refresh_processes_specifics(ProcessesToUpdate::All, true, process_refresh());
+            .refresh_processes_specifics(ProcessesToUpdate::All, true, selection_refresh());
         self.disks.refresh(true);
         self.networks.refresh(true);
         self.read_cpu();
@@ -161,9 +180,15 @@ impl Sampler {
             .collect();
 
         let host = self.host_row(now);
+        let chosen: Vec<Pid> = self.selected(&usage).iter().map(|p| p.pid()).collect();
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&chosen),
+            false,
+            detail_refresh(),
+        );
         let mut processes = Vec::new();
         let mut vms = Vec::new();
-        for process in self.selected(&usage) {
+        for process in chosen.iter().filter_map(|pid| self.system.process(*pid)) {
             let (average, peak) = usage.get(&process.pid()).copied().unwrap_or_default();
             let row = self.process_row(now, process, average, peak);
             if let Some(vm) = pods.and_then(|pods| self.vm_row(&row, pods)) {
