@@ -359,8 +359,9 @@ async fn a_shorter_retention_over_old_data_waits_for_acknowledgement() {
 #[tokio::test]
 async fn plain_postgres_gets_the_schema_and_reports_what_it_cannot_do() {
     let db = TestDatabase::create().await;
-    let pool = pool(&db.url(), "public").await;
-    let outcome = converge(&pool, "public", &production(), None)
+    // A schema the database does not have yet: the operator creates it.
+    let pool = pool(&db.url(), "metrics").await;
+    let outcome = converge(&pool, "metrics", &production(), None)
         .await
         .expect("converges");
     assert!(outcome.timescaledb_version.is_none());
@@ -379,7 +380,7 @@ async fn plain_postgres_gets_the_schema_and_reports_what_it_cannot_do() {
     for table in metricsstack_operator::crd::MetricTable::ALL {
         let columns: Vec<String> = sqlx::query_scalar(
             "SELECT column_name::text FROM information_schema.columns \
-             WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position",
+             WHERE table_schema = 'metrics' AND table_name = $1 ORDER BY ordinal_position",
         )
         .bind(table.table_name())
         .fetch_all(&pool)

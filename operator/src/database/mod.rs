@@ -65,6 +65,7 @@ pub async fn converge(
     desired: &DesiredStorage,
     acknowledged: Option<&str>,
 ) -> Result<Convergence, DatabaseError> {
+    ensure_schema(pool, schema).await?;
     migrate(pool).await?;
     let state = read_state(pool, schema).await?;
     if state.timescaledb_version.is_none() {
@@ -115,6 +116,27 @@ pub async fn converge(
         unsupported: Vec::new(),
         policies,
     })
+}
+
+/// Creates the stack's schema if the database does not have it yet (and only then: a
+/// converged database gets no DDL).
+async fn ensure_schema(pool: &PgPool, schema: &str) -> Result<(), DatabaseError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(pool)
+            .await
+            .map_err(DatabaseError::statement("looking up the schema"))?;
+    if !exists {
+        // The name matched the identifier pattern in validation; it is quoted all the same.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+            .execute(pool)
+            .await
+            .map_err(DatabaseError::statement(format!(
+                "creating the schema {schema}"
+            )))?;
+    }
+    Ok(())
 }
 
 /// Removes every policy job the operator manages in `schema` (tables, aggregates and data
