@@ -1,6 +1,8 @@
-//! The `metricsstack-operator` binary: `run` reconciles MetricsStack resources.
+//! The `metricsstack-operator` binary: `run` reconciles MetricsStack resources;
+//! `query-service` serves the cached dashboard queries.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -9,6 +11,7 @@ use clap::{Parser, Subcommand};
 use metricsstack_operator::controller::{self, Context};
 use metricsstack_operator::leader::LeaderElection;
 use metricsstack_operator::metrics::Metrics;
+use metricsstack_operator::query_service::{QueryService, QueryServiceConfig};
 use warp::Filter;
 
 /// The MetricsStack operator.
@@ -41,6 +44,15 @@ enum Command {
         /// Watch only this namespace instead of the whole cluster.
         #[arg(long, env = "WATCH_NAMESPACE")]
         namespace: Option<String>,
+    },
+    /// Serve the cached dashboard queries (the query service).
+    QueryService {
+        /// The query service's YAML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The database URL (`postgres://...`).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
     },
 }
 
@@ -92,6 +104,29 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::QueryService {
+            config,
+            database_url,
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let config: QueryServiceConfig = serde_yaml::from_str(&text)
+                .with_context(|| format!("parsing {}", config.display()))?;
+            QueryService::new(&config, &database_url)?
+                .serve(&config, shutdown_signal())
+                .await?;
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

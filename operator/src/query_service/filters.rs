@@ -1,0 +1,412 @@
+//! Request parsing and validation: the dashboard filters from a JSON body or a query string,
+//! checked field by field, and the normalised cache key of each dashboard part. Pure: no
+//! HTTP, no database.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+
+/// Default number of rows in the limited parts.
+pub const DEFAULT_LIMIT: u32 = 20;
+/// Most rows a request may ask for.
+pub const MAX_LIMIT: u32 = 1000;
+/// Default time window: one hour.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
+/// Shortest time window: one minute.
+pub const MIN_WINDOW: Duration = Duration::from_secs(60);
+/// Longest time window: 30 days.
+pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest host or namespace name (a DNS subdomain).
+pub const MAX_NAME_LENGTH: usize = 253;
+
+/// The metric top processes are ranked by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopMetric {
+    /// Average CPU usage over the window.
+    #[default]
+    Cpu,
+    /// Average resident memory over the window.
+    Memory,
+}
+
+impl TopMetric {
+    /// The name as the API and the SQL spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopMetric::Cpu => "cpu",
+            TopMetric::Memory => "memory",
+        }
+    }
+}
+
+/// The four parts of the dashboard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// Latest sample of each host process.
+    HostProcessMetrics,
+    /// Per-host summary of the node metrics.
+    HostOverallMetrics,
+    /// Processes ranked by average CPU or memory.
+    TopProcesses,
+    /// Per-pod CPU and memory.
+    VmMetrics,
+}
+
+impl Part {
+    /// Every part, in the order of the batch answer.
+    pub const ALL: [Part; 4] = [
+        Part::HostProcessMetrics,
+        Part::HostOverallMetrics,
+        Part::TopProcesses,
+        Part::VmMetrics,
+    ];
+
+    /// The part's name in the batch answer and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::HostProcessMetrics => "host_process_metrics",
+            Part::HostOverallMetrics => "host_overall_metrics",
+            Part::TopProcesses => "top_processes",
+            Part::VmMetrics => "vm_metrics",
+        }
+    }
+}
+
+/// A request that does not pass validation: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[error("{field}: {error}")]
+pub struct InvalidInput {
+    /// What is wrong.
+    pub error: String,
+    /// The offending field (`body` or `query` when the document as a whole is wrong).
+    pub field: String,
+}
+
+impl InvalidInput {
+    fn new(field: &str, error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            field: field.to_owned(),
+        }
+    }
+}
+
+/// A time window as given: whole seconds, or a duration string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowInput(String);
+
+impl<'de> Deserialize<'de> for WindowInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WindowVisitor;
+        impl Visitor<'_> for WindowVisitor {
+            type Value = WindowInput;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("whole seconds or a duration such as \"15m\", \"1h\" or \"7d\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<WindowInput, E> {
+                Ok(WindowInput(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<WindowInput, E> {
+                Ok(WindowInput(v.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WindowInput, E> {
+                Ok(WindowInput(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(WindowVisitor)
+    }
+}
+
+/// The filters as the client sends them: the JSON body of the batch request, or the query
+/// string of the individual endpoints. Unknown fields are rejected.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilters {
+    /// Rows per limited part, `1..=1000`.
+    pub limit: Option<u32>,
+    /// What top processes are ranked by.
+    pub metric: Option<TopMetric>,
+    /// The time window: whole seconds or `<n>s|m|h|d`.
+    pub window: Option<WindowInput>,
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only pods in this namespace (VM metrics).
+    pub namespace: Option<String>,
+}
+
+/// Validated filters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Filters {
+    /// Rows per limited part.
+    pub limit: u32,
+    /// What top processes are ranked by.
+    pub metric: TopMetric,
+    /// The time window, in whole seconds.
+    pub window_seconds: u32,
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only pods in this namespace.
+    pub namespace: Option<String>,
+}
+
+/// The normalised parameters of one part: only those that change its answer, so that equal
+/// requests share a cache entry whatever the order or the irrelevant fields.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PartKey {
+    /// Which part.
+    pub part: Part,
+    /// Rows, for the limited parts.
+    pub limit: Option<u32>,
+    /// Ranking metric, for top processes.
+    pub metric: Option<TopMetric>,
+    /// The time window, in whole seconds.
+    pub window_seconds: u32,
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only pods in this namespace, for VM metrics.
+    pub namespace: Option<String>,
+}
+
+impl Filters {
+    /// The cache key of `part` under these filters.
+    pub fn key(&self, part: Part) -> PartKey {
+        let limited = part != Part::HostOverallMetrics;
+        PartKey {
+            part,
+            limit: limited.then_some(self.limit),
+            metric: (part == Part::TopProcesses).then_some(self.metric),
+            window_seconds: self.window_seconds,
+            host: self.host.clone(),
+            namespace: (part == Part::VmMetrics)
+                .then(|| self.namespace.clone())
+                .flatten(),
+        }
+    }
+}
+
+impl RawFilters {
+    /// Checks every field and fills in the defaults.
+    pub fn validate(self) -> Result<Filters, InvalidInput> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(InvalidInput::new(
+                "limit",
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        let window = match self.window {
+            Some(WindowInput(text)) => parse_window(&text).ok_or_else(|| {
+                InvalidInput::new(
+                    "window",
+                    "expected whole seconds or a duration such as 15m, 1h or 7d",
+                )
+            })?,
+            None => DEFAULT_WINDOW,
+        };
+        if window < MIN_WINDOW || window > MAX_WINDOW {
+            return Err(InvalidInput::new(
+                "window",
+                "must be between 60 seconds (1m) and 30 days (30d)",
+            ));
+        }
+        Ok(Filters {
+            limit,
+            metric: self.metric.unwrap_or_default(),
+            window_seconds: u32::try_from(window.as_secs()).expect("at most 30 days"),
+            host: name(self.host, "host")?,
+            namespace: name(self.namespace, "namespace")?,
+        })
+    }
+
+    /// Parses a JSON document (the batch body).
+    pub fn from_json(body: &[u8]) -> Result<Self, InvalidInput> {
+        // Serde would also take a struct from an array of its fields, in order.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(InvalidInput::new("body", "expected a JSON object"));
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let filters: Self = serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|e| field_error(e, "body"))?;
+        deserializer
+            .end()
+            .map_err(|e| InvalidInput::new("body", e.to_string()))?;
+        Ok(filters)
+    }
+
+    /// Parses a query string (without the `?`).
+    pub fn from_query(query: &str) -> Result<Self, InvalidInput> {
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map_err(|e| field_error(e, "query"))
+    }
+}
+
+/// Parses `3600`, `90s`, `15m`, `1h` or `7d`.
+pub fn parse_window(text: &str) -> Option<Duration> {
+    let (digits, unit) = match text.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&text[..i], c),
+        _ => (text, 's'),
+    };
+    if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let unit = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n * unit))
+}
+
+/// A host or namespace filter: absent, or 1 to 253 printable characters.
+fn name(value: Option<String>, field: &str) -> Result<Option<String>, InvalidInput> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_empty() || v.len() > MAX_NAME_LENGTH => Err(InvalidInput::new(
+            field,
+            format!("must be 1 to {MAX_NAME_LENGTH} characters"),
+        )),
+        Some(v) if v.chars().any(char::is_control) => Err(InvalidInput::new(
+            field,
+            "must not contain control characters",
+        )),
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+/// Names the field a deserialisation error is about: the field at its path, or for an
+/// unknown or duplicate field (reported at the document level) the name in the message, or
+/// else the document itself.
+fn field_error<E: fmt::Display>(
+    error: serde_path_to_error::Error<E>,
+    document: &str,
+) -> InvalidInput {
+    const FIELDS: [&str; 5] = ["limit", "metric", "window", "host", "namespace"];
+    let message = error.inner().to_string();
+    let path = error.path().to_string();
+    let field = if FIELDS.contains(&path.as_str()) {
+        path
+    } else {
+        ["unknown field `", "duplicate field `"]
+            .iter()
+            .find_map(|prefix| {
+                let rest = message.strip_prefix(prefix)?;
+                Some(rest[..rest.find('`')?].to_owned())
+            })
+            .unwrap_or_else(|| document.to_owned())
+    };
+    InvalidInput {
+        error: message,
+        field,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(q: &str) -> Result<Filters, InvalidInput> {
+        RawFilters::from_query(q)?.validate()
+    }
+
+    fn json(body: &str) -> Result<Filters, InvalidInput> {
+        RawFilters::from_json(body.as_bytes())?.validate()
+    }
+
+    fn field(result: Result<Filters, InvalidInput>) -> String {
+        result.expect_err("rejected").field
+    }
+
+    #[test]
+    fn defaults_fill_an_empty_request() {
+        let expected = Filters {
+            limit: DEFAULT_LIMIT,
+            metric: TopMetric::Cpu,
+            window_seconds: 3600,
+            host: None,
+            namespace: None,
+        };
+        assert_eq!(query("").unwrap(), expected);
+        assert_eq!(json("{}").unwrap(), expected);
+    }
+
+    #[test]
+    fn query_string_and_json_give_the_same_filters() {
+        let from_query = query("window=15m&limit=5&metric=memory&host=node-1&namespace=web");
+        let from_json =
+            json(r#"{"namespace":"web","host":"node-1","metric":"memory","limit":5,"window":900}"#);
+        assert_eq!(from_query.clone().unwrap(), from_json.unwrap());
+        assert_eq!(from_query.unwrap().window_seconds, 900);
+    }
+
+    #[test]
+    fn windows_are_seconds_or_durations() {
+        assert_eq!(parse_window("3600"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_window("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_window("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_window("6h"), Some(Duration::from_secs(21600)));
+        assert_eq!(parse_window("7d"), Some(Duration::from_secs(604_800)));
+        for bad in ["", "h", "1.5h", "-1h", "1w", "1hh", " 1h", "9999999999d"] {
+            assert_eq!(parse_window(bad), None, "{bad}");
+        }
+        assert_eq!(
+            json(r#"{"window":"30d"}"#).unwrap().window_seconds,
+            2_592_000
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        assert_eq!(field(query("limit=0")), "limit");
+        assert_eq!(field(query("limit=1001")), "limit");
+        assert_eq!(field(query("limit=ten")), "limit");
+        assert_eq!(field(json(r#"{"limit":-1}"#)), "limit");
+        assert_eq!(field(json(r#"{"limit":"5"}"#)), "limit");
+        assert_eq!(field(query("metric=disk")), "metric");
+        assert_eq!(field(json(r#"{"metric":"CPU"}"#)), "metric");
+        assert_eq!(field(query("window=31d")), "window");
+        assert_eq!(field(query("window=59")), "window");
+        assert_eq!(field(query("window=1w")), "window");
+        assert_eq!(field(json(r#"{"window":true}"#)), "window");
+        assert_eq!(field(query("host=")), "host");
+        assert_eq!(field(query(&format!("host={}", "a".repeat(254)))), "host");
+        assert_eq!(field(json(r#"{"namespace":"a\u0000b"}"#)), "namespace");
+        assert_eq!(field(query("colour=red")), "colour");
+        assert_eq!(field(json(r#"{"limit":5,"colour":"red"}"#)), "colour");
+        assert_eq!(field(query("limit=1&limit=2")), "limit");
+        assert_eq!(field(json("[1,2]")), "body");
+        assert_eq!(field(json("{\"limit\":5")), "body");
+        assert_eq!(field(json("{} {}")), "body");
+    }
+
+    #[test]
+    fn keys_hold_only_what_changes_a_part() {
+        let a = query("limit=5&metric=memory&namespace=web&window=1h").unwrap();
+        let b = query("window=3600&namespace=db&limit=5").unwrap();
+        assert_eq!(
+            a.key(Part::HostProcessMetrics),
+            b.key(Part::HostProcessMetrics)
+        );
+        assert_eq!(
+            a.key(Part::HostOverallMetrics),
+            b.key(Part::HostOverallMetrics)
+        );
+        assert_ne!(a.key(Part::TopProcesses), b.key(Part::TopProcesses));
+        assert_ne!(a.key(Part::VmMetrics), b.key(Part::VmMetrics));
+        let c = query("limit=6").unwrap();
+        assert_eq!(
+            a.key(Part::HostOverallMetrics),
+            c.key(Part::HostOverallMetrics)
+        );
+        assert_ne!(
+            a.key(Part::HostProcessMetrics),
+            c.key(Part::HostProcessMetrics)
+        );
+    }
+}

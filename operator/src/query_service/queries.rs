@@ -1,0 +1,446 @@
+//! The SQL behind each dashboard part: static statements with bound parameters, plain
+//! PostgreSQL so that they run on PostgreSQL and TimescaleDB alike. Table names are
+//! unqualified: every connection's `search_path` is the configured schema.
+//!
+//! Windows longer than [`HOURLY_THRESHOLD`] read hourly buckets for host overall metrics and
+//! top processes: from the TimescaleDB continuous aggregates when they exist, else computed
+//! from raw rows with the same bucketing (`date_bin` on whole UTC hours). The window's start
+//! is then rounded down to the hour, so both sources cover the same rows.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::filters::{Part, PartKey, TopMetric};
+
+/// Windows longer than this read hourly buckets.
+pub const HOURLY_THRESHOLD: Duration = Duration::from_secs(6 * 3600);
+
+/// The continuous aggregate of `host_process_metrics` the operator creates.
+pub const HOST_PROCESS_AGGREGATE: &str = "host_process_metrics_hourly";
+/// The continuous aggregate of `host_overall_metrics` the operator creates.
+pub const HOST_OVERALL_AGGREGATE: &str = "host_overall_metrics_hourly";
+
+/// Which hourly aggregates exist in the schema.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Aggregates {
+    /// `host_process_metrics_hourly` exists.
+    pub host_process: bool,
+    /// `host_overall_metrics_hourly` exists.
+    pub host_overall: bool,
+}
+
+/// Looks the hourly aggregates up in the schema on the connection's `search_path`.
+pub async fn detect_aggregates(pool: &PgPool) -> Result<Aggregates, sqlx::Error> {
+    let (host_process, host_overall): (bool, bool) =
+        sqlx::query_as("SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL")
+            .bind(HOST_PROCESS_AGGREGATE)
+            .bind(HOST_OVERALL_AGGREGATE)
+            .fetch_one(pool)
+            .await?;
+    Ok(Aggregates {
+        host_process,
+        host_overall,
+    })
+}
+
+/// Where a part's rows came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Raw samples.
+    Raw,
+    /// Hourly buckets computed from raw samples.
+    HourlyFromRaw,
+    /// Hourly buckets of the TimescaleDB continuous aggregate.
+    HourlyAggregate,
+}
+
+impl Source {
+    /// The source's name in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Raw => "raw",
+            Source::HourlyFromRaw => "hourly_from_raw",
+            Source::HourlyAggregate => "hourly_aggregate",
+        }
+    }
+}
+
+/// The latest sample of one process (host, pid, start time) in the window.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct HostProcessRow {
+    /// When the sample was taken.
+    pub timestamp: DateTime<Utc>,
+    /// The node.
+    pub host: String,
+    /// Process id.
+    pub pid: i32,
+    /// When the process started.
+    pub start_time: DateTime<Utc>,
+    /// Parent process id.
+    pub parent_pid: Option<i32>,
+    /// Process name.
+    pub process_name: String,
+    /// Command line (possibly shortened by the collector).
+    pub command_line: Option<String>,
+    /// Owner.
+    pub username: Option<String>,
+    /// Scheduler state.
+    pub state: Option<String>,
+    /// CPU usage, percent of one core.
+    pub cpu_usage_percent: f64,
+    /// Peak CPU usage in the sample interval.
+    pub cpu_peak_percent: f64,
+    /// Resident memory, MiB.
+    pub memory_usage_mb: f64,
+    /// Virtual memory, MiB.
+    pub virtual_memory_mb: f64,
+    /// Bytes read from disk.
+    pub disk_read_bytes: i64,
+    /// Bytes written to disk.
+    pub disk_write_bytes: i64,
+    /// Thread count.
+    pub threads: Option<i32>,
+}
+
+/// One host's node metrics summarised over the window.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct HostOverallRow {
+    /// The node.
+    pub host: String,
+    /// Latest sample (raw) or latest bucket start (hourly).
+    pub last_seen: DateTime<Utc>,
+    /// Average CPU usage, percent.
+    pub avg_cpu: f64,
+    /// Highest CPU usage, percent.
+    pub max_cpu: f64,
+    /// Average memory in use, MiB.
+    pub avg_memory_mb: f64,
+    /// Highest memory in use, MiB.
+    pub max_memory_mb: f64,
+    /// Average one-minute load.
+    pub avg_load_1: f64,
+    /// Samples summarised.
+    pub samples: i64,
+}
+
+/// One process name on one host, ranked over the window.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct TopProcessRow {
+    /// The node.
+    pub host: String,
+    /// Process name.
+    pub process_name: String,
+    /// Average CPU usage, percent of one core.
+    pub avg_cpu: f64,
+    /// Highest peak CPU usage.
+    pub max_cpu: f64,
+    /// Average resident memory, MiB.
+    pub avg_memory_mb: f64,
+    /// Highest resident memory, MiB.
+    pub max_memory_mb: f64,
+    /// Samples summarised.
+    pub samples: i64,
+}
+
+/// One pod's processes at its latest sample in the window.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct VmRow {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// The node.
+    pub host: String,
+    /// The pod's latest sample.
+    pub last_seen: DateTime<Utc>,
+    /// Processes of the pod in that sample.
+    pub processes: i64,
+    /// Their CPU usage, summed, percent of one core.
+    pub cpu_usage_percent: f64,
+    /// Their resident memory, summed, MiB.
+    pub memory_usage_mb: f64,
+}
+
+/// The answer of one part: where its rows came from and the rows.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PartAnswer<R> {
+    /// Where the rows came from.
+    pub source: Source,
+    /// The window, in seconds.
+    pub window_seconds: u32,
+    /// The rows.
+    pub rows: Vec<R>,
+}
+
+/// A statement that was run, for metrics: the part and the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Statement {
+    /// The part it answers.
+    pub part: Part,
+    /// Where it reads.
+    pub source: Source,
+}
+
+// The latest sample time per process is found by hashing narrow rows (sorting them by the
+// text `host` costs several times more), then those samples are read by the table's key.
+const HOST_PROCESSES: &str = r#"
+WITH latest AS (
+    SELECT host, pid, start_time, max("timestamp") AS "timestamp"
+    FROM host_process_metrics
+    WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+      AND ($2::text IS NULL OR host = $2)
+    GROUP BY host, pid, start_time
+)
+SELECT m."timestamp", m.host, m.pid, m.start_time, m.parent_pid, m.process_name,
+       m.command_line, m.username, m.state, m.cpu_usage_percent::float8 AS cpu_usage_percent,
+       m.cpu_peak_percent::float8 AS cpu_peak_percent, m.memory_usage_mb, m.virtual_memory_mb,
+       m.disk_read_bytes, m.disk_write_bytes, m.threads
+FROM latest
+JOIN host_process_metrics AS m USING (host, pid, start_time, "timestamp")
+ORDER BY m.cpu_usage_percent DESC, m.host, m.pid, m.start_time
+LIMIT $3"#;
+
+const HOST_OVERALL_RAW: &str = r#"
+SELECT host, max("timestamp") AS last_seen, avg(cpu_usage_percent)::float8 AS avg_cpu,
+       max(cpu_usage_percent)::float8 AS max_cpu, avg(memory_usage_mb) AS avg_memory_mb,
+       max(memory_usage_mb) AS max_memory_mb, avg(load_1) AS avg_load_1, count(*) AS samples
+FROM host_overall_metrics
+WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+  AND ($2::text IS NULL OR host = $2)
+GROUP BY host
+ORDER BY host"#;
+
+const HOST_OVERALL_HOURLY_FROM_RAW: &str = r#"
+SELECT host, max(date_bin('1 hour', "timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00'))
+           AS last_seen,
+       avg(cpu_usage_percent)::float8 AS avg_cpu, max(cpu_usage_percent)::float8 AS max_cpu,
+       avg(memory_usage_mb) AS avg_memory_mb, max(memory_usage_mb) AS max_memory_mb,
+       avg(load_1) AS avg_load_1, count(*) AS samples
+FROM host_overall_metrics
+WHERE "timestamp" >= date_bin('1 hour', now() - make_interval(secs => $1::float8),
+                              TIMESTAMPTZ '2000-01-01 00:00:00+00')
+  AND ($2::text IS NULL OR host = $2)
+GROUP BY host
+ORDER BY host"#;
+
+const HOST_OVERALL_FROM_AGGREGATE: &str = r#"
+SELECT host, max(bucket) AS last_seen,
+       (sum(avg_cpu * samples) / sum(samples))::float8 AS avg_cpu,
+       max(max_cpu)::float8 AS max_cpu,
+       (sum(avg_memory_mb * samples) / sum(samples))::float8 AS avg_memory_mb,
+       max(max_memory_mb)::float8 AS max_memory_mb,
+       (sum(avg_load_1 * samples) / sum(samples))::float8 AS avg_load_1,
+       sum(samples)::int8 AS samples
+FROM host_overall_metrics_hourly
+WHERE bucket >= date_bin('1 hour', now() - make_interval(secs => $1::float8),
+                         TIMESTAMPTZ '2000-01-01 00:00:00+00')
+  AND ($2::text IS NULL OR host = $2)
+GROUP BY host
+ORDER BY host"#;
+
+const TOP_PROCESSES_RAW: &str = r#"
+SELECT host, process_name, avg(cpu_usage_percent)::float8 AS avg_cpu,
+       max(cpu_peak_percent)::float8 AS max_cpu, avg(memory_usage_mb) AS avg_memory_mb,
+       max(memory_usage_mb) AS max_memory_mb, count(*) AS samples
+FROM host_process_metrics
+WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+  AND ($2::text IS NULL OR host = $2)
+GROUP BY host, process_name
+ORDER BY CASE WHEN $3::text = 'memory' THEN avg(memory_usage_mb)
+              ELSE avg(cpu_usage_percent) END DESC,
+         host, process_name
+LIMIT $4"#;
+
+const TOP_PROCESSES_HOURLY_FROM_RAW: &str = r#"
+SELECT host, process_name, avg(cpu_usage_percent)::float8 AS avg_cpu,
+       max(cpu_peak_percent)::float8 AS max_cpu, avg(memory_usage_mb) AS avg_memory_mb,
+       max(memory_usage_mb) AS max_memory_mb, count(*) AS samples
+FROM host_process_metrics
+WHERE "timestamp" >= date_bin('1 hour', now() - make_interval(secs => $1::float8),
+                              TIMESTAMPTZ '2000-01-01 00:00:00+00')
+  AND ($2::text IS NULL OR host = $2)
+GROUP BY host, process_name
+ORDER BY CASE WHEN $3::text = 'memory' THEN avg(memory_usage_mb)
+              ELSE avg(cpu_usage_percent) END DESC,
+         host, process_name
+LIMIT $4"#;
+
+const TOP_PROCESSES_FROM_AGGREGATE: &str = r#"
+SELECT host, process_name,
+       (sum(avg_cpu * samples) / sum(samples))::float8 AS avg_cpu,
+       max(max_cpu)::float8 AS max_cpu,
+       (sum(avg_memory_mb * samples) / sum(samples))::float8 AS avg_memory_mb,
+       max(max_memory_mb)::float8 AS max_memory_mb, sum(samples)::int8 AS samples
+FROM host_process_metrics_hourly
+WHERE bucket >= date_bin('1 hour', now() - make_interval(secs => $1::float8),
+                         TIMESTAMPTZ '2000-01-01 00:00:00+00')
+  AND ($2::text IS NULL OR host = $2)
+GROUP BY host, process_name
+ORDER BY CASE WHEN $3::text = 'memory' THEN sum(avg_memory_mb * samples) / sum(samples)
+              ELSE sum(avg_cpu * samples) / sum(samples) END DESC,
+         host, process_name
+LIMIT $4"#;
+
+const VM_METRICS: &str = r#"
+WITH recent AS (
+    SELECT "timestamp", host, pod_namespace, pod_name, cpu_usage_percent, memory_usage_mb
+    FROM vm_process_metrics
+    WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+      AND pod_namespace IS NOT NULL AND pod_name IS NOT NULL
+      AND ($2::text IS NULL OR host = $2)
+      AND ($3::text IS NULL OR pod_namespace = $3)
+), latest AS (
+    SELECT DISTINCT ON (pod_namespace, pod_name) pod_namespace, pod_name, host, "timestamp"
+    FROM recent
+    ORDER BY pod_namespace, pod_name, "timestamp" DESC, host
+)
+SELECT l.pod_namespace AS namespace, l.pod_name AS pod, l.host, l."timestamp" AS last_seen,
+       count(*) AS processes, sum(r.cpu_usage_percent)::float8 AS cpu_usage_percent,
+       sum(r.memory_usage_mb) AS memory_usage_mb
+FROM latest AS l
+JOIN recent AS r ON r.pod_namespace = l.pod_namespace AND r.pod_name = l.pod_name
+                AND r.host = l.host AND r."timestamp" = l."timestamp"
+GROUP BY l.pod_namespace, l.pod_name, l.host, l."timestamp"
+ORDER BY cpu_usage_percent DESC, namespace, pod
+LIMIT $4"#;
+
+/// The statement `key` runs, given the aggregates that exist.
+pub fn statement(key: &PartKey, aggregates: Aggregates) -> Statement {
+    let long = u64::from(key.window_seconds) > HOURLY_THRESHOLD.as_secs();
+    let hourly = |exists: bool| match (long, exists) {
+        (false, _) => Source::Raw,
+        (true, true) => Source::HourlyAggregate,
+        (true, false) => Source::HourlyFromRaw,
+    };
+    let source = match key.part {
+        Part::HostProcessMetrics | Part::VmMetrics => Source::Raw,
+        Part::HostOverallMetrics => hourly(aggregates.host_overall),
+        Part::TopProcesses => hourly(aggregates.host_process),
+    };
+    Statement {
+        part: key.part,
+        source,
+    }
+}
+
+/// Runs `statement` for `key` and serialises its answer as JSON.
+pub async fn run(
+    pool: &PgPool,
+    statement: Statement,
+    key: &PartKey,
+) -> Result<Vec<u8>, sqlx::Error> {
+    let window = f64::from(key.window_seconds);
+    let limit = i64::from(key.limit.unwrap_or(1));
+    let metric = key.metric.unwrap_or(TopMetric::Cpu).as_str();
+    let host = key.host.as_deref();
+    fn json<R: Serialize>(source: Source, window_seconds: u32, rows: Vec<R>) -> Vec<u8> {
+        serde_json::to_vec(&PartAnswer {
+            source,
+            window_seconds,
+            rows,
+        })
+        .expect("rows serialise")
+    }
+    let (source, window_seconds) = (statement.source, key.window_seconds);
+    Ok(match (statement.part, statement.source) {
+        (Part::HostProcessMetrics, _) => json(
+            source,
+            window_seconds,
+            sqlx::query_as::<_, HostProcessRow>(HOST_PROCESSES)
+                .bind(window)
+                .bind(host)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?,
+        ),
+        (Part::HostOverallMetrics, source) => json(
+            source,
+            window_seconds,
+            sqlx::query_as::<_, HostOverallRow>(match source {
+                Source::Raw => HOST_OVERALL_RAW,
+                Source::HourlyFromRaw => HOST_OVERALL_HOURLY_FROM_RAW,
+                Source::HourlyAggregate => HOST_OVERALL_FROM_AGGREGATE,
+            })
+            .bind(window)
+            .bind(host)
+            .fetch_all(pool)
+            .await?,
+        ),
+        (Part::TopProcesses, source) => json(
+            source,
+            window_seconds,
+            sqlx::query_as::<_, TopProcessRow>(match source {
+                Source::Raw => TOP_PROCESSES_RAW,
+                Source::HourlyFromRaw => TOP_PROCESSES_HOURLY_FROM_RAW,
+                Source::HourlyAggregate => TOP_PROCESSES_FROM_AGGREGATE,
+            })
+            .bind(window)
+            .bind(host)
+            .bind(metric)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?,
+        ),
+        (Part::VmMetrics, _) => json(
+            source,
+            window_seconds,
+            sqlx::query_as::<_, VmRow>(VM_METRICS)
+                .bind(window)
+                .bind(host)
+                .bind(key.namespace.as_deref())
+                .bind(limit)
+                .fetch_all(pool)
+                .await?,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query_service::filters::RawFilters;
+
+    fn key(part: Part, query: &str) -> PartKey {
+        RawFilters::from_query(query)
+            .unwrap()
+            .validate()
+            .unwrap()
+            .key(part)
+    }
+
+    #[test]
+    fn long_windows_read_hourly_buckets_from_the_aggregate_when_it_exists() {
+        let both = Aggregates {
+            host_process: true,
+            host_overall: true,
+        };
+        let none = Aggregates::default();
+        let source = |part, query, aggregates| statement(&key(part, query), aggregates).source;
+        assert_eq!(source(Part::TopProcesses, "window=6h", both), Source::Raw);
+        assert_eq!(
+            source(Part::TopProcesses, "window=7h", both),
+            Source::HourlyAggregate
+        );
+        assert_eq!(
+            source(Part::TopProcesses, "window=7h", none),
+            Source::HourlyFromRaw
+        );
+        assert_eq!(
+            source(Part::HostOverallMetrics, "window=1d", both),
+            Source::HourlyAggregate
+        );
+        assert_eq!(
+            source(Part::HostOverallMetrics, "window=1d", none),
+            Source::HourlyFromRaw
+        );
+        assert_eq!(
+            source(Part::HostProcessMetrics, "window=1d", both),
+            Source::Raw
+        );
+        assert_eq!(source(Part::VmMetrics, "window=1d", both), Source::Raw);
+    }
+}

@@ -1,0 +1,820 @@
+//! The query service over HTTP against native PostgreSQL with seeded metrics: answers
+//! checked against independent SQL, the cache's fresh/stale/miss behaviour and headers,
+//! single flight counted by the database (pg_stat_statements), conditional requests, a
+//! database outage (through an in-process TCP proxy that the test cuts), and bad input.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use metricsstack_collector::config::PoolSettings;
+use metricsstack_operator::database::MIGRATOR;
+use metricsstack_operator::query_service::{QueryService, QueryServiceConfig};
+use metricsstack_testkit::TestDatabase;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::{ConnectOptions, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Seeds three hosts, eight processes each (names shared by pairs), and pods in two
+/// namespaces; samples 2 to 45 minutes old (in a one-hour window), 3 hours old (in six
+/// hours), and 30 hours old (in two days). Values vary with host, process and age.
+const SEED: &str = r#"
+INSERT INTO host_process_metrics ("timestamp", host, pid, start_time, parent_pid, process_name,
+    command_line, username, state, cpu_usage_percent, cpu_peak_percent, memory_usage_mb,
+    virtual_memory_mb, disk_read_bytes, disk_write_bytes, threads)
+SELECT now() - make_interval(mins => m), 'node-' || h, 100 + p,
+       TIMESTAMPTZ '2024-01-01 00:00:00+00' + make_interval(secs => p), 1, 'proc-' || (p % 4),
+       '/usr/bin/proc-' || p, 'root', 'S', ((h * 7 + p * 13 + m) % 97)::real / 1.7,
+       ((h * 7 + p * 13 + m) % 97 + 5)::real, ((h * 11 + p * 29 + m * 3) % 500) + 0.25, 2048.5,
+       m * 1000, p * 10, p
+FROM generate_series(1, 3) AS h, generate_series(1, 8) AS p,
+     unnest(ARRAY[2, 7, 15, 30, 45, 180, 200, 1800]) AS m;
+
+INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent, cpu_per_core_percent,
+    load_1, load_5, load_15, memory_total_bytes, memory_used_bytes, memory_usage_mb,
+    swap_total_bytes, swap_used_bytes, disk_total_bytes, disk_used_bytes, disk_read_bytes,
+    disk_write_bytes, network_rx_bytes, network_tx_bytes, uptime_seconds, process_count)
+SELECT now() - make_interval(mins => m), 'node-' || h, ((h * 13 + m * 7) % 100)::real,
+       ARRAY[1.5, 2.5]::real[], (h + m % 5)::float8 / 3, 1, 1, 16000000000, 8000000000,
+       (h * 1000 + m * 3)::float8 + 0.5, 0, 0, 0, 0, 0, 0, 0, 0, 1000, 200 + m
+FROM generate_series(1, 3) AS h,
+     unnest(ARRAY(SELECT generate_series(1, 50)) || ARRAY[180, 240, 1800, 2000]) AS m;
+
+INSERT INTO vm_process_metrics ("timestamp", host, pid, start_time, process_name,
+    command_line, pod_namespace, pod_name, pod_uid, container_id, container_name,
+    cpu_usage_percent, cpu_peak_percent, cpu_limit_percent, memory_usage_mb,
+    disk_read_bytes, disk_write_bytes)
+SELECT now() - make_interval(mins => m), 'node-' || (pd % 3 + 1), 1000 + pd * 10 + pr,
+       TIMESTAMPTZ '2024-01-01 00:00:00+00', 'worker-' || pr, NULL,
+       CASE WHEN pd = 0 THEN NULL ELSE (ARRAY['web', 'db'])[pd % 2 + 1] END,
+       CASE WHEN pd = 0 THEN NULL ELSE 'pod-' || pd END, 'uid-' || pd, 'cid-' || pd, 'main',
+       ((pd * 17 + pr * 5 + m) % 60)::real, 99, NULL, (pd * 100 + pr * 10 + m)::float8, 0, 0
+FROM generate_series(0, 6) AS pd, generate_series(1, 3) AS pr,
+     unnest(ARRAY[3, 9, 20, 300]) AS m
+-- The first pod has no third process at its latest sample: counts must follow the sample.
+WHERE NOT (pd = 1 AND pr = 3 AND m = 3);
+"#;
+
+async fn seeded() -> (TestDatabase, PgPool) {
+    let db = TestDatabase::create().await;
+    let pool = db.pool(4).await;
+    MIGRATOR.run(&pool).await.expect("migrations run");
+    sqlx::raw_sql(SEED).execute(&pool).await.expect("seeding");
+    (db, pool)
+}
+
+fn config(fresh: u64, stale_while_revalidate: u64, stale_if_error: u64) -> QueryServiceConfig {
+    QueryServiceConfig {
+        listen_address: "127.0.0.1:0".into(),
+        schema: "public".into(),
+        pool: PoolSettings {
+            max_connections: 8,
+            acquire_timeout_seconds: 2,
+            ..PoolSettings::default()
+        },
+        fresh_ttl_seconds: fresh,
+        stale_while_revalidate_seconds: stale_while_revalidate,
+        stale_if_error_seconds: stale_if_error,
+        max_entries: 1000,
+        max_bytes: 64 * 1024 * 1024,
+    }
+}
+
+/// Starts the service on a free loopback port; it stops with the test's runtime.
+async fn start(config: &QueryServiceConfig, database_url: &str) -> Client {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("local address");
+    let service = QueryService::new(config, database_url).expect("the service starts");
+    tokio::spawn(service.run(listener, std::future::pending()));
+    Client {
+        base: format!("http://{address}"),
+        http: reqwest::Client::new(),
+    }
+}
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+            .to_str()
+            .expect("a text header")
+    }
+
+    fn rows(&self) -> &Vec<Value> {
+        self.body["rows"].as_array().expect("rows")
+    }
+}
+
+impl Client {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("the request is answered");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("a body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&self, path_and_query: &str) -> Answer {
+        self.send(self.http.get(format!("{}{path_and_query}", self.base)))
+            .await
+    }
+
+    async fn batch(&self, body: &str) -> Answer {
+        self.send(
+            self.http
+                .post(format!("{}/api/dashboard/batch", self.base))
+                .header("content-type", "application/json")
+                .body(body.to_owned()),
+        )
+        .await
+    }
+
+    async fn text(&self, path: &str) -> (StatusCode, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("answered");
+        (response.status(), response.text().await.expect("text"))
+    }
+}
+
+/// Asserts two JSON documents equal, numbers within a relative 1e-9 (sums of floats in
+/// another order differ in the last bits).
+fn assert_close(actual: &Value, expected: &Value, at: &str) {
+    match (actual, expected) {
+        (Value::Number(a), Value::Number(e)) => {
+            let (a, e) = (a.as_f64().unwrap(), e.as_f64().unwrap());
+            assert!((a - e).abs() <= 1e-9 * e.abs().max(1.0), "{at}: {a} != {e}");
+        }
+        (Value::Array(a), Value::Array(e)) => {
+            assert_eq!(a.len(), e.len(), "{at}: lengths of {actual} and {expected}");
+            for (i, (a, e)) in a.iter().zip(e).enumerate() {
+                assert_close(a, e, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(a), Value::Object(e)) => {
+            for (key, e) in e {
+                let a = a
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{at}: no {key} in {actual}"));
+                assert_close(a, e, &format!("{at}.{key}"));
+            }
+        }
+        _ => assert_eq!(actual, expected, "{at}"),
+    }
+}
+
+/// A host's row: host, last seen, averages and highs, samples.
+type OverallRow = (String, DateTime<Utc>, f64, f64, f64, f64, f64, i64);
+/// A raw VM process sample: time, host, namespace, pod, CPU, memory.
+type VmSample = (
+    DateTime<Utc>,
+    String,
+    Option<String>,
+    Option<String>,
+    f64,
+    f64,
+);
+/// A pod at its latest sample: time, host, processes, CPU sum, memory sum.
+type PodAtLatest = (DateTime<Utc>, String, i64, f64, f64);
+
+fn ts(t: DateTime<Utc>) -> Value {
+    serde_json::to_value(t).expect("a timestamp serialises")
+}
+
+/// Latest sample per process, by a correlated subquery.
+async fn expected_host_processes(pool: &PgPool, host: Option<&str>, limit: i64) -> Value {
+    let rows: Vec<(DateTime<Utc>, String, i32, String, f64, f64)> = sqlx::query_as(
+        r#"SELECT h."timestamp", h.host, h.pid, h.process_name, h.cpu_usage_percent::float8,
+                  h.memory_usage_mb
+           FROM host_process_metrics AS h
+           WHERE ($1::text IS NULL OR h.host = $1)
+             AND h."timestamp" = (SELECT max(x."timestamp") FROM host_process_metrics AS x
+                                  WHERE x.host = h.host AND x.pid = h.pid
+                                    AND x.start_time = h.start_time
+                                    AND x."timestamp" >= now() - interval '1 hour')
+           ORDER BY h.cpu_usage_percent DESC, h.host, h.pid, h.start_time
+           LIMIT $2"#,
+    )
+    .bind(host)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .expect("expected host processes");
+    rows.into_iter()
+        .map(|(t, host, pid, name, cpu, memory)| {
+            json!({"timestamp": ts(t), "host": host, "pid": pid, "process_name": name,
+                   "cpu_usage_percent": cpu, "memory_usage_mb": memory})
+        })
+        .collect()
+}
+
+/// Per host over the window; hourly: samples from the start of the hour the window starts
+/// in, and the latest sample's hour as `last_seen`.
+async fn expected_host_overall(pool: &PgPool, window: &str, hourly: bool) -> Value {
+    let rows: Vec<OverallRow> = sqlx::query_as(
+        r#"WITH w AS (
+               SELECT * FROM host_overall_metrics
+               WHERE "timestamp" >= CASE WHEN $2
+                   THEN date_trunc('hour', (now() - $1::interval) AT TIME ZONE 'UTC')
+                        AT TIME ZONE 'UTC'
+                   ELSE now() - $1::interval END)
+           SELECT host,
+                  CASE WHEN $2 THEN date_trunc('hour', max("timestamp") AT TIME ZONE 'UTC')
+                                    AT TIME ZONE 'UTC'
+                       ELSE max("timestamp") END,
+                  avg(cpu_usage_percent)::float8, max(cpu_usage_percent)::float8,
+                  avg(memory_usage_mb), max(memory_usage_mb), avg(load_1), count(*)
+           FROM w GROUP BY host ORDER BY host"#,
+    )
+    .bind(window)
+    .bind(hourly)
+    .fetch_all(pool)
+    .await
+    .expect("expected host overall");
+    rows.into_iter()
+        .map(
+            |(host, last, avg_cpu, max_cpu, avg_mem, max_mem, load, samples)| {
+                json!({"host": host, "last_seen": ts(last), "avg_cpu": avg_cpu, "max_cpu": max_cpu,
+                   "avg_memory_mb": avg_mem, "max_memory_mb": max_mem, "avg_load_1": load,
+                   "samples": samples})
+            },
+        )
+        .collect()
+}
+
+async fn expected_top(
+    pool: &PgPool,
+    window: &str,
+    hourly: bool,
+    memory: bool,
+    host: Option<&str>,
+    limit: i64,
+) -> Value {
+    let rows: Vec<(String, String, f64, f64, f64, f64, i64)> = sqlx::query_as(
+        r#"SELECT host, process_name, avg(cpu_usage_percent)::float8 AS cpu,
+                  max(cpu_peak_percent)::float8, avg(memory_usage_mb) AS memory,
+                  max(memory_usage_mb), count(*)
+           FROM host_process_metrics
+           WHERE "timestamp" >= CASE WHEN $2
+                   THEN date_trunc('hour', (now() - $1::interval) AT TIME ZONE 'UTC')
+                        AT TIME ZONE 'UTC'
+                   ELSE now() - $1::interval END
+             AND ($4::text IS NULL OR host = $4)
+           GROUP BY host, process_name
+           ORDER BY CASE WHEN $3 THEN avg(memory_usage_mb) ELSE avg(cpu_usage_percent) END
+                    DESC, host, process_name
+           LIMIT $5"#,
+    )
+    .bind(window)
+    .bind(hourly)
+    .bind(memory)
+    .bind(host)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .expect("expected top processes");
+    rows.into_iter()
+        .map(
+            |(host, name, avg_cpu, max_cpu, avg_mem, max_mem, samples)| {
+                json!({"host": host, "process_name": name, "avg_cpu": avg_cpu, "max_cpu": max_cpu,
+                   "avg_memory_mb": avg_mem, "max_memory_mb": max_mem, "samples": samples})
+            },
+        )
+        .collect()
+}
+
+/// Per pod, computed here from the raw rows in the window: the processes at the pod's
+/// latest sample, summed.
+async fn expected_vm(pool: &PgPool, namespace: Option<&str>, limit: usize) -> Value {
+    let rows: Vec<VmSample> = sqlx::query_as(
+        r#"SELECT "timestamp", host, pod_namespace, pod_name, cpu_usage_percent::float8,
+                      memory_usage_mb
+               FROM vm_process_metrics WHERE "timestamp" >= now() - interval '1 hour'"#,
+    )
+    .fetch_all(pool)
+    .await
+    .expect("vm rows");
+    let mut pods: BTreeMap<(String, String), PodAtLatest> = BTreeMap::new();
+    for (t, host, ns, pod, cpu, memory) in rows {
+        let (Some(ns), Some(pod)) = (ns, pod) else {
+            continue;
+        };
+        if namespace.is_some_and(|wanted| wanted != ns) {
+            continue;
+        }
+        let entry = pods
+            .entry((ns, pod))
+            .or_insert((t, host.clone(), 0, 0.0, 0.0));
+        if t > entry.0 {
+            *entry = (t, host, 0, 0.0, 0.0);
+        }
+        if t == entry.0 {
+            entry.2 += 1;
+            entry.3 += cpu;
+            entry.4 += memory;
+        }
+    }
+    let mut pods: Vec<_> = pods.into_iter().collect();
+    pods.sort_by(|a, b| b.1.3.total_cmp(&a.1.3).then_with(|| a.0.cmp(&b.0)));
+    pods.into_iter()
+        .take(limit)
+        .map(|((ns, pod), (t, host, processes, cpu, memory))| {
+            json!({"namespace": ns, "pod": pod, "host": host, "last_seen": ts(t),
+                   "processes": processes, "cpu_usage_percent": cpu, "memory_usage_mb": memory})
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn each_endpoint_answers_what_an_independent_query_finds() {
+    let (db, pool) = seeded().await;
+    let client = start(&config(60, 60, 60), &db.url()).await;
+
+    let processes = client.get("/api/host-process-metrics?limit=10").await;
+    assert_eq!(processes.status, StatusCode::OK, "{}", processes.body);
+    assert_eq!(processes.body["source"], "raw");
+    assert_eq!(processes.rows().len(), 10);
+    assert_close(
+        &processes.body["rows"],
+        &expected_host_processes(&pool, None, 10).await,
+        "host processes",
+    );
+    let on_one_host = client
+        .get("/api/host-process-metrics?host=node-2&limit=1000&window=3600")
+        .await;
+    assert_eq!(on_one_host.rows().len(), 8);
+    assert_close(
+        &on_one_host.body["rows"],
+        &expected_host_processes(&pool, Some("node-2"), 1000).await,
+        "host processes on node-2",
+    );
+
+    let overall = client.get("/api/host-overall-metrics?window=1h").await;
+    assert_eq!(overall.body["source"], "raw");
+    assert_eq!(overall.rows().len(), 3);
+    assert_close(
+        &overall.body["rows"],
+        &expected_host_overall(&pool, "1 hour", false).await,
+        "host overall",
+    );
+    let overall_long = client.get("/api/host-overall-metrics?window=2d").await;
+    assert_eq!(overall_long.body["source"], "hourly_from_raw");
+    assert_close(
+        &overall_long.body["rows"],
+        &expected_host_overall(&pool, "2 days", true).await,
+        "host overall over two days",
+    );
+
+    let top = client.get("/api/dashboard/top-processes?limit=5").await;
+    assert_eq!(top.rows().len(), 5);
+    assert_close(
+        &top.body["rows"],
+        &expected_top(&pool, "1 hour", false, false, None, 5).await,
+        "top by cpu",
+    );
+    let top_memory = client
+        .get("/api/dashboard/top-processes?metric=memory&window=7h&host=node-3&limit=3")
+        .await;
+    assert_eq!(top_memory.body["source"], "hourly_from_raw");
+    assert_close(
+        &top_memory.body["rows"],
+        &expected_top(&pool, "7 hours", true, true, Some("node-3"), 3).await,
+        "top by memory on node-3 over seven hours",
+    );
+
+    let vm = client.get("/api/vm-metrics").await;
+    assert_eq!(vm.rows().len(), 6, "pods without a namespace are left out");
+    assert_close(&vm.body["rows"], &expected_vm(&pool, None, 20).await, "vm");
+    let vm_web = client.get("/api/vm-metrics?namespace=web&limit=2").await;
+    assert_eq!(vm_web.rows().len(), 2);
+    assert_close(
+        &vm_web.body["rows"],
+        &expected_vm(&pool, Some("web"), 2).await,
+        "vm in web",
+    );
+
+    // The batch holds the same four parts as the individual requests with its filters.
+    let batch = client
+        .batch(r#"{"window": "1h", "limit": 5, "metric": "cpu"}"#)
+        .await;
+    assert_eq!(batch.status, StatusCode::OK);
+    for (part, path) in [
+        ("host_process_metrics", "/api/host-process-metrics?limit=5"),
+        ("host_overall_metrics", "/api/host-overall-metrics"),
+        ("top_processes", "/api/dashboard/top-processes?limit=5"),
+        ("vm_metrics", "/api/vm-metrics?limit=5"),
+    ] {
+        let single = client.get(path).await;
+        assert_eq!(batch.body[part], single.body, "{part}");
+    }
+    assert_close(
+        &batch.body["top_processes"]["rows"],
+        &expected_top(&pool, "1 hour", false, false, None, 5).await,
+        "batch top",
+    );
+}
+
+/// Database-side calls of the statements reading the metric tables, by statement.
+async fn metric_statement_calls(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT query, calls FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND query ILIKE '%FROM %\\_metrics%' AND query NOT ILIKE '%pg_stat_statements%' \
+         ORDER BY query",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("pg_stat_statements")
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_identical_requests_run_each_query_once() {
+    let (db, pool) = seeded().await;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&pool)
+        .await
+        .expect("pg_stat_statements");
+    let client = start(&config(60, 60, 60), &db.url()).await;
+    // Warm the connections so that the requests race on the cache, not on connecting.
+    assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
+    sqlx::query("SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0)")
+        .execute(&pool)
+        .await
+        .expect("reset");
+    assert!(metric_statement_calls(&pool).await.is_empty());
+
+    let body = r#"{"limit": 7, "window": "30m", "metric": "memory"}"#;
+    let answers = futures::future::join_all((0..100).map(|_| client.batch(body))).await;
+    let etag = answers[0].header("etag").to_owned();
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("x-cache"), "MISS");
+        assert_eq!(answer.header("etag"), etag);
+        assert_eq!(answer.body, answers[0].body);
+    }
+    let calls = metric_statement_calls(&pool).await;
+    assert_eq!(calls.len(), 4, "one statement per part: {calls:#?}");
+    for (query, calls) in &calls {
+        assert_eq!(*calls, 1, "{query}");
+    }
+    let (_, metrics) = client.text("/metrics").await;
+    let queries: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("metricsstack_query_service_database_queries_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(queries, 4, "{metrics}");
+
+    // The next identical request is a hit and queries nothing.
+    let again = client.batch(body).await;
+    assert_eq!(again.header("x-cache"), "HIT");
+    assert!(
+        metric_statement_calls(&pool)
+            .await
+            .iter()
+            .all(|(_, calls)| *calls == 1)
+    );
+}
+
+#[tokio::test]
+async fn answers_are_fresh_then_stale_while_one_refresh_runs_then_missed() {
+    let (db, pool) = seeded().await;
+    let client = start(&config(1, 2, 0), &db.url()).await;
+    let path = "/api/dashboard/top-processes?limit=3";
+    let cache_control =
+        |max_age: u64| format!("max-age={max_age}, stale-while-revalidate=2, stale-if-error=0");
+    let queries = || async {
+        let (_, metrics) = client.text("/metrics").await;
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    "metricsstack_query_service_database_queries_total{part=\"top_processes\"",
+                )
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+
+    let miss = client.get(path).await;
+    assert_eq!(miss.header("x-cache"), "MISS");
+    assert_eq!(miss.header("cache-control"), cache_control(1));
+    assert_eq!(miss.header("x-cache-age"), "0");
+    assert_eq!(queries().await, 1);
+
+    let hit = client.get(path).await;
+    assert_eq!(hit.header("x-cache"), "HIT");
+    assert_eq!(
+        hit.header("cache-control"),
+        cache_control(0),
+        "less than 1 s left"
+    );
+    assert_eq!(hit.header("etag"), miss.header("etag"));
+    assert_eq!(queries().await, 1);
+
+    // New data, held back (with readers) by a lock until the stale answers are checked.
+    let mut writer = pool.begin().await.expect("begin");
+    sqlx::query(
+        "UPDATE host_process_metrics SET cpu_usage_percent = cpu_usage_percent + 1000 \
+         WHERE host = 'node-1' AND pid = 101",
+    )
+    .execute(&mut *writer)
+    .await
+    .expect("update");
+    sqlx::query("LOCK TABLE host_process_metrics IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *writer)
+        .await
+        .expect("lock");
+    // Past the freshness: the stale answer comes at once while one refresh waits.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..5 {
+        let stale = client.get(path).await;
+        assert_eq!(stale.header("x-cache"), "STALE");
+        assert_eq!(stale.header("cache-control"), cache_control(0));
+        assert_eq!(stale.header("x-cache-age"), "1");
+        assert_eq!(stale.body, miss.body);
+    }
+    writer.commit().await.expect("commit");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(queries().await, 2, "one background refresh");
+    let refreshed = client.get(path).await;
+    assert_eq!(refreshed.header("x-cache"), "HIT");
+    assert_ne!(refreshed.header("etag"), miss.header("etag"));
+    assert_eq!(refreshed.body["rows"][0]["host"], "node-1");
+    assert_eq!(refreshed.body["rows"][0]["process_name"], "proc-1");
+
+    // Past freshness and the stale window: the request waits for the database.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let missed = client.get(path).await;
+    assert_eq!(missed.header("x-cache"), "MISS");
+    assert_eq!(missed.header("cache-control"), cache_control(1));
+    assert_eq!(queries().await, 3);
+}
+
+#[tokio::test]
+async fn a_matching_if_none_match_gets_304() {
+    let (db, _pool) = seeded().await;
+    let client = start(&config(60, 60, 60), &db.url()).await;
+    let first = client.get("/api/vm-metrics?namespace=db").await;
+    let etag = first.header("etag").to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 66, "{etag}");
+    let url = format!("{}/api/vm-metrics?namespace=db", client.base);
+    let not_modified = client
+        .send(client.http.get(&url).header("if-none-match", &etag))
+        .await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(not_modified.body, Value::Null);
+    assert_eq!(not_modified.header("etag"), etag);
+    assert_eq!(not_modified.header("x-cache"), "HIT");
+    let other = client
+        .send(client.http.get(&url).header("if-none-match", "\"other\""))
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.body, first.body);
+
+    let batch = client.batch("{}").await;
+    let batch_etag = batch.header("etag").to_owned();
+    assert_ne!(batch_etag, etag);
+    let batch_not_modified = client
+        .send(
+            client
+                .http
+                .post(format!("{}/api/dashboard/batch", client.base))
+                .header("if-none-match", &batch_etag)
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(batch_not_modified.status, StatusCode::NOT_MODIFIED);
+}
+
+/// A TCP proxy to the database that the test can cut: when down, it closes every open
+/// connection and every new one at once.
+struct Proxy {
+    address: SocketAddr,
+    up: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (up, watcher) = watch::channel(true);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut watcher = watcher.clone();
+                if !*watcher.borrow() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watcher.wait_for(|up| !up) => {}
+                    }
+                });
+            }
+        });
+        Self { address, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+#[tokio::test]
+async fn while_the_database_is_down_stale_answers_or_503() {
+    let (db, _pool) = seeded().await;
+    let upstream: SocketAddr = format!("{}:{}", db.options.get_host(), db.options.get_port())
+        .parse()
+        .expect("the test database listens on an IP address");
+    let proxy = Proxy::start(upstream).await;
+    let through_proxy = db
+        .options
+        .clone()
+        .host(&proxy.address.ip().to_string())
+        .port(proxy.address.port())
+        .to_url_lossy()
+        .to_string();
+    let client = start(&config(1, 0, 60), &through_proxy).await;
+
+    let cached = client.get("/api/host-overall-metrics").await;
+    assert_eq!(cached.status, StatusCode::OK);
+    assert_eq!(cached.header("x-cache"), "MISS");
+    assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
+
+    proxy.set_up(false);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stale = client.get("/api/host-overall-metrics").await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.header("x-cache"), "STALE");
+    assert_eq!(
+        stale.header("cache-control"),
+        "max-age=0, stale-while-revalidate=0, stale-if-error=60"
+    );
+    assert_eq!(stale.header("x-cache-age"), "1");
+    assert_eq!(stale.header("etag"), cached.header("etag"));
+    assert_eq!(stale.body, cached.body);
+
+    let never_cached = client.get("/api/host-overall-metrics?host=node-1").await;
+    assert_eq!(never_cached.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        never_cached.body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("database unavailable")),
+        "{}",
+        never_cached.body
+    );
+    let batch = client.batch("{}").await;
+    assert_eq!(batch.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        client.text("/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (_, metrics) = client.text("/metrics").await;
+    assert!(
+        metrics.contains("part=\"host_overall_metrics\",source=\"raw\",outcome=\"error\""),
+        "{metrics}"
+    );
+
+    proxy.set_up(true);
+    let back = client.get("/api/host-overall-metrics?host=node-1").await;
+    assert_eq!(back.status, StatusCode::OK, "{}", back.body);
+    assert_eq!(back.header("x-cache"), "MISS");
+    assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_input_gets_400_naming_the_field() {
+    let (db, _pool) = seeded().await;
+    let client = start(&config(60, 60, 60), &db.url()).await;
+    let queries = [
+        ("/api/host-process-metrics?limit=0", "limit"),
+        ("/api/host-process-metrics?limit=1001", "limit"),
+        ("/api/host-process-metrics?limit=many", "limit"),
+        ("/api/dashboard/top-processes?metric=disk", "metric"),
+        ("/api/host-overall-metrics?window=31d", "window"),
+        ("/api/host-overall-metrics?window=30s", "window"),
+        ("/api/host-overall-metrics?window=1y", "window"),
+        ("/api/vm-metrics?namespace=", "namespace"),
+        ("/api/vm-metrics?namespace=web&since=1h", "since"),
+        ("/api/vm-metrics?host=a&host=b", "host"),
+    ];
+    for (path, field) in queries {
+        let answer = client.get(path).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(answer.body["field"], field, "{path}: {}", answer.body);
+        assert!(answer.body["error"].is_string(), "{path}");
+    }
+    let long_host = format!("/api/host-process-metrics?host={}", "h".repeat(254));
+    assert_eq!(client.get(&long_host).await.body["field"], "host");
+
+    let bodies = [
+        (r#"{"limit": 0}"#, "limit"),
+        (r#"{"limit": 2.5}"#, "limit"),
+        (r#"{"limit": "5"}"#, "limit"),
+        (r#"{"metric": "io"}"#, "metric"),
+        (r#"{"window": "45 minutes"}"#, "window"),
+        (r#"{"window": 2592001}"#, "window"),
+        (r#"{"host": ""}"#, "host"),
+        (r#"{"limit": 5, "hosts": ["a"]}"#, "hosts"),
+        ("[5]", "body"),
+        ("{\"limit\": 5", "body"),
+        ("not json", "body"),
+    ];
+    for (body, field) in bodies {
+        let answer = client.batch(body).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(answer.body["field"], field, "{body}: {}", answer.body);
+    }
+
+    let too_large = client
+        .batch(&format!(r#"{{"host": "{}"}}"#, "x".repeat(17 * 1024)))
+        .await;
+    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(too_large.body["field"], "body");
+
+    let (_, metrics) = client.text("/metrics").await;
+    assert!(
+        metrics.contains(
+            "metricsstack_query_service_requests_total{endpoint=\"batch\",status=\"400\"} 11"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_the_openapi_document_are_served() {
+    let (db, _pool) = seeded().await;
+    let client = start(&config(60, 60, 60), &db.url()).await;
+    assert_eq!(client.text("/healthz").await.0, StatusCode::OK);
+    let (status, ready) = client.text("/readyz").await;
+    assert_eq!(
+        (status, ready.as_str()),
+        (StatusCode::OK, r#"{"status":"ready"}"#)
+    );
+
+    let (status, openapi) = client.text("/openapi.yaml").await;
+    assert_eq!(status, StatusCode::OK);
+    let document: serde_yaml::Value = serde_yaml::from_str(&openapi).expect("YAML");
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/dashboard/batch",
+        "/api/host-process-metrics",
+        "/api/host-overall-metrics",
+        "/api/dashboard/top-processes",
+        "/api/vm-metrics",
+    ] {
+        assert!(document["paths"].get(path).is_some(), "{path} documented");
+    }
+
+    client.batch("{}").await;
+    client.batch("{}").await;
+    let (status, metrics) = client.text("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for expected in [
+        "metricsstack_query_service_requests_total{endpoint=\"batch\",status=\"200\"} 2",
+        "metricsstack_query_service_cache_lookups_total{result=\"miss\"} 4",
+        "metricsstack_query_service_cache_lookups_total{result=\"hit\"} 4",
+        "metricsstack_query_service_database_query_duration_seconds_count{part=\"vm_metrics\",source=\"raw\"} 1",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in\n{metrics}");
+    }
+    assert_eq!(
+        client.get("/api/nothing").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
