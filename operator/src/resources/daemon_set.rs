@@ -5,16 +5,18 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
-    VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::{COLLECTOR_CONFIG_KEY, Component, labels, owned_meta, selector_labels};
+use super::{
+    COLLECTOR_CONFIG_KEY, Component, hardened_container, labels, owned_meta,
+    runtime_default_seccomp, selector_labels,
+};
 use crate::crd::MetricsStack;
 use crate::validate::{COLLECTOR_METRICS_PORT, HOST_PROC_MOUNT, SPOOL_MOUNT};
 
@@ -91,27 +93,11 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> DaemonSet {
                 ..VolumeMount::default()
             },
         ]),
-        security_context: Some(SecurityContext {
-            // Root, because the spool is a host directory owned by root, and because reading
-            // other users' /proc/<pid>/io and /proc/<pid>/fd needs the owner's uid or
-            // CAP_SYS_PTRACE. Every other capability is dropped.
-            run_as_user: Some(0),
-            run_as_non_root: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                // Read-only inspection of other processes' /proc entries (io counters,
-                // command lines of processes of other users); no tracing is done.
-                add: Some(vec!["SYS_PTRACE".into()]),
-            }),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        // Root, because the spool is a host directory owned by root, and because reading
+        // other users' /proc/<pid>/io needs the owner's uid or CAP_SYS_PTRACE, which is the
+        // one capability kept: read-only inspection of other processes' /proc entries; no
+        // tracing is done.
+        security_context: Some(hardened_container(0, Some(vec!["SYS_PTRACE".into()]))),
         ..Container::default()
     };
     DaemonSet {
@@ -143,10 +129,7 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> DaemonSet {
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
                     priority_class_name: spec.priority_class_name.clone(),
                     security_context: Some(PodSecurityContext {
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
+                        seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
                     termination_grace_period_seconds: Some(30),

@@ -4,15 +4,17 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Volume,
-    VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::daemon_set::{CONFIG_CHECKSUM_ANNOTATION, database_url_env};
-use super::{Component, QUERY_SERVICE_CONFIG_KEY, labels, owned_meta, selector_labels};
+use super::{
+    Component, QUERY_SERVICE_CONFIG_KEY, hardened_container, labels, owned_meta,
+    runtime_default_seccomp, selector_labels,
+};
 use crate::crd::MetricsStack;
 
 const CONFIG_MOUNT: &str = "/etc/metricsstack";
@@ -53,23 +55,7 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> Deployment {
             read_only: Some(true),
             ..VolumeMount::default()
         }]),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            run_as_group: Some(65532),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(hardened_container(65532, None)),
         ..Container::default()
     };
     Deployment {
@@ -95,10 +81,7 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> Deployment {
                     containers: vec![container],
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
+                        seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
                     volumes: Some(vec![Volume {

@@ -13,7 +13,9 @@ mod service_account;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, SeccompProfile, SecurityContext, Service, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -104,6 +106,34 @@ pub fn selector_labels(stack: &MetricsStack, component: Component) -> BTreeMap<S
         (STACK_LABEL.to_owned(), stack.name_any()),
         (COMPONENT_LABEL.to_owned(), component.as_str().to_owned()),
     ])
+}
+
+/// A container security context as strict as Kubernetes allows: no privilege escalation,
+/// read-only root filesystem, the runtime's default seccomp profile, every capability
+/// dropped except `add`; `run_as_user` (and with it `runAsNonRoot`) set by the caller.
+fn hardened_container(run_as_user: i64, add: Option<Vec<String>>) -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(run_as_user),
+        run_as_group: Some(run_as_user),
+        run_as_non_root: Some(run_as_user != 0),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add,
+        }),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..SecurityContext::default()
+    }
+}
+
+/// The container runtime's default seccomp profile.
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    }
 }
 
 /// Labels of every object and pod of a component.
