@@ -5,16 +5,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HostPathVolumeSource,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, SecretKeySelector, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{
-    COLLECTOR_CONFIG_KEY, Component, hardened_container, labels, owned_meta,
+    COLLECTOR_CONFIG_KEY, Component, hardened_container, http_probe, labels, owned_meta,
     runtime_default_seccomp, selector_labels,
 };
 use crate::crd::MetricsStack;
@@ -44,15 +43,6 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> DaemonSet {
         }),
         ..Volume::default()
     };
-    let probe = |path: &str| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("metrics".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(10),
-        ..Probe::default()
-    };
     let container = Container {
         name: "collector".into(),
         image: Some(spec.image.clone()),
@@ -80,8 +70,8 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> DaemonSet {
             container_port: i32::from(COLLECTOR_METRICS_PORT),
             ..ContainerPort::default()
         }]),
-        liveness_probe: Some(probe("/healthz")),
-        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(http_probe("/healthz", "metrics")),
+        readiness_probe: Some(http_probe("/readyz", "metrics")),
         resources: spec.resources.clone(),
         volume_mounts: Some(vec![
             read_only("config", CONFIG_MOUNT),

@@ -4,15 +4,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::daemon_set::{CONFIG_CHECKSUM_ANNOTATION, database_url_env};
 use super::{
-    Component, QUERY_SERVICE_CONFIG_KEY, hardened_container, labels, owned_meta,
+    Component, QUERY_SERVICE_CONFIG_KEY, hardened_container, http_probe, labels, owned_meta,
     runtime_default_seccomp, selector_labels,
 };
 use crate::crd::MetricsStack;
@@ -23,15 +22,6 @@ const CONFIG_MOUNT: &str = "/etc/metricsstack";
 pub fn build(stack: &MetricsStack, config_checksum: &str) -> Deployment {
     let spec = &stack.spec.query_service;
     let name = Component::QueryService.object_name(stack);
-    let probe = |path: &str| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("http".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(10),
-        ..Probe::default()
-    };
     let container = Container {
         name: "query-service".into(),
         image: Some(spec.image.clone()),
@@ -46,8 +36,8 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> Deployment {
             container_port: spec.port,
             ..ContainerPort::default()
         }]),
-        liveness_probe: Some(probe("/healthz")),
-        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(http_probe("/healthz", "http")),
+        readiness_probe: Some(http_probe("/readyz", "http")),
         resources: spec.resources.clone(),
         volume_mounts: Some(vec![VolumeMount {
             name: "config".into(),

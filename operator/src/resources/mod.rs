@@ -14,11 +14,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, SeccompProfile, SecurityContext, Service, ServiceAccount,
+    Capabilities, ConfigMap, HTTPGetAction, Probe, SeccompProfile, SecurityContext, Service,
+    ServiceAccount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::MetricsStack;
@@ -125,6 +127,19 @@ fn hardened_container(run_as_user: i64, add: Option<Vec<String>>) -> SecurityCon
         read_only_root_filesystem: Some(true),
         seccomp_profile: Some(runtime_default_seccomp()),
         ..SecurityContext::default()
+    }
+}
+
+/// A probe that GETs `path` on the container port named `port`, every 10 s.
+fn http_probe(path: &str, port: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(port.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
     }
 }
 
