@@ -36,6 +36,13 @@ impl LeaderElection {
         }
     }
 
+    /// How long the lease lasts without renewal (default 15 s); it is renewed every third
+    /// of that.
+    pub fn lease_duration(mut self, duration: Duration) -> Self {
+        self.lease_duration = duration;
+        self
+    }
+
     /// Waits until this instance holds the lease.
     pub async fn acquire(&self) -> Result<(), kube::Error> {
         loop {

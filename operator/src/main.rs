@@ -38,6 +38,9 @@ enum Command {
         /// This instance's identity in the election (the pod name in a cluster).
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
+        /// Seconds the leader's lease lasts without renewal; a standby takes over after it.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+        lease_duration_seconds: u64,
         /// Reconcile without leader election (one instance only).
         #[arg(long)]
         no_leader_election: bool,
@@ -71,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             lease_namespace,
             lease_name,
             identity,
+            lease_duration_seconds,
             no_leader_election,
             namespace,
         } => {
@@ -84,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
                 identity.unwrap_or_else(|| format!("metricsstack-operator-{}", std::process::id()));
             let election = (!no_leader_election).then(|| {
                 LeaderElection::new(client.clone(), &lease_namespace, &lease_name, &identity)
+                    .lease_duration(std::time::Duration::from_secs(lease_duration_seconds))
             });
             if let Some(election) = &election {
                 election
