@@ -1,20 +1,17 @@
 //! The collector DaemonSet: one collector per node, reading the host's `/proc` and cgroup
 //! tree, with a security context as strict as a process collector allows.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HostPathVolumeSource,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, SecretKeySelector, Volume,
     VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
 
 use super::{
-    COLLECTOR_CONFIG_KEY, Component, hardened_container, http_probe, labels, owned_meta,
-    runtime_default_seccomp, selector_labels,
+    COLLECTOR_CONFIG_KEY, Component, hardened_container, http_probe, owned_meta, pod_metadata,
+    pod_selector, runtime_default_seccomp,
 };
 use crate::crd::MetricsStack;
 use crate::validate::{COLLECTOR_METRICS_PORT, HOST_PROC_MOUNT, SPOOL_MOUNT};
@@ -93,20 +90,10 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> DaemonSet {
     DaemonSet {
         metadata: owned_meta(stack, name.clone(), Component::Collector),
         spec: Some(DaemonSetSpec {
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(stack, Component::Collector)),
-                ..LabelSelector::default()
-            },
+            selector: pod_selector(stack, Component::Collector),
             update_strategy: spec.update_strategy.clone(),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(stack, Component::Collector)),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_CHECKSUM_ANNOTATION.to_owned(),
-                        config_checksum.to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
+                metadata: Some(pod_metadata(stack, Component::Collector, config_checksum)),
                 spec: Some(PodSpec {
                     service_account_name: Some(name.clone()),
                     // The token is needed only to watch this node's pods for attribution.

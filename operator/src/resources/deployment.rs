@@ -1,18 +1,15 @@
 //! The query service Deployment: `metricsstack-operator query-service`, unprivileged.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, PodSecurityContext, PodSpec, PodTemplateSpec,
     Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use super::daemon_set::{CONFIG_CHECKSUM_ANNOTATION, database_url_env};
+use super::daemon_set::database_url_env;
 use super::{
-    Component, QUERY_SERVICE_CONFIG_KEY, hardened_container, http_probe, labels, owned_meta,
-    runtime_default_seccomp, selector_labels,
+    Component, QUERY_SERVICE_CONFIG_KEY, hardened_container, http_probe, owned_meta, pod_metadata,
+    pod_selector, runtime_default_seccomp,
 };
 use crate::crd::MetricsStack;
 
@@ -52,19 +49,13 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> Deployment {
         metadata: owned_meta(stack, name.clone(), Component::QueryService),
         spec: Some(DeploymentSpec {
             replicas: Some(spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(stack, Component::QueryService)),
-                ..LabelSelector::default()
-            },
+            selector: pod_selector(stack, Component::QueryService),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(stack, Component::QueryService)),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_CHECKSUM_ANNOTATION.to_owned(),
-                        config_checksum.to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
+                metadata: Some(pod_metadata(
+                    stack,
+                    Component::QueryService,
+                    config_checksum,
+                )),
                 spec: Some(PodSpec {
                     service_account_name: Some(name.clone()),
                     automount_service_account_token: Some(false),

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
@@ -27,6 +27,7 @@ use crate::crd::MetricsStack;
 use crate::validate::ValidSpec;
 
 pub use config_map::{COLLECTOR_CONFIG_KEY, QUERY_SERVICE_CONFIG_KEY, config_checksum};
+pub use daemon_set::CONFIG_CHECKSUM_ANNOTATION;
 pub use rbac::{COLLECTOR_CLUSTER_ROLE, cluster_role_binding_name};
 
 /// Label naming the MetricsStack an object belongs to.
@@ -148,6 +149,27 @@ fn runtime_default_seccomp() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".into(),
         ..SeccompProfile::default()
+    }
+}
+
+/// The selector of a component's pods, for its DaemonSet or Deployment.
+fn pod_selector(stack: &MetricsStack, component: Component) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(stack, component)),
+        ..LabelSelector::default()
+    }
+}
+
+/// Metadata of a component's pod template: its labels, and the checksum of its
+/// configuration, so that a configuration change rolls the pods.
+fn pod_metadata(stack: &MetricsStack, component: Component, config_checksum: &str) -> ObjectMeta {
+    ObjectMeta {
+        labels: Some(labels(stack, component)),
+        annotations: Some(BTreeMap::from([(
+            CONFIG_CHECKSUM_ANNOTATION.to_owned(),
+            config_checksum.to_owned(),
+        )])),
+        ..ObjectMeta::default()
     }
 }
 
