@@ -82,7 +82,10 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to the Kubernetes API server")?;
             let metrics = Arc::new(Metrics::default());
-            let ready = Arc::new(AtomicBool::new(false));
+            // Ready means able to do this instance's part: a standby waiting for the Lease
+            // is ready (else a rollout of several replicas would never finish); a leader is
+            // ready once its MetricsStack cache has synced.
+            let ready = Arc::new(AtomicBool::new(!no_leader_election));
             tokio::spawn(admin_server(admin_address, metrics.clone(), ready.clone()));
             let identity =
                 identity.unwrap_or_else(|| format!("metricsstack-operator-{}", std::process::id()));
@@ -95,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
                     .acquire()
                     .await
                     .context("acquiring the leader lease")?;
+                ready.store(false, Ordering::SeqCst);
             }
             let context = Arc::new(Context::new(client, metrics, &identity));
             let on_ready = move || ready.store(true, Ordering::SeqCst);
@@ -135,8 +139,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// Serves liveness (the process answers), readiness (the MetricsStack cache has synced and
-/// this instance leads) and the Prometheus metrics.
+/// Serves liveness (the process answers), readiness (standing by for the Lease, or leading
+/// with a synced MetricsStack cache) and the Prometheus metrics.
 async fn admin_server(address: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
     let healthz = warp::path!("healthz").map(|| "ok".to_owned());
     let readyz = warp::path!("readyz").map(move || {
