@@ -35,13 +35,15 @@ ensure_postgres() {
 files_hash() { cat "$@" | sha256sum | cut -c1-12; }
 
 # Builds Go commands from a module under testenv/go/ into the cache, once per version and
-# module content. Prints the directory holding the binaries.
-#   go_tools NAME VERSION PACKAGE...
+# module content. Prints the directory holding the binaries. GO_LDFLAGS adds linker flags
+# (for example the version a binary reports); they are part of the cache key.
+#   [GO_LDFLAGS=...] go_tools NAME VERSION PACKAGE...
 go_tools() {
   local name=$1 version=$2; shift 2
   local module="$testenv_dir/go/$name"
+  local ldflags="-s -w${GO_LDFLAGS:+ $GO_LDFLAGS}"
   local out
-  out="$cache_root/bin/$name-$version-$(files_hash "$module/go.mod" "$module/go.sum")"
+  out="$cache_root/bin/$name-$version-$(files_hash "$module/go.mod" "$module/go.sum" ${GO_LDFLAGS:+<(echo "$GO_LDFLAGS")})"
   if [ ! -e "$out/.complete" ]; then
     mkdir -p "$cache_root/bin"
     (
@@ -50,7 +52,7 @@ go_tools() {
         log "building $name $version (once; cached in $out)"
         rm -rf "$out.partial"
         mkdir -p "$out.partial"
-        (cd "$module" && go build -trimpath -ldflags="-s -w" -o "$out.partial/" "$@") >&2 ||
+        (cd "$module" && go build -trimpath -ldflags="$ldflags" -o "$out.partial/" "$@") >&2 ||
           die "building $name failed"
         touch "$out.partial/.complete"
         rm -rf "$out"
