@@ -82,8 +82,16 @@ pub async fn run(
     let store = controller.store();
     let ready_store = store.clone();
     tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
-            on_ready();
+        // The store's readiness wakes only its latest waiter (a one-shot channel keeps one
+        // waker) and the controller waits on it too, so a lone wait could sleep forever:
+        // ask again every second.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), ready_store.wait_until_ready()).await
+            {
+                Ok(Ok(())) => return on_ready(),
+                Ok(Err(_writer_dropped)) => return,
+                Err(_still_waiting) => {}
+            }
         }
     });
     // Only the metadata of Secrets is watched: enough to know that one changed, without
@@ -119,6 +127,11 @@ pub async fn run(
         .for_each(|result| async move {
             match result {
                 Ok((stack, _)) => tracing::debug!(%stack, "reconciled"),
+                // A deleted stack's owned objects go after it, and each one wakes the
+                // controller for a stack that no longer exists: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(stack)) => {
+                    tracing::debug!(%stack, "woken for a stack that is gone");
+                }
                 // Objects that fail to deserialise or reconcile are logged and counted; the
                 // controller carries on with the others.
                 Err(error) => tracing::warn!(%error, "reconcile failed"),
