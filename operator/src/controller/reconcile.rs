@@ -124,7 +124,13 @@ async fn apply(
         }
     };
     let desired = desired_objects(stack, &valid);
-    let applied = apply_all(&ctx.client, namespace, &desired).await?;
+    let applied = match apply_all(&ctx.client, namespace, &desired).await {
+        Ok(applied) => applied,
+        Err(error) => {
+            report_apply_failure(ctx, stack, &error).await?;
+            return Err(error.into());
+        }
+    };
     if !applied.changed.is_empty() {
         let note = format!("applied {}", applied.changed.join(", "));
         publish(ctx, stack, EventType::Normal, "Applied", note).await;
@@ -159,6 +165,32 @@ async fn apply(
     } else {
         PROGRESS_CHECK
     }))
+}
+
+/// Says on the stack why its objects could not be applied (once per distinct failure: an
+/// unchanged status writes nothing and publishes no event).
+async fn report_apply_failure(
+    ctx: &Context,
+    stack: &MetricsStack,
+    error: &kube::Error,
+) -> Result<(), kube::Error> {
+    let hint = match error {
+        kube::Error::Api(status) if status.code == 403 => {
+            "; the operator's RBAC lacks this right: upgrade the chart or grant what its \
+             ClusterRole lists"
+        }
+        _ => "; retrying with backoff",
+    };
+    let message = format!("applying the stack's Kubernetes objects failed: {error}{hint}");
+    let outcomes = [
+        ConditionType::CollectorsReady,
+        ConditionType::QueryServiceReady,
+    ]
+    .map(|kind| Outcome::failed(kind, ConditionReason::ApplyFailed, message.clone()));
+    if update_status(ctx, stack, &outcomes, None, None).await? {
+        publish(ctx, stack, EventType::Warning, "ApplyFailed", message).await;
+    }
+    Ok(())
 }
 
 fn collectors_status(daemon_set: &DaemonSet) -> CollectorsStatus {

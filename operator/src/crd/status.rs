@@ -146,6 +146,8 @@ pub enum ConditionReason {
     TimescaleDbMissing,
     /// Waiting on another condition.
     Waiting,
+    /// Applying the stack's Kubernetes objects failed (for example forbidden by RBAC).
+    ApplyFailed,
 }
 
 impl ConditionReason {
@@ -162,6 +164,7 @@ impl ConditionReason {
             Self::InvalidSpec => "InvalidSpec",
             Self::TimescaleDbMissing => "TimescaleDBMissing",
             Self::Waiting => "Waiting",
+            Self::ApplyFailed => "ApplyFailed",
         }
     }
 }
