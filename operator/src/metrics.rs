@@ -1,5 +1,5 @@
-//! The operator's Prometheus metrics: reconciles, failures by reason, and how long a
-//! reconcile takes.
+//! The operator's Prometheus metrics: reconciles, failures by reason, how long a reconcile
+//! takes, and stored MetricsStacks the operator cannot read.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,6 +16,7 @@ pub struct Metrics {
     reconciles: Counter,
     failures: Family<Vec<(String, String)>, Counter>,
     duration: Histogram,
+    unreadable: Counter,
 }
 
 impl Default for Metrics {
@@ -35,11 +36,18 @@ impl Default for Metrics {
             "Time one reconcile took",
             duration.clone(),
         );
+        let unreadable = Counter::default();
+        registry.register(
+            "unreadable_objects",
+            "MetricsStack versions in the watch that do not match the operator's types, skipped",
+            unreadable.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
             failures,
             duration,
+            unreadable,
         }
     }
 }
@@ -56,6 +64,11 @@ impl Metrics {
         self.failures
             .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
             .inc();
+    }
+
+    /// Records a MetricsStack the operator skipped because it cannot read it.
+    pub fn unreadable_object(&self) {
+        self.unreadable.inc();
     }
 
     /// The metrics in the Prometheus text format.
@@ -76,6 +89,7 @@ mod tests {
         let metrics = Metrics::default();
         metrics.reconciled(Duration::from_millis(20));
         metrics.reconcile_failed("database");
+        metrics.unreadable_object();
         let text = metrics.render();
         assert!(
             text.contains("metricsstack_operator_reconciles_total 1"),
@@ -87,6 +101,10 @@ mod tests {
         );
         assert!(
             text.contains("metricsstack_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metricsstack_operator_unreadable_objects_total 1"),
             "{text}"
         );
     }

@@ -6,6 +6,7 @@ mod apply;
 mod conditions;
 mod database;
 mod reconcile;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -77,8 +78,13 @@ pub async fn run(
             None => Api::all(client.clone()),
         }
     }
-    let stacks: Api<MetricsStack> = api(&client, namespace);
-    let controller = Controller::new(stacks, watcher::Config::default().any_semantic());
+    let (stacks, store) = watch::stacks(
+        client.clone(),
+        namespace,
+        context.metrics.clone(),
+        context.recorder.clone(),
+    );
+    let controller = Controller::for_stream(stacks, store);
     let store = controller.store();
     let ready_store = store.clone();
     tokio::spawn(async move {

@@ -1,0 +1,172 @@
+//! The watch on MetricsStacks, tolerant of objects the operator cannot read.
+//!
+//! A typed watch fails a whole list when one object does not deserialise, so one stack
+//! stored under an older schema would stall every other. Here objects arrive untyped and
+//! are converted one by one: an unreadable one is logged, counted, reported in an event
+//! on the object (naming the field), and skipped; the others carry on.
+
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::crd::MetricsStack;
+use crate::metrics::Metrics;
+
+/// A stored MetricsStack that does not match the operator's types.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The object as stored.
+    pub object: Box<DynamicObject>,
+    /// What does not match, with the path of the field (`spec.collector.interval: ...`).
+    pub error: String,
+}
+
+/// The stream of readable MetricsStacks for a `Controller`, and the store it fills,
+/// over every namespace or only `namespace`.
+pub fn stacks(
+    client: Client,
+    namespace: Option<&str>,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+) -> (
+    impl Stream<Item = Result<MetricsStack, watcher::Error>> + Send + 'static,
+    Store<MetricsStack>,
+) {
+    let resource = ApiResource::erase::<MetricsStack>(&());
+    let api: Api<DynamicObject> = match namespace {
+        Some(namespace) => Api::namespaced_with(client, namespace, &resource),
+        None => Api::all_with(client, &resource),
+    };
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .filter_map(move |event| {
+            let metrics = metrics.clone();
+            let recorder = recorder.clone();
+            let resource = resource.clone();
+            async move {
+                match event.map(typed) {
+                    Ok(Ok(event)) => Some(Ok(event)),
+                    Ok(Err(unreadable)) => {
+                        report(&unreadable, &resource, &metrics, &recorder).await;
+                        None
+                    }
+                    Err(error) => Some(Err(error)),
+                }
+            }
+        })
+        .reflect(writer)
+        .applied_objects();
+    (stream, reader)
+}
+
+/// Converts one watch event to the operator's types. An unreadable object that is deleted
+/// needs no reconcile either, so every event carrying one is returned as [`Unreadable`].
+pub fn typed(
+    event: watcher::Event<DynamicObject>,
+) -> Result<watcher::Event<MetricsStack>, Unreadable> {
+    use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+    Ok(match event {
+        Apply(object) => Apply(parse(object)?),
+        InitApply(object) => InitApply(parse(object)?),
+        Delete(object) => Delete(parse(object)?),
+        Init => Init,
+        InitDone => InitDone,
+    })
+}
+
+fn parse(object: DynamicObject) -> Result<MetricsStack, Unreadable> {
+    let unreadable = |error: String| Unreadable {
+        error,
+        object: Box::new(object.clone()),
+    };
+    let value = serde_json::to_value(&object).map_err(|e| unreadable(e.to_string()))?;
+    serde_path_to_error::deserialize(value)
+        .map_err(|error| unreadable(format!("{}: {}", error.path(), error.inner())))
+}
+
+/// Logs, counts and publishes a Warning event on the object; never fails.
+async fn report(
+    unreadable: &Unreadable,
+    resource: &ApiResource,
+    metrics: &Metrics,
+    recorder: &Recorder,
+) {
+    let object = &unreadable.object;
+    let note = format!(
+        "the operator cannot read this MetricsStack and skips it until it changes: {}. \
+         Fix the field (kubectl explain metricsstack.spec documents it) or re-apply the \
+         resource from Git",
+        unreadable.error
+    );
+    tracing::warn!(
+        stack = %object.name_any(),
+        namespace = object.namespace().unwrap_or_default(),
+        error = %unreadable.error,
+        "skipping an unreadable MetricsStack"
+    );
+    metrics.unreadable_object();
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "Unreadable".into(),
+        note: Some(note),
+        action: "Read".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &object.object_ref(resource)).await {
+        tracing::warn!(%error, "publishing an event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dynamic(spec: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "metricsstack.dev/v1alpha1",
+            "kind": "MetricsStack",
+            "metadata": { "name": "s", "namespace": "n" },
+            "spec": spec,
+        }))
+        .expect("a dynamic object")
+    }
+
+    #[test]
+    fn a_readable_object_converts_and_markers_pass_through() {
+        let event = watcher::Event::InitApply(dynamic(json!({
+            "database": { "secretRef": { "name": "db" } }
+        })));
+        match typed(event).expect("readable") {
+            watcher::Event::InitApply(stack) => {
+                assert_eq!(stack.spec.database.secret_ref.name, "db");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            typed(watcher::Event::InitDone),
+            Ok(watcher::Event::InitDone)
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_object_names_the_field() {
+        let event = watcher::Event::Apply(dynamic(json!({
+            "database": { "secretRef": { "name": "db" } },
+            "collector": { "interval": 5 }
+        })));
+        let unreadable = typed(event).expect_err("unreadable");
+        assert!(
+            unreadable.error.starts_with("spec.collector.interval: "),
+            "{}",
+            unreadable.error
+        );
+        assert_eq!(unreadable.object.name_any(), "s");
+    }
+}
