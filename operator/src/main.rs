@@ -82,10 +82,10 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to the Kubernetes API server")?;
             let metrics = Arc::new(Metrics::default());
-            // Ready means able to do this instance's part: a standby waiting for the Lease
-            // is ready (else a rollout of several replicas would never finish); a leader is
-            // ready once its MetricsStack cache has synced.
-            let ready = Arc::new(AtomicBool::new(!no_leader_election));
+            // Ready means able to do this instance's part: a leader once its MetricsStack
+            // cache has synced; a standby once it has listed the MetricsStacks it would
+            // take over (else a rollout of several replicas would never finish).
+            let ready = Arc::new(AtomicBool::new(false));
             tokio::spawn(admin_server(admin_address, metrics.clone(), ready.clone()));
             let identity =
                 identity.unwrap_or_else(|| format!("metricsstack-operator-{}", std::process::id()));
@@ -94,6 +94,10 @@ async fn main() -> anyhow::Result<()> {
                     .lease_duration(std::time::Duration::from_secs(lease_duration_seconds))
             });
             if let Some(election) = &election {
+                controller::list_stacks(&client, namespace.as_deref())
+                    .await
+                    .context("listing MetricsStacks (is the CRD installed?)")?;
+                ready.store(true, Ordering::SeqCst);
                 election
                     .acquire()
                     .await

@@ -19,6 +19,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -56,8 +57,20 @@ async fn helm_install_to_dashboard_then_edit_revert_and_delete() {
 
     // helm install, with the operator watching the stacks' namespace only.
     let release = Release::install(&system.name, &stacks_ns.name);
-    let mut operator = OperatorProcess::from_chart(&client, &release, &work).await;
+    let mut operator = OperatorProcess::from_chart(&client, &release, &work, "local").await;
     operator.start().await;
+    // A second replica stands by, and is ready (a rollout must not wait on it forever).
+    let mut standby = OperatorProcess::from_chart(&client, &release, &work, "standby").await;
+    standby.start().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &release.namespace);
+    let holder = leases
+        .get(&release.full_name())
+        .await
+        .expect("the chart's Lease")
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert_eq!(holder, Some(format!("{}-local", release.full_name())));
+    drop(standby);
 
     for (name, uri) in [("postgres", postgres.url()), ("timescaledb", tsdb.url())] {
         create_secret(&client, &stacks_ns.name, name, &uri).await;
@@ -305,7 +318,7 @@ struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    async fn from_chart(client: &Client, release: &Release, work: &Path) -> Self {
+    async fn from_chart(client: &Client, release: &Release, work: &Path, instance: &str) -> Self {
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release.namespace);
         let deployment = deployments
             .get(&release.full_name())
@@ -327,7 +340,7 @@ impl OperatorProcess {
                 None => arg,
             })
             .collect();
-        let pod_name = format!("{}-local", release.full_name());
+        let pod_name = format!("{}-{instance}", release.full_name());
         let environment = container
             .env
             .clone()
@@ -359,7 +372,7 @@ impl OperatorProcess {
             command,
             environment,
             admin,
-            log: work.join("operator.log"),
+            log: work.join(format!("operator-{instance}.log")),
             running: None,
         }
     }

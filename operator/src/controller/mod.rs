@@ -146,6 +146,12 @@ pub async fn run(
         .await;
 }
 
+/// Lists the MetricsStacks the controller would watch, untyped (an unreadable one does not
+/// fail the list): what a standby checks before it calls itself ready.
+pub async fn list_stacks(client: &Client, namespace: Option<&str>) -> Result<(), kube::Error> {
+    watch::list(client.clone(), namespace).await
+}
+
 /// Requeues a failed stack with exponential backoff: 1 s, 2 s, 4 s ... up to 5 minutes.
 fn error_policy(stack: Arc<MetricsStack>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.reason());

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -37,11 +37,7 @@ pub fn stacks(
     impl Stream<Item = Result<MetricsStack, watcher::Error>> + Send + 'static,
     Store<MetricsStack>,
 ) {
-    let resource = ApiResource::erase::<MetricsStack>(&());
-    let api: Api<DynamicObject> = match namespace {
-        Some(namespace) => Api::namespaced_with(client, namespace, &resource),
-        None => Api::all_with(client, &resource),
-    };
+    let (api, resource) = untyped(client, namespace);
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -63,6 +59,22 @@ pub fn stacks(
         .reflect(writer)
         .applied_objects();
     (stream, reader)
+}
+
+/// Lists the MetricsStacks, untyped: a check that the API serves them to this operator.
+pub async fn list(client: Client, namespace: Option<&str>) -> Result<(), kube::Error> {
+    let (api, _) = untyped(client, namespace);
+    api.list_metadata(&ListParams::default().limit(1)).await?;
+    Ok(())
+}
+
+fn untyped(client: Client, namespace: Option<&str>) -> (Api<DynamicObject>, ApiResource) {
+    let resource = ApiResource::erase::<MetricsStack>(&());
+    let api = match namespace {
+        Some(namespace) => Api::namespaced_with(client, namespace, &resource),
+        None => Api::all_with(client, &resource),
+    };
+    (api, resource)
 }
 
 /// Converts one watch event to the operator's types. An unreadable object that is deleted
