@@ -11,12 +11,10 @@
 //! revert. The database is inspected only while the operator is stopped, for the same
 //! reason.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -24,9 +22,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use metricsstack_operator::crd::MetricsStack;
+use metricsstack_operator::crd::{MetricsStack, connection_secret};
 use metricsstack_testkit::{
-    HELM_VAR, TestDatabase, TestNamespace, TimescaleSchema, required_env, unique_name,
+    HELM_VAR, TestDatabase, TestNamespace, TimescaleSchema, required_env, unique_name, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -219,7 +217,7 @@ async fn helm_install_to_dashboard_then_edit_revert_and_delete() {
             .expect("deleted");
     }
     for name in ["fleet", "timescale"] {
-        wait_until(&format!("{name} is gone"), || async {
+        wait_until(&format!("{name} is gone"), WAIT, || async {
             stacks.get_opt(name).await.expect("get").is_none()
         })
         .await;
@@ -539,17 +537,7 @@ async fn apply(stacks: &Api<MetricsStack>, manifest: &Value) -> MetricsStack {
 }
 
 async fn create_secret(client: &Client, namespace: &str, name: &str, uri: &str) {
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "uri".to_owned(),
-            ByteString(uri.as_bytes().to_vec()),
-        )])),
-        ..Secret::default()
-    };
+    let secret = connection_secret(name, uri);
     Api::<Secret>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &secret)
         .await
@@ -673,21 +661,6 @@ async fn wait_for(
             tokio::time::Instant::now() < deadline,
             "{name}: {what} within {WAIT:?}; status: {:#?}",
             stack.status
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn wait_until<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within {WAIT:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -18,9 +17,11 @@ use kube::runtime::wait::await_condition;
 use kube::{Api, Client, ResourceExt};
 use metricsstack_collector::config::CollectorConfig;
 use metricsstack_operator::controller::{self, Context};
-use metricsstack_operator::crd::MetricsStack;
+use metricsstack_operator::crd::{MetricsStack, connection_secret};
 use metricsstack_operator::metrics::Metrics;
-use metricsstack_testkit::{TestDatabase, TestNamespace, TimescaleSchema, required_env};
+use metricsstack_testkit::{
+    TestDatabase, TestNamespace, TimescaleSchema, required_env, wait_until,
+};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -70,17 +71,7 @@ fn simulated_nodes() -> i32 {
 }
 
 async fn create_secret(client: &Client, namespace: &str, uri: &str) {
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("db".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "uri".to_owned(),
-            ByteString(uri.as_bytes().to_vec()),
-        )])),
-        ..Secret::default()
-    };
+    let secret = connection_secret("db", uri);
     Api::<Secret>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &secret)
         .await
@@ -158,21 +149,6 @@ where
         .await
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     object.resource_version()
-}
-
-async fn wait_until<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 #[tokio::test]
@@ -270,7 +246,7 @@ async fn creates_updates_and_cleans_up_every_object() {
         )
         .await
         .expect("the spec is edited");
-    wait_until("the edit is applied", || async {
+    wait_until("the edit is applied", WAIT, || async {
         let replicas = deployments
             .get("stack-query-service")
             .await
@@ -297,7 +273,7 @@ async fn creates_updates_and_cleans_up_every_object() {
         .delete("stack", &DeleteParams::default())
         .await
         .expect("the stack is deleted");
-    wait_until("the stack and its objects are gone", || async {
+    wait_until("the stack and its objects are gone", WAIT, || async {
         let stack = stacks.get_opt("stack").await.expect("get");
         let binding = Api::<ClusterRoleBinding>::all(client.clone())
             .get_opt(&format!("metricsstack-collector-{}-stack", ns.name))
@@ -362,7 +338,7 @@ async fn a_reconcile_without_changes_writes_nothing() {
         )
         .await
         .expect("the Secret is labelled");
-    wait_until("another reconcile ran", || async {
+    wait_until("another reconcile ran", WAIT, || async {
         operator.reconciles() > reconciles
     })
     .await;
@@ -488,7 +464,7 @@ async fn timescaledb_policies_follow_the_resource_and_go_with_it() {
         .delete("stack", &DeleteParams::default())
         .await
         .expect("deleted");
-    wait_until("the stack is gone", || async {
+    wait_until("the stack is gone", WAIT, || async {
         stacks.get_opt("stack").await.expect("get").is_none()
     })
     .await;

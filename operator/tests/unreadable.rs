@@ -8,11 +8,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -21,7 +19,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
 use metricsstack_operator::controller::{self, Context};
-use metricsstack_operator::crd::MetricsStack;
+use metricsstack_operator::crd::{MetricsStack, connection_secret};
 use metricsstack_operator::metrics::Metrics;
 use metricsstack_testkit::{TestDatabase, TestNamespace};
 use serde_json::json;
@@ -55,17 +53,7 @@ async fn an_unreadable_stack_is_reported_and_skipped_while_others_reconcile() {
         controller::run(context, Some(&namespace), || {}).await;
     });
 
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("db".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "uri".to_owned(),
-            ByteString(database.url().into_bytes()),
-        )])),
-        ..Secret::default()
-    };
+    let secret = connection_secret("db", &database.url());
     Api::<Secret>::namespaced(client.clone(), &ns.name)
         .create(&PostParams::default(), &secret)
         .await

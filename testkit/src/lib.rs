@@ -107,6 +107,22 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Polls `check` every 250 ms until it holds, or panics after `timeout` naming `what`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Runs an async clean-up to completion from `Drop`, on a thread of its own so that it works
 /// inside and outside a Tokio runtime. A failed clean-up is reported, not raised: the test's
 /// own outcome matters more.

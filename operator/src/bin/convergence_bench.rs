@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -18,7 +17,7 @@ use kube::runtime::{conditions, wait::await_condition};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
 use metricsstack_collector::config::PoolSettings;
 use metricsstack_operator::controller::{self, Context};
-use metricsstack_operator::crd::{MetricsStack, TlsMode};
+use metricsstack_operator::crd::{MetricsStack, TlsMode, connection_secret};
 use metricsstack_operator::database;
 use metricsstack_operator::metrics::Metrics;
 use metricsstack_operator::validate::validate;
@@ -110,17 +109,7 @@ async fn through_kubernetes(
     )
     .await?;
     await_condition(crds, &crd.name_any(), conditions::is_crd_established()).await?;
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("db".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "uri".to_owned(),
-            ByteString(url.as_bytes().to_vec()),
-        )])),
-        ..Secret::default()
-    };
+    let secret = connection_secret("db", url);
     Api::<Secret>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &secret)
         .await?;

@@ -6,20 +6,18 @@
 //!
 //!   scripts/bench-scale [--nodes 1000]
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{conditions, wait::await_condition};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
-use metricsstack_operator::crd::MetricsStack;
+use metricsstack_operator::crd::{MetricsStack, connection_secret};
 use serde_json::json;
 
 /// The targets the issue sets for 1,000 nodes.
@@ -90,17 +88,7 @@ struct Run {
 
 async fn run(client: &Client, namespace: &str, url: &str) -> anyhow::Result<Run> {
     install_crd(client).await?;
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("db".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "uri".to_owned(),
-            ByteString(url.as_bytes().to_vec()),
-        )])),
-        ..Secret::default()
-    };
+    let secret = connection_secret("db", url);
     Api::<Secret>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &secret)
         .await?;
