@@ -14,26 +14,30 @@ pub const COLLECTOR_CONFIG_KEY: &str = "collector.yaml";
 /// The key of the query service's configuration file.
 pub const QUERY_SERVICE_CONFIG_KEY: &str = "query-service.yaml";
 
-/// The collector's ConfigMap, then the query service's.
-pub fn build(stack: &MetricsStack, valid: &ValidSpec) -> Vec<ConfigMap> {
-    let file = |component: Component, key: &str, yaml: String| ConfigMap {
+/// The collector's ConfigMap: the file the `collector` binary reads.
+pub fn collector(stack: &MetricsStack, valid: &ValidSpec) -> ConfigMap {
+    let yaml = serde_yaml::to_string(&valid.collector).expect("the collector config serialises");
+    file(stack, Component::Collector, COLLECTOR_CONFIG_KEY, yaml)
+}
+
+/// The query service's ConfigMap: the file `metricsstack-operator query-service` reads.
+pub fn query_service(stack: &MetricsStack, valid: &ValidSpec) -> ConfigMap {
+    let yaml =
+        serde_yaml::to_string(&valid.query_service).expect("the query service config serialises");
+    file(
+        stack,
+        Component::QueryService,
+        QUERY_SERVICE_CONFIG_KEY,
+        yaml,
+    )
+}
+
+fn file(stack: &MetricsStack, component: Component, key: &str, yaml: String) -> ConfigMap {
+    ConfigMap {
         metadata: owned_meta(stack, component.object_name(stack), component),
         data: Some(BTreeMap::from([(key.to_owned(), yaml)])),
         ..ConfigMap::default()
-    };
-    vec![
-        file(
-            Component::Collector,
-            COLLECTOR_CONFIG_KEY,
-            serde_yaml::to_string(&valid.collector).expect("the collector config serialises"),
-        ),
-        file(
-            Component::QueryService,
-            QUERY_SERVICE_CONFIG_KEY,
-            serde_yaml::to_string(&valid.query_service)
-                .expect("the query service config serialises"),
-        ),
-    ]
+    }
 }
 
 /// A checksum of a ConfigMap's data, put on the pod template so that a configuration
@@ -58,14 +62,14 @@ mod tests {
     #[test]
     fn renders_the_collector_config_the_collector_reads() {
         let (stack, valid) = fixtures::stack("production");
-        let maps = build(&stack, &valid);
-        let yaml = &maps[0].data.as_ref().expect("data")[COLLECTOR_CONFIG_KEY];
+        let config_map = collector(&stack, &valid);
+        let yaml = &config_map.data.as_ref().expect("data")[COLLECTOR_CONFIG_KEY];
         let parsed: CollectorConfig = serde_yaml::from_str(yaml).expect("the collector parses it");
         assert_eq!(parsed, valid.collector);
         assert_eq!(parsed.pool.max_connections, 3);
-        assert_eq!(maps[0].metadata.name.as_deref(), Some("fleet-collector"));
+        assert_eq!(config_map.metadata.name.as_deref(), Some("fleet-collector"));
         assert_eq!(
-            maps[1].metadata.name.as_deref(),
+            query_service(&stack, &valid).metadata.name.as_deref(),
             Some("fleet-query-service")
         );
     }
@@ -73,9 +77,9 @@ mod tests {
     #[test]
     fn checksum_changes_with_the_configuration() {
         let (stack, mut valid) = fixtures::stack("minimal");
-        let before = config_checksum(&build(&stack, &valid)[0]);
-        assert_eq!(before, config_checksum(&build(&stack, &valid)[0]));
+        let before = config_checksum(&collector(&stack, &valid));
+        assert_eq!(before, config_checksum(&collector(&stack, &valid)));
         valid.collector.interval_seconds += 1;
-        assert_ne!(before, config_checksum(&build(&stack, &valid)[0]));
+        assert_ne!(before, config_checksum(&collector(&stack, &valid)));
     }
 }

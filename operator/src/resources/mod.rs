@@ -85,9 +85,10 @@ pub struct DesiredObjects {
 
 /// Builds every object the stack wants.
 pub fn desired_objects(stack: &MetricsStack, valid: &ValidSpec) -> DesiredObjects {
-    let config_maps = config_map::build(stack, valid);
-    let collector_checksum = config_checksum(&config_maps[0]);
-    let query_checksum = config_checksum(&config_maps[1]);
+    let collector_config = config_map::collector(stack, valid);
+    let query_config = config_map::query_service(stack, valid);
+    let collector_checksum = config_checksum(&collector_config);
+    let query_checksum = config_checksum(&query_config);
     DesiredObjects {
         service_accounts: vec![
             service_account::build(stack, Component::Collector),
@@ -95,7 +96,7 @@ pub fn desired_objects(stack: &MetricsStack, valid: &ValidSpec) -> DesiredObject
         ],
         cluster_role: rbac::cluster_role(),
         cluster_role_binding: rbac::cluster_role_binding(stack),
-        config_maps,
+        config_maps: vec![collector_config, query_config],
         daemon_set: daemon_set::build(stack, &collector_checksum),
         deployment: deployment::build(stack, &query_checksum),
         service: service::build(stack),
