@@ -7,6 +7,7 @@ pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod pods;
+pub mod procfs;
 pub mod rows;
 pub mod sample;
 pub mod spool;

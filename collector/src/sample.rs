@@ -16,6 +16,7 @@ use sysinfo::{
 use crate::cgroup;
 use crate::config::ProcessConfig;
 use crate::pods::PodIndex;
+use crate::procfs;
 use crate::rows::{Batch, HostRow, ProcessRow, VmRow};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -337,8 +338,15 @@ impl Sampler {
             virtual_memory_mb: p.virtual_memory() as f64 / MIB,
             disk_read_bytes: signed(disk.read_bytes),
             disk_write_bytes: signed(disk.written_bytes),
-            threads: None,
+            threads: self.threads(p.pid()),
         }
+    }
+
+    /// The process's thread count, from `/proc/<pid>/stat` (sysinfo would list every task).
+    fn threads(&self, pid: Pid) -> Option<i32> {
+        let path = self.proc_root.join(pid.to_string()).join("stat");
+        let stat = procfs::parse_stat(&std::fs::read(path).ok()?)?;
+        i32::try_from(stat.threads).ok()
     }
 
     fn vm_row(&self, row: &ProcessRow, pods: &PodIndex) -> Option<VmRow> {

@@ -102,12 +102,20 @@ async fn a_busy_child_is_at_the_top_by_cpu() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_child_that_touches_200_megabytes_shows_them_resident() {
+async fn a_child_with_200_megabytes_and_seven_threads_shows_both() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let (_db, pool) = database().await;
+    // The main thread and seven sleeping ones: eight threads.
     let mut hog = Guard(
         Command::new("python3")
-            .args(["-c", "import sys, time\nb = b'x' * (200 * 1024 * 1024)\nprint('ready', flush=True)\ntime.sleep(60)"])
+            .args([
+                "-c",
+                "import threading, time\n\
+                 b = b'x' * (200 * 1024 * 1024)\n\
+                 for _ in range(7):\n    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n\
+                 print('ready', flush=True)\n\
+                 time.sleep(60)",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 starts"),
@@ -130,8 +138,8 @@ async fn a_child_that_touches_200_megabytes_shows_them_resident() {
         ..ProcessConfig::default()
     };
     sample_into(&pool, selection, Duration::from_millis(500)).await;
-    let rss: f64 =
-        sqlx::query_scalar("SELECT memory_usage_mb FROM host_process_metrics WHERE pid = $1")
+    let (rss, threads): (f64, Option<i32>) =
+        sqlx::query_as("SELECT memory_usage_mb, threads FROM host_process_metrics WHERE pid = $1")
             .bind(hog.0.id() as i32)
             .fetch_one(&pool)
             .await
@@ -140,6 +148,7 @@ async fn a_child_that_touches_200_megabytes_shows_them_resident() {
         rss >= 200.0,
         "RSS {rss} MiB for a child that touched 200 MiB"
     );
+    assert_eq!(threads, Some(8), "threads of a child running eight");
 }
 
 #[tokio::test(flavor = "multi_thread")]
