@@ -1,0 +1,215 @@
+//! The pod watch against the test API server: it learns the pods bound to its node, with their
+//! containers as the pod status names them, never a pod of another node, and forgets a pod
+//! once it is deleted.
+//!
+//! The test API server runs no scheduler and no kubelet: pods created with `spec.nodeName`
+//! stay Pending, and the test writes their container statuses itself. The node names exist
+//! nowhere else, so the controller manager's pod garbage collector would delete these pods
+//! as orphans, but only after 40 seconds; the pods are deleted well before.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::Store;
+use kube::{Api, ResourceExt};
+use metricsstack_collector::pods::{self, KnownContainer, PodIndex};
+use metricsstack_testkit::{TestNamespace, unique_name};
+
+/// How long the API server and the watch get to show a change.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A container id as the runtime reports it: 64 hex digits, here one digit repeated.
+fn container_id(digit: char) -> String {
+    std::iter::repeat_n(digit, 64).collect()
+}
+
+/// A pod bound to `node` with the containers `(name, cpu limit)`.
+fn pod(name: &str, node: &str, containers: &[(&str, Option<&str>)]) -> Pod {
+    let containers: Vec<serde_json::Value> = containers
+        .iter()
+        .map(|(name, cpu)| {
+            let limits = cpu.map(|cpu| serde_json::json!({ "limits": { "cpu": cpu } }));
+            serde_json::json!({ "name": name, "image": "registry.invalid/app:1", "resources": limits })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name },
+        "spec": { "nodeName": node, "containers": containers },
+    }))
+    .expect("a valid pod")
+}
+
+/// Creates `pod` and returns its uid.
+async fn create(pods: &Api<Pod>, pod: &Pod) -> String {
+    let created = pods
+        .create(&PostParams::default(), pod)
+        .await
+        .unwrap_or_else(|e| panic!("creating pod {} failed: {e}", pod.name_any()));
+    created.uid().expect("the API server gives the pod a uid")
+}
+
+/// Writes the pod's container statuses, as a kubelet would once the containers run.
+async fn set_running(pods: &Api<Pod>, name: &str, containers: &[(&str, &str)]) {
+    let statuses: Vec<serde_json::Value> = containers
+        .iter()
+        .map(|(container, id)| {
+            serde_json::json!({
+                "name": container,
+                "containerID": format!("containerd://{id}"),
+                "image": "registry.invalid/app:1",
+                "imageID": "",
+                "ready": true,
+                "restartCount": 0,
+                "started": true,
+                "state": { "running": { "startedAt": "2025-01-01T00:00:00Z" } },
+            })
+        })
+        .collect();
+    let patch = serde_json::json!({
+        "status": { "phase": "Running", "containerStatuses": statuses }
+    });
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("writing the status of pod {name} failed: {e}"));
+}
+
+/// Waits until the namespace's default service account exists: the API server refuses pods
+/// until the controller manager has made it.
+async fn wait_for_default_service_account(ns: &TestNamespace) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(ns.client.clone(), &ns.name);
+    let deadline = Instant::now() + DEADLINE;
+    while accounts
+        .get_opt("default")
+        .await
+        .expect("reading service accounts")
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "namespace {} has no default service account after {DEADLINE:?}",
+            ns.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls the watch's store until `done` holds of the index built from it, checking at every
+/// poll that the store holds only pods of `node`.
+async fn wait_until(store: &Store<Pod>, node: &str, what: &str, done: impl Fn(&PodIndex) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let pods = store.state();
+        let foreign: Vec<String> = pods
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node))
+            .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        assert!(
+            foreign.is_empty(),
+            "the watch of {node} holds pods of other nodes: {foreign:?}"
+        );
+        if done(&PodIndex::from_pods(pods.iter().map(|p| &**p))) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {DEADLINE:?}, still waiting until {what}; the store holds {:?}",
+            pods.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_watch_knows_the_pods_of_its_node_only_and_forgets_deleted_ones() {
+    let ns = TestNamespace::create().await;
+    wait_for_default_service_account(&ns).await;
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let node_a = unique_name("node-a");
+    let node_b = unique_name("node-b");
+    let (web_app, web_sidecar, worker, other) = (
+        container_id('a'),
+        container_id('b'),
+        container_id('c'),
+        container_id('d'),
+    );
+
+    // Before the watch starts: one pod on each node, both running.
+    let web_uid = create(
+        &pods,
+        &pod("web", &node_a, &[("app", Some("500m")), ("sidecar", None)]),
+    )
+    .await;
+    set_running(
+        &pods,
+        "web",
+        &[("app", &web_app), ("sidecar", &web_sidecar)],
+    )
+    .await;
+    create(&pods, &pod("elsewhere", &node_b, &[("app", Some("1"))])).await;
+    set_running(&pods, "elsewhere", &[("app", &other)]).await;
+
+    let (store, watch) = pods::watch(ns.client.clone(), &node_a);
+    let watch = tokio::spawn(watch);
+
+    // After it started: one more pod on each node, whose containers start later.
+    let worker_uid = create(&pods, &pod("worker", &node_a, &[("main", Some("2"))])).await;
+    create(&pods, &pod("elsewhere-too", &node_b, &[("app", None)])).await;
+    set_running(&pods, "elsewhere-too", &[("app", &container_id('e'))]).await;
+    set_running(&pods, "worker", &[("main", &worker)]).await;
+
+    let known = |pod_name: &str, uid: &str, container_name: &str, cpu: Option<i64>| {
+        Some(KnownContainer {
+            namespace: ns.name.clone(),
+            pod_name: pod_name.into(),
+            pod_uid: uid.into(),
+            container_name: container_name.into(),
+            cpu_limit_millicores: cpu,
+        })
+    };
+    let expected = [
+        (&web_app, known("web", &web_uid, "app", Some(500))),
+        (&web_sidecar, known("web", &web_uid, "sidecar", None)),
+        (&worker, known("worker", &worker_uid, "main", Some(2000))),
+    ];
+    wait_until(&store, &node_a, "both pods of node A are known", |index| {
+        expected
+            .iter()
+            .all(|(id, container)| index.container(id).cloned() == *container)
+    })
+    .await;
+    // One watch stream delivers changes in order, and node B's pods were written before the
+    // worker's status, which the watch has seen: had the field selector let them through,
+    // they would be here by now.
+    let index = PodIndex::from_pods(store.state().iter().map(|p| &**p));
+    for id in [other, container_id('e')] {
+        assert_eq!(index.container(&id), None, "a container of node B is known");
+    }
+
+    pods.delete(
+        "web",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .expect("deleting pod web");
+    wait_until(&store, &node_a, "the deleted pod is forgotten", |index| {
+        index.container(&web_app).is_none() && index.container(&web_sidecar).is_none()
+    })
+    .await;
+    let index = PodIndex::from_pods(store.state().iter().map(|p| &**p));
+    assert_eq!(
+        index.container(&worker).cloned(),
+        expected[2].1,
+        "the pod that was not deleted is still known"
+    );
+    assert_eq!(
+        store.state().len(),
+        1,
+        "the store holds the remaining pod only"
+    );
+    watch.abort();
+}
