@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use metricsstack_collector::config::ProcessConfig;
 use metricsstack_collector::ingest;
+use metricsstack_collector::rows::Batch;
 use metricsstack_collector::sample::Sampler;
 use metricsstack_testkit::TestDatabase;
 use sqlx::PgPool;
@@ -149,6 +150,65 @@ async fn a_child_with_200_megabytes_and_seven_threads_shows_both() {
         "RSS {rss} MiB for a child that touched 200 MiB"
     );
     assert_eq!(threads, Some(8), "threads of a child running eight");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_that_execs_shows_its_new_command_line() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // Its first line says that the shell runs (and no longer the program that started it).
+    let mut child = Guard(
+        Command::new("sh")
+            .args(["-c", "echo ready; read line; exec sleep 60"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh starts"),
+    );
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.0.stdout.take().expect("stdout")),
+        &mut ready,
+    )
+    .expect("the shell runs");
+    let pid = child.0.id() as i32;
+    let selection = ProcessConfig {
+        top_by_cpu: 0,
+        top_by_memory: 0,
+        include: vec!["^sh$".into(), "^sleep$".into()],
+        ..ProcessConfig::default()
+    };
+    let mut sampler = Sampler::new("test-node", &selection, "/proc".into()).expect("a sampler");
+    let row = |batch: &Batch| {
+        batch
+            .processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .map(|p| (p.process_name.clone(), p.command_line.clone()))
+            .expect("the child is recorded")
+    };
+    let before = row(&sampler.sample(chrono::Utc::now(), None));
+    assert_eq!(
+        before,
+        (
+            "sh".into(),
+            Some("sh -c echo ready; read line; exec sleep 60".into())
+        )
+    );
+
+    use std::io::Write;
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("the child reads");
+    let comm = format!("/proc/{pid}/comm");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&comm).expect("the child lives") != "sleep\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never ran sleep"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = row(&sampler.sample(chrono::Utc::now(), None));
+    assert_eq!(after, ("sleep".into(), Some("sleep 60".into())));
 }
 
 #[tokio::test(flavor = "multi_thread")]
