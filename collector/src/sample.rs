@@ -46,9 +46,7 @@ pub struct Sampler {
     scans: u64,
     /// When the last sample (or the priming scan) was taken.
     last_sample: Instant,
-    /// When CPU times were last read (by a sample or a tick).
-    last_read: Instant,
-    /// Processes whose CPU time grew at the last read: the ones a tick reads.
+    /// Processes whose CPU time grew at their last read: the ones a tick reads.
     busy: Vec<u32>,
 }
 
@@ -57,9 +55,11 @@ pub struct Sampler {
 struct Tracked {
     /// Start time in clock ticks since boot: with the pid, it identifies the process.
     start_ticks: u64,
-    /// CPU time in clock ticks at the last sample and at the last read.
+    /// CPU time in clock ticks at the last sample and at the last read (by a sample or a
+    /// tick), and when that read was: a tick reads only the busy processes.
     cpu_at_sample: u64,
     cpu_at_read: u64,
+    read_at: Instant,
     /// The highest CPU use seen in the interval, percent of one core.
     peak: f32,
     /// The last scan that saw the process.
@@ -69,12 +69,13 @@ struct Tracked {
 }
 
 impl Tracked {
-    /// A process first seen, as `stat` shows it.
-    fn new(stat: &Stat) -> Self {
+    /// A process first seen `now`, as `stat` shows it.
+    fn new(stat: &Stat, now: Instant) -> Self {
         Self {
             start_ticks: stat.start_ticks,
             cpu_at_sample: stat.cpu_ticks,
             cpu_at_read: stat.cpu_ticks,
+            read_at: now,
             peak: 0.0,
             scan: 0,
             details: None,
@@ -161,7 +162,6 @@ impl Sampler {
             processes: HashMap::new(),
             scans: 0,
             last_sample: Instant::now(),
-            last_read: Instant::now(),
             busy: Vec::new(),
         };
         // Prime the counters that are reported as differences.
@@ -177,7 +177,6 @@ impl Sampler {
     /// process (their CPU time in between still counts in the interval's average), so that a
     /// tick costs what the busy processes cost, not what the process table does.
     pub fn tick(&mut self) {
-        let elapsed = self.since_last_read();
         let busy = std::mem::take(&mut self.busy);
         for pid in busy {
             let Some(stat) = self.proc.stat(pid) else {
@@ -190,21 +189,16 @@ impl Sampler {
             else {
                 continue;
             };
+            let now = Instant::now();
             let used = stat.cpu_ticks.saturating_sub(tracked.cpu_at_read);
             if used > 0 {
                 self.busy.push(pid);
             }
+            let elapsed = seconds(now - tracked.read_at);
             tracked.peak = tracked.peak.max(percent(used, elapsed, self.units));
             tracked.cpu_at_read = stat.cpu_ticks;
+            tracked.read_at = now;
         }
-    }
-
-    /// Seconds since CPU times were last read, and marks them read now.
-    fn since_last_read(&mut self) -> f64 {
-        let now = Instant::now();
-        let elapsed = seconds(now - self.last_read);
-        self.last_read = now;
-        elapsed
     }
 
     /// Reads every process's `stat`; returns the processes (kernel threads left out) with
@@ -212,9 +206,9 @@ impl Sampler {
     /// next interval: forgets processes that ended, and the peaks.
     fn scan(&mut self) -> std::io::Result<(Vec<Scanned>, usize)> {
         let pids = self.proc.pids()?;
-        let since_sample = seconds(self.last_sample.elapsed());
-        self.last_sample = Instant::now();
-        let since_read = self.since_last_read();
+        let now = Instant::now();
+        let since_sample = seconds(now - self.last_sample);
+        self.last_sample = now;
         self.scans += 1;
         self.busy.clear();
         let mut listed = 0;
@@ -230,10 +224,10 @@ impl Sampler {
             let tracked = self
                 .processes
                 .entry(pid)
-                .or_insert_with(|| Tracked::new(&stat));
+                .or_insert_with(|| Tracked::new(&stat, now));
             if tracked.start_ticks != stat.start_ticks {
                 // The pid was reused by a new process.
-                *tracked = Tracked::new(&stat);
+                *tracked = Tracked::new(&stat, now);
             }
             let since_read_ticks = stat.cpu_ticks.saturating_sub(tracked.cpu_at_read);
             if since_read_ticks > 0 {
@@ -244,12 +238,14 @@ impl Sampler {
                 since_sample,
                 self.units,
             );
+            let since_read = seconds(now - tracked.read_at);
             let peak = tracked
                 .peak
                 .max(percent(since_read_ticks, since_read, self.units))
                 .max(average);
             tracked.cpu_at_sample = stat.cpu_ticks;
             tracked.cpu_at_read = stat.cpu_ticks;
+            tracked.read_at = now;
             tracked.peak = 0.0;
             tracked.scan = self.scans;
             scanned.push(Scanned {

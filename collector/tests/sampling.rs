@@ -103,6 +103,45 @@ async fn a_busy_child_is_at_the_top_by_cpu() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_child_that_starts_spinning_between_reads_peaks_at_one_core() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let (_db, pool) = database().await;
+    // Idle when the sampler first reads it, so that the ticks leave it to the sample; then
+    // one spinning thread, which can never use more than one core.
+    let late = Guard(
+        Command::new("sh")
+            .args(["-c", "sleep 0.5; while :; do :; done"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("sh starts"),
+    );
+    // Recorded by name, whatever else keeps the machine busy.
+    let selection = ProcessConfig {
+        top_by_cpu: 0,
+        top_by_memory: 0,
+        include: vec!["^sh$".into()],
+        ..ProcessConfig::default()
+    };
+    sample_into(&pool, selection, Duration::from_secs(2)).await;
+    let (cpu, peak): (f32, f32) = sqlx::query_as(
+        "SELECT cpu_usage_percent, cpu_peak_percent FROM host_process_metrics WHERE pid = $1",
+    )
+    .bind(late.0.id() as i32)
+    .fetch_one(&pool)
+    .await
+    .expect("the spinning child is recorded");
+    // Even on a crowded machine it spins a good part of the interval.
+    assert!(
+        cpu >= 5.0,
+        "cpu {cpu}% for a child spinning most of the interval"
+    );
+    assert!(
+        (cpu..=110.0).contains(&peak),
+        "peak {peak}% (average {cpu}%) for one spinning thread"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_child_with_200_megabytes_and_seven_threads_shows_both() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let (_db, pool) = database().await;
