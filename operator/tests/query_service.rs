@@ -165,6 +165,43 @@ impl Client {
     }
 }
 
+/// Sends a batch request whose body is chunked (no Content-Length), on a connection of its
+/// own, and reads the answer until the service closes the connection.
+async fn chunked_batch(client: &Client, body: &str) -> Answer {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = client.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let mut request = "POST /api/dashboard/batch HTTP/1.1\r\nHost: test\r\n\
+                       Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+                       Connection: close\r\n\r\n"
+        .to_owned();
+    for chunk in body.as_bytes().chunks(4096) {
+        request.push_str(&format!("{:x}\r\n", chunk.len()));
+        request.push_str(std::str::from_utf8(chunk).expect("ASCII"));
+        request.push_str("\r\n");
+    }
+    request.push_str("0\r\n\r\n");
+    // The service may answer and close before reading it all; the answer still comes.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let mut buffer = [0; 8192];
+    while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+        response.extend_from_slice(&buffer[..n]);
+    }
+    let text = String::from_utf8(response).expect("a text answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete answer");
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    Answer {
+        status: StatusCode::from_u16(status).expect("a status"),
+        headers: reqwest::header::HeaderMap::new(),
+        body: serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}")),
+    }
+}
+
 /// Asserts two JSON documents equal, numbers within a relative 1e-9 (sums of floats in
 /// another order differ in the last bits).
 fn assert_close(actual: &Value, expected: &Value, at: &str) {
@@ -504,39 +541,36 @@ async fn a_hundred_concurrent_identical_requests_run_each_query_once() {
     );
 }
 
+/// The database queries the service has run for one part, from its metrics.
+async fn service_queries(client: &Client, part: &str) -> u64 {
+    let (_, metrics) = client.text("/metrics").await;
+    let prefix = format!("metricsstack_query_service_database_queries_total{{part=\"{part}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 #[tokio::test]
-async fn answers_are_fresh_then_stale_while_one_refresh_runs_then_missed() {
+async fn answers_are_refreshed_ahead_while_read_stale_while_a_refresh_waits_then_dropped() {
     let (db, pool) = seeded().await;
+    // Fresh 1 s (refreshed at 0.9 s while read), read within 2 s keeps a key refreshed.
     let client = start(&config(1, 2, 0), &db.url()).await;
     let path = "/api/dashboard/top-processes?limit=3";
-    let cache_control =
-        |max_age: u64| format!("max-age={max_age}, stale-while-revalidate=2, stale-if-error=0");
-    let queries = || async {
-        let (_, metrics) = client.text("/metrics").await;
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with(
-                    "metricsstack_query_service_database_queries_total{part=\"top_processes\"",
-                )
-            })
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .unwrap_or(0)
-    };
+    let cache_control = "max-age=1, stale-while-revalidate=2, stale-if-error=0";
+    let queries = || service_queries(&client, "top_processes");
 
     let miss = client.get(path).await;
     assert_eq!(miss.header("x-cache"), "MISS");
-    assert_eq!(miss.header("cache-control"), cache_control(1));
-    assert_eq!(miss.header("x-cache-age"), "0");
+    assert_eq!(miss.header("cache-control"), cache_control);
+    assert_eq!(miss.header("age"), "0");
     assert_eq!(queries().await, 1);
 
     let hit = client.get(path).await;
     assert_eq!(hit.header("x-cache"), "HIT");
-    assert_eq!(
-        hit.header("cache-control"),
-        cache_control(0),
-        "less than 1 s left"
-    );
+    assert_eq!(hit.header("cache-control"), cache_control);
+    assert_eq!(hit.header("age"), "0");
     assert_eq!(hit.header("etag"), miss.header("etag"));
     assert_eq!(queries().await, 1);
 
@@ -553,30 +587,107 @@ async fn answers_are_fresh_then_stale_while_one_refresh_runs_then_missed() {
         .execute(&mut *writer)
         .await
         .expect("lock");
-    // Past the freshness: the stale answer comes at once while one refresh waits.
+    // The refresh ahead (at 0.9 s) waits for the lock: past the freshness, the stale answer
+    // comes at once and no reader starts another query.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for _ in 0..5 {
         let stale = client.get(path).await;
         assert_eq!(stale.header("x-cache"), "STALE");
-        assert_eq!(stale.header("cache-control"), cache_control(0));
-        assert_eq!(stale.header("x-cache-age"), "1");
+        assert_eq!(stale.header("cache-control"), cache_control);
+        assert_eq!(stale.header("age"), "1");
         assert_eq!(stale.body, miss.body);
     }
     writer.commit().await.expect("commit");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(queries().await, 2, "one background refresh");
+    assert_eq!(queries().await, 2, "one refresh");
     let refreshed = client.get(path).await;
     assert_eq!(refreshed.header("x-cache"), "HIT");
     assert_ne!(refreshed.header("etag"), miss.header("etag"));
     assert_eq!(refreshed.body["rows"][0]["host"], "node-1");
     assert_eq!(refreshed.body["rows"][0]["process_name"], "proc-1");
 
-    // Past freshness and the stale window: the request waits for the database.
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // Nobody reads it now: refreshed for at most 2 s more, then no more, and once too old
+    // to be served (1 + 2 s) it is dropped: the next request waits for the database.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let after_reads = queries().await;
+    assert!(
+        (3..=6).contains(&after_reads),
+        "refreshed while read recently, then not: {after_reads}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(queries().await, after_reads, "no refresh without readers");
     let missed = client.get(path).await;
     assert_eq!(missed.header("x-cache"), "MISS");
-    assert_eq!(missed.header("cache-control"), cache_control(1));
-    assert_eq!(queries().await, 3);
+    assert_eq!(missed.header("age"), "0");
+    assert_eq!(queries().await, after_reads + 1);
+}
+
+/// `clients` clients, each requesting the dashboard every `every` (the i-th starting at
+/// `i * every / clients`) until `duration` has passed; every answer must be 200.
+async fn poll_dashboard(client: &Client, clients: u32, every: Duration, duration: Duration) {
+    let started = tokio::time::Instant::now();
+    futures::future::join_all((0..clients).map(|i| async move {
+        let mut next = started + every * i / clients;
+        while next < started + duration {
+            tokio::time::sleep_until(next).await;
+            let answer = client.batch(r#"{"window": "1h", "limit": 9}"#).await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+            next += every;
+        }
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn database_queries_do_not_grow_with_the_number_of_polling_clients() {
+    // Two databases, so that the database counts each service's queries apart: one client
+    // on one, twenty on the other, polling every 2.5 s, at the same time.
+    let mut services = Vec::new();
+    for _ in 0..2 {
+        let (db, pool) = seeded().await;
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&pool)
+            .await
+            .expect("pg_stat_statements");
+        // Fresh 1 s; read within 5 s keeps a key refreshed.
+        let client = start(&config(1, 5, 60), &db.url()).await;
+        assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
+        sqlx::query(
+            "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database \
+             WHERE datname = current_database()), 0)",
+        )
+        .execute(&pool)
+        .await
+        .expect("reset");
+        services.push((db, pool, client));
+    }
+    let every = Duration::from_millis(2500);
+    let duration = Duration::from_millis(7500);
+    futures::future::join(
+        poll_dashboard(&services[0].2, 1, every, duration),
+        poll_dashboard(&services[1].2, 20, every, duration),
+    )
+    .await;
+    let one = metric_statement_calls(&services[0].1).await;
+    let twenty = metric_statement_calls(&services[1].1).await;
+
+    // Each part is refreshed every 0.9 s and some milliseconds whoever reads it: about
+    // nine queries each in 7.5 s, for one client (3 requests) as for twenty (60).
+    assert_eq!(one.len(), 4, "one statement per part: {one:#?}");
+    assert_eq!(
+        one.iter().map(|(query, _)| query).collect::<Vec<_>>(),
+        twenty.iter().map(|(query, _)| query).collect::<Vec<_>>()
+    );
+    for ((query, one), (_, twenty)) in one.iter().zip(&twenty) {
+        assert!(
+            (one - twenty).abs() <= 2,
+            "{one} queries for one client, {twenty} for twenty: {query}"
+        );
+        assert!(
+            (5..=12).contains(one),
+            "{one} queries for one client: {query}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -586,6 +697,9 @@ async fn a_matching_if_none_match_gets_304() {
     let first = client.get("/api/vm-metrics?namespace=db").await;
     let etag = first.header("etag").to_owned();
     assert!(etag.starts_with('"') && etag.len() == 66, "{etag}");
+    assert_eq!(first.header("age"), "0");
+    // Age: whole seconds since the answer was fetched; max-age: the whole freshness.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let url = format!("{}/api/vm-metrics?namespace=db", client.base);
     let not_modified = client
         .send(client.http.get(&url).header("if-none-match", &etag))
@@ -594,22 +708,33 @@ async fn a_matching_if_none_match_gets_304() {
     assert_eq!(not_modified.body, Value::Null);
     assert_eq!(not_modified.header("etag"), etag);
     assert_eq!(not_modified.header("x-cache"), "HIT");
+    assert_eq!(not_modified.header("age"), "1");
+    assert_eq!(
+        not_modified.header("cache-control"),
+        "max-age=60, stale-while-revalidate=60, stale-if-error=60"
+    );
     let other = client
         .send(client.http.get(&url).header("if-none-match", "\"other\""))
         .await;
     assert_eq!(other.status, StatusCode::OK);
     assert_eq!(other.body, first.body);
 
-    let batch = client.batch("{}").await;
+    let batch = client.batch(r#"{"namespace": "db"}"#).await;
     let batch_etag = batch.header("etag").to_owned();
     assert_ne!(batch_etag, etag);
+    assert_eq!(
+        batch.header("x-cache"),
+        "MISS",
+        "three parts were not cached"
+    );
+    assert_eq!(batch.header("age"), "1", "the age of its oldest part");
     let batch_not_modified = client
         .send(
             client
                 .http
                 .post(format!("{}/api/dashboard/batch", client.base))
                 .header("if-none-match", &batch_etag)
-                .body("{}"),
+                .body(r#"{"namespace": "db"}"#),
         )
         .await;
     assert_eq!(batch_not_modified.status, StatusCode::NOT_MODIFIED);
@@ -669,6 +794,7 @@ async fn while_the_database_is_down_stale_answers_or_503() {
         .port(proxy.address.port())
         .to_url_lossy()
         .to_string();
+    // No stale-while-revalidate: nothing is refreshed ahead, every query follows a request.
     let client = start(&config(1, 0, 60), &through_proxy).await;
 
     let cached = client.get("/api/host-overall-metrics").await;
@@ -683,9 +809,9 @@ async fn while_the_database_is_down_stale_answers_or_503() {
     assert_eq!(stale.header("x-cache"), "STALE");
     assert_eq!(
         stale.header("cache-control"),
-        "max-age=0, stale-while-revalidate=0, stale-if-error=60"
+        "max-age=1, stale-while-revalidate=0, stale-if-error=60"
     );
-    assert_eq!(stale.header("x-cache-age"), "1");
+    assert_eq!(stale.header("age"), "1");
     assert_eq!(stale.header("etag"), cached.header("etag"));
     assert_eq!(stale.body, cached.body);
 
@@ -761,16 +887,36 @@ async fn every_kind_of_bad_input_gets_400_naming_the_field() {
         assert_eq!(answer.body["field"], field, "{body}: {}", answer.body);
     }
 
-    let too_large = client
-        .batch(&format!(r#"{{"host": "{}"}}"#, "x".repeat(17 * 1024)))
-        .await;
-    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(too_large.body["field"], "body");
+    // Larger than 16 KiB: announced by Content-Length, or found out reading the chunks.
+    let large = format!(r#"{{"host": "{}"}}"#, "x".repeat(17 * 1024));
+    let too_large = client.batch(&large).await;
+    let chunked_too_large = chunked_batch(&client, &large).await;
+    for answer in [too_large, chunked_too_large] {
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer.body["field"], "body", "{}", answer.body);
+        assert!(
+            answer.body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("16384 bytes")),
+            "{}",
+            answer.body
+        );
+    }
+    // A chunked body within the limit is read.
+    let chunked = chunked_batch(&client, &format!(r#"{{"limit": 3{}}}"#, " ".repeat(9000))).await;
+    assert_eq!(chunked.status, StatusCode::OK, "{}", chunked.body);
+    assert_eq!(
+        chunked.body["top_processes"]["rows"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 
     let (_, metrics) = client.text("/metrics").await;
     assert!(
         metrics.contains(
-            "metricsstack_query_service_requests_total{endpoint=\"batch\",status=\"400\"} 11"
+            "metricsstack_query_service_requests_total{endpoint=\"batch\",status=\"400\"} 13"
         ),
         "{metrics}"
     );

@@ -15,7 +15,8 @@ pub struct QueryServiceConfig {
     pub pool: PoolSettings,
     /// Seconds an answer is served from the cache without asking the database.
     pub fresh_ttl_seconds: u64,
-    /// Seconds after that during which a stale answer is served while one refresh runs.
+    /// Seconds after that during which a stale answer is served while one refresh runs; an
+    /// answer requested within this long is refreshed ahead of turning stale.
     pub stale_while_revalidate_seconds: u64,
     /// Seconds a stale answer may be served while the database is failing.
     pub stale_if_error_seconds: u64,

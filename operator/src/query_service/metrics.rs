@@ -70,7 +70,7 @@ impl Default for Metrics {
         );
         registry.register(
             "coalesced_waiters",
-            "Cache misses that waited for a database query another request had started",
+            "Cache misses that waited for a database query another request or a refresh had started",
             coalesced.clone(),
         );
         registry.register(

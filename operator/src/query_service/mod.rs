@@ -1,6 +1,7 @@
 //! The cached query service that answers dashboards from the metric tables: one batch
 //! request for the whole dashboard (and the four parts on their own), answered from a
-//! bounded single-flight cache so that database load does not grow with the viewers.
+//! bounded, single-flight, refresh-ahead cache so that database load does not grow with the
+//! viewers.
 //! The API is written down in `openapi.yaml`, served at `/openapi.yaml`.
 
 pub mod cache;

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{Buf, BufMut as _, Bytes, BytesMut};
+use futures::{FutureExt as _, Stream, StreamExt as _};
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
@@ -22,7 +23,7 @@ use super::metrics::Metrics;
 use super::queries::{self, Aggregates};
 
 /// Largest batch request body, in bytes.
-pub const MAX_BODY_BYTES: u64 = 16 * 1024;
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Every database statement is cancelled by the server after this long.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `/readyz` waits for the database.
@@ -87,18 +88,42 @@ impl Weigh for Answer {
     }
 }
 
-struct Inner {
+/// The database side of the service: the pool, the hourly aggregates last found, and the
+/// metrics.
+struct Database {
     pool: PgPool,
-    cache: Cache<PartKey, Answer, QueryError>,
     aggregates: RwLock<Aggregates>,
     metrics: Metrics,
+}
+
+impl Database {
+    fn aggregates(&self) -> Aggregates {
+        *self.aggregates.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queries one part: the cache's source.
+    async fn answer(self: Arc<Self>, key: PartKey) -> Result<Answer, QueryError> {
+        let statement = queries::statement(&key, self.aggregates());
+        let started = Instant::now();
+        let result = queries::run(&self.pool, statement, &key).await;
+        self.metrics
+            .query(statement, started.elapsed(), result.is_ok());
+        match result {
+            Ok(body) => Ok(Answer::new(body)),
+            Err(error) => {
+                tracing::warn!(%error, part = key.part.name(), "database query failed");
+                Err(QueryError(Arc::new(error)))
+            }
+        }
+    }
 }
 
 /// The query service: a database pool, the answer cache and the metrics. Cloning it gives
 /// another handle on the same service.
 #[derive(Clone)]
 pub struct QueryService {
-    inner: Arc<Inner>,
+    database: Arc<Database>,
+    cache: Cache<PartKey, Answer, QueryError>,
 }
 
 impl QueryService {
@@ -132,35 +157,33 @@ impl QueryService {
             max_entries: usize::try_from(config.max_entries).unwrap_or(usize::MAX),
             max_bytes: config.max_bytes,
         };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                pool,
-                cache: Cache::new(policy),
-                aggregates: RwLock::new(Aggregates::default()),
-                metrics: Metrics::default(),
-            }),
-        })
+        let database = Arc::new(Database {
+            pool,
+            aggregates: RwLock::new(Aggregates::default()),
+            metrics: Metrics::default(),
+        });
+        let source = database.clone();
+        let cache = Cache::new(policy, move |key: &PartKey| {
+            source.clone().answer(key.clone()).boxed()
+        });
+        Ok(Self { database, cache })
     }
 
     /// The service's metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
+        &self.database.metrics
     }
 
     /// The hourly aggregates the long windows read, as last looked up.
     pub fn aggregates(&self) -> Aggregates {
-        *self
-            .inner
-            .aggregates
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        self.database.aggregates()
     }
 
     /// Looks the hourly aggregates up again.
     pub async fn refresh_aggregates(&self) -> Result<Aggregates, sqlx::Error> {
-        let found = queries::detect_aggregates(&self.inner.pool).await?;
+        let found = queries::detect_aggregates(&self.database.pool).await?;
         *self
-            .inner
+            .database
             .aggregates
             .write()
             .unwrap_or_else(|e| e.into_inner()) = found;
@@ -261,12 +284,18 @@ impl QueryService {
         let batch = warp::path!("api" / "dashboard" / "batch")
             .and(warp::post())
             .and(with.clone())
-            .and(warp::body::content_length_limit(MAX_BODY_BYTES))
-            .and(warp::body::bytes())
+            .and(warp::header::optional::<String>("content-length"))
+            .and(warp::body::stream())
             .and(if_none_match)
             .then(
-                |service: QueryService, body: Bytes, inm: Option<String>| async move {
-                    service.batch(&body, inm.as_deref()).await
+                |service: QueryService,
+                 length: Option<String>,
+                 body,
+                 inm: Option<String>| async move {
+                    match read_body(length.as_deref(), body).await {
+                        Ok(body) => service.batch(&body, inm.as_deref()).await,
+                        Err(invalid) => service.record("batch", bad_request(&invalid)),
+                    }
                 },
             );
         let healthz = warp::path!("healthz")
@@ -283,7 +312,7 @@ impl QueryService {
             .and(warp::get())
             .and(with.clone())
             .map(|service: QueryService| {
-                let text = service.inner.metrics.render();
+                let text = service.database.metrics.render();
                 let response = Response::builder()
                     .header(
                         header::CONTENT_TYPE,
@@ -345,7 +374,7 @@ impl QueryService {
                 &lookup.value.etag,
                 lookup.value.body.clone(),
                 Freshness::of(&lookup),
-                self.inner.cache.policy(),
+                self.cache.policy(),
                 if_none_match,
             ),
             Err(error) => unavailable(&error),
@@ -400,7 +429,7 @@ impl QueryService {
             &etag,
             composed.freeze(),
             freshness,
-            self.inner.cache.policy(),
+            self.cache.policy(),
             if_none_match,
         );
         self.record(ENDPOINT, response)
@@ -408,35 +437,18 @@ impl QueryService {
 
     /// One part from the cache, or from the database on a miss.
     async fn part(&self, key: PartKey) -> Result<Lookup<Answer>, CacheError<QueryError>> {
-        let fetch = || {
-            let inner = self.inner.clone();
-            let key = key.clone();
-            let statement = queries::statement(&key, self.aggregates());
-            async move {
-                let started = Instant::now();
-                let result = queries::run(&inner.pool, statement, &key).await;
-                inner
-                    .metrics
-                    .query(statement, started.elapsed(), result.is_ok());
-                match result {
-                    Ok(body) => Ok(Answer::new(body)),
-                    Err(error) => {
-                        tracing::warn!(%error, part = key.part.name(), "database query failed");
-                        Err(QueryError(Arc::new(error)))
-                    }
-                }
-            }
-        };
-        let lookup = self.inner.cache.get(key.clone(), fetch).await;
+        let lookup = self.cache.get(key).await;
         if let Ok(lookup) = &lookup {
-            self.inner.metrics.lookup(lookup.status, lookup.coalesced);
+            self.database
+                .metrics
+                .lookup(lookup.status, lookup.coalesced);
         }
         lookup
     }
 
     /// `/readyz`: the database answers a trivial query in time.
     async fn ready(&self) -> Response<Bytes> {
-        let probe = sqlx::query("SELECT 1").execute(&self.inner.pool);
+        let probe = sqlx::query("SELECT 1").execute(&self.database.pool);
         let response = match tokio::time::timeout(READY_TIMEOUT, probe).await {
             Ok(Ok(_)) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
             Ok(Err(error)) => error_json(
@@ -455,20 +467,8 @@ impl QueryService {
 
     /// The answer to a request no route took.
     fn rejected(&self, rejection: &warp::Rejection) -> Response<Bytes> {
-        use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge};
-        let response = if rejection.find::<PayloadTooLarge>().is_some() {
-            error_json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-                Some("body"),
-            )
-        } else if rejection.find::<LengthRequired>().is_some() {
-            error_json(
-                StatusCode::LENGTH_REQUIRED,
-                "a Content-Length header is required",
-                Some("body"),
-            )
-        } else if rejection.find::<MethodNotAllowed>().is_some() {
+        use warp::reject::MethodNotAllowed;
+        let response = if rejection.find::<MethodNotAllowed>().is_some() {
             error_json(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None)
         } else if rejection.is_not_found() {
             error_json(StatusCode::NOT_FOUND, "not found", None)
@@ -479,7 +479,7 @@ impl QueryService {
     }
 
     fn record(&self, endpoint: &'static str, response: Response<Bytes>) -> Response<Bytes> {
-        self.inner
+        self.database
             .metrics
             .request(endpoint, response.status().as_u16());
         response
@@ -491,7 +491,6 @@ impl QueryService {
 struct Freshness {
     status: Status,
     age: Duration,
-    fresh_for: Duration,
 }
 
 impl Freshness {
@@ -499,12 +498,10 @@ impl Freshness {
         Self {
             status: lookup.status,
             age: lookup.age,
-            fresh_for: lookup.fresh_for,
         }
     }
 
-    /// The freshness of an answer composed of two: the staler status, the older age, the
-    /// shorter remaining freshness.
+    /// The freshness of an answer composed of two: the staler status, the older age.
     fn worst(self, other: Self) -> Self {
         let rank = |s: Status| match s {
             Status::Hit => 0,
@@ -518,15 +515,14 @@ impl Freshness {
                 self.status
             },
             age: self.age.max(other.age),
-            fresh_for: self.fresh_for.min(other.fresh_for),
         }
     }
 }
 
 /// A cacheable JSON answer with its validators, or `304 Not Modified` when the client's
-/// `If-None-Match` names its ETag. `max-age` is what remains of the freshness, so no `Age`
-/// header is sent (an HTTP cache would subtract it a second time); the age is in
-/// `X-Cache-Age` instead.
+/// `If-None-Match` names its ETag. `max-age` is the whole freshness lifetime and `Age` the
+/// seconds since the answer was fetched (RFC 9111), so an HTTP cache in front counts what
+/// remains of it, and sees a stale answer (age at least `max-age`) as stale.
 fn cached(
     etag: &str,
     body: Bytes,
@@ -546,7 +542,7 @@ fn cached(
             header::CACHE_CONTROL,
             format!(
                 "max-age={}, stale-while-revalidate={}, stale-if-error={}",
-                freshness.fresh_for.as_secs(),
+                policy.fresh.as_secs(),
                 policy.stale_while_revalidate.as_secs(),
                 policy.stale_if_error.as_secs()
             ),
@@ -555,7 +551,7 @@ fn cached(
             "x-cache",
             HeaderValue::from_static(freshness.status.as_str()),
         )
-        .header("x-cache-age", freshness.age.as_secs());
+        .header(header::AGE, freshness.age.as_secs());
     if not_modified {
         return builder.body(Bytes::new()).expect("a valid response");
     }
@@ -570,6 +566,37 @@ fn etag_matches(if_none_match: &str, etag: &str) -> bool {
         .split(',')
         .map(str::trim)
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`]: one announced larger is refused
+/// without reading it, and one sent in chunks is refused as soon as it grows larger.
+async fn read_body(
+    content_length: Option<&str>,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>>,
+) -> Result<Bytes, InvalidInput> {
+    let too_large = || InvalidInput {
+        error: format!("the body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+        field: "body".to_owned(),
+    };
+    if content_length
+        .and_then(|length| length.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > MAX_BODY_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = std::pin::pin!(body);
+    let mut read = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|error| InvalidInput {
+            error: format!("reading the body failed: {error}"),
+            field: "body".to_owned(),
+        })?;
+        if read.len() + chunk.remaining() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        read.put(chunk);
+    }
+    Ok(read.freeze())
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<Bytes> {
@@ -626,27 +653,47 @@ mod tests {
         assert!(!etag_matches("abc", etag));
     }
 
+    #[tokio::test]
+    async fn bodies_are_read_up_to_the_limit_whether_announced_or_chunked() {
+        let chunks = |sizes: &[usize]| {
+            let chunks: Vec<Result<Bytes, warp::Error>> = sizes
+                .iter()
+                .map(|size| Ok(Bytes::from(vec![b' '; *size])))
+                .collect();
+            futures::stream::iter(chunks)
+        };
+        let limit = MAX_BODY_BYTES;
+        let whole = read_body(Some(&limit.to_string()), chunks(&[limit / 2, limit / 2])).await;
+        assert_eq!(whole.expect("within the limit").len(), limit);
+        let chunked = read_body(None, chunks(&[limit, 0])).await;
+        assert_eq!(chunked.expect("within the limit").len(), limit);
+
+        let announced = read_body(Some(&(limit + 1).to_string()), chunks(&[])).await;
+        let chunked = read_body(None, chunks(&[limit / 2, limit / 2, 1])).await;
+        for refused in [announced, chunked] {
+            let invalid = refused.expect_err("larger than the limit");
+            assert_eq!(invalid.field, "body");
+            assert!(invalid.error.contains("16384 bytes"), "{}", invalid.error);
+        }
+    }
+
     #[test]
     fn a_composed_answer_is_as_stale_as_its_stalest_part() {
-        let part = |status, age, fresh_for| Freshness {
+        let part = |status, age| Freshness {
             status,
             age: Duration::from_secs(age),
-            fresh_for: Duration::from_secs(fresh_for),
         };
         let worst = [
-            part(Status::Hit, 3, 1),
-            part(Status::Miss, 0, 4),
-            part(Status::Hit, 1, 3),
+            part(Status::Hit, 3),
+            part(Status::Miss, 0),
+            part(Status::Hit, 1),
         ]
         .into_iter()
         .reduce(Freshness::worst)
         .unwrap();
-        assert_eq!(
-            (worst.status, worst.age.as_secs(), worst.fresh_for.as_secs()),
-            (Status::Miss, 3, 1)
-        );
-        let stale = worst.worst(part(Status::Stale, 9, 0));
-        assert_eq!(stale.status, Status::Stale);
+        assert_eq!((worst.status, worst.age.as_secs()), (Status::Miss, 3));
+        let stale = worst.worst(part(Status::Stale, 9));
+        assert_eq!((stale.status, stale.age.as_secs()), (Status::Stale, 9));
     }
 
     #[test]
@@ -661,7 +708,6 @@ mod tests {
         let freshness = Freshness {
             status: Status::Hit,
             age: Duration::from_millis(2500),
-            fresh_for: Duration::from_millis(1500),
         };
         let ok = cached(
             "\"e\"",
@@ -673,10 +719,10 @@ mod tests {
         assert_eq!(ok.status(), StatusCode::OK);
         assert_eq!(
             ok.headers()[header::CACHE_CONTROL],
-            "max-age=1, stale-while-revalidate=30, stale-if-error=300"
+            "max-age=4, stale-while-revalidate=30, stale-if-error=300"
         );
         assert_eq!(ok.headers()["x-cache"], "HIT");
-        assert_eq!(ok.headers()["x-cache-age"], "2");
+        assert_eq!(ok.headers()[header::AGE], "2");
         assert_eq!(ok.body().as_ref(), b"{}");
         let not_modified = cached(
             "\"e\"",
@@ -687,6 +733,7 @@ mod tests {
         );
         assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(not_modified.headers()[header::ETAG], "\"e\"");
+        assert_eq!(not_modified.headers()[header::AGE], "2");
         assert!(not_modified.body().is_empty());
     }
 }
