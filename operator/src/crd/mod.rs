@@ -693,7 +693,8 @@ pub struct CacheSpec {
     #[serde(default = "default_fresh_ttl")]
     pub fresh_ttl: Duration,
     /// After that, how long a stale answer is still served at once while one background
-    /// refresh runs.
+    /// refresh runs. Also how long an answer nobody asks for again keeps being refreshed
+    /// ahead (once per freshTtl, whatever the number of clients).
     #[serde(default = "default_stale_while_revalidate")]
     pub stale_while_revalidate: Duration,
     /// How long a stale answer may be served while the database is failing.
