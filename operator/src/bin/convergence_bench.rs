@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::{conditions, wait::await_condition};
-use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client};
 use metricsstack_collector::config::PoolSettings;
 use metricsstack_operator::controller::{self, Context};
 use metricsstack_operator::crd::{MetricsStack, TlsMode, connection_secret};
@@ -100,15 +99,7 @@ async fn through_kubernetes(
     url: &str,
     edits: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = MetricsStack::crd();
-    crds.patch(
-        &crd.name_any(),
-        &PatchParams::apply("convergence-bench").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    await_condition(crds, &crd.name_any(), conditions::is_crd_established()).await?;
+    metricsstack_operator::crd::install(client, "convergence-bench").await?;
     let secret = connection_secret("db", url);
     Api::<Secret>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &secret)

@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{conditions, wait::await_condition};
-use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
 use metricsstack_operator::crd::{MetricsStack, connection_secret};
 use serde_json::json;
 
@@ -87,7 +85,7 @@ struct Run {
 }
 
 async fn run(client: &Client, namespace: &str, url: &str) -> anyhow::Result<Run> {
-    install_crd(client).await?;
+    metricsstack_operator::crd::install(client, "scale-bench").await?;
     let secret = connection_secret("db", url);
     Api::<Secret>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &secret)
@@ -154,19 +152,6 @@ async fn run(client: &Client, namespace: &str, url: &str) -> anyhow::Result<Run>
         cpu,
         reconciles,
     })
-}
-
-async fn install_crd(client: &Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = MetricsStack::crd();
-    crds.patch(
-        &crd.name_any(),
-        &PatchParams::apply("scale-bench").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    await_condition(crds, &crd.name_any(), conditions::is_crd_established()).await?;
-    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -2,7 +2,10 @@
 //! server at admission (schema bounds, enums, patterns and CEL rules across fields).
 
 mod duration;
+mod install;
 mod status;
+
+pub use install::{InstallError, install};
 
 use std::collections::BTreeMap;
 
