@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod cpu_clock;
 pub mod health;
 pub mod ingest;
 pub mod metrics;

@@ -1,8 +1,9 @@
-//! Reading processes from `/proc` directly, at the cost of one small file per process per
-//! sample: `/proc/<pid>/stat`, one short line that the kernel formats cheaply and that holds
-//! everything the selection needs (CPU time, resident memory, name, start time, threads).
-//! The other files are read only for the selected processes: `io` at every sample, `status`
-//! (owner), `cmdline` and `cgroup` once per process.
+//! Reading processes from `/proc` directly. `/proc/<pid>/stat` is one short line that holds
+//! everything the selection needs (CPU time, resident memory, name, start time, threads);
+//! the sampler reads it for the processes that have run since the last read (see
+//! [`crate::cpu_clock`]) and for the selected ones. The other files are read only for the
+//! selected processes: `io` at every sample, `status` (owner), `cmdline` and `cgroup` once
+//! per process.
 //!
 //! sysinfo is not used for the process table because its refresh reads
 //! `/proc/<pid>/status` (for the owner and thread group) of every process whatever the
@@ -151,6 +152,11 @@ pub struct Units {
 }
 
 impl Units {
+    /// A CPU time in clock ticks, in nanoseconds.
+    pub fn cpu_ns(&self, ticks: u64) -> u64 {
+        ticks.saturating_mul(1_000_000_000) / self.ticks_per_second
+    }
+
     /// Reads the units from `/proc/self/auxv`: this process's own `/proc`, since whatever
     /// `/proc` the collector reads runs on the same kernel.
     pub fn of_this_kernel() -> std::io::Result<Self> {

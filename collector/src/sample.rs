@@ -1,13 +1,20 @@
 //! Sampling the node. The host's metrics come from one `sysinfo::System` kept across
 //! samples, refreshing only what is used (CPU usage, memory; no CPU frequency). Processes are
-//! read from `/proc` directly (see [`crate::procfs`]): one `stat` file per process per sample,
-//! enough to rank them all; the command line, owner, cgroup and I/O counters are read only
-//! for the selected ones, and the first three once per process. Between two samples,
-//! [`Sampler::tick`] reads the CPU time of the processes that were busy, so that a short
-//! spike inside the interval shows as the peak.
+//! read from `/proc` directly (see [`crate::procfs`]). Each sample asks every process's CPU
+//! clock (see [`crate::cpu_clock`]) and reads the `stat` file of those that have run since
+//! it was last read, the others being as they were: that is enough to rank them all. The
+//! selected processes' `stat` is read afresh, and their command line, owner, cgroup and I/O
+//! counters too, the first three once per process. Between two samples, [`Sampler::tick`]
+//! reads the CPU time of the processes that were busy, so that a short spike inside the
+//! interval shows as the peak.
+//!
+//! One thing can change in a process that has not run: the kernel can reclaim its memory.
+//! Its resident memory as last read is then too high, which can rank it among the top by
+//! memory for a sample; being selected, it is read afresh, and ranks right from then on.
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,6 +27,7 @@ use sysinfo::{
 
 use crate::cgroup::{self, ContainerRef};
 use crate::config::ProcessConfig;
+use crate::cpu_clock;
 use crate::pods::PodIndex;
 use crate::procfs::{Io, ProcFs, Stat, Units};
 use crate::rows::{Batch, HostRow, ProcessRow, VmRow};
@@ -37,10 +45,14 @@ pub struct Sampler {
     include: RegexSet,
     exclude: RegexSet,
     proc: ProcFs,
+    /// Whether processes' CPU clocks can be read (see [`cpu_clock::pids_are_ours`]); if not,
+    /// every process's `stat` is read at every sample.
+    cpu_clocks: bool,
     units: Units,
     /// Boot time, seconds since the epoch: process start times are relative to it.
     boot_time: u64,
-    /// The processes the last scan found, by pid (kernel threads left out).
+    /// The processes the last scan found, by pid, kernel threads included (to know them
+    /// without reading their `stat` again).
     processes: HashMap<u32, Tracked>,
     /// Scans so far: a process the latest scan did not see has ended.
     scans: u64,
@@ -53,9 +65,12 @@ pub struct Sampler {
 /// One process, as the sampler follows it between samples.
 #[derive(Debug)]
 struct Tracked {
-    /// Start time in clock ticks since boot: with the pid, it identifies the process.
-    start_ticks: u64,
-    /// CPU time in clock ticks at the last sample and at the last read (by a sample or a
+    /// The process's `stat` when last read; its start time, with the pid, identifies the
+    /// process.
+    stat: Stat,
+    /// The scan that last read `stat`.
+    stat_scan: u64,
+    /// CPU time in nanoseconds at the last sample and at the last read (by a sample or a
     /// tick), and when that read was: a tick reads only the busy processes.
     cpu_at_sample: u64,
     cpu_at_read: u64,
@@ -69,15 +84,17 @@ struct Tracked {
 }
 
 impl Tracked {
-    /// A process first seen `now`, as `stat` shows it.
-    fn new(stat: &Stat, now: Instant) -> Self {
+    /// A process first seen `now` by scan `scan`, as `stat` shows it, having used `cpu`
+    /// nanoseconds of CPU time so far.
+    fn new(stat: Stat, cpu: u64, now: Instant, scan: u64) -> Self {
         Self {
-            start_ticks: stat.start_ticks,
-            cpu_at_sample: stat.cpu_ticks,
-            cpu_at_read: stat.cpu_ticks,
+            stat,
+            stat_scan: scan,
+            cpu_at_sample: cpu,
+            cpu_at_read: cpu,
             read_at: now,
             peak: 0.0,
-            scan: 0,
+            scan,
             details: None,
         }
     }
@@ -101,7 +118,10 @@ struct Details {
 /// A process of the latest scan, with its CPU use over the interval.
 struct Scanned {
     pid: u32,
-    stat: Stat,
+    /// The process name, for the include and exclude patterns.
+    name: String,
+    /// Resident memory in pages, as last read: the ranking by memory.
+    resident_pages: u64,
     /// CPU used over the interval, percent of one core.
     average: f32,
     /// The highest CPU use seen inside the interval, percent of one core.
@@ -141,6 +161,17 @@ impl Sampler {
         selection: &ProcessConfig,
         proc_root: PathBuf,
     ) -> Result<Self, SampleError> {
+        let cpu_clocks = cpu_clock::pids_are_ours(&proc_root);
+        Self::with_cpu_clocks(host, selection, proc_root, cpu_clocks)
+    }
+
+    /// [`Self::new`], reading processes' CPU clocks or not.
+    fn with_cpu_clocks(
+        host: &str,
+        selection: &ProcessConfig,
+        proc_root: PathBuf,
+        cpu_clocks: bool,
+    ) -> Result<Self, SampleError> {
         let system_error = |e: sysinfo::Error| SampleError::System(e.to_string());
         let proc_error = |path: &Path| {
             let path = path.display().to_string();
@@ -157,6 +188,7 @@ impl Sampler {
             include: RegexSet::new(&selection.include)?,
             exclude: RegexSet::new(&selection.exclude)?,
             proc: ProcFs::new(proc_root.clone()),
+            cpu_clocks,
             units: Units::of_this_kernel().map_err(proc_error(Path::new("/proc/self/auxv")))?,
             boot_time: System::boot_time().map_err(system_error)?,
             processes: HashMap::new(),
@@ -179,31 +211,74 @@ impl Sampler {
     pub fn tick(&mut self) {
         let busy = std::mem::take(&mut self.busy);
         for pid in busy {
-            let Some(stat) = self.proc.stat(pid) else {
+            let Some(tracked) = self.processes.get_mut(&pid) else {
                 continue;
             };
-            let Some(tracked) = self
-                .processes
-                .get_mut(&pid)
-                .filter(|t| t.start_ticks == stat.start_ticks)
-            else {
+            let cpu = if self.cpu_clocks {
+                // Should the pid be another process's by now, the reading is that of a
+                // process the next scan replaces, peak and all.
+                cpu_clock::process_cpu_ns(pid)
+            } else {
+                self.proc
+                    .stat(pid)
+                    .filter(|stat| stat.start_ticks == tracked.stat.start_ticks)
+                    .map(|stat| self.units.cpu_ns(stat.cpu_ticks))
+            };
+            let Some(cpu) = cpu else {
                 continue;
             };
             let now = Instant::now();
-            let used = stat.cpu_ticks.saturating_sub(tracked.cpu_at_read);
+            let used = cpu.saturating_sub(tracked.cpu_at_read);
             if used > 0 {
                 self.busy.push(pid);
             }
             let elapsed = seconds(now - tracked.read_at);
-            tracked.peak = tracked.peak.max(percent(used, elapsed, self.units));
-            tracked.cpu_at_read = stat.cpu_ticks;
+            tracked.peak = tracked.peak.max(percent(used, elapsed));
+            tracked.cpu_at_read = cpu;
             tracked.read_at = now;
         }
     }
 
-    /// Reads every process's `stat`; returns the processes (kernel threads left out) with
-    /// their CPU use since the last sample, and how many processes `/proc` listed. Starts the
-    /// next interval: forgets processes that ended, and the peaks.
+    /// Brings what the sampler knows of process `pid` up to date for scan `self.scans`, and
+    /// returns its CPU time in nanoseconds: reads its `stat` unless its CPU clock shows that
+    /// it has not run since the last read. `None` if the process has ended.
+    fn refresh(&mut self, pid: u32, now: Instant) -> Option<u64> {
+        let clock = self
+            .cpu_clocks
+            .then(|| cpu_clock::process_cpu_ns(pid))
+            .flatten();
+        let known = self.processes.get(&pid);
+        if let (Some(cpu), Some(tracked)) = (clock, known)
+            && cpu == tracked.cpu_at_read
+        {
+            // Not run: as it was. (Were the pid another process's by now, its clock would
+            // not show the same nanosecond.)
+            return Some(cpu);
+        }
+        let stat = self.proc.stat(pid)?;
+        let cpu = clock.unwrap_or_else(|| self.units.cpu_ns(stat.cpu_ticks));
+        let scan = self.scans;
+        match self.processes.entry(pid) {
+            Entry::Occupied(mut entry) if entry.get().stat.start_ticks == stat.start_ticks => {
+                let tracked = entry.get_mut();
+                tracked.stat = stat;
+                tracked.stat_scan = scan;
+            }
+            // New, or its pid was reused by a new process.
+            Entry::Occupied(mut entry) => {
+                entry.insert(Tracked::new(stat, cpu, now, scan));
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(Tracked::new(stat, cpu, now, scan));
+            }
+        }
+        Some(cpu)
+    }
+
+    /// Lists the processes and brings each up to date (see [`Self::refresh`]); returns the
+    /// processes (kernel threads left out) with their CPU use since the last sample, and how
+    /// many processes `/proc` listed. Starts the next interval: forgets processes that
+    /// ended, and the peaks.
     fn scan(&mut self) -> std::io::Result<(Vec<Scanned>, usize)> {
         let pids = self.proc.pids()?;
         let now = Instant::now();
@@ -214,43 +289,35 @@ impl Sampler {
         let mut listed = 0;
         let mut scanned = Vec::with_capacity(self.processes.len());
         for pid in pids {
-            let Some(stat) = self.proc.stat(pid) else {
+            let Some(cpu) = self.refresh(pid, now) else {
                 continue; // ended since the listing
             };
             listed += 1;
-            if stat.kernel_thread {
+            let Some(tracked) = self.processes.get_mut(&pid) else {
+                continue;
+            };
+            tracked.scan = self.scans;
+            if tracked.stat.kernel_thread {
                 continue;
             }
-            let tracked = self
-                .processes
-                .entry(pid)
-                .or_insert_with(|| Tracked::new(&stat, now));
-            if tracked.start_ticks != stat.start_ticks {
-                // The pid was reused by a new process.
-                *tracked = Tracked::new(&stat, now);
-            }
-            let since_read_ticks = stat.cpu_ticks.saturating_sub(tracked.cpu_at_read);
-            if since_read_ticks > 0 {
+            let since_read_cpu = cpu.saturating_sub(tracked.cpu_at_read);
+            if since_read_cpu > 0 {
                 self.busy.push(pid);
             }
-            let average = percent(
-                stat.cpu_ticks.saturating_sub(tracked.cpu_at_sample),
-                since_sample,
-                self.units,
-            );
+            let average = percent(cpu.saturating_sub(tracked.cpu_at_sample), since_sample);
             let since_read = seconds(now - tracked.read_at);
             let peak = tracked
                 .peak
-                .max(percent(since_read_ticks, since_read, self.units))
+                .max(percent(since_read_cpu, since_read))
                 .max(average);
-            tracked.cpu_at_sample = stat.cpu_ticks;
-            tracked.cpu_at_read = stat.cpu_ticks;
+            tracked.cpu_at_sample = cpu;
+            tracked.cpu_at_read = cpu;
             tracked.read_at = now;
             tracked.peak = 0.0;
-            tracked.scan = self.scans;
             scanned.push(Scanned {
                 pid,
-                stat,
+                name: tracked.stat.name.clone(),
+                resident_pages: tracked.stat.resident_pages,
                 average,
                 peak,
             });
@@ -277,7 +344,9 @@ impl Sampler {
         let mut processes = Vec::new();
         let mut vms = Vec::new();
         for process in self.selected(&scanned) {
-            let row = self.process_row(now, process);
+            let Some(row) = self.process_row(now, process) else {
+                continue;
+            };
             if let Some(vm) = pods.and_then(|pods| self.vm_row(&row, pods)) {
                 vms.push(vm);
             }
@@ -294,12 +363,12 @@ impl Sampler {
     fn selected<'a>(&self, scanned: &'a [Scanned]) -> Vec<&'a Scanned> {
         let candidates: Vec<&Scanned> = scanned
             .iter()
-            .filter(|p| !self.exclude.is_match(&p.stat.name))
+            .filter(|p| !self.exclude.is_match(&p.name))
             .collect();
         let mut by_cpu = candidates.clone();
         by_cpu.sort_by(|a, b| b.average.total_cmp(&a.average));
         let mut by_memory = candidates.clone();
-        by_memory.sort_by_key(|p| std::cmp::Reverse(p.stat.resident_pages));
+        by_memory.sort_by_key(|p| std::cmp::Reverse(p.resident_pages));
         let mut chosen: Vec<&Scanned> = by_cpu
             .into_iter()
             .take(self.selection.top_by_cpu as usize)
@@ -312,7 +381,7 @@ impl Sampler {
                 candidates
                     .iter()
                     .copied()
-                    .filter(|p| self.include.is_match(&p.stat.name)),
+                    .filter(|p| self.include.is_match(&p.name)),
             )
             .collect();
         chosen.sort_by_key(|p| p.pid);
@@ -366,15 +435,28 @@ impl Sampler {
         }
     }
 
-    /// The row of a selected process: reads its I/O counters, and what else it needs the
-    /// first time the process is selected.
-    fn process_row(&mut self, now: DateTime<Utc>, process: &Scanned) -> ProcessRow {
+    /// The `stat` of a process of the latest scan, read in this scan: read again if the
+    /// scan did not (it had not run), unless it has ended since, when it is as last read.
+    fn current_stat(&mut self, pid: u32) -> Option<Stat> {
+        let scan = self.scans;
+        let tracked = self.processes.get_mut(&pid)?;
+        if tracked.stat_scan != scan
+            && let Some(stat) = self.proc.stat(pid)
+            && stat.start_ticks == tracked.stat.start_ticks
+        {
+            tracked.stat = stat;
+            tracked.stat_scan = scan;
+        }
+        Some(tracked.stat.clone())
+    }
+
+    /// The row of a selected process: reads its `stat` and I/O counters, and what else it
+    /// needs the first time the process is selected.
+    fn process_row(&mut self, now: DateTime<Utc>, process: &Scanned) -> Option<ProcessRow> {
         let Scanned {
-            pid,
-            ref stat,
-            average,
-            peak,
+            pid, average, peak, ..
         } = *process;
+        let stat = &self.current_stat(pid)?;
         let io = self.proc.io(pid);
         let (read, written, command_line, username) = match self.details(pid, stat) {
             Some(details) => {
@@ -392,7 +474,7 @@ impl Sampler {
             None => (0, 0, None, None),
         };
         let start_seconds = self.boot_time + stat.start_ticks / self.units.ticks_per_second;
-        ProcessRow {
+        Some(ProcessRow {
             timestamp: now,
             host: self.host.clone(),
             pid: i32::try_from(pid).unwrap_or(i32::MAX),
@@ -411,7 +493,7 @@ impl Sampler {
             disk_read_bytes: signed(read),
             disk_write_bytes: signed(written),
             threads: i32::try_from(stat.threads).ok(),
-        }
+        })
     }
 
     /// The details of a process of the latest scan, read now if it has none yet or has
@@ -491,11 +573,49 @@ fn seconds(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64().max(0.001)
 }
 
-/// CPU `ticks` used in `seconds`, as percent of one core.
-fn percent(ticks: u64, seconds: f64, units: Units) -> f32 {
-    (ticks as f64 / units.ticks_per_second as f64 / seconds * 100.0) as f32
+/// CPU time `used` (nanoseconds) in `seconds`, as percent of one core.
+fn percent(used: u64, seconds: f64) -> f32 {
+    (used as f64 / 1e9 / seconds * 100.0) as f32
 }
 
 fn signed(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the pids of the `/proc` read are not this process's, every `stat` is read.
+    #[test]
+    fn without_cpu_clocks_the_stat_files_rank_a_busy_child() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("sh starts");
+        let selection = ProcessConfig {
+            top_by_cpu: 3,
+            top_by_memory: 0,
+            ..ProcessConfig::default()
+        };
+        let mut sampler = Sampler::with_cpu_clocks("test-node", &selection, "/proc".into(), false)
+            .expect("a sampler");
+        for _ in 0..4 {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            sampler.tick();
+        }
+        let batch = sampler.sample(Utc::now(), None);
+        let pid = i32::try_from(child.id()).expect("a pid");
+        child.kill().ok();
+        child.wait().ok();
+        let row = batch
+            .processes
+            .iter()
+            .find(|row| row.pid == pid)
+            .expect("the busy child is among the top 3 by CPU");
+        // It spun for a second: a good part of a core even on a loaded machine, at most one.
+        assert!((10.0..=101.0).contains(&row.cpu_usage_percent), "{row:?}");
+        assert!(row.cpu_peak_percent >= row.cpu_usage_percent, "{row:?}");
+        assert_eq!(row.process_name, "sh");
+    }
 }
