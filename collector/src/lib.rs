@@ -7,6 +7,7 @@ pub mod cpu_clock;
 pub mod health;
 pub mod ingest;
 pub mod metrics;
+pub mod network;
 pub mod pods;
 pub mod procfs;
 pub mod rows;

@@ -241,6 +241,12 @@ impl ProcFs {
         parse_cmdline(self.read(pid, "cmdline", limit)?, max_chars)
     }
 
+    /// The network counters of the node's first process (pid 1), whose network namespace
+    /// is the node's: the content of its `net/dev`.
+    pub fn net_dev(&mut self) -> Option<&[u8]> {
+        self.read(1, "net/dev", usize::MAX)
+    }
+
     /// The content of the process's `cgroup` file.
     pub fn cgroup(&mut self, pid: u32) -> Option<&str> {
         std::str::from_utf8(self.read(pid, "cgroup", usize::MAX)?).ok()

@@ -1,5 +1,6 @@
 //! Sampling the node. The host's metrics come from one `sysinfo::System` kept across
-//! samples, refreshing only what is used (CPU usage, memory; no CPU frequency). Processes are
+//! samples, refreshing only what is used (CPU usage, memory; no CPU frequency), and its
+//! network traffic from [`crate::network`]. Processes are
 //! read from `/proc` directly (see [`crate::procfs`]). Each sample asks every process's CPU
 //! clock (see [`crate::cpu_clock`]) and reads the `stat` file of those that have run since
 //! it was last read, the others being as they were: that is enough to rank them all. The
@@ -21,13 +22,13 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use regex::RegexSet;
 use sysinfo::{
-    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, ProcessStatus, System,
-    Users,
+    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, ProcessStatus, System, Users,
 };
 
 use crate::cgroup::{self, ContainerRef};
 use crate::config::ProcessConfig;
 use crate::cpu_clock;
+use crate::network::NetworkTraffic;
 use crate::pods::PodIndex;
 use crate::procfs::{Io, ProcFs, Stat, Units};
 use crate::rows::{Batch, HostRow, ProcessRow, VmRow};
@@ -39,7 +40,7 @@ pub struct Sampler {
     host: String,
     system: System,
     disks: Disks,
-    networks: Networks,
+    network: NetworkTraffic,
     users: Users,
     selection: ProcessConfig,
     include: RegexSet,
@@ -182,7 +183,7 @@ impl Sampler {
             system: System::new().map_err(system_error)?,
             disks: Disks::new_with_refreshed_list_specifics(disk_refresh())
                 .map_err(system_error)?,
-            networks: Networks::new_with_refreshed_list().map_err(system_error)?,
+            network: NetworkTraffic::default(),
             users: Users::new_with_refreshed_list().map_err(system_error)?,
             selection: selection.clone(),
             include: RegexSet::new(&selection.include)?,
@@ -200,6 +201,7 @@ impl Sampler {
         sampler
             .system
             .refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
+        sampler.network_traffic();
         sampler.scan().map_err(proc_error(&proc_root))?;
         Ok(sampler)
     }
@@ -335,12 +337,12 @@ impl Sampler {
         self.system
             .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram().with_swap());
         self.disks.refresh_specifics(true, disk_refresh());
-        self.networks.refresh(true);
+        let network = self.network_traffic();
         let (scanned, listed) = self.scan().unwrap_or_else(|error| {
             tracing::warn!(%error, "cannot list the processes: this sample has none");
             (Vec::new(), 0)
         });
-        let host = self.host_row(now, listed);
+        let host = self.host_row(now, listed, network);
         let mut processes = Vec::new();
         let mut vms = Vec::new();
         for process in self.selected(&scanned) {
@@ -389,7 +391,16 @@ impl Sampler {
         chosen
     }
 
-    fn host_row(&self, now: DateTime<Utc>, process_count: usize) -> HostRow {
+    /// Bytes received and transmitted by the node since the last call; none if the node's
+    /// network counters cannot be read.
+    fn network_traffic(&mut self) -> (u64, u64) {
+        match self.proc.net_dev() {
+            Some(content) => self.network.since_last(content),
+            None => (0, 0),
+        }
+    }
+
+    fn host_row(&self, now: DateTime<Utc>, process_count: usize, (rx, tx): (u64, u64)) -> HostRow {
         let load = System::load_average().unwrap_or_default();
         let (disk_total, disk_available, disk_read, disk_written) =
             self.disks
@@ -403,13 +414,6 @@ impl Sampler {
                         w + usage.written_bytes,
                     )
                 });
-        let (rx, tx) = self
-            .networks
-            .iter()
-            .filter(|(name, _)| *name != "lo")
-            .fold((0u64, 0u64), |(rx, tx), (_, data)| {
-                (rx + data.received(), tx + data.transmitted())
-            });
         let used = self.system.used_memory();
         HostRow {
             timestamp: now,
