@@ -3,11 +3,14 @@
 //! A typed watch fails a whole list when one object does not deserialise, so one stack
 //! stored under an older schema would stall every other. Here objects arrive untyped and
 //! are converted one by one: an unreadable one is logged, counted, reported in an event
-//! on the object (naming the field), and skipped; the others carry on.
+//! on the object (naming the field), and skipped; the others carry on. Each version is
+//! reported once, however often a relist shows it again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
@@ -24,6 +27,8 @@ pub struct Unreadable {
     pub object: Box<DynamicObject>,
     /// What does not match, with the path of the field (`spec.collector.interval: ...`).
     pub error: String,
+    /// The event says the object was deleted: nothing left to report on.
+    pub deleted: bool,
 }
 
 /// The stream of readable MetricsStacks for a `Controller`, and the store it fills,
@@ -39,17 +44,38 @@ pub fn stacks(
 ) {
     let (api, resource) = untyped(client, namespace);
     let (reader, writer) = reflector::store();
+    let reported = Arc::new(Mutex::new(ReportedVersions::default()));
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .filter_map(move |event| {
             let metrics = metrics.clone();
             let recorder = recorder.clone();
             let resource = resource.clone();
+            let reported = reported.clone();
             async move {
                 match event.map(typed) {
-                    Ok(Ok(event)) => Some(Ok(event)),
+                    Ok(Ok(event)) => {
+                        if let watcher::Event::Apply(stack)
+                        | watcher::Event::InitApply(stack)
+                        | watcher::Event::Delete(stack) = &event
+                        {
+                            lock(&reported).forget(stack.meta());
+                        }
+                        Some(Ok(event))
+                    }
                     Ok(Err(unreadable)) => {
-                        report(&unreadable, &resource, &metrics, &recorder).await;
+                        let first = {
+                            let mut reported = lock(&reported);
+                            if unreadable.deleted {
+                                reported.forget(unreadable.object.meta());
+                                false
+                            } else {
+                                reported.first_report(unreadable.object.meta())
+                            }
+                        };
+                        if first {
+                            report(&unreadable, &resource, &metrics, &recorder).await;
+                        }
                         None
                     }
                     Err(error) => Some(Err(error)),
@@ -59,6 +85,35 @@ pub fn stacks(
         .reflect(writer)
         .applied_objects();
     (stream, reader)
+}
+
+/// The version of each unreadable object already reported, by uid: a relist after a
+/// broken watch shows the same versions again, and they are not news. An entry goes when
+/// the object becomes readable or is deleted while watched.
+#[derive(Debug, Default)]
+struct ReportedVersions(HashMap<String, String>);
+
+impl ReportedVersions {
+    /// Records this version of an unreadable object; true if it had not been reported.
+    fn first_report(&mut self, meta: &ObjectMeta) -> bool {
+        let (Some(uid), Some(version)) = (&meta.uid, &meta.resource_version) else {
+            return true;
+        };
+        self.0.insert(uid.clone(), version.clone()).as_ref() != Some(version)
+    }
+
+    /// Forgets an object that is readable again or gone.
+    fn forget(&mut self, meta: &ObjectMeta) {
+        if let Some(uid) = &meta.uid {
+            self.0.remove(uid);
+        }
+    }
+}
+
+fn lock(reported: &Mutex<ReportedVersions>) -> std::sync::MutexGuard<'_, ReportedVersions> {
+    reported
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Lists the MetricsStacks, untyped: a check that the API serves them to this operator.
@@ -84,17 +139,18 @@ pub fn typed(
 ) -> Result<watcher::Event<MetricsStack>, Unreadable> {
     use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
     Ok(match event {
-        Apply(object) => Apply(parse(object)?),
-        InitApply(object) => InitApply(parse(object)?),
-        Delete(object) => Delete(parse(object)?),
+        Apply(object) => Apply(parse(object, false)?),
+        InitApply(object) => InitApply(parse(object, false)?),
+        Delete(object) => Delete(parse(object, true)?),
         Init => Init,
         InitDone => InitDone,
     })
 }
 
-fn parse(object: DynamicObject) -> Result<MetricsStack, Unreadable> {
+fn parse(object: DynamicObject, deleted: bool) -> Result<MetricsStack, Unreadable> {
     let unreadable = |error: String| Unreadable {
         error,
+        deleted,
         object: Box::new(object.clone()),
     };
     let value = serde_json::to_value(&object).map_err(|e| unreadable(e.to_string()))?;
@@ -180,5 +236,31 @@ mod tests {
             unreadable.error
         );
         assert_eq!(unreadable.object.name_any(), "s");
+        assert!(!unreadable.deleted);
+    }
+
+    fn meta(uid: &str, version: &str) -> ObjectMeta {
+        ObjectMeta {
+            uid: Some(uid.into()),
+            resource_version: Some(version.into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn each_unreadable_version_is_reported_once() {
+        let mut reported = ReportedVersions::default();
+        assert!(reported.first_report(&meta("a", "1")));
+        assert!(!reported.first_report(&meta("a", "1")), "a relist of it");
+        assert!(reported.first_report(&meta("b", "1")), "another object");
+        assert!(
+            reported.first_report(&meta("a", "2")),
+            "an edit that is still bad"
+        );
+        reported.forget(&meta("a", "3"));
+        assert!(
+            reported.first_report(&meta("a", "2")),
+            "bad again after a fix"
+        );
     }
 }
