@@ -41,19 +41,16 @@ pub fn pids_are_ours(proc_root: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::busy_child::BusyChild;
 
     #[test]
     fn reads_a_busy_child_s_cpu_time_as_it_grows() {
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .spawn()
-            .expect("sh starts");
-        let pid = child.id();
+        let child = BusyChild::spawn();
+        let pid = child.pid();
         let first = process_cpu_ns(pid).expect("the child's clock");
         std::thread::sleep(std::time::Duration::from_millis(300));
         let second = process_cpu_ns(pid).expect("the child's clock");
-        child.kill().ok();
-        child.wait().ok();
+        drop(child);
         // It spun for 300 ms: at least some tens of milliseconds of CPU, even on a busy
         // machine, and never more than the wall time on one thread.
         let used = second - first;

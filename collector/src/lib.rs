@@ -1,6 +1,8 @@
 //! The MetricsStack collector: samples host, process and pod metrics on a node and writes
 //! them in batches to TimescaleDB, spooling to disk while the database is away.
 
+#[cfg(test)]
+mod busy_child;
 pub mod cgroup;
 pub mod config;
 pub mod cpu_clock;

@@ -589,14 +589,12 @@ fn signed(value: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::busy_child::BusyChild;
 
     /// Where the pids of the `/proc` read are not this process's, every `stat` is read.
     #[test]
     fn without_cpu_clocks_the_stat_files_rank_a_busy_child() {
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .spawn()
-            .expect("sh starts");
+        let child = BusyChild::spawn();
         let selection = ProcessConfig {
             top_by_cpu: 3,
             top_by_memory: 0,
@@ -609,9 +607,8 @@ mod tests {
             sampler.tick();
         }
         let batch = sampler.sample(Utc::now(), None);
-        let pid = i32::try_from(child.id()).expect("a pid");
-        child.kill().ok();
-        child.wait().ok();
+        let pid = i32::try_from(child.pid()).expect("a pid");
+        drop(child);
         let row = batch
             .processes
             .iter()
