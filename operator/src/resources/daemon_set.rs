@@ -98,7 +98,8 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> DaemonSet {
                     service_account_name: Some(name.clone()),
                     // The token is needed only to watch this node's pods for attribution.
                     automount_service_account_token: Some(spec.pod_attribution),
-                    // The host's process table: without it the collector would see only itself.
+                    // The host's process table: without it the collector would see only itself,
+                    // and could not read the processes' CPU clocks by the pids /proc lists.
                     host_pid: Some(true),
                     containers: vec![container],
                     node_selector: (!spec.node_selector.is_empty())
