@@ -53,32 +53,19 @@ pub fn stacks(
             let resource = resource.clone();
             let reported = reported.clone();
             async move {
-                match event.map(typed) {
-                    Ok(Ok(event)) => {
-                        if let watcher::Event::Apply(stack)
-                        | watcher::Event::InitApply(stack)
-                        | watcher::Event::Delete(stack) = &event
-                        {
-                            lock(&reported).forget(stack.meta());
-                        }
-                        Some(Ok(event))
-                    }
-                    Ok(Err(unreadable)) => {
-                        let first = {
-                            let mut reported = lock(&reported);
-                            if unreadable.deleted {
-                                reported.forget(unreadable.object.meta());
-                                false
-                            } else {
-                                reported.first_report(unreadable.object.meta())
-                            }
-                        };
+                let converted = match event {
+                    Ok(event) => typed(event),
+                    Err(error) => return Some(Err(error)),
+                };
+                let first = lock(&reported).note(&converted);
+                match converted {
+                    Ok(event) => Some(Ok(event)),
+                    Err(unreadable) => {
                         if first {
                             report(&unreadable, &resource, &metrics, &recorder).await;
                         }
                         None
                     }
-                    Err(error) => Some(Err(error)),
                 }
             }
         })
@@ -94,6 +81,24 @@ pub fn stacks(
 struct ReportedVersions(HashMap<String, String>);
 
 impl ReportedVersions {
+    /// Takes note of a converted watch event; true when it carries an unreadable version
+    /// that has not been reported yet.
+    fn note(&mut self, converted: &Result<watcher::Event<MetricsStack>, Unreadable>) -> bool {
+        use watcher::Event::{Apply, Delete, InitApply};
+        match converted {
+            Ok(Apply(stack) | InitApply(stack) | Delete(stack)) => {
+                self.forget(stack.meta());
+                false
+            }
+            Ok(_) => false,
+            Err(unreadable) if unreadable.deleted => {
+                self.forget(unreadable.object.meta());
+                false
+            }
+            Err(unreadable) => self.first_report(unreadable.object.meta()),
+        }
+    }
+
     /// Records this version of an unreadable object; true if it had not been reported.
     fn first_report(&mut self, meta: &ObjectMeta) -> bool {
         let (Some(uid), Some(version)) = (&meta.uid, &meta.resource_version) else {
@@ -239,28 +244,47 @@ mod tests {
         assert!(!unreadable.deleted);
     }
 
-    fn meta(uid: &str, version: &str) -> ObjectMeta {
-        ObjectMeta {
-            uid: Some(uid.into()),
-            resource_version: Some(version.into()),
-            ..ObjectMeta::default()
-        }
+    /// A watch event on an object of version `version` whose interval is unreadable.
+    fn unreadable(
+        version: &str,
+        wrap: fn(DynamicObject) -> watcher::Event<DynamicObject>,
+    ) -> Result<watcher::Event<MetricsStack>, Unreadable> {
+        let mut object = dynamic(json!({
+            "database": { "secretRef": { "name": "db" } },
+            "collector": { "interval": 5 }
+        }));
+        object.metadata.uid = Some("a".into());
+        object.metadata.resource_version = Some(version.into());
+        typed(wrap(object))
     }
 
     #[test]
     fn each_unreadable_version_is_reported_once() {
+        use watcher::Event::{Apply, Delete, InitApply};
         let mut reported = ReportedVersions::default();
-        assert!(reported.first_report(&meta("a", "1")));
-        assert!(!reported.first_report(&meta("a", "1")), "a relist of it");
-        assert!(reported.first_report(&meta("b", "1")), "another object");
+        assert!(reported.note(&unreadable("1", InitApply)));
         assert!(
-            reported.first_report(&meta("a", "2")),
+            !reported.note(&unreadable("1", InitApply)),
+            "a relist of it"
+        );
+        assert!(
+            reported.note(&unreadable("2", Apply)),
             "an edit that is still bad"
         );
-        reported.forget(&meta("a", "3"));
         assert!(
-            reported.first_report(&meta("a", "2")),
-            "bad again after a fix"
+            !reported.note(&unreadable("3", Delete)),
+            "deleted: nothing to report"
+        );
+        assert!(
+            reported.note(&unreadable("2", InitApply)),
+            "forgotten once deleted"
+        );
+        let mut fixed = dynamic(json!({ "database": { "secretRef": { "name": "db" } } }));
+        fixed.metadata.uid = Some("a".into());
+        assert!(!reported.note(&typed(Apply(fixed))), "readable again");
+        assert!(
+            reported.note(&unreadable("2", Apply)),
+            "forgotten once readable"
         );
     }
 }
