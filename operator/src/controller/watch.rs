@@ -244,11 +244,11 @@ mod tests {
         assert!(!unreadable.deleted);
     }
 
+    /// A kind of watch event, as its constructor.
+    type Wrap = fn(DynamicObject) -> watcher::Event<DynamicObject>;
+
     /// A watch event on an object of version `version` whose interval is unreadable.
-    fn unreadable(
-        version: &str,
-        wrap: fn(DynamicObject) -> watcher::Event<DynamicObject>,
-    ) -> Result<watcher::Event<MetricsStack>, Unreadable> {
+    fn unreadable(version: &str, wrap: Wrap) -> Result<watcher::Event<MetricsStack>, Unreadable> {
         let mut object = dynamic(json!({
             "database": { "secretRef": { "name": "db" } },
             "collector": { "interval": 5 }
@@ -262,23 +262,16 @@ mod tests {
     fn each_unreadable_version_is_reported_once() {
         use watcher::Event::{Apply, Delete, InitApply};
         let mut reported = ReportedVersions::default();
-        assert!(reported.note(&unreadable("1", InitApply)));
-        assert!(
-            !reported.note(&unreadable("1", InitApply)),
-            "a relist of it"
-        );
-        assert!(
-            reported.note(&unreadable("2", Apply)),
-            "an edit that is still bad"
-        );
-        assert!(
-            !reported.note(&unreadable("3", Delete)),
-            "deleted: nothing to report"
-        );
-        assert!(
-            reported.note(&unreadable("2", InitApply)),
-            "forgotten once deleted"
-        );
+        let steps: [(&str, Wrap, bool, &str); 5] = [
+            ("1", InitApply, true, "first seen"),
+            ("1", InitApply, false, "a relist of it"),
+            ("2", Apply, true, "an edit that is still bad"),
+            ("3", Delete, false, "deleted: nothing to report"),
+            ("2", InitApply, true, "forgotten once deleted"),
+        ];
+        for (version, wrap, expected, why) in steps {
+            assert_eq!(reported.note(&unreadable(version, wrap)), expected, "{why}");
+        }
         let mut fixed = dynamic(json!({ "database": { "secretRef": { "name": "db" } } }));
         fixed.metadata.uid = Some("a".into());
         assert!(!reported.note(&typed(Apply(fixed))), "readable again");
