@@ -7,7 +7,7 @@
 //! reported once, however often a relist shows it again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -44,28 +44,29 @@ pub fn stacks(
 ) {
     let (api, resource) = untyped(client, namespace);
     let (reader, writer) = reflector::store();
-    let reported = Arc::new(Mutex::new(ReportedVersions::default()));
+    let mut reported = ReportedVersions::default();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .filter_map(move |event| {
+            // The closure runs once per event, in order: the bookkeeping needs no lock.
+            let converted = event.map(typed);
+            let first = match &converted {
+                Ok(converted) => reported.note(converted),
+                Err(_) => false,
+            };
             let metrics = metrics.clone();
             let recorder = recorder.clone();
             let resource = resource.clone();
-            let reported = reported.clone();
             async move {
-                let converted = match event {
-                    Ok(event) => typed(event),
-                    Err(error) => return Some(Err(error)),
-                };
-                let first = lock(&reported).note(&converted);
                 match converted {
-                    Ok(event) => Some(Ok(event)),
-                    Err(unreadable) => {
+                    Ok(Ok(event)) => Some(Ok(event)),
+                    Ok(Err(unreadable)) => {
                         if first {
                             report(&unreadable, &resource, &metrics, &recorder).await;
                         }
                         None
                     }
+                    Err(error) => Some(Err(error)),
                 }
             }
         })
@@ -113,12 +114,6 @@ impl ReportedVersions {
             self.0.remove(uid);
         }
     }
-}
-
-fn lock(reported: &Mutex<ReportedVersions>) -> std::sync::MutexGuard<'_, ReportedVersions> {
-    reported
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Lists the MetricsStacks, untyped: a check that the API serves them to this operator.
