@@ -4,9 +4,7 @@
 #[cfg(test)]
 mod busy_child;
 pub mod cgroup;
-pub mod config;
 pub mod cpu_clock;
-pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod network;

@@ -4,20 +4,19 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use metricsstack_collector::config::{CollectorConfig, SETTINGS};
-use metricsstack_collector::health;
 use metricsstack_collector::metrics::Metrics;
 use metricsstack_collector::pods::{self, PodIndex};
 use metricsstack_collector::rows::Batch;
 use metricsstack_collector::sample::Sampler;
 use metricsstack_collector::spool::Spool;
 use metricsstack_collector::writer::Writer;
-use sqlx::Executor;
+use metricsstack_common::admin::{self, Readiness};
+use metricsstack_common::config::{CollectorConfig, SETTINGS};
+use metricsstack_common::database::{SearchPath, Session};
 use sqlx::postgres::PgConnectOptions;
 
 /// MetricsStack node collector: host, process and pod metrics into TimescaleDB.
@@ -90,12 +89,7 @@ fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    metricsstack_common::logging::init("info");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -111,22 +105,21 @@ fn main() -> std::process::ExitCode {
 
 async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let ready = Arc::new(AtomicBool::new(false));
+    let readiness = Readiness::not_ready("no sample taken yet");
     let address: SocketAddr = config.listen_address.parse().context("listenAddress")?;
-    tokio::spawn(health::serve(address, metrics.clone(), ready.clone()));
+    tokio::spawn(admin::serve(
+        address,
+        Arc::new(readiness.clone()),
+        metrics.clone(),
+    ));
 
-    let search_path = format!("SET search_path TO \"{}\", public", config.schema);
-    let pool = config
-        .pool
-        .pool_options()
-        .after_connect(move |conn, _| {
-            let search_path = search_path.clone();
-            Box::pin(async move {
-                conn.execute(sqlx::AssertSqlSafe(search_path)).await?;
-                Ok(())
-            })
-        })
-        .connect_lazy_with(database.application_name("metricsstack-collector"));
+    let session = Session {
+        application_name: "metricsstack-collector",
+        schema: config.schema.clone(),
+        search_path: SearchPath::StackSchema,
+        statement_timeout: None,
+    };
+    let pool = session.connect_lazy(database, &config.pool);
     let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)
         .with_context(|| format!("opening the spool {}", config.spool_dir.display()))?;
     let mut writer = Writer::new(pool, spool, metrics.clone(), config.batch_size as usize);
@@ -184,7 +177,7 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
             .map(|store| PodIndex::from_pods(store.state().iter().map(|p| &**p)));
         let batch = sampler.sample(chrono::Utc::now(), index.as_ref());
         metrics.samples.inc();
-        ready.store(true, Ordering::SeqCst);
+        readiness.set_ready();
         let rows = batch.len();
         if sender.try_send(batch).is_err() {
             metrics.rows_dropped.inc_by(rows as u64);

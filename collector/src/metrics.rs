@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::text::encode;
+use metricsstack_common::admin::RenderMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -89,12 +89,10 @@ impl Metrics {
             .get_or_create(&labels)
             .inc_by(rows.max(0) as u64);
     }
+}
 
-    /// The metrics in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        encode(&mut text, &self.registry.lock().expect("not poisoned"))
-            .expect("writing to a String");
-        text
+impl RenderMetrics for Metrics {
+    fn render(&self) -> String {
+        self.registry.render()
     }
 }

@@ -26,12 +26,12 @@ use sysinfo::{
 };
 
 use crate::cgroup::{self, ContainerRef};
-use crate::config::ProcessConfig;
 use crate::cpu_clock;
 use crate::network::NetworkTraffic;
 use crate::pods::PodIndex;
 use crate::procfs::{Io, ProcFs, Stat, Units};
 use crate::rows::{Batch, HostRow, ProcessRow, VmRow};
+use metricsstack_common::config::ProcessConfig;
 
 const MIB: f64 = 1024.0 * 1024.0;
 

@@ -105,7 +105,7 @@ fn help_documents_every_setting() {
         .output()
         .expect("the collector runs");
     let help = String::from_utf8_lossy(&output.stdout);
-    for (key, env, _) in metricsstack_collector::config::SETTINGS {
+    for (key, env, _) in metricsstack_common::config::SETTINGS {
         assert!(help.contains(key), "--help lacks {key}");
         assert!(env.is_empty() || help.contains(env), "--help lacks {env}");
     }

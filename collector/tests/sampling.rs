@@ -4,10 +4,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use metricsstack_collector::config::ProcessConfig;
 use metricsstack_collector::ingest;
 use metricsstack_collector::rows::Batch;
 use metricsstack_collector::sample::Sampler;
+use metricsstack_common::config::ProcessConfig;
 use metricsstack_testkit::TestDatabase;
 use sqlx::PgPool;
 

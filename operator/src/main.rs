@@ -4,15 +4,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use metricsstack_common::admin::{self, Readiness};
+use metricsstack_common::config::QueryServiceConfig;
+use metricsstack_common::{logging, shutdown};
 use metricsstack_operator::controller::{self, Context};
 use metricsstack_operator::leader::LeaderElection;
 use metricsstack_operator::metrics::Metrics;
-use metricsstack_operator::query_service::{QueryService, QueryServiceConfig};
-use warp::Filter;
+use metricsstack_query_service::QueryService;
 
 /// The MetricsStack operator.
 #[derive(Parser, Debug)]
@@ -61,13 +62,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
+    logging::init("info,kube=warn");
     match Cli::parse().command {
         Command::Run {
             admin_address,
@@ -85,8 +80,12 @@ async fn main() -> anyhow::Result<()> {
             // Ready means able to do this instance's part: a leader once its MetricsStack
             // cache has synced; a standby once it has listed the MetricsStacks it would
             // take over (else a rollout of several replicas would never finish).
-            let ready = Arc::new(AtomicBool::new(false));
-            tokio::spawn(admin_server(admin_address, metrics.clone(), ready.clone()));
+            let readiness = Readiness::not_ready("listing the MetricsStacks");
+            tokio::spawn(admin::serve(
+                admin_address,
+                Arc::new(readiness.clone()),
+                metrics.clone(),
+            ));
             let identity =
                 identity.unwrap_or_else(|| format!("metricsstack-operator-{}", std::process::id()));
             let election = (!no_leader_election).then(|| {
@@ -97,15 +96,15 @@ async fn main() -> anyhow::Result<()> {
                 controller::list_stacks(&client, namespace.as_deref())
                     .await
                     .context("listing MetricsStacks (is the CRD installed?)")?;
-                ready.store(true, Ordering::SeqCst);
+                readiness.set_ready();
                 election
                     .acquire()
                     .await
                     .context("acquiring the leader lease")?;
-                ready.store(false, Ordering::SeqCst);
+                readiness.set_not_ready("leading: syncing the MetricsStack cache");
             }
             let context = Arc::new(Context::new(client, metrics, &identity));
-            let on_ready = move || ready.store(true, Ordering::SeqCst);
+            let on_ready = move || readiness.set_ready();
             match &election {
                 Some(election) => {
                     tokio::select! {
@@ -126,39 +125,9 @@ async fn main() -> anyhow::Result<()> {
             let config: QueryServiceConfig = serde_yaml::from_str(&text)
                 .with_context(|| format!("parsing {}", config.display()))?;
             QueryService::new(&config, &database_url)?
-                .serve(&config, shutdown_signal())
+                .serve(&config, shutdown::signal())
                 .await?;
             Ok(())
         }
     }
-}
-
-/// Completes on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// Serves liveness (the process answers), readiness (standing by for the Lease, or leading
-/// with a synced MetricsStack cache) and the Prometheus metrics.
-async fn admin_server(address: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
-    let healthz = warp::path!("healthz").map(|| "ok".to_owned());
-    let readyz = warp::path!("readyz").map(move || {
-        if ready.load(Ordering::SeqCst) {
-            warp::reply::with_status("ready".to_owned(), warp::http::StatusCode::OK)
-        } else {
-            warp::reply::with_status(
-                "not ready".to_owned(),
-                warp::http::StatusCode::SERVICE_UNAVAILABLE,
-            )
-        }
-    });
-    let metrics = warp::path!("metrics").map(move || metrics.render());
-    warp::serve(warp::get().and(healthz.or(readyz).or(metrics)))
-        .run(address)
-        .await;
 }

@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
+use metricsstack_common::admin::RenderMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -70,13 +70,11 @@ impl Metrics {
     pub fn unreadable_object(&self) {
         self.unreadable.inc();
     }
+}
 
-    /// The metrics in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        let registry = self.registry.lock().expect("the registry is not poisoned");
-        encode(&mut text, &registry).expect("writing to a String cannot fail");
-        text
+impl RenderMetrics for Metrics {
+    fn render(&self) -> String {
+        self.registry.render()
     }
 }
 

@@ -2,7 +2,8 @@
 //! (regular expressions, and values from objects stored before a schema change), turning it
 //! into the settings each component is configured with. Pure: no I/O.
 
-use metricsstack_collector::config::{CollectorConfig, PoolSettings, ProcessConfig};
+use metricsstack_common::config::{CollectorConfig, ProcessConfig};
+use metricsstack_common::database::PoolSettings;
 
 use crate::crd::{
     Duration, IDENTIFIER_PATTERN, MetricTable, MetricsStackSpec, PoolSpec, StorageSpec,
@@ -11,7 +12,7 @@ use crate::database::{
     DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable,
     table_columns,
 };
-use crate::query_service::QueryServiceConfig;
+use metricsstack_common::config::QueryServiceConfig;
 
 /// Where the collector container sees the host's `/proc`.
 pub const HOST_PROC_MOUNT: &str = "/host/proc";

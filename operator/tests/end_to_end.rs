@@ -22,7 +22,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use metricsstack_operator::crd::{MetricsStack, connection_secret};
+use metricsstack_operator::crd::MetricsStack;
+use metricsstack_testkit::connection_secret;
 use metricsstack_testkit::{
     HELM_VAR, TestDatabase, TestNamespace, TimescaleSchema, required_env, unique_name, wait_until,
 };

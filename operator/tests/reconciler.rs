@@ -15,10 +15,12 @@ use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, ResourceExt};
-use metricsstack_collector::config::CollectorConfig;
+use metricsstack_common::admin::RenderMetrics as _;
+use metricsstack_common::config::CollectorConfig;
 use metricsstack_operator::controller::{self, Context};
-use metricsstack_operator::crd::{MetricsStack, connection_secret};
+use metricsstack_operator::crd::MetricsStack;
 use metricsstack_operator::metrics::Metrics;
+use metricsstack_testkit::connection_secret;
 use metricsstack_testkit::{
     TestDatabase, TestNamespace, TimescaleSchema, required_env, wait_until,
 };

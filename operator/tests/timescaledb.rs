@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use metricsstack_collector::config::PoolSettings;
+use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::crd::{MetricsStack, TlsMode};
 use metricsstack_operator::database::{
     self, Convergence, DatabaseState, DesiredStorage, JobKind, converge, read_state,

@@ -18,9 +18,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
+use metricsstack_common::admin::RenderMetrics as _;
 use metricsstack_operator::controller::{self, Context};
-use metricsstack_operator::crd::{MetricsStack, connection_secret};
+use metricsstack_operator::crd::MetricsStack;
 use metricsstack_operator::metrics::Metrics;
+use metricsstack_testkit::connection_secret;
 use metricsstack_testkit::{TestDatabase, TestNamespace};
 use serde_json::json;
 

@@ -10,9 +10,11 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
 
+mod crd;
 mod kubernetes;
 mod timescaledb;
 
+pub use crd::{CONNECTION_URI_KEY, InstallError, connection_secret, install_crd};
 pub use kubernetes::{TEST_NAMESPACE_LABEL, TestNamespace, client as kube_client};
 pub use timescaledb::TimescaleSchema;
 

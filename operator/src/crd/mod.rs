@@ -2,10 +2,7 @@
 //! server at admission (schema bounds, enums, patterns and CEL rules across fields).
 
 mod duration;
-mod install;
 mod status;
-
-pub use install::{InstallError, install};
 
 use std::collections::BTreeMap;
 
@@ -118,23 +115,6 @@ fn default_secret_key() -> String {
 
 /// The key of the connection URI in a stack's Secret unless `secretRef.key` says otherwise.
 pub const DEFAULT_SECRET_KEY: &str = "uri";
-
-/// A Secret named `name` holding the connection URI `uri` under the default key: what a
-/// stack's `database.secretRef` expects, as `kubectl create secret generic NAME
-/// --from-literal=uri=...` makes it.
-pub fn connection_secret(name: &str, uri: &str) -> k8s_openapi::api::core::v1::Secret {
-    k8s_openapi::api::core::v1::Secret {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(name.to_owned()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            DEFAULT_SECRET_KEY.to_owned(),
-            k8s_openapi::ByteString(uri.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
-    }
-}
 
 /// TLS towards the database, as PostgreSQL's `sslmode`.
 #[derive(

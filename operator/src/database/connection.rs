@@ -2,9 +2,9 @@
 
 use std::str::FromStr;
 
-use metricsstack_collector::config::PoolSettings;
+use metricsstack_common::database::{PoolSettings, SearchPath, Session};
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
-use sqlx::{Executor, PgPool};
 
 use crate::crd::TlsMode;
 
@@ -43,10 +43,9 @@ pub struct DatabaseInfo {
     pub timescaledb_version: Option<String>,
 }
 
-/// Opens a pool to the database at `uri` with the operator's pool settings. Every connection
-/// starts by clearing prepared statements (a session handed over by a pooler, or the
-/// single-session test server, may still hold some) and putting `schema` first on its
-/// search path, where the migrations create the metric tables.
+/// Opens a pool to the database at `uri` with the operator's pool settings, its sessions set
+/// up as every client's are ([`Session`]); the operator's search path ends with `public`,
+/// where TimescaleDB's functions live.
 pub async fn connect(
     uri: &str,
     tls: TlsMode,
@@ -61,23 +60,16 @@ pub async fn connect(
             TlsMode::Require => PgSslMode::Require,
             TlsMode::VerifyCa => PgSslMode::VerifyCa,
             TlsMode::VerifyFull => PgSslMode::VerifyFull,
-        })
-        .application_name("metricsstack-operator");
-    // The schema name matched the identifier pattern at admission and again in validation;
-    // it is quoted all the same.
-    let search_path = format!("SET search_path TO \"{schema}\", public");
-    pool.pool_options()
-        .after_connect(move |conn, _| {
-            let search_path = search_path.clone();
-            Box::pin(async move {
-                conn.execute("DEALLOCATE ALL").await?;
-                conn.execute(sqlx::AssertSqlSafe(search_path)).await?;
-                Ok(())
-            })
-        })
-        .connect_with(options)
-        .await
-        .map_err(DatabaseError::Unreachable)
+        });
+    Session {
+        application_name: "metricsstack-operator",
+        schema: schema.to_owned(),
+        search_path: SearchPath::StackSchemaThenPublic,
+        statement_timeout: None,
+    }
+    .connect(options, pool)
+    .await
+    .map_err(DatabaseError::Unreachable)
 }
 
 /// Checks that the database answers and reads what the operator needs to know of it.

@@ -57,7 +57,7 @@ pub fn config_checksum(config_map: &ConfigMap) -> String {
 mod tests {
     use super::*;
     use crate::resources::fixtures;
-    use metricsstack_collector::config::CollectorConfig;
+    use metricsstack_common::config::CollectorConfig;
 
     #[test]
     fn renders_the_collector_config_the_collector_reads() {

@@ -5,11 +5,9 @@
 //! The API is written down in `openapi.yaml`, served at `/openapi.yaml`.
 
 pub mod cache;
-mod config;
 pub mod filters;
 pub mod metrics;
 pub mod queries;
 pub mod server;
 
-pub use config::QueryServiceConfig;
 pub use server::{QueryService, ServiceError};

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::filters::{Part, PartKey, TopMetric};
+use crate::filters::{Part, PartKey, TopMetric};
 
 /// Windows longer than this read hourly buckets.
 pub const HOURLY_THRESHOLD: Duration = Duration::from_secs(6 * 3600);
@@ -413,7 +413,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query_service::filters::RawFilters;
+    use crate::filters::RawFilters;
 
     fn key(part: Part, query: &str) -> PartKey {
         RawFilters::from_query(query)

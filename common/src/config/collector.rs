@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::database::PoolSettings;
+
 /// The collector's settings.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -76,51 +78,6 @@ impl Default for ProcessConfig {
             exclude: Vec::new(),
             command_line_max_length: 256,
         }
-    }
-}
-
-/// Connection-pool settings of one database client (sqlx `PgPoolOptions`), as the
-/// `MetricsStack` declares them for that client.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct PoolSettings {
-    /// Most connections open at once.
-    pub max_connections: u32,
-    /// Connections kept open when idle.
-    pub min_connections: u32,
-    /// Seconds to wait for a free connection.
-    pub acquire_timeout_seconds: u64,
-    /// Seconds after which an idle connection is closed; absent: never.
-    pub idle_timeout_seconds: Option<u64>,
-    /// Seconds after which a connection is replaced; absent: never.
-    pub max_lifetime_seconds: Option<u64>,
-    /// Check a connection before handing it out.
-    pub test_before_acquire: bool,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        Self {
-            max_connections: 2,
-            min_connections: 0,
-            acquire_timeout_seconds: 30,
-            idle_timeout_seconds: Some(600),
-            max_lifetime_seconds: Some(1800),
-            test_before_acquire: false,
-        }
-    }
-}
-
-impl PoolSettings {
-    /// The settings as sqlx pool options.
-    pub fn pool_options(&self) -> sqlx::postgres::PgPoolOptions {
-        sqlx::postgres::PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            .min_connections(self.min_connections)
-            .acquire_timeout(Duration::from_secs(self.acquire_timeout_seconds))
-            .idle_timeout(self.idle_timeout_seconds.map(Duration::from_secs))
-            .max_lifetime(self.max_lifetime_seconds.map(Duration::from_secs))
-            .test_before_acquire(self.test_before_acquire)
     }
 }
 

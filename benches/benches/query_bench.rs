@@ -30,9 +30,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use metricsstack_collector::config::PoolSettings;
+use metricsstack_common::admin::RenderMetrics as _;
+use metricsstack_common::config::QueryServiceConfig;
+use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
-use metricsstack_operator::query_service::{QueryService, QueryServiceConfig};
+use metricsstack_query_service::QueryService;
 use metricsstack_testkit::TestDatabase;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

@@ -13,13 +13,14 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
-use kube::{Api, Client};
-use metricsstack_collector::config::PoolSettings;
+use kube::{Api, Client, CustomResourceExt as _};
+use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::controller::{self, Context};
-use metricsstack_operator::crd::{MetricsStack, TlsMode, connection_secret};
+use metricsstack_operator::crd::{MetricsStack, TlsMode};
 use metricsstack_operator::database;
 use metricsstack_operator::metrics::Metrics;
 use metricsstack_operator::validate::validate;
+use metricsstack_testkit::{connection_secret, install_crd};
 use serde_json::json;
 use sqlx::Executor;
 
@@ -99,7 +100,7 @@ async fn through_kubernetes(
     url: &str,
     edits: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    metricsstack_operator::crd::install(client, "convergence-bench").await?;
+    install_crd(client, &MetricsStack::crd(), "convergence-bench").await?;
     let secret = connection_secret("db", url);
     Api::<Secret>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &secret)

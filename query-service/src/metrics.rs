@@ -5,14 +5,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::cache::Status;
-use super::queries::Statement;
+use crate::cache::Status;
+use crate::queries::Statement;
+use metricsstack_common::admin::RenderMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -131,21 +131,19 @@ impl Metrics {
             .get_or_create(&QueryLabels { part, source })
             .observe(took.as_secs_f64());
     }
+}
 
-    /// The metrics in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        encode(&mut text, &registry).expect("writing to a String cannot fail");
-        text
+impl RenderMetrics for Metrics {
+    fn render(&self) -> String {
+        self.registry.render()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query_service::filters::Part;
-    use crate::query_service::queries::Source;
+    use crate::filters::Part;
+    use crate::queries::Source;
 
     #[test]
     fn renders_requests_lookups_and_queries() {

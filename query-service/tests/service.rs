@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use metricsstack_collector::config::PoolSettings;
+use metricsstack_common::config::QueryServiceConfig;
+use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
-use metricsstack_operator::query_service::{QueryService, QueryServiceConfig};
+use metricsstack_query_service::QueryService;
 use metricsstack_testkit::TestDatabase;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -16,11 +16,13 @@ use tokio::net::TcpListener;
 use warp::Filter;
 use warp::http::{HeaderValue, Response, StatusCode, header};
 
-use super::QueryServiceConfig;
-use super::cache::{Cache, CacheError, Lookup, Policy, Status, Weigh};
-use super::filters::{InvalidInput, Part, PartKey, RawFilters};
-use super::metrics::Metrics;
-use super::queries::{self, Aggregates};
+use crate::cache::{Cache, CacheError, Lookup, Policy, Status, Weigh};
+use crate::filters::{InvalidInput, Part, PartKey, RawFilters};
+use crate::metrics::Metrics;
+use crate::queries::{self, Aggregates};
+use metricsstack_common::admin::RenderMetrics as _;
+use metricsstack_common::config::QueryServiceConfig;
+use metricsstack_common::database::{SearchPath, Session};
 
 /// Largest batch request body, in bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -131,25 +133,13 @@ impl QueryService {
     /// needed, so the service starts while the database is away).
     pub fn new(config: &QueryServiceConfig, database_url: &str) -> Result<Self, ServiceError> {
         let options: PgConnectOptions = database_url.parse().map_err(ServiceError::DatabaseUrl)?;
-        let schema: Arc<str> = config.schema.as_str().into();
-        let pool = config
-            .pool
-            .pool_options()
-            .after_connect(move |conn, _| {
-                let schema = schema.clone();
-                Box::pin(async move {
-                    sqlx::query(
-                        "SELECT set_config('search_path', quote_ident($1), false), \
-                         set_config('statement_timeout', $2, false)",
-                    )
-                    .bind(&*schema)
-                    .bind(format!("{}ms", STATEMENT_TIMEOUT.as_millis()))
-                    .execute(conn)
-                    .await
-                    .map(drop)
-                })
-            })
-            .connect_lazy_with(options);
+        let session = Session {
+            application_name: "metricsstack-query-service",
+            schema: config.schema.clone(),
+            search_path: SearchPath::StackSchema,
+            statement_timeout: Some(STATEMENT_TIMEOUT),
+        };
+        let pool = session.connect_lazy(options, &config.pool);
         let policy = Policy {
             fresh: Duration::from_secs(config.fresh_ttl_seconds),
             stale_while_revalidate: Duration::from_secs(config.stale_while_revalidate_seconds),

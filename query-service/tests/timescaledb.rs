@@ -1,11 +1,12 @@
 //! The query service on TimescaleDB: long windows read the hourly continuous aggregates the
 //! operator created, and answer what the raw rows say.
 
-use metricsstack_collector::config::PoolSettings;
+use metricsstack_common::config::QueryServiceConfig;
+use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::crd::{MetricsStack, TlsMode};
 use metricsstack_operator::database::{self, JobKind, converge, read_state};
-use metricsstack_operator::query_service::{QueryService, QueryServiceConfig};
 use metricsstack_operator::validate::validate;
+use metricsstack_query_service::QueryService;
 use metricsstack_testkit::TimescaleSchema;
 use serde_json::Value;
 use sqlx::Connection;

@@ -1,6 +1,6 @@
 //! The query service's configuration file (YAML), rendered by the operator into a ConfigMap.
 
-use metricsstack_collector::config::PoolSettings;
+use crate::database::PoolSettings;
 use serde::{Deserialize, Serialize};
 
 /// The query service's settings.

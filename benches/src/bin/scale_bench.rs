@@ -14,8 +14,9 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, Client};
-use metricsstack_operator::crd::{MetricsStack, connection_secret};
+use kube::{Api, Client, CustomResourceExt as _};
+use metricsstack_operator::crd::MetricsStack;
+use metricsstack_testkit::{connection_secret, install_crd};
 use serde_json::json;
 
 /// The targets the issue sets for 1,000 nodes.
@@ -85,7 +86,7 @@ struct Run {
 }
 
 async fn run(client: &Client, namespace: &str, url: &str) -> anyhow::Result<Run> {
-    metricsstack_operator::crd::install(client, "scale-bench").await?;
+    install_crd(client, &MetricsStack::crd(), "scale-bench").await?;
     let secret = connection_secret("db", url);
     Api::<Secret>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &secret)

@@ -1,0 +1,10 @@
+//! What the three MetricsStack programs (operator, collector, query service) share, and
+//! nothing else: the configuration contract the operator renders for its components, the
+//! one way every client connects to the stack's database, the admin server (`/healthz`,
+//! `/readyz`, `/metrics`), logging setup and the shutdown signal.
+
+pub mod admin;
+pub mod config;
+pub mod database;
+pub mod logging;
+pub mod shutdown;
