@@ -395,6 +395,7 @@ impl Server {
         stale_if_error: u64,
     ) -> Self {
         let config = QueryServiceConfig {
+            stack: Default::default(),
             listen_address: "127.0.0.1:0".into(),
             schema: "public".into(),
             pool: PoolSettings {

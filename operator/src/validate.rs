@@ -82,6 +82,7 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
     }
     let pools = &spec.database.pools;
     let collector = CollectorConfig {
+        stack: Default::default(),
         interval_seconds: seconds(&spec.collector.interval, "collector.interval")?,
         processes: ProcessConfig {
             top_by_cpu: processes.top_by_cpu,
@@ -101,6 +102,7 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
     };
     let cache = &spec.query_service.cache;
     let query_service = QueryServiceConfig {
+        stack: Default::default(),
         listen_address: format!("0.0.0.0:{}", spec.query_service.port),
         schema: spec.database.schema.clone(),
         pool: pool_settings(&pools.query_service, "database.pools.queryService")?,

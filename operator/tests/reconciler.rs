@@ -199,6 +199,11 @@ async fn creates_updates_and_cleans_up_every_object() {
     };
     let config = collector_config(config_maps.get("stack-collector").await.expect("ConfigMap"));
     assert_eq!(config.interval_seconds, 5);
+    assert_eq!(
+        (config.stack.namespace.as_str(), config.stack.name.as_str()),
+        (ns.name.as_str(), "stack"),
+        "the collector's configuration names its stack, for its spans"
+    );
     let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns.name);
     let daemon_set = daemon_sets.get("stack-collector").await.expect("DaemonSet");
     let pod = daemon_set

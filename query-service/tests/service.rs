@@ -69,6 +69,7 @@ async fn seeded() -> (TestDatabase, PgPool) {
 
 fn config(fresh: u64, stale_while_revalidate: u64, stale_if_error: u64) -> QueryServiceConfig {
     QueryServiceConfig {
+        stack: Default::default(),
         listen_address: "127.0.0.1:0".into(),
         schema: "public".into(),
         pool: PoolSettings {

@@ -72,6 +72,7 @@ async fn long_windows_read_the_hourly_aggregate() {
     tsdb.connect().await.close().await.expect("closed");
 
     let config = QueryServiceConfig {
+        stack: Default::default(),
         listen_address: "127.0.0.1:0".into(),
         schema: tsdb.schema.clone(),
         pool: one,

@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::StackIdentity;
 use crate::database::PoolSettings;
 
 /// The collector's settings.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct CollectorConfig {
+    /// The MetricsStack this collector serves.
+    pub stack: StackIdentity,
     /// Seconds between two samples of the node.
     pub interval_seconds: u64,
     /// Which processes are recorded.
@@ -39,6 +42,7 @@ pub struct CollectorConfig {
 impl Default for CollectorConfig {
     fn default() -> Self {
         Self {
+            stack: StackIdentity::default(),
             interval_seconds: 5,
             processes: ProcessConfig::default(),
             pod_attribution: true,

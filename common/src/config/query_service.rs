@@ -1,5 +1,6 @@
 //! The query service's configuration file (YAML), rendered by the operator into a ConfigMap.
 
+use super::StackIdentity;
 use crate::database::PoolSettings;
 use serde::{Deserialize, Serialize};
 
@@ -7,6 +8,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct QueryServiceConfig {
+    /// The MetricsStack this query service serves.
+    #[serde(default)]
+    pub stack: StackIdentity,
     /// Address the HTTP server listens on.
     pub listen_address: String,
     /// The database schema holding the metric tables.

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt as _;
+use metricsstack_common::config::{CollectorConfig, QueryServiceConfig, StackIdentity};
 use sha2::{Digest, Sha256};
 
 use super::{Component, owned_meta};
@@ -16,20 +18,35 @@ pub const QUERY_SERVICE_CONFIG_KEY: &str = "query-service.yaml";
 
 /// The collector's ConfigMap: the file the `collector` binary reads.
 pub fn collector(stack: &MetricsStack, valid: &ValidSpec) -> ConfigMap {
-    let yaml = serde_yaml::to_string(&valid.collector).expect("the collector config serialises");
+    let config = CollectorConfig {
+        stack: identity(stack),
+        ..valid.collector.clone()
+    };
+    let yaml = serde_yaml::to_string(&config).expect("the collector config serialises");
     file(stack, Component::Collector, COLLECTOR_CONFIG_KEY, yaml)
 }
 
 /// The query service's ConfigMap: the file `metricsstack-operator query-service` reads.
 pub fn query_service(stack: &MetricsStack, valid: &ValidSpec) -> ConfigMap {
-    let yaml =
-        serde_yaml::to_string(&valid.query_service).expect("the query service config serialises");
+    let config = QueryServiceConfig {
+        stack: identity(stack),
+        ..valid.query_service.clone()
+    };
+    let yaml = serde_yaml::to_string(&config).expect("the query service config serialises");
     file(
         stack,
         Component::QueryService,
         QUERY_SERVICE_CONFIG_KEY,
         yaml,
     )
+}
+
+/// The stack's namespace and name, for the components' spans and log lines.
+fn identity(stack: &MetricsStack) -> StackIdentity {
+    StackIdentity {
+        namespace: stack.namespace().unwrap_or_default(),
+        name: stack.name_any(),
+    }
 }
 
 fn file(stack: &MetricsStack, component: Component, key: &str, yaml: String) -> ConfigMap {
