@@ -82,7 +82,17 @@ mod tests {
         let config_map = collector(&stack, &valid);
         let yaml = &config_map.data.as_ref().expect("data")[COLLECTOR_CONFIG_KEY];
         let parsed: CollectorConfig = serde_yaml::from_str(yaml).expect("the collector parses it");
-        assert_eq!(parsed, valid.collector);
+        let names_its_stack = StackIdentity {
+            namespace: "monitoring".into(),
+            name: "fleet".into(),
+        };
+        assert_eq!(
+            parsed,
+            CollectorConfig {
+                stack: names_its_stack,
+                ..valid.collector.clone()
+            }
+        );
         assert_eq!(parsed.pool.max_connections, 3);
         assert_eq!(config_map.metadata.name.as_deref(), Some("fleet-collector"));
         assert_eq!(
