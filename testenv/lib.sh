@@ -135,20 +135,33 @@ wait_until() {
   done
 }
 
-# Stops every supervised process, newest first: SIGTERM, then SIGKILL after 20 s.
+# stop_pid NAME PID: SIGTERM, then SIGKILL after 20 s.
+stop_pid() {
+  local name=$1 pid=$2
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + 20))
+  while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name did not stop on SIGTERM; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# stop_supervised NAME: stops the supervised process NAME now (stop_all then skips it).
+stop_supervised() {
+  local i
+  for i in "${!supervised_names[@]}"; do
+    if [ "${supervised_names[$i]}" = "$1" ]; then stop_pid "$1" "${supervised_pids[$i]}"; fi
+  done
+}
+
+# Stops every supervised process, newest first.
 stop_all() {
-  local i pid
+  local i
   for ((i = ${#supervised_pids[@]} - 1; i >= 0; i--)); do
-    pid=${supervised_pids[$i]}
-    kill -0 "$pid" 2>/dev/null || continue
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 20))
-    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "${supervised_names[$i]} did not stop on SIGTERM; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
+    stop_pid "${supervised_names[$i]}" "${supervised_pids[$i]}"
   done
   supervised_pids=()
   supervised_names=()

@@ -1,0 +1,209 @@
+# shellcheck shell=bash
+# The test environment's real node (`testenv/run --real-node`): Debian's containerd, runc
+# and CNI plugins, and a kubelet built from the same k8s.io/kubernetes module as the API
+# server, registered to the run's API server. Images are built here (no registry can be
+# reached) and imported into the run's own containerd. Sourced by testenv/run.
+#
+# What the kubelet needs on this kind of machine (a VM with cgroup v1 controllers, root
+# without CAP_SYS_RESOURCE):
+# - `failCgroupV1: false` (Kubernetes 1.35 refuses cgroup v1 otherwise) and the cgroupfs
+#   driver (no systemd);
+# - containerd's `restrict_oom_score_adj`: the kubelet asks for -998 on pod sandboxes, and
+#   lowering an OOM score needs CAP_SYS_RESOURCE, which root lacks here (runc's init fails
+#   with "failed to update /proc/self/oom_score_adj: Permission denied");
+# - a sandbox ("pause") image built from testenv/images/pause.c;
+# - its own cgroup root, containerd socket, CNI bridge and pod subnet, so that two runs
+#   never share them; a taint, so that only pods that ask for the real node run there
+#   (the kwok nodes' DaemonSet pods would otherwise land on it too).
+# Pod addresses are on the bridge only (198.18.N.0/24, the benchmarking range): pods are
+# reached from the host through the bridge, nothing is routed off the machine.
+
+real_node_name=metricsstack-real-node
+# Pods tolerate this taint to run on the real node.
+real_node_taint=metricsstack.dev/real-node
+
+# Debian's packages the real node needs, installed when missing.
+ensure_node_packages() {
+  local missing=()
+  command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+  command -v runc >/dev/null 2>&1 || missing+=(runc)
+  [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+  command -v buildah >/dev/null 2>&1 || missing+=(buildah)
+  command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+  command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+  [ ${#missing[@]} -eq 0 ] && return
+  log "installing Debian's ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null ||
+    die "installing ${missing[*]} failed"
+}
+
+# c_image NAME: an image holding one static binary built from testenv/images/NAME.c, run
+# as nobody, as an OCI archive in the cache (keyed by the source's hash). Prints
+# "ARCHIVE REFERENCE".
+c_image() {
+  local name=$1 src="$testenv_dir/images/$1.c" tag ref out work
+  tag=$(files_hash "$src")
+  ref="localhost/metricsstack-testenv/$name:$tag"
+  out="$cache_root/images/$name-$tag.tar"
+  if [ ! -e "$out" ]; then
+    mkdir -p "$cache_root/images"
+    work=$(mktemp -d)
+    { gcc -static -Os -o "$work/$name" "$src" && strip "$work/$name"; } >&2 || die "compiling $src failed"
+    printf 'FROM scratch\nCOPY %s /%s\nUSER 65534:65534\nENTRYPOINT ["/%s"]\n' "$name" "$name" "$name" \
+      >"$work/Containerfile"
+    local buildah=(buildah --root "$work/storage" --runroot "$work/run" --storage-driver vfs)
+    { "${buildah[@]}" bud --isolation chroot -q -t "$ref" "$work" &&
+      "${buildah[@]}" push -q "$ref" "oci-archive:$out.partial:$ref"; } >/dev/null 2>"$work/buildah.log" ||
+      { cat "$work/buildah.log" >&2; die "building the image $ref failed"; }
+    mv "$out.partial" "$out"
+    rm -rf "$work"
+  fi
+  echo "$out $ref"
+}
+
+# The first 198.18.N.0/24 that no route uses yet.
+free_pod_subnet() {
+  local n
+  for ((n = 0; n < 256; n++)); do
+    if [ -z "$(ip -4 route show "198.18.$n.0/24" 2>/dev/null)" ]; then
+      echo "198.18.$n"
+      return
+    fi
+  done
+  die "no free pod subnet in 198.18.0.0/16"
+}
+
+# start_real_node KUBELET KUBECONFIG CA_CERT: starts containerd and a kubelet and waits
+# until the node is Ready. Sets node_dir, node_socket and node_busy_image.
+start_real_node() {
+  local kubelet_bin=$1 kubeconfig=$2 ca_cert=$3
+  local id kubelet_port healthz_port subnet controller archive
+  node_dir="$run_dir/node"
+  mkdir -p "$node_dir"/{containerd,cni/net.d,cni/ipam,kubelet}
+  id=$(basename "$run_dir" | tr -cd 'a-zA-Z0-9' | tail -c 6 | tr 'A-Z' 'a-z')
+  node_bridge="msnode$id"
+  node_cgroup="/metricsstack-testenv-$id"
+  node_socket="$node_dir/containerd/containerd.sock"
+  subnet=$(free_pod_subnet)
+  read -r kubelet_port healthz_port < <(free_ports 2)
+
+  local pause_archive pause_ref busy_archive
+  read -r pause_archive pause_ref < <(c_image pause)
+  read -r busy_archive node_busy_image < <(c_image busy)
+
+  cat >"$node_dir/containerd.toml" <<TOML
+version = 2
+root = "$node_dir/containerd/root"
+state = "$node_dir/containerd/state"
+[grpc]
+  address = "$node_socket"
+[ttrpc]
+  address = "$node_socket.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$pause_ref"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$node_dir/cni/net.d"
+TOML
+  cat >"$node_dir/cni/net.d/10-metricsstack.conflist" <<JSON
+{"cniVersion": "1.0.0", "name": "metricsstack-testenv", "plugins": [
+  {"type": "bridge", "bridge": "$node_bridge", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet.0/24"}]], "dataDir": "$node_dir/cni/ipam"}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
+JSON
+  start containerd "$run_dir/containerd.log" containerd --config "$node_dir/containerd.toml"
+  wait_until containerd 30 ctr --address "$node_socket" version
+  for archive in "$pause_archive" "$busy_archive"; do
+    ctr --address "$node_socket" -n k8s.io images import "$archive" >/dev/null ||
+      die "importing $archive into containerd failed"
+  done
+
+  for controller in /sys/fs/cgroup/*/; do
+    if [ -e "${controller}cgroup.procs" ]; then mkdir -p "$controller${node_cgroup#/}"; fi
+  done
+  cat >"$node_dir/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: $node_cgroup
+containerRuntimeEndpoint: unix://$node_socket
+address: 127.0.0.1
+port: $kubelet_port
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $healthz_port
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: "$ca_cert"}
+authorization: {mode: Webhook}
+failSwapOn: false
+enforceNodeAllocatable: []
+evictionHard: {memory.available: "1Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+resolvConf: /etc/resolv.conf
+podCIDR: $subnet.0/24
+registerWithTaints:
+- {key: "$real_node_taint", value: "true", effect: NoSchedule}
+YAML
+  start kubelet "$run_dir/kubelet.log" "$kubelet_bin" --config "$node_dir/kubelet.yaml" \
+    --kubeconfig "$kubeconfig" --hostname-override "$real_node_name" --node-ip 127.0.0.1 \
+    --root-dir "$node_dir/kubelet" --cert-dir "$node_dir/kubelet/pki"
+  wait_until kubelet 120 real_node_ready
+}
+
+# Whether the real node reports Ready.
+real_node_ready() {
+  kube_get "/api/v1/nodes/$real_node_name" | node -e '
+    let d = ""; process.stdin.on("data", c => d += c).on("end", () => {
+      const ready = (JSON.parse(d).status.conditions || [])
+        .some(c => c.type === "Ready" && c.status === "True");
+      process.exit(ready ? 0 : 1);
+    });'
+}
+
+# Stops the kubelet, every container it started and containerd, and removes what they
+# leave on the machine: network namespaces, mounts under the run directory, the pods'
+# cgroups and the bridge. Does nothing when no real node was started.
+stop_real_node() {
+  [ -n "${node_dir:-}" ] || return 0
+  stop_supervised kubelet
+  local ctr=(ctr --address "$node_socket" -n k8s.io) id netns mount cgroup
+  if "${ctr[@]}" version >/dev/null 2>&1; then
+    for id in $("${ctr[@]}" tasks ls -q 2>/dev/null); do
+      "${ctr[@]}" tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+    done
+    for id in $("${ctr[@]}" containers ls -q 2>/dev/null); do
+      netns=$("${ctr[@]}" containers info "$id" 2>/dev/null | node -e '
+        let d = ""; process.stdin.on("data", c => d += c).on("end", () => {
+          const ns = ((JSON.parse(d).Spec || {}).linux || {}).namespaces || [];
+          const net = ns.find(n => n.type === "network" && n.path);
+          if (net) console.log(net.path);
+        });' 2>/dev/null || true)
+      "${ctr[@]}" tasks delete -f "$id" >/dev/null 2>&1 || true
+      "${ctr[@]}" containers delete "$id" >/dev/null 2>&1 || true
+      if [ -n "$netns" ] && [ -e "$netns" ]; then
+        umount "$netns" 2>/dev/null || true
+        rm -f "$netns"
+      fi
+    done
+  fi
+  stop_supervised containerd
+  for mount in $(awk -v dir="$node_dir/" 'index($2, dir) == 1 { print $2 }' /proc/mounts | sort -r); do
+    umount "$mount" 2>/dev/null || umount -l "$mount" 2>/dev/null || true
+  done
+  for cgroup in /sys/fs/cgroup/*/"${node_cgroup#/}"; do
+    if [ -d "$cgroup" ]; then find "$cgroup" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
+  done
+  ip link delete "$node_bridge" 2>/dev/null || true
+  node_dir=
+}
