@@ -35,37 +35,42 @@ pub async fn apply_all(
     namespace: &str,
     desired: &DesiredObjects,
 ) -> Result<Applied, kube::Error> {
+    // Destructured without `..`: a new kind of desired object does not compile until it is
+    // applied here.
+    let DesiredObjects {
+        service_accounts,
+        cluster_role,
+        cluster_role_binding,
+        config_maps,
+        daemon_set,
+        deployment,
+        service,
+        pod_disruption_budget,
+    } = desired;
     let mut applied = Applied::default();
-    for account in &desired.service_accounts {
+    for account in service_accounts {
         apply_namespaced(client, namespace, account, &mut applied).await?;
     }
+    apply_object(&Api::all(client.clone()), cluster_role, &mut applied).await?;
     apply_object(
         &Api::all(client.clone()),
-        &desired.cluster_role,
+        cluster_role_binding,
         &mut applied,
     )
     .await?;
-    apply_object(
-        &Api::all(client.clone()),
-        &desired.cluster_role_binding,
-        &mut applied,
-    )
-    .await?;
-    for config_map in &desired.config_maps {
+    for config_map in config_maps {
         apply_namespaced(client, namespace, config_map, &mut applied).await?;
     }
-    applied.daemon_set =
-        Some(apply_namespaced(client, namespace, &desired.daemon_set, &mut applied).await?);
-    applied.deployment =
-        Some(apply_namespaced(client, namespace, &desired.deployment, &mut applied).await?);
-    apply_namespaced(client, namespace, &desired.service, &mut applied).await?;
+    applied.daemon_set = Some(apply_namespaced(client, namespace, daemon_set, &mut applied).await?);
+    applied.deployment = Some(apply_namespaced(client, namespace, deployment, &mut applied).await?);
+    apply_namespaced(client, namespace, service, &mut applied).await?;
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
-    match &desired.pod_disruption_budget {
+    match pod_disruption_budget {
         Some(budget) => {
             apply_object(&budgets, budget, &mut applied).await?;
         }
         None => {
-            let name = desired.deployment.name_any();
+            let name = deployment.name_any();
             if budgets.get_metadata_opt(&name).await?.is_some() {
                 budgets.delete(&name, &DeleteParams::default()).await?;
                 applied

@@ -61,7 +61,8 @@ impl Component {
     }
 }
 
-/// Every object a MetricsStack wants, built from its spec.
+/// Every object a MetricsStack wants, built from its spec. The controller destructures it
+/// field by field where it applies it, so a new field does not compile until it is applied.
 #[derive(Clone, Debug)]
 pub struct DesiredObjects {
     /// The collectors' and the query service's ServiceAccounts.
