@@ -1,15 +1,14 @@
-//! The database step of a reconcile: read the connection URI from the referenced Secret,
-//! connect with the operator's pool settings (one pool per stack, kept across reconciles),
-//! and converge the schema.
+//! The database step of a reconcile: with the connection URI the Secret step read, connect
+//! with the operator's pool settings (one pool per stack, kept across reconciles), and
+//! converge the schema.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, ResourceExt};
 use sqlx::PgPool;
 
 use k8s_openapi::jiff::Timestamp;
@@ -17,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::ACKNOWLEDGE_ANNOTATION;
 use super::conditions::Outcome;
+use super::secret::{ConnectionUri, SecretError};
 use crate::crd::{
     AppliedRevision, ConditionReason, ConditionType, DatabaseStatus, MetricsStack, PendingPlan,
 };
@@ -109,14 +109,15 @@ impl DatabaseOutcome {
     }
 }
 
-/// Reads the Secret, connects, and converges the schema and storage policies.
+/// Connects with the URI the Secret step read, and converges the schema and storage
+/// policies. Fails only when reading the Secret failed at the API server.
 pub async fn reconcile_database(
-    client: &Client,
     pools: &Pools,
     stack: &MetricsStack,
     valid: &ValidSpec,
+    secret: Result<ConnectionUri, SecretError>,
 ) -> Result<DatabaseOutcome, kube::Error> {
-    let pool = match connect_stack(client, pools, stack, valid).await? {
+    let pool = match connect_stack(pools, stack, valid, secret).await? {
         Ok(pool) => pool,
         Err(outcome) => return Ok(outcome),
     };
@@ -245,14 +246,15 @@ fn storage_hash(stack: &MetricsStack) -> String {
 }
 
 /// Removes the policies the operator created for the stack (`deletionPolicy:
-/// RemovePolicies`); returns what it removed, as step descriptions.
+/// RemovePolicies`), connecting with the URI the Secret step read; returns what it removed,
+/// as step descriptions.
 pub async fn remove_stack_policies(
-    client: &Client,
     pools: &Pools,
     stack: &MetricsStack,
     valid: &ValidSpec,
+    secret: Result<ConnectionUri, SecretError>,
 ) -> Result<Result<Vec<String>, DatabaseOutcome>, kube::Error> {
-    let pool = match connect_stack(client, pools, stack, valid).await? {
+    let pool = match connect_stack(pools, stack, valid, secret).await? {
         Ok(pool) => pool,
         Err(outcome) => return Ok(Err(outcome)),
     };
@@ -268,48 +270,36 @@ pub async fn remove_stack_policies(
     )
 }
 
-/// The stack's pool, or the outcome that says why there is none.
+/// The stack's pool, or the outcome that says why there is none; fails only when reading
+/// the Secret failed at the API server.
 async fn connect_stack(
-    client: &Client,
     pools: &Pools,
     stack: &MetricsStack,
     valid: &ValidSpec,
+    secret: Result<ConnectionUri, SecretError>,
 ) -> Result<Result<PgPool, DatabaseOutcome>, kube::Error> {
-    let namespace = stack.namespace().unwrap_or_default();
-    let reference = &stack.spec.database.secret_ref;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let Some(secret) = secrets.get_opt(&reference.name).await? else {
-        return Ok(Err(DatabaseOutcome::not_ready(
-            ConditionReason::SecretNotFound,
-            format!(
-                "Secret {namespace}/{} not found: create it with the key {:?} holding the \
-                 connection URI (postgres://user:password@host:port/database)",
-                reference.name, reference.key
-            ),
+    let not_ready = |reason, error: SecretError| {
+        Ok(Err(DatabaseOutcome::not_ready(
+            reason,
+            error.to_string(),
             None,
-        )));
+        )))
     };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(&reference.key))
-        .map(|bytes| String::from_utf8(bytes.0.clone()));
-    let Some(Ok(uri)) = value else {
-        return Ok(Err(DatabaseOutcome::not_ready(
-            ConditionReason::SecretInvalid,
-            format!(
-                "Secret {namespace}/{} has no UTF-8 key {:?}: set database.secretRef.key to \
-                 the key holding the connection URI",
-                reference.name, reference.key
-            ),
-            None,
-        )));
+    let uri = match secret {
+        Ok(uri) => uri,
+        Err(SecretError::Api(error)) => return Err(error),
+        Err(error @ SecretError::NotFound { .. }) => {
+            return not_ready(ConditionReason::SecretNotFound, error);
+        }
+        Err(error @ SecretError::NoUri { .. }) => {
+            return not_ready(ConditionReason::SecretInvalid, error);
+        }
     };
-    Ok(match pools.get(stack, uri.trim(), valid).await {
+    Ok(match pools.get(stack, uri.as_str(), valid).await {
         Ok(pool) => Ok(pool),
         Err(error @ DatabaseError::InvalidUri) => Err(DatabaseOutcome::not_ready(
             ConditionReason::SecretInvalid,
-            format!("Secret {namespace}/{}: {error}", reference.name),
+            format!("Secret {}: {error}", uri.secret),
             None,
         )),
         Err(error) => Err(DatabaseOutcome::not_ready(

@@ -6,6 +6,7 @@ mod apply;
 mod conditions;
 mod database;
 mod reconcile;
+mod secret;
 mod watch;
 
 use std::collections::HashMap;

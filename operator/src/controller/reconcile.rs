@@ -1,6 +1,8 @@
-//! One reconcile of a MetricsStack: read -> validate (pure) -> build the desired objects
-//! (pure) -> apply -> database -> status. The finalizer is the one top-level action: it runs
-//! the pipeline while the stack lives and the clean-up once it is deleted.
+//! One reconcile of a MetricsStack, as a sequence of named steps: read the connection
+//! Secret (dereference) -> validate the spec (pure) -> build the desired objects (pure) ->
+//! apply them -> converge the database -> write the status. The finalizer is the one
+//! top-level action: it runs the pipeline while the stack lives and the clean-up once it is
+//! deleted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,16 +19,17 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::Context;
-use super::apply::{FIELD_MANAGER, apply_all};
+use super::apply::{Applied, FIELD_MANAGER, apply_all};
 use super::conditions::{Outcome, conditions};
-use super::database::{reconcile_database, remove_stack_policies};
+use super::database::{DatabaseOutcome, reconcile_database, remove_stack_policies};
+use super::secret::read_secret;
 use crate::crd::{
     CollectorsStatus, ConditionReason, ConditionType, DeletionPolicy, MetricsStack,
     MetricsStackStatus,
 };
 use crate::database::DatabaseError;
-use crate::resources::{self, desired_objects};
-use crate::validate::validate;
+use crate::resources::{self, DesiredObjects, desired_objects};
+use crate::validate::{SpecError, ValidSpec, validate};
 
 /// The finalizer that lets the operator clean up what lives outside the namespace's garbage
 /// collection: database policies and the cluster-scoped RoleBinding.
@@ -97,34 +100,63 @@ pub async fn reconcile(
     result
 }
 
+/// The pipeline of a living stack. A Secret that cannot be read fails no step before the
+/// database's: the objects are applied all the same.
 async fn apply(
     stack: &MetricsStack,
     namespace: &str,
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
-    let valid = match validate(&stack.spec) {
+    let secret = read_secret(&ctx.client, stack).await;
+    let valid = match validate_spec(stack) {
         Ok(valid) => valid,
-        Err(error) => {
-            // Nothing to retry: the spec must change, and a change wakes the controller.
-            publish(
-                ctx,
-                stack,
-                EventType::Warning,
-                "InvalidSpec",
-                error.to_string(),
-            )
-            .await;
-            let outcome = Outcome::failed(
-                ConditionType::PoliciesApplied,
-                ConditionReason::InvalidSpec,
-                error.to_string(),
-            );
-            update_status(ctx, stack, &[outcome], None, None).await?;
-            return Ok(Action::await_change());
-        }
+        Err(error) => return report_invalid_spec(ctx, stack, &error).await,
     };
     let desired = desired_objects(stack, &valid);
-    let applied = match apply_all(&ctx.client, namespace, &desired).await {
+    let applied = apply_objects(ctx, stack, namespace, &desired).await?;
+    let database = reconcile_database(&ctx.pools, stack, &valid, secret).await?;
+    let converged = write_status(ctx, stack, &applied, &database).await?;
+    next_action(converged, database.retry)
+}
+
+/// Checks the spec and converts it to the settings the later steps use (pure).
+fn validate_spec(stack: &MetricsStack) -> Result<ValidSpec, SpecError> {
+    validate(&stack.spec)
+}
+
+/// Says on the stack that its spec is invalid; nothing to retry: the spec must change, and a
+/// change wakes the controller.
+async fn report_invalid_spec(
+    ctx: &Context,
+    stack: &MetricsStack,
+    error: &SpecError,
+) -> Result<Action, ReconcileError> {
+    publish(
+        ctx,
+        stack,
+        EventType::Warning,
+        "InvalidSpec",
+        error.to_string(),
+    )
+    .await;
+    let outcome = Outcome::failed(
+        ConditionType::PoliciesApplied,
+        ConditionReason::InvalidSpec,
+        error.to_string(),
+    );
+    update_status(ctx, stack, &[outcome], None, None).await?;
+    Ok(Action::await_change())
+}
+
+/// Applies the desired objects, with an event naming those that changed; a failure is
+/// reported on the stack before it is returned.
+async fn apply_objects(
+    ctx: &Context,
+    stack: &MetricsStack,
+    namespace: &str,
+    desired: &DesiredObjects,
+) -> Result<Applied, ReconcileError> {
+    let applied = match apply_all(&ctx.client, namespace, desired).await {
         Ok(applied) => applied,
         Err(error) => {
             report_apply_failure(ctx, stack, &error).await?;
@@ -135,7 +167,18 @@ async fn apply(
         let note = format!("applied {}", applied.changed.join(", "));
         publish(ctx, stack, EventType::Normal, "Applied", note).await;
     }
-    let database = reconcile_database(&ctx.client, &ctx.pools, stack, &valid).await?;
+    Ok(applied)
+}
+
+/// Writes the conditions and counts the objects and the database showed, with a warning
+/// event for each failing condition when the status changed; returns whether every
+/// condition holds.
+async fn write_status(
+    ctx: &Context,
+    stack: &MetricsStack,
+    applied: &Applied,
+    database: &DatabaseOutcome,
+) -> Result<bool, kube::Error> {
     let collectors = applied.daemon_set.as_ref().map(collectors_status);
     let outcomes = [
         collectors_outcome(collectors.as_ref()),
@@ -143,7 +186,7 @@ async fn apply(
         database.policies.clone(),
         query_service_outcome(applied.deployment.as_ref()),
     ];
-    let changed = update_status(ctx, stack, &outcomes, collectors, database.status).await?;
+    let changed = update_status(ctx, stack, &outcomes, collectors, database.status.clone()).await?;
     if changed {
         for outcome in outcomes.iter().filter(|o| !o.ok) {
             let reason = outcome.reason.as_str();
@@ -157,14 +200,17 @@ async fn apply(
             .await;
         }
     }
-    if let Some(error) = database.retry {
-        return Err(error.into());
+    Ok(outcomes.iter().all(|o| o.ok))
+}
+
+/// Retries a transient database failure with backoff; otherwise checks again soon while
+/// the stack converges, and rarely (for drift) once it has.
+fn next_action(converged: bool, retry: Option<DatabaseError>) -> Result<Action, ReconcileError> {
+    match retry {
+        Some(error) => Err(error.into()),
+        None if converged => Ok(Action::requeue(RESYNC)),
+        None => Ok(Action::requeue(PROGRESS_CHECK)),
     }
-    Ok(Action::requeue(if outcomes.iter().all(|o| o.ok) {
-        RESYNC
-    } else {
-        PROGRESS_CHECK
-    }))
 }
 
 /// Says on the stack why its objects could not be applied (once per distinct failure: an
@@ -290,31 +336,7 @@ async fn update_status(
 /// aggregates and data stay). An unreachable database keeps the finalizer until it answers;
 /// setting `deletionPolicy: Retain` lets the deletion finish without it.
 async fn cleanup(stack: &MetricsStack, ctx: &Context) -> Result<Action, ReconcileError> {
-    let removed_policies = match (stack.spec.deletion_policy, validate(&stack.spec)) {
-        (DeletionPolicy::Retain, _) => "database left as it is (deletionPolicy Retain)".to_owned(),
-        (DeletionPolicy::RemovePolicies, Err(error)) => {
-            format!("database policies not removed: the spec is invalid ({error})")
-        }
-        (DeletionPolicy::RemovePolicies, Ok(valid)) => {
-            match remove_stack_policies(&ctx.client, &ctx.pools, stack, &valid).await? {
-                Ok(steps) => format!("removed {} database policies", steps.len()),
-                Err(outcome) => {
-                    publish(
-                        ctx,
-                        stack,
-                        EventType::Warning,
-                        outcome.ready.reason.as_str(),
-                        outcome.ready.message.clone(),
-                    )
-                    .await;
-                    return Err(match outcome.retry {
-                        Some(error) => error.into(),
-                        None => ReconcileError::Cleanup(outcome.ready.message),
-                    });
-                }
-            }
-        }
-    };
+    let removed_policies = clean_up_database(ctx, stack).await?;
     let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
     let name = resources::cluster_role_binding_name(stack);
     if bindings.get_metadata_opt(&name).await?.is_some() {
@@ -324,6 +346,41 @@ async fn cleanup(stack: &MetricsStack, ctx: &Context) -> Result<Action, Reconcil
     let note = format!("removed ClusterRoleBinding {name}; {removed_policies}");
     publish(ctx, stack, EventType::Normal, "Deleted", note).await;
     Ok(Action::await_change())
+}
+
+/// The database part of the clean-up, as the deletion policy says; returns what it did, for
+/// the `Deleted` event. A database that cannot be cleaned up is reported in an event and
+/// fails the clean-up, to be retried.
+async fn clean_up_database(ctx: &Context, stack: &MetricsStack) -> Result<String, ReconcileError> {
+    let valid = match (stack.spec.deletion_policy, validate_spec(stack)) {
+        (DeletionPolicy::Retain, _) => {
+            return Ok("database left as it is (deletionPolicy Retain)".to_owned());
+        }
+        (DeletionPolicy::RemovePolicies, Err(error)) => {
+            return Ok(format!(
+                "database policies not removed: the spec is invalid ({error})"
+            ));
+        }
+        (DeletionPolicy::RemovePolicies, Ok(valid)) => valid,
+    };
+    let secret = read_secret(&ctx.client, stack).await;
+    match remove_stack_policies(&ctx.pools, stack, &valid, secret).await? {
+        Ok(steps) => Ok(format!("removed {} database policies", steps.len())),
+        Err(outcome) => {
+            publish(
+                ctx,
+                stack,
+                EventType::Warning,
+                outcome.ready.reason.as_str(),
+                outcome.ready.message.clone(),
+            )
+            .await;
+            Err(match outcome.retry {
+                Some(error) => error.into(),
+                None => ReconcileError::Cleanup(outcome.ready.message),
+            })
+        }
+    }
 }
 
 /// Publishes an event about the stack; a failure to publish is logged, never fatal.
