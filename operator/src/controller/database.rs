@@ -111,6 +111,10 @@ impl DatabaseOutcome {
 
 /// Connects with the URI the Secret step read, and converges the schema and storage
 /// policies. Fails only when reading the Secret failed at the API server.
+#[tracing::instrument(skip_all, fields(
+    namespace = stack.metadata.namespace.as_deref(),
+    name = stack.metadata.name.as_deref(),
+))]
 pub async fn reconcile_database(
     pools: &Pools,
     stack: &MetricsStack,
@@ -248,6 +252,10 @@ fn storage_hash(stack: &MetricsStack) -> String {
 /// Removes the policies the operator created for the stack (`deletionPolicy:
 /// RemovePolicies`), connecting with the URI the Secret step read; returns what it removed,
 /// as step descriptions.
+#[tracing::instrument(skip_all, fields(
+    namespace = stack.metadata.namespace.as_deref(),
+    name = stack.metadata.name.as_deref(),
+))]
 pub async fn remove_stack_policies(
     pools: &Pools,
     stack: &MetricsStack,

@@ -75,6 +75,10 @@ impl ReconcileError {
 }
 
 /// Reconciles one stack.
+#[tracing::instrument(skip_all, fields(
+    namespace = stack.metadata.namespace.as_deref(),
+    name = stack.metadata.name.as_deref(),
+))]
 pub async fn reconcile(
     stack: Arc<MetricsStack>,
     ctx: Arc<Context>,
@@ -120,12 +124,20 @@ async fn apply(
 }
 
 /// Checks the spec and converts it to the settings the later steps use (pure).
+#[tracing::instrument(skip_all, fields(
+    namespace = stack.metadata.namespace.as_deref(),
+    name = stack.metadata.name.as_deref(),
+))]
 fn validate_spec(stack: &MetricsStack) -> Result<ValidSpec, SpecError> {
     validate(&stack.spec)
 }
 
 /// Says on the stack that its spec is invalid; nothing to retry: the spec must change, and a
 /// change wakes the controller.
+#[tracing::instrument(skip_all, fields(
+    namespace = stack.metadata.namespace.as_deref(),
+    name = stack.metadata.name.as_deref(),
+))]
 async fn report_invalid_spec(
     ctx: &Context,
     stack: &MetricsStack,
@@ -150,6 +162,10 @@ async fn report_invalid_spec(
 
 /// Applies the desired objects, with an event naming those that changed; a failure is
 /// reported on the stack before it is returned.
+#[tracing::instrument(skip_all, fields(
+    namespace = stack.metadata.namespace.as_deref(),
+    name = stack.metadata.name.as_deref(),
+))]
 async fn apply_objects(
     ctx: &Context,
     stack: &MetricsStack,
@@ -173,6 +189,10 @@ async fn apply_objects(
 /// Writes the conditions and counts the objects and the database showed, with a warning
 /// event for each failing condition when the status changed; returns whether every
 /// condition holds.
+#[tracing::instrument(skip_all, fields(
+    namespace = stack.metadata.namespace.as_deref(),
+    name = stack.metadata.name.as_deref(),
+))]
 async fn write_status(
     ctx: &Context,
     stack: &MetricsStack,
@@ -335,6 +355,10 @@ async fn update_status(
 /// `deletionPolicy: RemovePolicies`, the database policies the operator created (tables,
 /// aggregates and data stay). An unreachable database keeps the finalizer until it answers;
 /// setting `deletionPolicy: Retain` lets the deletion finish without it.
+#[tracing::instrument(skip_all, fields(
+    namespace = stack.metadata.namespace.as_deref(),
+    name = stack.metadata.name.as_deref(),
+))]
 async fn cleanup(stack: &MetricsStack, ctx: &Context) -> Result<Action, ReconcileError> {
     let removed_policies = clean_up_database(ctx, stack).await?;
     let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
@@ -351,6 +375,10 @@ async fn cleanup(stack: &MetricsStack, ctx: &Context) -> Result<Action, Reconcil
 /// The database part of the clean-up, as the deletion policy says; returns what it did, for
 /// the `Deleted` event. A database that cannot be cleaned up is reported in an event and
 /// fails the clean-up, to be retried.
+#[tracing::instrument(skip_all, fields(
+    namespace = stack.metadata.namespace.as_deref(),
+    name = stack.metadata.name.as_deref(),
+))]
 async fn clean_up_database(ctx: &Context, stack: &MetricsStack) -> Result<String, ReconcileError> {
     let valid = match (stack.spec.deletion_policy, validate_spec(stack)) {
         (DeletionPolicy::Retain, _) => {

@@ -64,6 +64,10 @@ pub enum SecretError {
 
 /// Reads the connection URI from the Secret that `spec.database.secretRef` names, in the
 /// stack's namespace.
+#[tracing::instrument(skip_all, fields(
+    namespace = stack.metadata.namespace.as_deref(),
+    name = stack.metadata.name.as_deref(),
+))]
 pub async fn read_secret(
     client: &Client,
     stack: &MetricsStack,

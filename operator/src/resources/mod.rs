@@ -85,6 +85,10 @@ pub struct DesiredObjects {
 }
 
 /// Builds every object the stack wants.
+#[tracing::instrument(skip_all, fields(
+    namespace = stack.metadata.namespace.as_deref(),
+    name = stack.metadata.name.as_deref(),
+))]
 pub fn desired_objects(stack: &MetricsStack, valid: &ValidSpec) -> DesiredObjects {
     let collector_config = config_map::collector(stack, valid);
     let query_config = config_map::query_service(stack, valid);
