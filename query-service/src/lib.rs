@@ -3,11 +3,17 @@
 //! bounded, single-flight, refresh-ahead cache so that database load does not grow with the
 //! viewers.
 //! The API is written down in `openapi.yaml`, served at `/openapi.yaml`.
+//!
+//! `service` holds the service (the database pool, the hourly-aggregate look-ups, serving
+//! until shutdown), `routes` the HTTP routes and their handlers, and `http` the HTTP
+//! details of the answers (ETag, freshness headers and 304, the body limit, JSON errors).
 
 pub mod cache;
 pub mod filters;
+pub mod http;
 pub mod metrics;
 pub mod queries;
-pub mod server;
+pub mod routes;
+pub mod service;
 
-pub use server::{QueryService, ServiceError};
+pub use service::{QueryService, ServiceError};

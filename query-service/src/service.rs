@@ -1,0 +1,215 @@
+//! The query service itself: the database side (the pool, set up through
+//! `metricsstack_common::database::Session`, and the hourly aggregates, looked up again every
+//! few minutes), the answer cache, and serving the routes until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+
+use crate::cache::{Cache, Policy};
+use crate::filters::PartKey;
+use crate::http::Answer;
+use crate::metrics::Metrics;
+use crate::queries::{self, Aggregates};
+use metricsstack_common::config::QueryServiceConfig;
+use metricsstack_common::database::{SearchPath, Session};
+
+/// Every database statement is cancelled by the server after this long.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `/readyz` waits for the database.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the hourly aggregates are looked up again.
+pub const AGGREGATE_RECHECK: Duration = Duration::from_secs(300);
+/// How soon a failed look-up of the aggregates is retried.
+pub const AGGREGATE_RETRY: Duration = Duration::from_secs(30);
+
+/// A database query that failed, shared by every request that waited for it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("database query failed: {0}")]
+pub struct QueryError(Arc<sqlx::Error>);
+
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// `DATABASE_URL` does not parse.
+    #[error("invalid database URL: {0}")]
+    DatabaseUrl(#[source] sqlx::Error),
+    /// The listen address does not parse.
+    #[error("invalid listen address {address:?}: {source}")]
+    ListenAddress {
+        /// The address as configured.
+        address: String,
+        /// Why it does not parse.
+        source: std::net::AddrParseError,
+    },
+    /// The listen address cannot be bound.
+    #[error("binding {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+}
+
+/// The database side of the service: the pool, the hourly aggregates last found, and the
+/// metrics.
+pub(crate) struct Database {
+    pub(crate) pool: PgPool,
+    aggregates: RwLock<Aggregates>,
+    metrics: Metrics,
+}
+
+impl Database {
+    fn aggregates(&self) -> Aggregates {
+        *self.aggregates.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queries one part: the cache's source.
+    async fn answer(self: Arc<Self>, key: PartKey) -> Result<Answer, QueryError> {
+        let statement = queries::statement(&key, self.aggregates());
+        let started = Instant::now();
+        let result = queries::run(&self.pool, statement, &key).await;
+        self.metrics
+            .query(statement, started.elapsed(), result.is_ok());
+        match result {
+            Ok(body) => Ok(Answer::new(body)),
+            Err(error) => {
+                tracing::warn!(%error, part = key.part.name(), "database query failed");
+                Err(QueryError(Arc::new(error)))
+            }
+        }
+    }
+}
+
+/// The query service: a database pool, the answer cache and the metrics. Cloning it gives
+/// another handle on the same service.
+#[derive(Clone)]
+pub struct QueryService {
+    pub(crate) database: Arc<Database>,
+    pub(crate) cache: Cache<PartKey, Answer, QueryError>,
+}
+
+impl QueryService {
+    /// A service reading the database at `database_url` (connections are opened when first
+    /// needed, so the service starts while the database is away).
+    pub fn new(config: &QueryServiceConfig, database_url: &str) -> Result<Self, ServiceError> {
+        let options: PgConnectOptions = database_url.parse().map_err(ServiceError::DatabaseUrl)?;
+        let session = Session {
+            application_name: "metricsstack-query-service",
+            schema: config.schema.clone(),
+            search_path: SearchPath::StackSchema,
+            statement_timeout: Some(STATEMENT_TIMEOUT),
+        };
+        let pool = session.connect_lazy(options, &config.pool);
+        let policy = Policy {
+            fresh: Duration::from_secs(config.fresh_ttl_seconds),
+            stale_while_revalidate: Duration::from_secs(config.stale_while_revalidate_seconds),
+            stale_if_error: Duration::from_secs(config.stale_if_error_seconds),
+            max_entries: usize::try_from(config.max_entries).unwrap_or(usize::MAX),
+            max_bytes: config.max_bytes,
+        };
+        let database = Arc::new(Database {
+            pool,
+            aggregates: RwLock::new(Aggregates::default()),
+            metrics: Metrics::default(),
+        });
+        let source = database.clone();
+        let cache = Cache::new(policy, move |key: &PartKey| {
+            source.clone().answer(key.clone()).boxed()
+        });
+        Ok(Self { database, cache })
+    }
+
+    /// The service's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.database.metrics
+    }
+
+    /// The hourly aggregates the long windows read, as last looked up.
+    pub fn aggregates(&self) -> Aggregates {
+        self.database.aggregates()
+    }
+
+    /// Looks the hourly aggregates up again.
+    pub async fn refresh_aggregates(&self) -> Result<Aggregates, sqlx::Error> {
+        let found = queries::detect_aggregates(&self.database.pool).await?;
+        *self
+            .database
+            .aggregates
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = found;
+        Ok(found)
+    }
+
+    /// Binds the configured listen address and serves until `shutdown` completes.
+    pub async fn serve(
+        self,
+        config: &QueryServiceConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServiceError> {
+        let address: SocketAddr =
+            config
+                .listen_address
+                .parse()
+                .map_err(|source| ServiceError::ListenAddress {
+                    address: config.listen_address.clone(),
+                    source,
+                })?;
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| ServiceError::Bind { address, source })?;
+        let bound = listener.local_addr().unwrap_or(address);
+        tracing::info!(address = %bound, "query service listening");
+        self.run(listener, shutdown).await;
+        Ok(())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, looking the hourly aggregates up
+    /// first (waiting at most the readiness timeout) and then every few minutes.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let first = tokio::time::timeout(READY_TIMEOUT, self.refresh_aggregates()).await;
+        let mut wait = self.log_aggregates(first.ok());
+        let watcher = self.clone();
+        let recheck = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(wait).await;
+                wait = watcher.log_aggregates(Some(watcher.refresh_aggregates().await));
+            }
+        });
+        warp::serve(self.routes())
+            .incoming(listener)
+            .graceful(shutdown)
+            .run()
+            .await;
+        recheck.abort();
+    }
+
+    /// Logs a look-up of the aggregates; the time until the next.
+    fn log_aggregates(&self, outcome: Option<Result<Aggregates, sqlx::Error>>) -> Duration {
+        match outcome {
+            Some(Ok(found)) => {
+                tracing::debug!(?found, "hourly aggregates looked up");
+                AGGREGATE_RECHECK
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "looking up the hourly aggregates failed; retrying");
+                AGGREGATE_RETRY
+            }
+            None => {
+                tracing::warn!("looking up the hourly aggregates timed out; retrying");
+                AGGREGATE_RETRY
+            }
+        }
+    }
+}
