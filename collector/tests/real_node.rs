@@ -114,15 +114,19 @@ async fn a_real_containers_processes_are_attributed_to_its_pod_until_the_pod_is_
         .await
         .expect("the workload pod is created");
     let uid = created.metadata.uid.expect("a uid");
-    wait_until("the workload pod runs", Duration::from_secs(120), || async {
-        pods.get("busy")
-            .await
-            .ok()
-            .and_then(|p| p.status)
-            .and_then(|s| s.phase)
-            .as_deref()
-            == Some("Running")
-    })
+    wait_until(
+        "the workload pod runs",
+        Duration::from_secs(120),
+        || async {
+            pods.get("busy")
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .and_then(|s| s.phase)
+                .as_deref()
+                == Some("Running")
+        },
+    )
     .await;
 
     let dir = std::env::temp_dir().join(metricsstack_testkit::unique_name("real-node"));
@@ -140,7 +144,12 @@ async fn a_real_containers_processes_are_attributed_to_its_pod_until_the_pod_is_
     assert_eq!(last.pod_uid, uid, "the pod found through the cgroup");
     assert_eq!(last.container_name.as_deref(), Some("burn"));
     assert_eq!(last.container_id.len(), 64, "a containerd id: {last:?}");
-    let status = pods.get("busy").await.expect("the pod").status.expect("status");
+    let status = pods
+        .get("busy")
+        .await
+        .expect("the pod")
+        .status
+        .expect("status");
     let container_id = status.container_statuses.expect("container statuses")[0]
         .container_id
         .clone()
@@ -191,6 +200,9 @@ async fn a_real_containers_processes_are_attributed_to_its_pod_until_the_pod_is_
         .into_iter()
         .filter(|row| row.timestamp > gone)
         .collect();
-    assert!(after.is_empty(), "rows after the pod was deleted: {after:?}");
+    assert!(
+        after.is_empty(),
+        "rows after the pod was deleted: {after:?}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
