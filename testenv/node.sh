@@ -15,8 +15,13 @@
 # - its own cgroup root, containerd socket, CNI bridge and pod subnet, so that two runs
 #   never share them; a taint, so that only pods that ask for the real node run there
 #   (the kwok nodes' DaemonSet pods would otherwise land on it too).
-# Pod addresses are on the bridge only (198.18.N.0/24, the benchmarking range): pods are
-# reached from the host through the bridge, nothing is routed off the machine.
+# Networking (no kube-proxy): pod addresses are on the run's bridge only (198.18.N.0/24,
+# the benchmarking range), and the host reaches pods by their IP through it. The servers
+# keep listening on loopback alone; pods reach the two they need through DNAT rules that
+# match only packets entering from the run's bridge (route_localnet lets them go to
+# 127.0.0.1): the `kubernetes` Service's ClusterIP (10.96.0.1:443) goes to the API server,
+# and the bridge's gateway address on PostgreSQL's port goes to PostgreSQL. Nothing is
+# routed off the machine.
 
 real_node_name=metricsstack-real-node
 # Pods tolerate this taint to run on the real node.
@@ -62,6 +67,9 @@ c_image() {
   echo "$out $ref"
 }
 
+# The ClusterIP the API server gives the `kubernetes` Service (first of 10.96.0.0/16).
+kubernetes_service_ip=10.96.0.1
+
 # The first 198.18.N.0/24 that no route uses yet.
 free_pod_subnet() {
   local n
@@ -74,18 +82,41 @@ free_pod_subnet() {
   die "no free pod subnet in 198.18.0.0/16"
 }
 
-# start_real_node KUBELET KUBECONFIG CA_CERT: starts containerd and a kubelet and waits
-# until the node is Ready. Sets node_dir, node_socket and node_busy_image.
-start_real_node() {
-  local kubelet_bin=$1 kubeconfig=$2 ca_cert=$3
-  local id kubelet_port healthz_port subnet controller archive
+# Creates the run's bridge with its gateway address before any server starts. Sets
+# node_dir, node_bridge, node_cgroup, node_subnet and node_gateway (the host's address on
+# the bridge, as pods see it).
+prepare_real_node_network() {
+  local id
   node_dir="$run_dir/node"
   mkdir -p "$node_dir"/{containerd,cni/net.d,cni/ipam,kubelet}
   id=$(basename "$run_dir" | tr -cd 'a-zA-Z0-9' | tail -c 6 | tr 'A-Z' 'a-z')
   node_bridge="msnode$id"
   node_cgroup="/metricsstack-testenv-$id"
+  node_subnet=$(free_pod_subnet)
+  node_gateway="$node_subnet.1"
+  ip link add "$node_bridge" type bridge || die "creating the bridge $node_bridge failed"
+  ip addr add "$node_gateway/24" dev "$node_bridge"
+  ip link set "$node_bridge" up
+  sysctl -qw "net.ipv4.conf.$node_bridge.route_localnet=1"
+}
+
+# Rules added by forward_to_loopback, deleted by stop_real_node.
+node_nat_rules=()
+
+# forward_to_loopback ADDRESS PORT LOCAL_PORT: a pod's connection to ADDRESS:PORT reaches
+# 127.0.0.1:LOCAL_PORT.
+forward_to_loopback() {
+  local rule=(PREROUTING -i "$node_bridge" -d "$1/32" -p tcp --dport "$2" -j DNAT --to-destination "127.0.0.1:$3")
+  iptables -w -t nat -A "${rule[@]}" || die "adding the NAT rule ${rule[*]} failed"
+  node_nat_rules+=("${rule[*]}")
+}
+
+# start_real_node KUBELET KUBECONFIG CA_CERT: starts containerd and a kubelet and waits
+# until the node is Ready. Sets node_socket and node_busy_image.
+start_real_node() {
+  local kubelet_bin=$1 kubeconfig=$2 ca_cert=$3
+  local subnet=$node_subnet kubelet_port healthz_port controller archive
   node_socket="$node_dir/containerd/containerd.sock"
-  subnet=$(free_pod_subnet)
   read -r kubelet_port healthz_port < <(free_ports 2)
 
   local pause_archive pause_ref busy_archive
@@ -115,7 +146,7 @@ TOML
   cat >"$node_dir/cni/net.d/10-metricsstack.conflist" <<JSON
 {"cniVersion": "1.0.0", "name": "metricsstack-testenv", "plugins": [
   {"type": "bridge", "bridge": "$node_bridge", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet.0/24"}]], "dataDir": "$node_dir/cni/ipam"}},
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$node_dir/cni/ipam"}},
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
 JSON
   start containerd "$run_dir/containerd.log" containerd --config "$node_dir/containerd.toml"
@@ -176,6 +207,11 @@ real_node_ready() {
 # cgroups and the bridge. Does nothing when no real node was started.
 stop_real_node() {
   [ -n "${node_dir:-}" ] || return 0
+  if [ -z "${node_socket:-}" ]; then
+    ip link delete "$node_bridge" 2>/dev/null || true
+    node_dir=
+    return 0
+  fi
   stop_supervised kubelet
   local ctr=(ctr --address "$node_socket" -n k8s.io) id netns mount cgroup
   if "${ctr[@]}" version >/dev/null 2>&1; then
@@ -204,6 +240,12 @@ stop_real_node() {
   for cgroup in /sys/fs/cgroup/*/"${node_cgroup#/}"; do
     if [ -d "$cgroup" ]; then find "$cgroup" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
   done
+  local rule
+  for rule in "${node_nat_rules[@]}"; do
+    # shellcheck disable=SC2086 # each rule is stored as its words
+    iptables -w -t nat -D $rule 2>/dev/null || true
+  done
+  node_nat_rules=()
   ip link delete "$node_bridge" 2>/dev/null || true
   node_dir=
 }
