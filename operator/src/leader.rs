@@ -43,6 +43,11 @@ impl LeaderElection {
         self
     }
 
+    /// Makes one attempt to take or renew the lease; true when this instance holds it now.
+    pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
+        Ok(self.try_hold().await? == Attempt::Held)
+    }
+
     /// Waits until this instance holds the lease.
     pub async fn acquire(&self) -> Result<(), kube::Error> {
         loop {
