@@ -76,13 +76,17 @@ impl RenderMetrics for std::sync::Mutex<prometheus_client::registry::Registry> {
     }
 }
 
-/// The three routes (GET only), for a server that serves other routes too.
+/// The three routes (GET only), for a server that serves other routes too. Each matches its
+/// path before the method, so that another method on another path is the other routes'
+/// `404`, not a `405` from these.
 pub fn routes(
     readiness: Arc<dyn ReadinessCheck>,
     metrics: Arc<dyn RenderMetrics>,
 ) -> BoxedFilter<(Response<Bytes>,)> {
-    let healthz = warp::path!("healthz").map(|| text(StatusCode::OK, "ok".to_owned()));
-    let readyz = warp::path!("readyz").then(move || {
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| text(StatusCode::OK, "ok".to_owned()));
+    let readyz = warp::path!("readyz").and(warp::get()).then(move || {
         let readiness = readiness.clone();
         async move {
             match readiness.check().await {
@@ -91,15 +95,13 @@ pub fn routes(
             }
         }
     });
-    let metrics = warp::path!("metrics").map(move || {
+    let metrics = warp::path!("metrics").and(warp::get()).map(move || {
         Response::builder()
             .header(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)
             .body(Bytes::from(metrics.render()))
             .unwrap_or_default()
     });
-    warp::get()
-        .and(healthz.or(readyz).unify().or(metrics).unify())
-        .boxed()
+    healthz.or(readyz).unify().or(metrics).unify().boxed()
 }
 
 /// Serves the three routes on `address` until the process ends.
@@ -167,5 +169,17 @@ mod tests {
             .reply(&routes)
             .await;
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn another_method_on_another_path_is_not_found_rather_than_not_allowed() {
+        let routes = routes(Arc::new(Readiness::not_ready("starting")), Arc::new(Fixed));
+        let post = warp::test::request()
+            .method("POST")
+            .path("/api/anything")
+            .filter(&routes)
+            .await
+            .expect_err("no admin route takes it");
+        assert!(post.is_not_found(), "{post:?}");
     }
 }
