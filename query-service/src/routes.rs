@@ -1,6 +1,7 @@
 //! The service's routes and their handlers: the batch and the four single parts answered
-//! from the cache, the health, readiness and metrics endpoints, the OpenAPI document, and
-//! the answer to a request no route takes.
+//! from the cache, the OpenAPI document, the common admin endpoints (`/healthz`, `/readyz`,
+//! `/metrics`) mounted beside them, and the answer to a request no route takes. Every
+//! answer is counted in the request metrics by endpoint and status.
 
 use std::convert::Infallible;
 
@@ -8,14 +9,12 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use sha2::{Digest as _, Sha256};
 use warp::Filter;
 use warp::http::{Response, StatusCode, header};
+use warp::path::FullPath;
 
 use crate::cache::{CacheError, Lookup};
 use crate::filters::{Part, PartKey, RawFilters};
-use crate::http::{
-    Answer, Freshness, bad_request, cached, error_json, json, read_body, unavailable,
-};
-use crate::service::{QueryError, QueryService, READY_TIMEOUT};
-use metricsstack_common::admin::RenderMetrics as _;
+use crate::http::{Answer, Freshness, bad_request, cached, error_json, read_body, unavailable};
+use crate::service::{QueryError, QueryService};
 
 /// The OpenAPI 3 document of this service.
 pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");
@@ -64,30 +63,6 @@ impl QueryService {
                     }
                 },
             );
-        let healthz = warp::path!("healthz")
-            .and(warp::get())
-            .and(with.clone())
-            .map(|service: QueryService| {
-                service.record("healthz", json(StatusCode::OK, r#"{"status":"ok"}"#.into()))
-            });
-        let readyz = warp::path!("readyz")
-            .and(warp::get())
-            .and(with.clone())
-            .then(|service: QueryService| async move { service.ready().await });
-        let metrics = warp::path!("metrics")
-            .and(warp::get())
-            .and(with.clone())
-            .map(|service: QueryService| {
-                let text = service.metrics().render();
-                let response = Response::builder()
-                    .header(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )
-                    .body(Bytes::from(text))
-                    .expect("a valid response");
-                service.record("metrics", response)
-            });
         let openapi = warp::path!("openapi.yaml")
             .and(warp::get())
             .and(with.clone())
@@ -98,6 +73,12 @@ impl QueryService {
                     .expect("a valid response");
                 service.record("openapi", response)
             });
+        let counted = self.clone();
+        let admin = warp::path::full().and(self.admin_routes()).map(
+            move |path: FullPath, response: Response<Bytes>| {
+                counted.record(admin_endpoint(path.as_str()), response)
+            },
+        );
         let rejections = self.clone();
         batch
             .or(part("host-process-metrics", Part::HostProcessMetrics))
@@ -108,13 +89,9 @@ impl QueryService {
             .unify()
             .or(part("vm-metrics", Part::VmMetrics))
             .unify()
-            .or(healthz)
-            .unify()
-            .or(readyz)
-            .unify()
-            .or(metrics)
-            .unify()
             .or(openapi)
+            .unify()
+            .or(admin)
             .unify()
             .recover(move |rejection: warp::Rejection| {
                 let service = rejections.clone();
@@ -210,25 +187,6 @@ impl QueryService {
         lookup
     }
 
-    /// `/readyz`: the database answers a trivial query in time.
-    async fn ready(&self) -> Response<Bytes> {
-        let probe = sqlx::query("SELECT 1").execute(&self.database.pool);
-        let response = match tokio::time::timeout(READY_TIMEOUT, probe).await {
-            Ok(Ok(_)) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
-            Ok(Err(error)) => error_json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("database unreachable: {error}"),
-                None,
-            ),
-            Err(_) => error_json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database unreachable: no answer in time",
-                None,
-            ),
-        };
-        self.record("readyz", response)
-    }
-
     /// The answer to a request no route took.
     fn rejected(&self, rejection: &warp::Rejection) -> Response<Bytes> {
         use warp::reject::MethodNotAllowed;
@@ -242,8 +200,97 @@ impl QueryService {
         self.record("other", response)
     }
 
+    /// Counts `response` in the request metrics under `endpoint`.
     fn record(&self, endpoint: &'static str, response: Response<Bytes>) -> Response<Bytes> {
         self.metrics().request(endpoint, response.status().as_u16());
         response
+    }
+}
+
+/// The endpoint an admin request is counted under, from its path.
+fn admin_endpoint(path: &str) -> &'static str {
+    match path.trim_matches('/') {
+        "healthz" => "healthz",
+        "readyz" => "readyz",
+        "metrics" => "metrics",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::DATABASE_UNREACHABLE;
+    use metricsstack_common::admin::RenderMetrics as _;
+    use metricsstack_common::config::QueryServiceConfig;
+    use metricsstack_common::database::PoolSettings;
+
+    /// A service whose database refuses connections, serving its routes on a free port.
+    async fn without_a_database() -> (QueryService, String) {
+        let config = QueryServiceConfig {
+            stack: Default::default(),
+            listen_address: "127.0.0.1:0".into(),
+            schema: "public".into(),
+            pool: PoolSettings {
+                acquire_timeout_seconds: 1,
+                ..PoolSettings::default()
+            },
+            fresh_ttl_seconds: 1,
+            stale_while_revalidate_seconds: 0,
+            stale_if_error_seconds: 0,
+            max_entries: 1,
+            max_bytes: 1024,
+        };
+        let refused = "postgres://nobody@127.0.0.1:1/nothing";
+        let service = QueryService::new(&config, refused).expect("the service starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("local address"));
+        let server = warp::serve(service.routes()).incoming(listener).run();
+        tokio::spawn(server);
+        (service, base)
+    }
+
+    #[tokio::test]
+    async fn admin_endpoints_are_mounted_and_counted_and_readyz_hides_the_database_error() {
+        let (service, base) = without_a_database().await;
+        let http = reqwest::Client::new();
+        let get = |path: &str| http.get(format!("{base}{path}")).send();
+
+        let healthz = get("/healthz").await.expect("answered");
+        assert_eq!(healthz.status(), StatusCode::OK);
+        assert_eq!(healthz.text().await.expect("a body"), "ok");
+        let readyz = get("/readyz").await.expect("answered");
+        assert_eq!(readyz.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(readyz.text().await.expect("a body"), DATABASE_UNREACHABLE);
+        let metrics = get("/metrics").await.expect("answered");
+        assert_eq!(
+            metrics.headers()[header::CONTENT_TYPE],
+            metricsstack_common::admin::OPENMETRICS_CONTENT_TYPE
+        );
+        let post = http
+            .post(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let elsewhere = http
+            .post(format!("{base}/api/nothing"))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
+
+        let text = service.metrics().render();
+        for counted in [
+            r#"endpoint="healthz",status="200"} 1"#,
+            r#"endpoint="readyz",status="503"} 1"#,
+            r#"endpoint="metrics",status="200"} 1"#,
+            r#"endpoint="other",status="405"} 1"#,
+            r#"endpoint="other",status="404"} 1"#,
+        ] {
+            assert!(text.contains(counted), "{counted} in\n{text}");
+        }
     }
 }

@@ -1,22 +1,28 @@
 //! The query service itself: the database side (the pool, set up through
-//! `metricsstack_common::database::Session`, and the hourly aggregates, looked up again every
-//! few minutes), the answer cache, and serving the routes until shutdown.
+//! `metricsstack_common::database::Session`, the hourly aggregates, looked up again every
+//! few minutes, and the readiness check), the answer cache, and serving the routes until
+//! shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::FutureExt as _;
+use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
+use warp::filters::BoxedFilter;
+use warp::http::Response;
 
 use crate::cache::{Cache, Policy};
 use crate::filters::PartKey;
 use crate::http::Answer;
 use crate::metrics::Metrics;
 use crate::queries::{self, Aggregates};
+use metricsstack_common::admin::{self, ReadinessCheck};
 use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::{SearchPath, Session};
 
@@ -24,6 +30,8 @@ use metricsstack_common::database::{SearchPath, Session};
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `/readyz` waits for the database.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// What `/readyz` answers when the database does not; the error itself is logged.
+pub const DATABASE_UNREACHABLE: &str = "database unreachable";
 /// How often the hourly aggregates are looked up again.
 pub const AGGREGATE_RECHECK: Duration = Duration::from_secs(300);
 /// How soon a failed look-up of the aggregates is retried.
@@ -60,10 +68,10 @@ pub enum ServiceError {
 
 /// The database side of the service: the pool, the hourly aggregates last found, and the
 /// metrics.
-pub(crate) struct Database {
-    pub(crate) pool: PgPool,
+struct Database {
+    pool: PgPool,
     aggregates: RwLock<Aggregates>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 impl Database {
@@ -88,11 +96,34 @@ impl Database {
     }
 }
 
+/// `/readyz`: the database answers a trivial query within [`READY_TIMEOUT`].
+impl ReadinessCheck for Database {
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let probe = sqlx::query("SELECT 1").execute(&self.pool);
+            match tokio::time::timeout(READY_TIMEOUT, probe).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "not ready: the database query failed");
+                    Err(DATABASE_UNREACHABLE.to_owned())
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        timeout = ?READY_TIMEOUT,
+                        "not ready: the database did not answer in time"
+                    );
+                    Err(DATABASE_UNREACHABLE.to_owned())
+                }
+            }
+        })
+    }
+}
+
 /// The query service: a database pool, the answer cache and the metrics. Cloning it gives
 /// another handle on the same service.
 #[derive(Clone)]
 pub struct QueryService {
-    pub(crate) database: Arc<Database>,
+    database: Arc<Database>,
     pub(crate) cache: Cache<PartKey, Answer, QueryError>,
 }
 
@@ -118,7 +149,7 @@ impl QueryService {
         let database = Arc::new(Database {
             pool,
             aggregates: RwLock::new(Aggregates::default()),
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
         });
         let source = database.clone();
         let cache = Cache::new(policy, move |key: &PartKey| {
@@ -130,6 +161,12 @@ impl QueryService {
     /// The service's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.database.metrics
+    }
+
+    /// `/healthz`, `/readyz` (the database answers in time) and `/metrics` (the service's
+    /// metrics), as every MetricsStack program serves them.
+    pub(crate) fn admin_routes(&self) -> BoxedFilter<(Response<Bytes>,)> {
+        admin::routes(self.database.clone(), self.database.metrics.clone())
     }
 
     /// The hourly aggregates the long windows read, as last looked up.
