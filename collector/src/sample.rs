@@ -590,33 +590,53 @@ fn signed(value: u64) -> i64 {
 mod tests {
     use super::*;
     use crate::busy_child::BusyChild;
+    use std::time::Duration;
 
-    /// Where the pids of the `/proc` read are not this process's, every `stat` is read.
+    /// Where the pids of the `/proc` read are not this process's, every `stat` is read: a
+    /// busy child's CPU use comes from its `stat` file. The test reads that file itself just
+    /// before and just after each sampler read, which bounds what the sampler can have seen,
+    /// whatever share of a core the machine gives the child.
     #[test]
-    fn without_cpu_clocks_the_stat_files_rank_a_busy_child() {
+    fn without_cpu_clocks_the_stat_files_measure_a_busy_child() {
         let child = BusyChild::spawn();
+        let pid = child.pid();
+        let units = Units::of_this_kernel().expect("this kernel's units");
+        let mut proc = ProcFs::new("/proc".into());
+        let mut cpu = || units.cpu_ns(proc.stat(pid).expect("the child's stat").cpu_ticks);
         let selection = ProcessConfig {
-            top_by_cpu: 3,
+            top_by_cpu: 0,
             top_by_memory: 0,
+            include: vec!["^sh$".into()],
             ..ProcessConfig::default()
         };
+        let start_before = (cpu(), Instant::now());
         let mut sampler = Sampler::with_cpu_clocks("test-node", &selection, "/proc".into(), false)
             .expect("a sampler");
-        for _ in 0..4 {
-            std::thread::sleep(std::time::Duration::from_millis(250));
-            sampler.tick();
+        let start_after = (Instant::now(), cpu());
+        // Twenty ticks of CPU, however long the child takes to get them.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while cpu() < start_after.1 + units.cpu_ns(20) {
+            assert!(Instant::now() < deadline, "the child never ran");
+            std::thread::sleep(Duration::from_millis(10));
         }
+        let end_before = (cpu(), Instant::now());
         let batch = sampler.sample(Utc::now(), None);
-        let pid = i32::try_from(child.pid()).expect("a pid");
+        let end_after = (Instant::now(), cpu());
         drop(child);
         let row = batch
             .processes
             .iter()
-            .find(|row| row.pid == pid)
-            .expect("the busy child is among the top 3 by CPU");
-        // It spun for a second: a good part of a core even on a loaded machine, at most one.
-        assert!((10.0..=101.0).contains(&row.cpu_usage_percent), "{row:?}");
-        assert!(row.cpu_peak_percent >= row.cpu_usage_percent, "{row:?}");
+            .find(|row| row.pid as u32 == pid)
+            .expect("the busy child is recorded");
         assert_eq!(row.process_name, "sh");
+        let percent = |ns: u64, time: Duration| ns as f64 / time.as_nanos() as f64 * 100.0;
+        let least = percent(end_before.0 - start_after.1, end_after.0 - start_before.1);
+        let most = percent(end_after.1 - start_before.0, end_before.1 - start_after.0);
+        let cpu = f64::from(row.cpu_usage_percent);
+        assert!(least > 0.0, "the child ran");
+        assert!(
+            cpu >= least * (1.0 - 1e-4) && cpu <= most * (1.0 + 1e-4),
+            "{cpu}% is outside [{least}%, {most}%]"
+        );
     }
 }
