@@ -13,6 +13,7 @@ use metricsstack_common::{logging, shutdown};
 use metricsstack_operator::controller::{self, Context};
 use metricsstack_operator::leader::LeaderElection;
 use metricsstack_operator::metrics::Metrics;
+use metricsstack_operator::resources::DefaultImages;
 use metricsstack_query_service::QueryService;
 
 /// The MetricsStack operator.
@@ -48,6 +49,13 @@ enum Command {
         /// Watch only this namespace instead of the whole cluster.
         #[arg(long, env = "WATCH_NAMESPACE")]
         namespace: Option<String>,
+        /// The collector image of stacks that pin none (default: this release's).
+        #[arg(long, env = "COLLECTOR_IMAGE")]
+        collector_image: Option<String>,
+        /// The query service image of stacks that pin none (default: this release's operator
+        /// image, which serves the query service too).
+        #[arg(long, env = "QUERY_SERVICE_IMAGE")]
+        query_service_image: Option<String>,
     },
     /// Serve the cached dashboard queries (the query service).
     QueryService {
@@ -72,7 +80,14 @@ async fn main() -> anyhow::Result<()> {
             lease_duration_seconds,
             no_leader_election,
             namespace,
+            collector_image,
+            query_service_image,
         } => {
+            let release = DefaultImages::default();
+            let images = DefaultImages {
+                collector: collector_image.unwrap_or(release.collector),
+                query_service: query_service_image.unwrap_or(release.query_service),
+            };
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API server")?;
@@ -103,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("acquiring the leader lease")?;
                 readiness.set_not_ready("leading: syncing the MetricsStack cache");
             }
-            let context = Arc::new(Context::new(client, metrics, &identity));
+            let context = Arc::new(Context::new(client, metrics, &identity).with_images(images));
             let on_ready = move || readiness.set_ready();
             match &election {
                 Some(election) => {

@@ -26,6 +26,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::crd::MetricsStack;
 use crate::metrics::Metrics;
+use crate::resources::DefaultImages;
 
 pub use apply::FIELD_MANAGER;
 pub use reconcile::{ACKNOWLEDGE_ANNOTATION, FINALIZER, ReconcileError};
@@ -38,6 +39,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The operator's Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The images of stacks that pin none.
+    pub images: DefaultImages,
     /// Database pools, one per stack, replaced when the URI or pool settings change.
     pools: database::Pools,
     /// Consecutive failures per stack, for exponential backoff.
@@ -55,9 +58,16 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            images: DefaultImages::default(),
             pools: database::Pools::default(),
             failures: Mutex::default(),
         }
+    }
+
+    /// The same context, running stacks that pin no image with `images`.
+    #[must_use]
+    pub fn with_images(self, images: DefaultImages) -> Self {
+        Self { images, ..self }
     }
 }
 

@@ -116,7 +116,7 @@ async fn apply(
         Ok(valid) => valid,
         Err(error) => return report_invalid_spec(ctx, stack, &error).await,
     };
-    let desired = desired_objects(stack, &valid);
+    let desired = desired_objects(stack, &valid, &ctx.images);
     let applied = apply_objects(ctx, stack, namespace, &desired).await?;
     let database = reconcile_database(&ctx.pools, stack, &valid, secret).await?;
     let converged = write_status(ctx, stack, &applied, &database).await?;

@@ -215,10 +215,13 @@ impl PoolSpec {
 #[derive(KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectorSpec {
-    /// The collector's container image.
-    #[serde(default = "default_collector_image")]
+    /// The collector's container image. Unset: the operator's default (its
+    /// `--collector-image`, which the chart sets to the collector of the operator's own
+    /// release), so that upgrading the operator moves the collectors too. Set it only to pin
+    /// an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub image: String,
+    pub image: Option<String>,
     /// When to pull the image.
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
@@ -264,12 +267,6 @@ fn interval_rule() -> String {
     format!("{seconds} >= 1 && {seconds} <= 3600")
 }
 
-fn default_collector_image() -> String {
-    format!(
-        "ghcr.io/metricsstack/collector:{}",
-        env!("CARGO_PKG_VERSION")
-    )
-}
 fn default_interval() -> Duration {
     Duration::parse("5s").expect("valid default")
 }
@@ -286,7 +283,7 @@ fn default_spool_megabytes() -> u32 {
 impl Default for CollectorSpec {
     fn default() -> Self {
         Self {
-            image: default_collector_image(),
+            image: None,
             image_pull_policy: PullPolicy::default(),
             interval: default_interval(),
             processes: ProcessSelection::default(),
@@ -623,10 +620,12 @@ fn default_aggregates() -> Vec<AggregateSpec> {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueryServiceSpec {
-    /// The image running `metricsstack-operator query-service`.
-    #[serde(default = "default_operator_image")]
+    /// The image running `metricsstack-operator query-service`. Unset: the operator's
+    /// default (its `--query-service-image`, which the chart sets to the operator's own
+    /// image), so that upgrading the operator moves the query service too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub image: String,
+    pub image: Option<String>,
     /// How many replicas; with more than one, a PodDisruptionBudget keeps one available.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 50))]
@@ -641,14 +640,14 @@ pub struct QueryServiceSpec {
     /// The response cache.
     #[serde(default)]
     pub cache: CacheSpec,
+    /// Run the query service only on nodes with these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the query service pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
 }
 
-fn default_operator_image() -> String {
-    format!(
-        "ghcr.io/metricsstack/operator:{}",
-        env!("CARGO_PKG_VERSION")
-    )
-}
 fn default_replicas() -> i32 {
     1
 }
@@ -659,11 +658,13 @@ fn default_port() -> i32 {
 impl Default for QueryServiceSpec {
     fn default() -> Self {
         Self {
-            image: default_operator_image(),
+            image: None,
             replicas: default_replicas(),
             resources: None,
             port: default_port(),
             cache: CacheSpec::default(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
         }
     }
 }

@@ -22,8 +22,8 @@ pub const CONFIG_CHECKSUM_ANNOTATION: &str = "metricsstack.dev/config-checksum";
 pub const HOST_CGROUP_MOUNT: &str = "/host/sys/fs/cgroup";
 const CONFIG_MOUNT: &str = "/etc/metricsstack";
 
-/// The collector DaemonSet.
-pub fn build(stack: &MetricsStack, config_checksum: &str) -> DaemonSet {
+/// The collector DaemonSet, running `image`.
+pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> DaemonSet {
     let spec = &stack.spec.collector;
     let name = Component::Collector.object_name(stack);
     let read_only = |name: &str, path: &str| VolumeMount {
@@ -42,7 +42,7 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> DaemonSet {
     };
     let container = Container {
         name: "collector".into(),
-        image: Some(spec.image.clone()),
+        image: Some(image.to_owned()),
         image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
         args: Some(vec![
             "--config".into(),
@@ -174,14 +174,11 @@ mod tests {
     #[test]
     fn runs_the_collector_with_the_host_process_table_read_only() {
         let (stack, _) = fixtures::stack("production");
-        let daemon_set = build(&stack, "abc");
+        let daemon_set = build(&stack, "abc", "collector:test");
         let pod = pod_spec(&daemon_set);
         assert_eq!(pod.host_pid, Some(true));
         let container = &pod.containers[0];
-        assert_eq!(
-            container.image.as_deref(),
-            Some("registry.example.com/metricsstack/collector:0.1.0")
-        );
+        assert_eq!(container.image.as_deref(), Some("collector:test"));
         let mounts = container.volume_mounts.as_ref().expect("mounts");
         for path in [HOST_PROC_MOUNT, HOST_CGROUP_MOUNT] {
             let mount = mounts
@@ -204,7 +201,7 @@ mod tests {
     #[test]
     fn takes_the_node_name_and_database_url_from_the_cluster() {
         let (stack, _) = fixtures::stack("production");
-        let daemon_set = build(&stack, "abc");
+        let daemon_set = build(&stack, "abc", "collector:test");
         let env = pod_spec(&daemon_set).containers[0]
             .env
             .clone()
@@ -233,7 +230,7 @@ mod tests {
     #[test]
     fn carries_scheduling_settings_and_the_config_checksum() {
         let (stack, _) = fixtures::stack("production");
-        let daemon_set = build(&stack, "checksum-1");
+        let daemon_set = build(&stack, "checksum-1", "collector:test");
         let pod = pod_spec(&daemon_set);
         assert_eq!(
             pod.priority_class_name.as_deref(),
@@ -279,12 +276,12 @@ mod tests {
         let (mut stack, _) = fixtures::stack("minimal");
         stack.spec.collector.pod_attribution = false;
         assert_eq!(
-            pod_spec(&build(&stack, "x")).automount_service_account_token,
+            pod_spec(&build(&stack, "x", "collector:test")).automount_service_account_token,
             Some(false)
         );
         stack.spec.collector.pod_attribution = true;
         assert_eq!(
-            pod_spec(&build(&stack, "x")).automount_service_account_token,
+            pod_spec(&build(&stack, "x", "collector:test")).automount_service_account_token,
             Some(true)
         );
     }

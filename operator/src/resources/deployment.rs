@@ -15,13 +15,13 @@ use crate::crd::MetricsStack;
 
 const CONFIG_MOUNT: &str = "/etc/metricsstack";
 
-/// The query service Deployment.
-pub fn build(stack: &MetricsStack, config_checksum: &str) -> Deployment {
+/// The query service Deployment, running `image`.
+pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> Deployment {
     let spec = &stack.spec.query_service;
     let name = Component::QueryService.object_name(stack);
     let container = Container {
         name: "query-service".into(),
-        image: Some(spec.image.clone()),
+        image: Some(image.to_owned()),
         args: Some(vec![
             "query-service".into(),
             "--config".into(),
@@ -60,6 +60,9 @@ pub fn build(stack: &MetricsStack, config_checksum: &str) -> Deployment {
                     service_account_name: Some(name.clone()),
                     automount_service_account_token: Some(false),
                     containers: vec![container],
+                    node_selector: (!spec.node_selector.is_empty())
+                        .then(|| spec.node_selector.clone()),
+                    tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         seccomp_profile: Some(runtime_default_seccomp()),
@@ -90,7 +93,7 @@ mod tests {
     #[test]
     fn runs_the_query_service_unprivileged_with_the_spec_replicas_and_port() {
         let (stack, _) = fixtures::stack("production");
-        let deployment = build(&stack, "sum");
+        let deployment = build(&stack, "sum", "operator:test");
         let spec = deployment.spec.as_ref().expect("spec");
         assert_eq!(spec.replicas, Some(3));
         let pod = spec.template.spec.as_ref().expect("pod");

@@ -30,6 +30,29 @@ pub use config_map::{COLLECTOR_CONFIG_KEY, QUERY_SERVICE_CONFIG_KEY, config_chec
 pub use daemon_set::CONFIG_CHECKSUM_ANNOTATION;
 pub use rbac::{COLLECTOR_CLUSTER_ROLE, cluster_role_binding_name};
 
+/// The images the operator runs a stack's components with unless the stack pins its own
+/// (`spec.collector.image`, `spec.queryService.image`). They are the operator's settings,
+/// not defaults stored in each MetricsStack, so that upgrading the operator moves every
+/// stack's pods to the images of the new release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefaultImages {
+    /// The collector image.
+    pub collector: String,
+    /// The image running `metricsstack-operator query-service`.
+    pub query_service: String,
+}
+
+impl Default for DefaultImages {
+    /// The images of this operator's own release.
+    fn default() -> Self {
+        let version = env!("CARGO_PKG_VERSION");
+        Self {
+            collector: format!("ghcr.io/metricsstack/collector:{version}"),
+            query_service: format!("ghcr.io/metricsstack/operator:{version}"),
+        }
+    }
+}
+
 /// Label naming the MetricsStack an object belongs to.
 pub const STACK_LABEL: &str = "metricsstack.dev/stack";
 /// Label naming the MetricsStack's namespace, on cluster-scoped objects.
@@ -89,7 +112,18 @@ pub struct DesiredObjects {
     namespace = stack.metadata.namespace.as_deref(),
     name = stack.metadata.name.as_deref(),
 ))]
-pub fn desired_objects(stack: &MetricsStack, valid: &ValidSpec) -> DesiredObjects {
+pub fn desired_objects(
+    stack: &MetricsStack,
+    valid: &ValidSpec,
+    images: &DefaultImages,
+) -> DesiredObjects {
+    let collector_image = stack
+        .spec
+        .collector
+        .image
+        .as_ref()
+        .unwrap_or(&images.collector);
+    let query_image = (stack.spec.query_service.image.as_ref()).unwrap_or(&images.query_service);
     let collector_config = config_map::collector(stack, valid);
     let query_config = config_map::query_service(stack, valid);
     let collector_checksum = config_checksum(&collector_config);
@@ -102,8 +136,8 @@ pub fn desired_objects(stack: &MetricsStack, valid: &ValidSpec) -> DesiredObject
         cluster_role: rbac::cluster_role(),
         cluster_role_binding: rbac::cluster_role_binding(stack),
         config_maps: vec![collector_config, query_config],
-        daemon_set: daemon_set::build(stack, &collector_checksum),
-        deployment: deployment::build(stack, &query_checksum),
+        daemon_set: daemon_set::build(stack, &collector_checksum, collector_image),
+        deployment: deployment::build(stack, &query_checksum, query_image),
         service: service::build(stack),
         pod_disruption_budget: pod_disruption_budget::build(stack),
     }
@@ -208,6 +242,57 @@ fn owner_reference(stack: &MetricsStack) -> OwnerReference {
     stack
         .controller_owner_ref(&())
         .expect("a MetricsStack read from the API server has a uid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images() -> DefaultImages {
+        DefaultImages {
+            collector: "collector:default".into(),
+            query_service: "operator:default".into(),
+        }
+    }
+
+    fn image(pod: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) -> Option<String> {
+        pod.and_then(|t| t.spec.as_ref())
+            .and_then(|p| p.containers[0].image.clone())
+    }
+
+    #[test]
+    fn a_stack_that_pins_no_image_runs_the_operators_default_images() {
+        let (stack, valid) = fixtures::stack("minimal");
+        assert_eq!(stack.spec.collector.image, None);
+        let desired = desired_objects(&stack, &valid, &images());
+        let collector = desired.daemon_set.spec.as_ref().map(|s| &s.template);
+        let query = desired.deployment.spec.as_ref().map(|s| &s.template);
+        assert_eq!(image(collector).as_deref(), Some("collector:default"));
+        assert_eq!(image(query).as_deref(), Some("operator:default"));
+    }
+
+    #[test]
+    fn a_pinned_image_wins_over_the_operators_default() {
+        let (stack, valid) = fixtures::stack("production");
+        let desired = desired_objects(&stack, &valid, &images());
+        let collector = desired.daemon_set.spec.as_ref().map(|s| &s.template);
+        assert_eq!(
+            image(collector).as_deref(),
+            Some("registry.example.com/metricsstack/collector:0.1.0")
+        );
+    }
+
+    #[test]
+    fn the_default_images_are_this_releases() {
+        let version = env!("CARGO_PKG_VERSION");
+        let images = DefaultImages::default();
+        assert!(images.collector.ends_with(&format!("/collector:{version}")));
+        assert!(
+            images
+                .query_service
+                .ends_with(&format!("/operator:{version}"))
+        );
+    }
 }
 
 #[cfg(test)]
