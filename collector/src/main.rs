@@ -18,6 +18,7 @@ use metricsstack_common::admin::{self, Readiness};
 use metricsstack_common::config::{CollectorConfig, SETTINGS};
 use metricsstack_common::database::{SearchPath, Session};
 use sqlx::postgres::PgConnectOptions;
+use tracing::Instrument;
 
 /// MetricsStack node collector: host, process and pod metrics into TimescaleDB.
 ///
@@ -90,6 +91,14 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     metricsstack_common::logging::init("info");
+    // Entered for the whole run, and carried into the spawned tasks: every line the
+    // collector logs names the stack it serves.
+    let root = tracing::info_span!(
+        "collector",
+        stack.namespace = %config.stack.namespace,
+        stack.name = %config.stack.name,
+    );
+    let _root = root.enter();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -107,11 +116,9 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::not_ready("no sample taken yet");
     let address: SocketAddr = config.listen_address.parse().context("listenAddress")?;
-    tokio::spawn(admin::serve(
-        address,
-        Arc::new(readiness.clone()),
-        metrics.clone(),
-    ));
+    tokio::spawn(
+        admin::serve(address, Arc::new(readiness.clone()), metrics.clone()).in_current_span(),
+    );
 
     let session = Session {
         application_name: "metricsstack-collector",
@@ -132,7 +139,7 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
         match kube::Client::try_default().await {
             Ok(client) => {
                 let (store, watch) = pods::watch(client, &node);
-                tokio::spawn(watch);
+                tokio::spawn(watch.in_current_span());
                 Some(store)
             }
             Err(error) => {
@@ -147,12 +154,15 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
 
     // Samples wait here for the writer; bounded, so memory stays bounded whatever happens.
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Batch>(64);
-    let writer_task = tokio::spawn(async move {
-        while let Some(batch) = receiver.recv().await {
-            writer.submit(batch).await;
+    let writer_task = tokio::spawn(
+        async move {
+            while let Some(batch) = receiver.recv().await {
+                writer.submit(batch).await;
+            }
+            writer.flush().await;
         }
-        writer.flush().await;
-    });
+        .in_current_span(),
+    );
 
     let interval = config.interval();
     let tick = Duration::from_secs(1).min(interval);
@@ -187,5 +197,11 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
     tracing::info!("stopping: flushing what the collector holds");
     drop(sender);
     writer_task.await.context("the writer task")?;
+    tracing::info!(
+        samples = metrics.samples.get(),
+        rows_dropped = metrics.rows_dropped.get(),
+        spool_bytes = metrics.spool_bytes.get(),
+        "stopped"
+    );
     Ok(())
 }

@@ -331,6 +331,7 @@ impl Sampler {
 
     /// Takes a sample at `now`: the node's overall metrics and the selected processes, with
     /// pod attribution from `pods` when given.
+    #[tracing::instrument(skip_all, fields(at = %now))]
     pub fn sample(&mut self, now: DateTime<Utc>, pods: Option<&PodIndex>) -> Batch {
         self.system
             .refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());

@@ -43,6 +43,7 @@ impl Writer {
 
     /// Takes a sample's rows: writes them, or spools them if the database is away or older
     /// batches wait; then replays the spool if the database may be back.
+    #[tracing::instrument(skip_all, fields(rows = batch.len()))]
     pub async fn submit(&mut self, batch: Batch) {
         for part in batch.split(self.batch_size) {
             if self.spool.is_empty() && self.may_attempt() && self.write(&part).await {
@@ -54,6 +55,7 @@ impl Writer {
     }
 
     /// Replays spooled batches, oldest first, until the spool is empty or a write fails.
+    #[tracing::instrument(name = "replay", skip_all, fields(spool_bytes = self.spool.bytes()))]
     pub async fn drain(&mut self) {
         while self.may_attempt() {
             let batch = match self.spool.oldest() {
@@ -81,6 +83,7 @@ impl Writer {
 
     /// On shutdown: one last attempt to write what waits, whatever the backoff says.
     /// Whatever the database does not take stays in the spool for the next start.
+    #[tracing::instrument(skip_all)]
     pub async fn flush(&mut self) {
         self.next_attempt = None;
         self.drain().await;
