@@ -26,7 +26,7 @@ use metricsstack_testkit::connection_secret;
 use metricsstack_testkit::{TestDatabase, TestNamespace};
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(90);
 
 #[tokio::test]
 async fn an_unreadable_stack_is_reported_and_skipped_while_others_reconcile() {
@@ -158,8 +158,8 @@ fn loose_crd() -> CustomResourceDefinition {
     crd
 }
 
-/// Creates the unreadable stack, retrying while the API server still validates with the
-/// strict schema.
+/// Creates the unreadable stack, retrying until the API server validates with the loose
+/// schema (however long it takes to notice the CRD changed).
 async fn store_unreadable_stack(client: &kube::Client, namespace: &str) -> Result<(), String> {
     let stacks: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
@@ -175,13 +175,12 @@ async fn store_unreadable_stack(client: &kube::Client, namespace: &str) -> Resul
         }
     }))
     .expect("a dynamic object");
-    let mut last = String::new();
-    for _ in 0..40 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
         match stacks.create(&PostParams::default(), &bad).await {
             Ok(_) => return Ok(()),
-            Err(e) => last = e.to_string(),
+            Err(error) if tokio::time::Instant::now() >= deadline => return Err(error.to_string()),
+            Err(_still_strict) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Err(last)
 }

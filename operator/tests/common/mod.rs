@@ -5,13 +5,16 @@ use std::time::Duration;
 use kube::{Client, CustomResourceExt as _};
 use metricsstack_operator::crd::MetricsStack;
 
+/// How long the API server may take to serve the CRD: generous, for a loaded machine.
+const ESTABLISHED_WITHIN: Duration = Duration::from_secs(90);
+
 /// Installs (or updates) the MetricsStack CRD and waits until the API server serves it.
 pub async fn install_crd(client: &Client) {
     tokio::time::timeout(
-        Duration::from_secs(30),
+        ESTABLISHED_WITHIN,
         metricsstack_testkit::install_crd(client, &MetricsStack::crd(), "metricsstack-tests"),
     )
     .await
-    .expect("the CRD is established within 30 s")
+    .expect("the CRD is established in time")
     .expect("the MetricsStack CRD installs");
 }
