@@ -34,7 +34,7 @@ const CHART: &str = concat!(
     "/../charts/metricsstack-operator"
 );
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-const WAIT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(180);
 /// The field manager of the "Git" side: `kubectl apply --server-side` or a GitOps tool.
 const GITOPS: &str = "gitops";
 
@@ -263,11 +263,14 @@ impl Release {
             "--namespace",
             namespace,
             "--set",
-            &format!("watchNamespace={watch_namespace},leaderElection.leaseDurationSeconds=5"),
+            // A lease far longer than any stall of a loaded machine: the standby must not take
+            // over, and nothing here waits for a lease to run out (the leader restarts under
+            // its own identity and takes its lease straight back).
+            &format!("watchNamespace={watch_namespace},leaderElection.leaseDurationSeconds=60"),
             // kwok runs the operator's pod as a simulated one: Ready, but doing nothing.
             "--wait",
             "--timeout",
-            "2m",
+            "5m",
         ]);
         Self {
             name,
