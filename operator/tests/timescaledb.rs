@@ -193,8 +193,11 @@ async fn edits_alter_jobs_in_place_and_aggregates_fill_when_their_job_runs() {
     );
 
     // A new aggregate is created, and running its refresh job (no background workers
-    // here) materialises the rows of its refresh window.
-    insert_process_rows(&pool, &[2, 2]).await;
+    // here) materialises the one complete bucket of its refresh window, 3 h to 1 h before
+    // the job runs: the bucket two hours back, or the one an hour back if the hour turns
+    // between these rows and the job. Both have rows, so either way one bucket is
+    // materialised from its own rows, whatever the clock says.
+    insert_process_rows(&pool, &[2, 2, 1, 1]).await;
     desired.aggregates.push(hourly);
     converge(&pool, &tsdb.schema, &desired, None)
         .await
@@ -213,7 +216,7 @@ async fn edits_alter_jobs_in_place_and_aggregates_fill_when_their_job_runs() {
     .await
     .expect("the aggregate exists");
     let count = format!("SELECT count(*) FROM {materialized}");
-    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.clone()))
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
         .fetch_one(&pool)
         .await
         .expect("count");
@@ -222,24 +225,23 @@ async fn edits_alter_jobs_in_place_and_aggregates_fill_when_their_job_runs() {
         .execute(&pool)
         .await
         .expect("the refresh job runs");
-    let rolled_up: (f64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT avg_cpu::float8, samples FROM {}.host_process_metrics_hourly",
-        tsdb.schema
+    // Each materialised bucket beside the raw rows it rolls up.
+    let buckets: Vec<(f64, i64, f64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT m.avg_cpu::float8, m.samples::int8, \
+                avg(r.cpu_usage_percent)::float8, count(r.*) \
+           FROM {materialized} m \
+           JOIN host_process_metrics r \
+             ON time_bucket(INTERVAL '1 hour', r.\"timestamp\") = m.bucket \
+          GROUP BY m.bucket, m.avg_cpu, m.samples"
     )))
-    .fetch_one(&pool)
+    .fetch_all(&pool)
     .await
-    .expect("one bucket");
-    let expected: f64 =
-        sqlx::query_scalar("SELECT avg(cpu_usage_percent)::float8 FROM host_process_metrics")
-            .fetch_one(&pool)
-            .await
-            .expect("the raw average");
-    assert_eq!(rolled_up, (expected, 2));
-    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(rows, 1, "the job materialised the bucket");
+    .expect("the materialised buckets");
+    let [(avg_cpu, samples, raw_avg_cpu, raw_samples)] = buckets[..] else {
+        panic!("the job materialises one bucket: {buckets:?}");
+    };
+    assert_eq!((avg_cpu, samples), (raw_avg_cpu, raw_samples));
+    assert_eq!(samples, 2);
     pool.close().await;
 }
 
