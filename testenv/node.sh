@@ -20,8 +20,8 @@
 # keep listening on loopback alone; pods reach the two they need through DNAT rules that
 # match only packets entering from the run's bridge (route_localnet lets them go to
 # 127.0.0.1): the `kubernetes` Service's ClusterIP (10.96.0.1:443) goes to the API server,
-# and the bridge's gateway address on PostgreSQL's port goes to PostgreSQL. Nothing is
-# routed off the machine.
+# and the bridge's gateway address on PostgreSQL's and TimescaleDB's ports goes to them.
+# Nothing is routed off the machine.
 
 real_node_name=metricsstack-real-node
 # Pods tolerate this taint to run on the real node.
