@@ -1,29 +1,33 @@
 //! The service's routes and their handlers: the batch and the four single parts answered
 //! from the cache, the OpenAPI document, the common admin endpoints (`/healthz`, `/readyz`,
 //! `/metrics`) mounted beside them, and the answer to a request no route takes. Every
-//! answer is counted in the request metrics by endpoint and status.
+//! request has a span of its own, and its answer is counted in the request metrics by
+//! endpoint and status.
 
 use std::convert::Infallible;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use sha2::{Digest as _, Sha256};
-use warp::Filter;
-use warp::http::{Response, StatusCode, header};
+use tracing::Span;
+use warp::http::{Method, Response, StatusCode, header};
 use warp::path::FullPath;
+use warp::{Filter, Reply};
 
 use crate::cache::{CacheError, Lookup};
 use crate::filters::{Part, PartKey, RawFilters};
 use crate::http::{Answer, Freshness, bad_request, cached, error_json, read_body, unavailable};
 use crate::service::{QueryError, QueryService};
+use metricsstack_common::config::StackIdentity;
 
 /// The OpenAPI 3 document of this service.
 pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");
 
 impl QueryService {
-    /// Every route of the service.
+    /// Every route of the service, each request in a span of its own: its method, endpoint
+    /// and status, and the MetricsStack served.
     pub fn routes(
         &self,
-    ) -> impl Filter<Extract = (Response<Bytes>,), Error = Infallible> + Clone + Send + Sync + 'static
+    ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static
     {
         let service = self.clone();
         let with = warp::any().map(move || service.clone());
@@ -80,6 +84,7 @@ impl QueryService {
             },
         );
         let rejections = self.clone();
+        let stack = self.stack.clone();
         batch
             .or(part("host-process-metrics", Part::HostProcessMetrics))
             .unify()
@@ -98,6 +103,9 @@ impl QueryService {
                 async move { Ok::<_, Infallible>(service.rejected(&rejection)) }
             })
             .unify()
+            .with(warp::trace(move |request: warp::trace::Info<'_>| {
+                request_span(&stack, request.method())
+            }))
     }
 
     /// Answers one part: `GET /api/...` with the filters as query parameters.
@@ -200,11 +208,29 @@ impl QueryService {
         self.record("other", response)
     }
 
-    /// Counts `response` in the request metrics under `endpoint`.
+    /// Counts `response` in the request metrics under `endpoint`, and records both in the
+    /// request's span (the current one: every handler runs inside it).
     fn record(&self, endpoint: &'static str, response: Response<Bytes>) -> Response<Bytes> {
-        self.metrics().request(endpoint, response.status().as_u16());
+        let status = response.status().as_u16();
+        self.metrics().request(endpoint, status);
+        Span::current()
+            .record("endpoint", endpoint)
+            .record("status", status);
         response
     }
+}
+
+/// The span of one request: its method and the MetricsStack served; the endpoint and the
+/// status are recorded once it is answered.
+fn request_span(stack: &StackIdentity, method: &Method) -> Span {
+    tracing::info_span!(
+        "request",
+        method = %method,
+        endpoint = tracing::field::Empty,
+        status = tracing::field::Empty,
+        stack.namespace = %stack.namespace,
+        stack.name = %stack.name,
+    )
 }
 
 /// The endpoint an admin request is counted under, from its path.
@@ -219,16 +245,23 @@ fn admin_endpoint(path: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex, MutexGuard};
+
+    use tracing::field::{Field, Visit};
+    use tracing::{Event, Metadata, Subscriber, span};
+
     use super::*;
     use crate::service::DATABASE_UNREACHABLE;
     use metricsstack_common::admin::RenderMetrics as _;
     use metricsstack_common::config::QueryServiceConfig;
     use metricsstack_common::database::PoolSettings;
 
-    /// A service whose database refuses connections, serving its routes on a free port.
-    async fn without_a_database() -> (QueryService, String) {
+    /// A service for `stack` whose database refuses connections, serving its routes on a
+    /// free port.
+    async fn without_a_database(stack: StackIdentity) -> (QueryService, String) {
         let config = QueryServiceConfig {
-            stack: Default::default(),
+            stack,
             listen_address: "127.0.0.1:0".into(),
             schema: "public".into(),
             pool: PoolSettings {
@@ -254,7 +287,7 @@ mod tests {
 
     #[tokio::test]
     async fn admin_endpoints_are_mounted_and_counted_and_readyz_hides_the_database_error() {
-        let (service, base) = without_a_database().await;
+        let (service, base) = without_a_database(StackIdentity::default()).await;
         let http = reqwest::Client::new();
         let get = |path: &str| http.get(format!("{base}{path}")).send();
 
@@ -292,5 +325,117 @@ mod tests {
         ] {
             assert!(text.contains(counted), "{counted} in\n{text}");
         }
+    }
+
+    /// A subscriber that keeps every span opened while it is the default: its metadata and
+    /// the fields it was opened with. (It cannot answer `Span::current()`: that takes
+    /// tracing-core's `Current`, which `tracing` does not re-export.)
+    #[derive(Clone, Default)]
+    struct RecordedSpans(Arc<Mutex<Vec<RecordedSpan>>>);
+
+    struct RecordedSpan {
+        metadata: &'static Metadata<'static>,
+        fields: BTreeMap<&'static str, String>,
+    }
+
+    impl Visit for RecordedSpan {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.fields.insert(field.name(), value.to_owned());
+        }
+
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.fields.insert(field.name(), format!("{value:?}"));
+        }
+    }
+
+    impl RecordedSpans {
+        fn lock(&self) -> MutexGuard<'_, Vec<RecordedSpan>> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        /// The fields of this crate's spans called `name`, in the order they were opened.
+        fn named(&self, name: &str) -> Vec<BTreeMap<&'static str, String>> {
+            self.lock()
+                .iter()
+                .filter(|span| span.metadata.name() == name)
+                .filter(|span| {
+                    span.metadata
+                        .target()
+                        .starts_with("metricsstack_query_service")
+                })
+                .map(|span| span.fields.clone())
+                .collect()
+        }
+    }
+
+    impl Subscriber for RecordedSpans {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+
+        fn new_span(&self, attributes: &span::Attributes<'_>) -> span::Id {
+            let mut span = RecordedSpan {
+                metadata: attributes.metadata(),
+                fields: BTreeMap::new(),
+            };
+            attributes.record(&mut span);
+            let mut spans = self.lock();
+            spans.push(span);
+            span::Id::from_u64(spans.len() as u64)
+        }
+
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+
+        fn event(&self, _: &Event<'_>) {}
+
+        fn enter(&self, _: &span::Id) {}
+
+        fn exit(&self, _: &span::Id) {}
+    }
+
+    #[tokio::test]
+    async fn each_request_and_each_database_query_has_a_span_naming_what_it_serves() {
+        let spans = RecordedSpans::default();
+        let _default = tracing::subscriber::set_default(spans.clone());
+        let stack = StackIdentity {
+            namespace: "monitoring".into(),
+            name: "main".into(),
+        };
+        let (_service, base) = without_a_database(stack).await;
+        let http = reqwest::Client::new();
+        let part = http.get(format!("{base}/api/vm-metrics")).send().await;
+        assert_eq!(
+            part.expect("answered").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let healthz = http.get(format!("{base}/healthz")).send().await;
+        assert_eq!(healthz.expect("answered").status(), StatusCode::OK);
+        let elsewhere = http.post(format!("{base}/nothing")).send().await;
+        assert_eq!(elsewhere.expect("answered").status(), StatusCode::NOT_FOUND);
+
+        let fields = |pairs: &[(&'static str, &str)]| {
+            pairs
+                .iter()
+                .map(|(name, value)| (*name, (*value).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        // The endpoint and the status are recorded later, into `Span::current()`.
+        let request = |method| {
+            fields(&[
+                ("method", method),
+                ("stack.namespace", "monitoring"),
+                ("stack.name", "main"),
+            ])
+        };
+        assert_eq!(
+            spans.named("request"),
+            [request("GET"), request("GET"), request("POST")]
+        );
+        assert_eq!(
+            spans.named("database_query"),
+            [fields(&[("part", "vm_metrics"), ("source", "raw")])]
+        );
     }
 }

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 use warp::filters::BoxedFilter;
 use warp::http::Response;
 
@@ -23,7 +24,7 @@ use crate::http::Answer;
 use crate::metrics::Metrics;
 use crate::queries::{self, Aggregates};
 use metricsstack_common::admin::{self, ReadinessCheck};
-use metricsstack_common::config::QueryServiceConfig;
+use metricsstack_common::config::{QueryServiceConfig, StackIdentity};
 use metricsstack_common::database::{SearchPath, Session};
 
 /// Every database statement is cancelled by the server after this long.
@@ -82,8 +83,15 @@ impl Database {
     /// Queries one part: the cache's source.
     async fn answer(self: Arc<Self>, key: PartKey) -> Result<Answer, QueryError> {
         let statement = queries::statement(&key, self.aggregates());
+        let span = tracing::info_span!(
+            "database_query",
+            part = statement.part.name(),
+            source = statement.source.as_str(),
+        );
         let started = Instant::now();
-        let result = queries::run(&self.pool, statement, &key).await;
+        let result = queries::run(&self.pool, statement, &key)
+            .instrument(span)
+            .await;
         self.metrics
             .query(statement, started.elapsed(), result.is_ok());
         match result {
@@ -119,12 +127,14 @@ impl ReadinessCheck for Database {
     }
 }
 
-/// The query service: a database pool, the answer cache and the metrics. Cloning it gives
-/// another handle on the same service.
+/// The query service: a database pool, the answer cache and the metrics, for the
+/// MetricsStack its configuration names. Cloning it gives another handle on the same
+/// service.
 #[derive(Clone)]
 pub struct QueryService {
     database: Arc<Database>,
     pub(crate) cache: Cache<PartKey, Answer, QueryError>,
+    pub(crate) stack: Arc<StackIdentity>,
 }
 
 impl QueryService {
@@ -155,7 +165,11 @@ impl QueryService {
         let cache = Cache::new(policy, move |key: &PartKey| {
             source.clone().answer(key.clone()).boxed()
         });
-        Ok(Self { database, cache })
+        Ok(Self {
+            database,
+            cache,
+            stack: Arc::new(config.stack.clone()),
+        })
     }
 
     /// The service's metrics.
