@@ -70,7 +70,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    logging::init("info,kube=warn");
+    // warp::filters::trace logs every request at INFO and each 5xx (a failed readiness probe) at
+    // ERROR; the query service records requests in its own spans and metrics instead.
+    logging::init("info,kube=warn,warp::filters::trace=off");
     match Cli::parse().command {
         Command::Run {
             admin_address,
