@@ -1,15 +1,22 @@
 //! The collector binary against native PostgreSQL behind a proxy that the test cuts: while
 //! the database is away the collector keeps sampling into its spool, and when it returns
 //! every sample arrives exactly once, also across a SIGKILL and restart of the collector.
+//!
+//! The tests wait on what they can see, never on time passing: rows in the database,
+//! batches in the spool (read as the collector wrote them), and the number of samples the
+//! collector says it took when it stops.
 
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command};
-use std::sync::Arc;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use metricsstack_testkit::TestDatabase;
+use chrono::{DateTime, SubsecRound, Utc};
+use metricsstack_collector::rows::Batch;
+use metricsstack_testkit::{TestDatabase, wait_until};
 use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -78,8 +85,15 @@ async fn serve(
     }
 }
 
-/// A running collector process, killed if the test ends early.
-struct Collector(Child);
+/// How long a condition may take to come true on a loaded machine before the test fails.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A running collector process, its log lines collected; killed if the test ends early.
+struct Collector {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Collector {
     fn start(dir: &Path, database_url: &str) -> Self {
@@ -93,36 +107,69 @@ impl Collector {
             ),
         )
         .expect("the config is written");
-        let child = Command::new(env!("CARGO_BIN_EXE_collector"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
             .arg("--config")
             .arg(&config)
             .env("DATABASE_URL", database_url)
             .env("NODE_NAME", "outage-node")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
             .spawn()
             .expect("the collector starts");
-        Self(child)
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn({
+            let lines = lines.clone();
+            move || {
+                for line in BufReader::new(stdout).lines() {
+                    lines.lock().expect("lines").push(line.expect("a line"));
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            reader: Some(reader),
+        }
     }
 
-    fn signal(&mut self, signal: &str) {
+    fn kill(mut self) {
+        self.child.kill().expect("the collector is killed");
+        self.child.wait().expect("killed");
+    }
+
+    /// Stops the collector (SIGTERM), and returns how many samples it says it took.
+    fn stop(mut self) -> u64 {
         let status = Command::new("kill")
-            .args([signal, &self.0.id().to_string()])
+            .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill runs");
         assert!(status.success());
-    }
-
-    fn stop(mut self) {
-        self.signal("-TERM");
-        let status = self.0.wait().expect("the collector exits");
-        assert!(status.success(), "the collector exited with {status}");
+        let status = self.child.wait().expect("the collector exits");
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the output is read");
+        }
+        let lines = self.lines.lock().expect("lines");
+        assert!(
+            status.success(),
+            "the collector exited with {status}: {lines:#?}"
+        );
+        let stopped = lines
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["fields"]["message"] == "stopped")
+            .unwrap_or_else(|| panic!("the collector says it stopped: {lines:#?}"));
+        assert_eq!(stopped["fields"]["rows_dropped"], 0, "{stopped}");
+        stopped["fields"]["samples"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a sample count: {stopped}"))
     }
 }
 
 impl Drop for Collector {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -147,127 +194,140 @@ fn proxied_url(db: &TestDatabase, proxy: &Proxy) -> String {
     )
 }
 
-/// The sample times of the host rows, in order.
-async fn sample_times(pool: &PgPool) -> Vec<DateTime<Utc>> {
-    sqlx::query_scalar(
-        "SELECT \"timestamp\" FROM host_overall_metrics WHERE host = 'outage-node' ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("rows")
+/// The sample times of the host rows.
+async fn sample_times(pool: &PgPool) -> BTreeSet<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT \"timestamp\" FROM host_overall_metrics WHERE host = 'outage-node'")
+        .fetch_all(pool)
+        .await
+        .expect("rows")
+        .into_iter()
+        .collect()
 }
 
-async fn wait_for_rows(pool: &PgPool, after: DateTime<Utc>) {
-    for _ in 0..120 {
-        if sample_times(pool).await.last().is_some_and(|t| *t > after) {
-            return;
+/// The sample times of the batches in the spool `dir` now, as the database stores them (to
+/// the microsecond). A batch replayed while the spool is read is left out.
+fn spooled(dir: &Path) -> BTreeSet<DateTime<Utc>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeSet::new(); // not created yet
+    };
+    let mut times = BTreeSet::new();
+    for entry in entries {
+        let path = entry.expect("a spool entry").path();
+        // Only whole batches: a `.json` file is renamed into place once written and synced.
+        if path.extension().is_none_or(|extension| extension != "json") {
+            continue;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("no rows after {after}");
-}
-
-/// Fails if two consecutive samples are further apart than one interval (with slack).
-fn assert_no_gaps(times: &[DateTime<Utc>], from: DateTime<Utc>, to: DateTime<Utc>) {
-    let inside: Vec<_> = times.iter().filter(|t| **t >= from && **t <= to).collect();
-    assert!(
-        inside.len() >= 2,
-        "too few samples between {from} and {to}: {times:?}"
-    );
-    for pair in inside.windows(2) {
-        let gap = (*pair[1] - *pair[0]).num_milliseconds();
-        assert!(
-            gap < 1600,
-            "samples {} and {} are {gap} ms apart",
-            pair[0],
-            pair[1]
+        let Ok(content) = std::fs::read(&path) else {
+            continue; // replayed and removed meanwhile
+        };
+        let batch: Batch = serde_json::from_slice(&content)
+            .unwrap_or_else(|e| panic!("{} is a batch: {e}", path.display()));
+        times.extend(
+            batch
+                .hosts
+                .iter()
+                .map(|host| host.timestamp.trunc_subsecs(6)),
         );
     }
+    times
+}
+
+/// Waits until the spool `dir` has held at least `count` batches, and returns their sample
+/// times: the database is away, so nothing leaves the spool.
+async fn wait_for_spooled(dir: &Path, count: usize) -> BTreeSet<DateTime<Utc>> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = BTreeSet::new();
+    loop {
+        seen.extend(spooled(dir));
+        if seen.len() >= count {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {DEADLINE:?}, the spool has held only {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the spool `dir` is empty and the database holds every sample of `times`.
+async fn wait_for_replay(pool: &PgPool, dir: &Path, times: &BTreeSet<DateTime<Utc>>) {
+    wait_until("the spool is replayed", DEADLINE, || async {
+        spooled(dir).is_empty() && sample_times(pool).await.is_superset(times)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_sample_of_an_outage_arrives_exactly_once() {
     let (db, pool, proxy, dir) = setup().await;
+    let spool = dir.path().join("spool");
     let collector = Collector::start(dir.path(), &proxied_url(&db, &proxy));
-    let started = Utc::now();
-    wait_for_rows(&pool, started).await;
+    wait_until("the collector writes", DEADLINE, || async {
+        !sample_times(&pool).await.is_empty()
+    })
+    .await;
 
     proxy.set_up(false);
-    let outage = Utc::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let outage = wait_for_spooled(&spool, 4).await;
     proxy.set_up(true);
-    let back = Utc::now();
-    wait_for_rows(&pool, back + chrono::Duration::seconds(2)).await;
-    collector.stop();
+    wait_for_replay(&pool, &spool, &outage).await;
+    let samples = collector.stop();
 
     let times = sample_times(&pool).await;
-    let during: Vec<_> = times
-        .iter()
-        .filter(|t| **t > outage && **t < back)
-        .collect();
     assert!(
-        during.len() >= 4,
-        "samples taken during the outage arrived: {during:?}"
+        times.is_superset(&outage),
+        "the samples spooled during the outage arrived: {outage:?}, {times:?}"
     );
-    assert_no_gaps(&times, started, back);
-    let distinct: i64 = sqlx::query_scalar(
-        "SELECT count(DISTINCT \"timestamp\") - count(*) FROM host_overall_metrics",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("count");
-    assert_eq!(distinct, 0, "no sample is stored twice");
+    // One row per sample and time (the table's key): none lost, none twice.
     assert_eq!(
-        std::fs::read_dir(dir.path().join("spool"))
-            .expect("spool")
-            .count(),
-        0,
-        "the spool is empty"
+        times.len() as u64,
+        samples,
+        "every sample the collector took is stored once: {times:?}"
     );
+    assert!(spooled(&spool).is_empty(), "the spool is empty");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn spooled_samples_survive_a_sigkill_during_the_outage() {
     let (db, pool, proxy, dir) = setup().await;
+    let spool = dir.path().join("spool");
     let url = proxied_url(&db, &proxy);
-    let mut first = Collector::start(dir.path(), &url);
-    let started = Utc::now();
-    wait_for_rows(&pool, started).await;
+    let first = Collector::start(dir.path(), &url);
+    wait_until("the collector writes", DEADLINE, || async {
+        !sample_times(&pool).await.is_empty()
+    })
+    .await;
 
     proxy.set_up(false);
-    let outage = Utc::now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    first.signal("-KILL");
-    let killed = Utc::now();
-    first.0.wait().expect("killed");
-    let spooled = std::fs::read_dir(dir.path().join("spool"))
-        .expect("spool")
-        .count();
+    let witnessed = wait_for_spooled(&spool, 3).await;
+    first.kill();
+    let survived = spooled(&spool);
     assert!(
-        spooled >= 3,
-        "the killed collector spooled its samples: {spooled}"
+        survived.is_superset(&witnessed),
+        "the spool kept its batches across the SIGKILL: {witnessed:?}, {survived:?}"
     );
 
+    // The second collector starts while the database is still away: it spools after what
+    // the first one left.
+    let restarted = Utc::now().trunc_subsecs(6);
     let second = Collector::start(dir.path(), &url);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for_spooled(&spool, survived.len() + 1).await;
     proxy.set_up(true);
-    wait_for_rows(&pool, Utc::now() + chrono::Duration::seconds(2)).await;
-    second.stop();
+    wait_for_replay(&pool, &spool, &survived).await;
+    let samples = second.stop();
 
     let times = sample_times(&pool).await;
-    let before_kill: Vec<_> = times
-        .iter()
-        .filter(|t| **t > outage && **t < killed)
-        .collect();
     assert!(
-        before_kill.len() >= 3,
-        "the samples spooled before the SIGKILL arrived: {times:?}"
+        times.is_superset(&survived),
+        "the samples spooled before the SIGKILL arrived: {survived:?}, {times:?}"
     );
-    assert_no_gaps(
-        &times,
-        started,
-        killed - chrono::Duration::milliseconds(1100),
+    assert_eq!(
+        times.range(restarted..).count() as u64,
+        samples,
+        "every sample the second collector took is stored once: {times:?}"
     );
+    assert!(spooled(&spool).is_empty(), "the spool is empty");
 }
 
 /// A temporary directory removed at the end of the test.
