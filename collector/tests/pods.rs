@@ -3,21 +3,23 @@
 //! once it is deleted.
 //!
 //! The test API server runs no scheduler and no kubelet: pods created with `spec.nodeName`
-//! stay Pending, and the test writes their container statuses itself. The node names exist
-//! nowhere else, so the controller manager's pod garbage collector would delete these pods
-//! as orphans, but only after 40 seconds; the pods are deleted well before.
+//! stay Pending, and the test writes their container statuses itself. It registers the two
+//! nodes too: else the controller manager's pod garbage collector would delete their pods as
+//! orphans after 40 seconds, which a loaded machine can reach. Nodes that never report are
+//! tainted unreachable after a grace period, and their pods evicted only after the default
+//! toleration of 300 seconds.
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use metricsstack_collector::pods::{self, KnownContainer, PodIndex};
 use metricsstack_testkit::{TestNamespace, unique_name};
 
-/// How long the API server and the watch get to show a change.
-const DEADLINE: Duration = Duration::from_secs(60);
+/// How long the API server and the watch get to show a change on a loaded machine.
+const DEADLINE: Duration = Duration::from_secs(120);
 
 /// A container id as the runtime reports it: 64 hex digits, here one digit repeated.
 fn container_id(digit: char) -> String {
@@ -38,6 +40,16 @@ fn pod(name: &str, node: &str, containers: &[(&str, Option<&str>)]) -> Pod {
         "spec": { "nodeName": node, "containers": containers },
     }))
     .expect("a valid pod")
+}
+
+/// Registers a node called `name` (which no kubelet serves).
+async fn register(nodes: &Api<Node>, name: &str) {
+    let node: Node = serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }))
+        .expect("a valid node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap_or_else(|e| panic!("registering node {name} failed: {e}"));
 }
 
 /// Creates `pod` and returns its uid.
@@ -128,6 +140,10 @@ async fn the_watch_knows_the_pods_of_its_node_only_and_forgets_deleted_ones() {
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     let node_a = unique_name("node-a");
     let node_b = unique_name("node-b");
+    let nodes: Api<Node> = Api::all(ns.client.clone());
+    for node in [&node_a, &node_b] {
+        register(&nodes, node).await;
+    }
     let (web_app, web_sidecar, worker, other) = (
         container_id('a'),
         container_id('b'),
@@ -212,4 +228,10 @@ async fn the_watch_knows_the_pods_of_its_node_only_and_forgets_deleted_ones() {
         "the store holds the remaining pod only"
     );
     watch.abort();
+    for node in [&node_a, &node_b] {
+        nodes
+            .delete(node, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting node {node} failed: {e}"));
+    }
 }
