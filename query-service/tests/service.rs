@@ -2,8 +2,14 @@
 //! checked against independent SQL, the cache's fresh/stale/miss behaviour and headers,
 //! single flight counted by the database (pg_stat_statements), conditional requests, a
 //! database outage (through an in-process TCP proxy that the test cuts), and bad input.
+//!
+//! No verdict depends on how fast the machine is: where the cache's timing matters, Tokio's
+//! clock (which the cache reads) is paused and moved by the test alone, and the test waits
+//! for what the service does in the background (a refresh, a query waiting for a lock) by
+//! polling until it has happened.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -74,7 +80,6 @@ fn config(fresh: u64, stale_while_revalidate: u64, stale_if_error: u64) -> Query
         schema: "public".into(),
         pool: PoolSettings {
             max_connections: 8,
-            acquire_timeout_seconds: 2,
             ..PoolSettings::default()
         },
         fresh_ttl_seconds: fresh,
@@ -94,6 +99,48 @@ async fn start(config: &QueryServiceConfig, database_url: &str) -> Client {
     Client {
         base: format!("http://{address}"),
         http: reqwest::Client::new(),
+    }
+}
+
+/// Tokio's clock, paused for as long as this value lives: it moves only when the test
+/// moves it on, never while the test waits for the database or the network, so that a slow
+/// machine cannot age an answer. (Tokio moves a paused clock on by itself whenever every task
+/// waits, unless a blocking task runs: this value keeps one running.)
+struct PausedClock {
+    paused_at: tokio::time::Instant,
+    _running: std::sync::mpsc::Sender<()>,
+}
+
+impl PausedClock {
+    fn pause() -> Self {
+        tokio::time::pause();
+        let (running, until_dropped) = std::sync::mpsc::channel::<()>();
+        tokio::task::spawn_blocking(move || until_dropped.recv());
+        Self {
+            paused_at: tokio::time::Instant::now(),
+            _running: running,
+        }
+    }
+
+    /// Moves the clock on to `ms` milliseconds after it was paused. Tokio's timers fire on
+    /// whole milliseconds of a count of its own, so one due at the very instant the clock is
+    /// moved to may not fire yet: the tests move it past the instants things are due at.
+    async fn to(&self, ms: u64) {
+        let to = self.paused_at + Duration::from_millis(ms);
+        tokio::time::advance(to - tokio::time::Instant::now()).await;
+    }
+}
+
+/// Polls `check` until it holds; fails only if it still does not after two minutes, far
+/// longer than any load makes it take. Waits on the system clock, not on Tokio's, which may
+/// be paused.
+async fn eventually<Check: Future<Output = bool>>(what: &str, check: impl Fn() -> Check) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never {what}");
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(20)))
+            .await
+            .expect("slept");
     }
 }
 
@@ -494,6 +541,41 @@ async fn metric_statement_calls(pool: &PgPool) -> Vec<(String, i64)> {
     .expect("pg_stat_statements")
 }
 
+/// How many of the service's statements wait for a lock in the database.
+async fn waiting_for_a_lock(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock' \
+           AND application_name = 'metricsstack-query-service'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// The service's database queries, by part, source and outcome.
+const QUERIES: &str = "metricsstack_query_service_database_queries_total{";
+
+/// The sum of the service's metric samples whose lines start with `prefix`.
+async fn metric(client: &Client, prefix: &str) -> u64 {
+    let (_, metrics) = client.text("/metrics").await;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Waits until the samples of the metric `prefix` add up to `n` (work done in the
+/// background, such as a refresh), and checks that they do not add up to more.
+async fn wait_for_metric(client: &Client, prefix: &str, n: u64) {
+    eventually(&format!("{n} for {prefix}"), || async {
+        metric(client, prefix).await >= n
+    })
+    .await;
+    assert_eq!(metric(client, prefix).await, n, "{prefix}");
+}
+
 #[tokio::test]
 async fn a_hundred_concurrent_identical_requests_run_each_query_once() {
     let (db, pool) = seeded().await;
@@ -543,38 +625,43 @@ async fn a_hundred_concurrent_identical_requests_run_each_query_once() {
     );
 }
 
-/// The database queries the service has run for one part, from its metrics.
-async fn service_queries(client: &Client, part: &str) -> u64 {
-    let (_, metrics) = client.text("/metrics").await;
-    let prefix = format!("metricsstack_query_service_database_queries_total{{part=\"{part}\"");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
 #[tokio::test]
 async fn answers_are_refreshed_ahead_while_read_stale_while_a_refresh_waits_then_dropped() {
     let (db, pool) = seeded().await;
-    // Fresh 1 s (refreshed at 0.9 s while read), read within 2 s keeps a key refreshed.
+    let clock = PausedClock::pause();
+    // Fresh 1 s, refreshed 0.9 s after each fetch while read within the last 2 s; served
+    // stale until 3 s old.
     let client = start(&config(1, 2, 0), &db.url()).await;
     let path = "/api/dashboard/top-processes?limit=3";
     let cache_control = "max-age=1, stale-while-revalidate=2, stale-if-error=0";
-    let queries = || service_queries(&client, "top_processes");
+    let queries = format!("{QUERIES}part=\"top_processes\"");
 
+    // At 0 s: fetched, then fresh.
     let miss = client.get(path).await;
     assert_eq!(miss.header("x-cache"), "MISS");
     assert_eq!(miss.header("cache-control"), cache_control);
     assert_eq!(miss.header("age"), "0");
-    assert_eq!(queries().await, 1);
-
+    assert_eq!(metric(&client, &queries).await, 1);
     let hit = client.get(path).await;
     assert_eq!(hit.header("x-cache"), "HIT");
     assert_eq!(hit.header("cache-control"), cache_control);
     assert_eq!(hit.header("age"), "0");
     assert_eq!(hit.header("etag"), miss.header("etag"));
-    assert_eq!(queries().await, 1);
+    assert_eq!(metric(&client, &queries).await, 1);
+
+    // Read at 0 s, so refreshed when due at 0.9 s (the clock moved on to 0.95 s): at 1.5 s,
+    // when the first answer would be stale, the answer is fresh.
+    clock.to(950).await;
+    wait_for_metric(&client, &queries, 2).await;
+    clock.to(1500).await;
+    let refreshed = client.get(path).await;
+    assert_eq!(refreshed.header("x-cache"), "HIT");
+    assert_eq!(refreshed.header("age"), "0");
+    assert_eq!(
+        refreshed.header("etag"),
+        miss.header("etag"),
+        "the same data"
+    );
 
     // New data, held back (with readers) by a lock until the stale answers are checked.
     let mut writer = pool.begin().await.expect("begin");
@@ -589,9 +676,14 @@ async fn answers_are_refreshed_ahead_while_read_stale_while_a_refresh_waits_then
         .execute(&mut *writer)
         .await
         .expect("lock");
-    // The refresh ahead (at 0.9 s) waits for the lock: past the freshness, the stale answer
-    // comes at once and no reader starts another query.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The refresh due at 1.85 s waits for the lock. At 2 s the answer of 0.95 s is past its
+    // freshness: it comes stale at once, and no reader starts another query.
+    clock.to(1900).await;
+    eventually("the refresh waits for the lock", || async {
+        waiting_for_a_lock(&pool).await >= 1
+    })
+    .await;
+    clock.to(2000).await;
     for _ in 0..5 {
         let stale = client.get(path).await;
         assert_eq!(stale.header("x-cache"), "STALE");
@@ -599,109 +691,118 @@ async fn answers_are_refreshed_ahead_while_read_stale_while_a_refresh_waits_then
         assert_eq!(stale.header("age"), "1");
         assert_eq!(stale.body, miss.body);
     }
+    assert_eq!(waiting_for_a_lock(&pool).await, 1, "one refresh");
     writer.commit().await.expect("commit");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(queries().await, 2, "one refresh");
-    let refreshed = client.get(path).await;
-    assert_eq!(refreshed.header("x-cache"), "HIT");
-    assert_ne!(refreshed.header("etag"), miss.header("etag"));
-    assert_eq!(refreshed.body["rows"][0]["host"], "node-1");
-    assert_eq!(refreshed.body["rows"][0]["process_name"], "proc-1");
+    wait_for_metric(&client, &queries, 3).await;
+    let new = client.get(path).await;
+    assert_eq!(new.header("x-cache"), "HIT");
+    assert_eq!(new.header("age"), "0");
+    assert_ne!(new.header("etag"), miss.header("etag"));
+    assert_eq!(new.body["rows"][0]["host"], "node-1");
+    assert_eq!(new.body["rows"][0]["process_name"], "proc-1");
 
-    // Nobody reads it now: refreshed for at most 2 s more, then no more, and once too old
-    // to be served (1 + 2 s) it is dropped: the next request waits for the database.
-    tokio::time::sleep(Duration::from_millis(5500)).await;
-    let after_reads = queries().await;
-    assert!(
-        (3..=6).contains(&after_reads),
-        "refreshed while read recently, then not: {after_reads}"
-    );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(queries().await, after_reads, "no refresh without readers");
+    // Last read at 2 s, its answer from 2 s: refreshed when due at 2.9 s and 3.85 s (read
+    // within 2 s), not at 4.8 s; from 6.9 s the answer of 3.9 s is too old to be served (3 s),
+    // and the next request waits for the database.
+    clock.to(2950).await;
+    wait_for_metric(&client, &queries, 4).await;
+    clock.to(3900).await;
+    wait_for_metric(&client, &queries, 5).await;
+    clock.to(6950).await;
+    let not_refreshed = metric(&client, &queries).await;
+    assert_eq!(not_refreshed, 5, "no refresh without readers");
     let missed = client.get(path).await;
     assert_eq!(missed.header("x-cache"), "MISS");
     assert_eq!(missed.header("age"), "0");
-    assert_eq!(queries().await, after_reads + 1);
+    assert_eq!(metric(&client, &queries).await, 6);
 }
 
-/// `clients` clients, each requesting the dashboard every `every` (the i-th starting at
-/// `i * every / clients`) until `duration` has passed; every answer must be 200.
-async fn poll_dashboard(client: &Client, clients: u32, every: Duration, duration: Duration) {
-    let started = tokio::time::Instant::now();
-    futures::future::join_all((0..clients).map(|i| async move {
-        let mut next = started + every * i / clients;
-        while next < started + duration {
-            tokio::time::sleep_until(next).await;
-            let answer = client.batch(r#"{"window": "1h", "limit": 9}"#).await;
-            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-            next += every;
-        }
+/// The dashboard, requested at once by those of `clients` clients whose turn it is at
+/// `step`: each client's turn comes every nine steps, the i-th's at step i (modulo nine).
+/// The answers' `X-Cache`.
+async fn poll_dashboard(client: &Client, clients: u32, step: u32) -> Vec<String> {
+    let turn = (0..clients).filter(|i| i % 9 == step % 9);
+    futures::future::join_all(turn.map(|_| async {
+        let answer = client.batch(r#"{"window": "1h", "limit": 9}"#).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.header("x-cache").to_owned()
     }))
-    .await;
+    .await
 }
 
 #[tokio::test]
 async fn database_queries_do_not_grow_with_the_number_of_polling_clients() {
     // Two databases, so that the database counts each service's queries apart: one client
-    // on one, twenty on the other, polling every 2.5 s, at the same time.
-    let mut services = Vec::new();
+    // on one, twenty on the other, over the same 8.64 s.
+    let mut databases = Vec::new();
     for _ in 0..2 {
         let (db, pool) = seeded().await;
         sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             .execute(&pool)
             .await
             .expect("pg_stat_statements");
-        // Fresh 1 s; read within 5 s keeps a key refreshed.
+        databases.push((db, pool));
+    }
+    let clock = PausedClock::pause();
+    let mut services = Vec::new();
+    for (db, pool) in &databases {
+        // Fresh 1 s; refreshed every 0.9 s while read within the last 5 s.
         let client = start(&config(1, 5, 60), &db.url()).await;
         assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
         sqlx::query(
             "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database \
              WHERE datname = current_database()), 0)",
         )
-        .execute(&pool)
+        .execute(pool)
         .await
         .expect("reset");
-        services.push((db, pool, client));
+        services.push(client);
     }
-    let every = Duration::from_millis(2500);
-    let duration = Duration::from_millis(7500);
-    futures::future::join(
-        poll_dashboard(&services[0].2, 1, every, duration),
-        poll_dashboard(&services[1].2, 20, every, duration),
-    )
-    .await;
-    let one = metric_statement_calls(&services[0].1).await;
-    let twenty = metric_statement_calls(&services[1].1).await;
 
-    // Each part is refreshed every 0.9 s and some milliseconds whoever reads it: about
-    // nine queries each in 7.5 s, for one client (3 requests) as for twenty (60).
-    assert_eq!(one.len(), 4, "one statement per part: {one:#?}");
-    assert_eq!(
-        one.iter().map(|(query, _)| query).collect::<Vec<_>>(),
-        twenty.iter().map(|(query, _)| query).collect::<Vec<_>>()
-    );
-    for ((query, one), (_, twenty)) in one.iter().zip(&twenty) {
-        assert!(
-            (one - twenty).abs() <= 2,
-            "{one} queries for one client, {twenty} for twenty: {query}"
-        );
-        assert!(
-            (5..=12).contains(one),
-            "{one} queries for one client: {query}"
-        );
+    // Steps of 0.32 s: each client polls every nine steps, the twenty spread over them; a
+    // refresh ahead, due 0.9 s after the last fetch, comes at the third step (0.96 s), before
+    // the answer would turn stale (1 s).
+    let clients = [1, 20];
+    let mut requests = [0, 0];
+    for step in 0..=27 {
+        clock.to(320 * u64::from(step)).await;
+        for (service, (clients, requests)) in services.iter().zip(clients.iter().zip(&mut requests))
+        {
+            let answers = poll_dashboard(service, *clients, step).await;
+            assert!(
+                answers
+                    .iter()
+                    .all(|a| a == "HIT" || step == 0 && a == "MISS"),
+                "{clients} clients at step {step}: {answers:?}"
+            );
+            *requests += answers.len();
+            if step % 3 == 0 {
+                // The first fetch, then a refresh each third step: one query per part each time.
+                wait_for_metric(service, QUERIES, 4 * (u64::from(step) / 3 + 1)).await;
+            }
+        }
     }
+    assert_eq!(requests, [4, 63]);
+    let one = metric_statement_calls(&databases[0].1).await;
+    let twenty = metric_statement_calls(&databases[1].1).await;
+    assert_eq!(one.len(), 4, "one statement per part: {one:#?}");
+    for (query, calls) in &one {
+        assert_eq!(*calls, 10, "a fetch and nine refreshes: {query}");
+    }
+    assert_eq!(one, twenty, "as many queries for twenty clients as for one");
 }
 
 #[tokio::test]
 async fn a_matching_if_none_match_gets_304() {
     let (db, _pool) = seeded().await;
+    let clock = PausedClock::pause();
     let client = start(&config(60, 60, 60), &db.url()).await;
     let first = client.get("/api/vm-metrics?namespace=db").await;
     let etag = first.header("etag").to_owned();
     assert!(etag.starts_with('"') && etag.len() == 66, "{etag}");
     assert_eq!(first.header("age"), "0");
     // Age: whole seconds since the answer was fetched; max-age: the whole freshness.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.to(1500).await;
     let url = format!("{}/api/vm-metrics?namespace=db", client.base);
     let not_modified = client
         .send(client.http.get(&url).header("if-none-match", &etag))
@@ -785,6 +886,7 @@ impl Proxy {
 #[tokio::test]
 async fn while_the_database_is_down_stale_answers_or_503() {
     let (db, _pool) = seeded().await;
+    let clock = PausedClock::pause();
     let upstream: SocketAddr = format!("{}:{}", db.options.get_host(), db.options.get_port())
         .parse()
         .expect("the test database listens on an IP address");
@@ -805,7 +907,7 @@ async fn while_the_database_is_down_stale_answers_or_503() {
     assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
 
     proxy.set_up(false);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.to(1500).await;
     let stale = client.get("/api/host-overall-metrics").await;
     assert_eq!(stale.status, StatusCode::OK);
     assert_eq!(stale.header("x-cache"), "STALE");
@@ -927,6 +1029,8 @@ async fn every_kind_of_bad_input_gets_400_naming_the_field() {
 #[tokio::test]
 async fn health_readiness_metrics_and_the_openapi_document_are_served() {
     let (db, _pool) = seeded().await;
+    // Paused: the second batch finds the first's answers fresh, however long it takes.
+    let _clock = PausedClock::pause();
     let client = start(&config(60, 60, 60), &db.url()).await;
     assert_eq!(client.text("/healthz").await.0, StatusCode::OK);
     let (status, ready) = client.text("/readyz").await;
