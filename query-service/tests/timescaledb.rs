@@ -1,13 +1,15 @@
 //! The query service on TimescaleDB: long windows read the hourly continuous aggregates the
 //! operator created, and answer what the raw rows say.
 
+use std::time::Duration;
+
 use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::crd::{MetricsStack, TlsMode};
 use metricsstack_operator::database::{self, JobKind, converge, read_state};
 use metricsstack_operator::validate::validate;
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::TimescaleSchema;
+use metricsstack_testkit::{TimescaleSchema, wait_until};
 use serde_json::Value;
 use sqlx::Connection;
 use tokio::net::TcpListener;
@@ -85,7 +87,15 @@ async fn long_windows_read_the_hourly_aggregate() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let service = QueryService::new(&config, &tsdb.url()).expect("the service starts");
-    let server = tokio::spawn(service.run(listener, std::future::pending()));
+    let server = tokio::spawn(service.clone().run(listener, std::future::pending()));
+    // The service looks the aggregates up when it starts, giving up after two seconds (and
+    // trying again later) on a slow machine: wait until it has found them.
+    wait_until(
+        "the service has found the hourly aggregate",
+        Duration::from_secs(120),
+        || async { service.aggregates().host_overall },
+    )
+    .await;
     let answer: Value = reqwest::get(format!(
         "http://{address}/api/host-overall-metrics?window=7d"
     ))
