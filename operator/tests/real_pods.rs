@@ -130,7 +130,10 @@ async fn batch_with_pod(pod_ip: &str, namespace: &str, pod: &str) -> Value {
             && response.status().is_success()
         {
             last = response.json().await.expect("JSON");
-            let rows = last["vm_metrics"]["rows"].as_array().cloned().unwrap_or_default();
+            let rows = last["vm_metrics"]["rows"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if rows.iter().any(|row| row["pod"] == pod) {
                 return last;
             }
@@ -198,18 +201,28 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
     let release = "metricsstack";
     let mut install = vec!["install", release, chart.to_str().expect("a UTF-8 path")];
     let values = values(&node);
-    install.extend(["--namespace", &operator_ns.name, "--wait", "--timeout", "3m"]);
+    install.extend([
+        "--namespace",
+        &operator_ns.name,
+        "--wait",
+        "--timeout",
+        "3m",
+    ]);
     install.extend(values.iter().map(String::as_str));
     helm(&install);
     let operator_pods: Api<Pod> = Api::namespaced(client.clone(), &operator_ns.name);
     let operator_image = format!("localhost/metricsstack/operator:{}", images.tag);
-    wait_until("the operator pod runs the local image and is ready", WAIT, || {
-        pods_ready_with(
-            &operator_pods,
-            "app.kubernetes.io/name=metricsstack-operator",
-            &operator_image,
-        )
-    })
+    wait_until(
+        "the operator pod runs the local image and is ready",
+        WAIT,
+        || {
+            pods_ready_with(
+                &operator_pods,
+                "app.kubernetes.io/name=metricsstack-operator",
+                &operator_image,
+            )
+        },
+    )
     .await;
 
     // The stack: PostgreSQL as the pods reach it, collectors and query service on the node.
@@ -222,7 +235,10 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
     );
     let stack_ns = TestNamespace::create().await;
     Api::<Secret>::namespaced(client.clone(), &stack_ns.name)
-        .create(&PostParams::default(), &connection_secret("postgres", &pod_database_url))
+        .create(
+            &PostParams::default(),
+            &connection_secret("postgres", &pod_database_url),
+        )
         .await
         .expect("the Secret is created");
     let on_the_node = json!({
@@ -260,13 +276,17 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
 
     let stack_pods: Api<Pod> = Api::namespaced(client.clone(), &stack_ns.name);
     let collector_image = format!("localhost/metricsstack/collector:{}", images.tag);
-    wait_until("the collector pod runs on the real node and is ready", WAIT, || {
-        pods_ready_with(
-            &stack_pods,
-            "app.kubernetes.io/component=collector",
-            &collector_image,
-        )
-    })
+    wait_until(
+        "the collector pod runs on the real node and is ready",
+        WAIT,
+        || {
+            pods_ready_with(
+                &stack_pods,
+                "app.kubernetes.io/component=collector",
+                &collector_image,
+            )
+        },
+    )
     .await;
     wait_until("the query service pod is ready", WAIT, || {
         pods_ready_with(
@@ -301,7 +321,9 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
     let rows = workload_rows(&pool, &workload_ns.name).await;
     let last = rows.last().expect("rows");
     assert_eq!(last.container_name.as_deref(), Some("burn"));
-    let share = last.cpu_limit_percent.expect("a share of the 200m CPU limit");
+    let share = last
+        .cpu_limit_percent
+        .expect("a share of the 200m CPU limit");
     let expected = last.cpu_usage_percent * 1000.0 / 200.0;
     assert!(
         (share - expected).abs() <= expected * 1e-3,
@@ -374,8 +396,18 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
         packaged.to_str().expect("a UTF-8 path"),
     ]);
     let next_chart = packaged.join(format!("metricsstack-operator-{}.tgz", images.next_tag));
-    let mut upgrade = vec!["upgrade", release, next_chart.to_str().expect("a UTF-8 path")];
-    upgrade.extend(["--namespace", &operator_ns.name, "--wait", "--timeout", "3m"]);
+    let mut upgrade = vec![
+        "upgrade",
+        release,
+        next_chart.to_str().expect("a UTF-8 path"),
+    ];
+    upgrade.extend([
+        "--namespace",
+        &operator_ns.name,
+        "--wait",
+        "--timeout",
+        "3m",
+    ]);
     upgrade.extend(values.iter().map(String::as_str));
     helm(&upgrade);
     let next_collector = format!("localhost/metricsstack/collector:{}", images.next_tag);
@@ -412,13 +444,26 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
     })
     .await;
     let stored = stacks.get("fleet").await.expect("the stack");
-    assert_eq!(stored.spec.collector.image, None, "the stack was not edited");
-    assert_eq!(stored.metadata.generation, Some(1), "the stack was not edited");
+    assert_eq!(
+        stored.spec.collector.image, None,
+        "the stack was not edited"
+    );
+    assert_eq!(
+        stored.metadata.generation,
+        Some(1),
+        "the stack was not edited"
+    );
 
     stacks
         .delete("fleet", &DeleteParams::default())
         .await
         .expect("the stack is deleted");
-    helm(&["uninstall", release, "--namespace", &operator_ns.name, "--wait"]);
+    helm(&[
+        "uninstall",
+        release,
+        "--namespace",
+        &operator_ns.name,
+        "--wait",
+    ]);
     std::fs::remove_dir_all(&packaged).ok();
 }
