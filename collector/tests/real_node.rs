@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use metricsstack_testkit::{TestDatabase, TestNamespace, required_env, wait_until};
+use metricsstack_testkit::{
+    TestDatabase, TestNamespace, busy_pod, process_gone_and_sampled, required_env, wait_until,
+};
 use sqlx::PgPool;
 
 /// The CPU limit of the workload's container, in millicores.
@@ -75,32 +77,9 @@ async fn workload_rows(pool: &PgPool, namespace: &str) -> Vec<WorkloadRow> {
     .expect("vm_process_metrics reads")
 }
 
-fn busy_pod(node: &str, image: &str) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "busy" },
-        "spec": {
-            "nodeSelector": { "kubernetes.io/hostname": node },
-            "tolerations": [{ "key": "metricsstack.dev/real-node", "operator": "Exists" }],
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "burn",
-                "image": image,
-                "imagePullPolicy": "Never",
-                "resources": {
-                    "requests": { "cpu": "100m", "memory": "16Mi" },
-                    "limits": { "cpu": format!("{CPU_LIMIT_MILLICORES}m"), "memory": "32Mi" }
-                }
-            }]
-        }
-    }))
-    .expect("a valid pod")
-}
-
 #[tokio::test]
 async fn a_real_containers_processes_are_attributed_to_its_pod_until_the_pod_is_deleted() {
     let node = required_env("METRICSSTACK_TESTENV_REAL_NODE");
-    let image = required_env("METRICSSTACK_TESTENV_BUSY_IMAGE");
     let db = TestDatabase::create().await;
     let pool = db.pool(2).await;
     sqlx::migrate!("../migrations")
@@ -110,7 +89,7 @@ async fn a_real_containers_processes_are_attributed_to_its_pod_until_the_pod_is_
     let ns = TestNamespace::create().await;
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     let created = pods
-        .create(&PostParams::default(), &busy_pod(&node, &image))
+        .create(&PostParams::default(), &busy_pod(200))
         .await
         .expect("the workload pod is created");
     let uid = created.metadata.uid.expect("a uid");
@@ -172,27 +151,11 @@ async fn a_real_containers_processes_are_attributed_to_its_pod_until_the_pod_is_
     pods.delete("busy", &DeleteParams::default())
         .await
         .expect("the pod is deleted");
-    let pid = last.pid;
-    wait_until(
-        "the workload's process is gone",
+    let gone = process_gone_and_sampled(
+        last.pid,
+        &pool,
+        "host_overall_metrics",
         Duration::from_secs(120),
-        || async move { !std::path::Path::new(&format!("/proc/{pid}")).exists() },
-    )
-    .await;
-    let gone = Utc::now();
-    wait_until(
-        "the collector samples the node after the pod is gone",
-        Duration::from_secs(60),
-        || async {
-            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
-                "SELECT max(timestamp) FROM host_overall_metrics",
-            )
-            .fetch_one(&pool)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|latest| latest > gone)
-        },
     )
     .await;
     let after: Vec<_> = workload_rows(&pool, &ns.name)

@@ -10,7 +10,7 @@ use std::process::Output;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::discovery::{self, Scope};
 use kube::{Api, ResourceExt};
-use metricsstack_testkit::{HELM_VAR, TestNamespace, required_env, unique_name};
+use metricsstack_testkit::{TestNamespace, helm_output as helm, unique_name};
 use serde::Deserialize as _;
 
 const CHART: &str = concat!(
@@ -18,15 +18,6 @@ const CHART: &str = concat!(
     "/../charts/metricsstack-operator"
 );
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-
-/// Runs the test environment's helm against the test API server.
-fn helm(args: &[&str]) -> Output {
-    std::process::Command::new(required_env(HELM_VAR))
-        .args(args)
-        .env("KUBECONFIG", required_env("KUBECONFIG"))
-        .output()
-        .expect("helm runs")
-}
 
 fn succeeded(output: &Output, what: &str) -> String {
     assert!(

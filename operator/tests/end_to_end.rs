@@ -25,7 +25,8 @@ use kube::{Api, Client};
 use metricsstack_operator::crd::MetricsStack;
 use metricsstack_testkit::connection_secret;
 use metricsstack_testkit::{
-    HELM_VAR, TestDatabase, TestNamespace, TimescaleSchema, required_env, unique_name, wait_until,
+    TestDatabase, TestNamespace, TimescaleSchema, helm, poll_batch, required_env, unique_name,
+    wait_until,
 };
 use serde_json::{Value, json};
 
@@ -291,21 +292,6 @@ impl Release {
             "--wait",
         ]);
     }
-}
-
-fn helm(args: &[&str]) -> String {
-    let output = Command::new(required_env(HELM_VAR))
-        .args(args)
-        .env("KUBECONFIG", required_env("KUBECONFIG"))
-        .output()
-        .expect("helm runs");
-    assert!(
-        output.status.success(),
-        "helm {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// The operator as a local process, started with the container arguments and environment
@@ -577,27 +563,17 @@ async fn rendered_config(
 
 /// Polls the batch endpoint until the collector's samples show up.
 async fn wait_for_samples(port: u16, node: &str) -> Value {
-    let url = format!("http://127.0.0.1:{port}/api/dashboard/batch");
-    let http = reqwest::Client::new();
-    let mut last = Value::Null;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(response) = http
-            .post(&url)
-            .json(&json!({ "window": "15m", "host": node }))
-            .send()
-            .await
-            && response.status().is_success()
-        {
-            last = response.json().await.expect("JSON");
-            let parts = ["host_overall_metrics", "host_process_metrics"];
-            if parts.iter().all(|part| !rows(&last, part).is_empty()) {
-                return last;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("no samples of {node} reached the batch endpoint; last answer: {last}");
+    poll_batch(
+        &format!("http://127.0.0.1:{port}/api/dashboard/batch"),
+        &json!({ "window": "15m", "host": node }),
+        |batch| {
+            ["host_overall_metrics", "host_process_metrics"]
+                .iter()
+                .all(|part| !rows(batch, part).is_empty())
+        },
+        WAIT,
+    )
+    .await
 }
 
 fn rows<'a>(batch: &'a Value, part: &str) -> &'a [Value] {

@@ -14,13 +14,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, Client};
 use metricsstack_operator::crd::MetricsStack;
 use metricsstack_testkit::{
-    HELM_VAR, TestDatabase, TestNamespace, connection_secret, required_env, wait_until,
+    REAL_NODE_TAINT, TestDatabase, TestNamespace, busy_pod, connection_secret, helm, poll_batch,
+    process_gone_and_sampled, required_env, wait_until,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgPool;
 
 /// Generous bound for pods to start on a loaded machine; only reached on failure.
@@ -54,21 +55,6 @@ impl Images {
         }
         Self { tag, next_tag }
     }
-}
-
-fn helm(args: &[&str]) -> String {
-    let output = Command::new(required_env(HELM_VAR))
-        .args(args)
-        .env("KUBECONFIG", required_env("KUBECONFIG"))
-        .output()
-        .expect("helm runs");
-    assert!(
-        output.status.success(),
-        "helm {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn chart_dir() -> PathBuf {
@@ -114,35 +100,6 @@ async fn pods_ready_with(pods: &Api<Pod>, selector: &str, image: &str) -> bool {
         })
 }
 
-/// The batch answer of the query service pod for `namespace`, once its pods part names
-/// `pod`.
-async fn batch_with_pod(pod_ip: &str, namespace: &str, pod: &str) -> Value {
-    let url = format!("http://{pod_ip}:8080/api/dashboard/batch");
-    let http = reqwest::Client::new();
-    let mut last = Value::Null;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(response) = http
-            .post(&url)
-            .json(&json!({ "window": "15m", "namespace": namespace }))
-            .send()
-            .await
-            && response.status().is_success()
-        {
-            last = response.json().await.expect("JSON");
-            let rows = last["vm_metrics"]["rows"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if rows.iter().any(|row| row["pod"] == pod) {
-                return last;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("the query service pod never answered with pod {pod}; last answer: {last}");
-}
-
 /// One `vm_process_metrics` row of the workload.
 #[derive(Debug, sqlx::FromRow)]
 struct WorkloadRow {
@@ -163,32 +120,6 @@ async fn workload_rows(pool: &PgPool, namespace: &str) -> Vec<WorkloadRow> {
     .fetch_all(pool)
     .await
     .unwrap_or_default()
-}
-
-async fn create_workload(client: &Client, namespace: &str, node: &str) {
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": { "name": "busy" },
-        "spec": {
-            "nodeSelector": { "kubernetes.io/hostname": node },
-            "tolerations": [{ "key": "metricsstack.dev/real-node", "operator": "Exists" }],
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "burn",
-                "image": required_env("METRICSSTACK_TESTENV_BUSY_IMAGE"),
-                "imagePullPolicy": "Never",
-                "resources": {
-                    "requests": { "cpu": "100m", "memory": "16Mi" },
-                    "limits": { "cpu": "200m", "memory": "32Mi" }
-                }
-            }]
-        }
-    }))
-    .expect("a valid pod");
-    Api::<Pod>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("the workload pod is created");
 }
 
 #[tokio::test]
@@ -243,7 +174,7 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
         .expect("the Secret is created");
     let on_the_node = json!({
         "nodeSelector": { "kubernetes.io/hostname": node },
-        "tolerations": [{ "key": "metricsstack.dev/real-node", "operator": "Exists" }],
+        "tolerations": [{ "key": REAL_NODE_TAINT, "operator": "Exists" }],
     });
     let mut collector = json!({
         "interval": "1s",
@@ -310,7 +241,10 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
 
     // A workload under a CPU limit: its process is attributed to its pod and container.
     let workload_ns = TestNamespace::create().await;
-    create_workload(&client, &workload_ns.name, &node).await;
+    Api::<Pod>::namespaced(client.clone(), &workload_ns.name)
+        .create(&PostParams::default(), &busy_pod(200))
+        .await
+        .expect("the workload pod is created");
     let pool = database.pool(2).await;
     wait_until(
         "the workload's process reaches vm_process_metrics under its pod",
@@ -340,7 +274,16 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
         .status
         .and_then(|s| s.pod_ip)
         .expect("the query service pod has an address");
-    let batch = batch_with_pod(&pod_ip, &workload_ns.name, "busy").await;
+    let batch = poll_batch(
+        &format!("http://{pod_ip}:8080/api/dashboard/batch"),
+        &json!({ "window": "15m", "namespace": workload_ns.name }),
+        |batch| {
+            let rows = batch["vm_metrics"]["rows"].as_array();
+            rows.is_some_and(|rows| rows.iter().any(|row| row["pod"] == "busy"))
+        },
+        WAIT,
+    )
+    .await;
     assert!(
         batch["vm_metrics"]["rows"]
             .as_array()
@@ -355,27 +298,8 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
         .delete("busy", &DeleteParams::default())
         .await
         .expect("the workload is deleted");
-    let pid = last.pid;
-    wait_until("the workload's process is gone", WAIT, || async move {
-        !Path::new(&format!("/proc/{pid}")).exists()
-    })
-    .await;
-    let gone = Utc::now();
-    wait_until(
-        "the collector samples the node after the workload is gone",
-        WAIT,
-        || async {
-            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
-                "SELECT max(timestamp) FROM metrics.host_overall_metrics",
-            )
-            .fetch_one(&pool)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|latest| latest > gone)
-        },
-    )
-    .await;
+    let gone =
+        process_gone_and_sampled(last.pid, &pool, "metrics.host_overall_metrics", WAIT).await;
     let after = workload_rows(&pool, &workload_ns.name)
         .await
         .into_iter()

@@ -12,10 +12,14 @@ use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
 
 mod crd;
 mod kubernetes;
+mod real_node;
 mod timescaledb;
 
 pub use crd::{CONNECTION_URI_KEY, InstallError, connection_secret, install_crd};
 pub use kubernetes::{TEST_NAMESPACE_LABEL, TestNamespace, client as kube_client};
+pub use real_node::{
+    REAL_NODE_TAINT, busy_pod, helm, helm_output, poll_batch, process_gone_and_sampled,
+};
 pub use timescaledb::TimescaleSchema;
 
 /// Environment variable holding the native PostgreSQL server's admin URL.
