@@ -21,7 +21,11 @@
 # match only packets entering from the run's bridge (route_localnet lets them go to
 # 127.0.0.1): the `kubernetes` Service's ClusterIP (10.96.0.1:443) goes to the API server,
 # and the bridge's gateway address on PostgreSQL's and TimescaleDB's ports goes to them.
-# Nothing is routed off the machine.
+# A FORWARD rule drops whatever a pod sends elsewhere: nothing is routed off the machine.
+#
+# The kubelet and the bridge plugin change a few kernel settings of the host
+# (vm.overcommit_memory, kernel.panic*, kernel.keys.root_max*, net.ipv4.ip_forward); they
+# are saved before the node starts and restored when it stops.
 
 real_node_name=metricsstack-real-node
 # Pods tolerate this taint to run on the real node.
@@ -54,13 +58,14 @@ c_image() {
   if [ ! -e "$out" ]; then
     mkdir -p "$cache_root/images"
     work=$(mktemp -d)
-    { gcc -static -Os -o "$work/$name" "$src" && strip "$work/$name"; } >&2 || die "compiling $src failed"
+    { gcc -static -Os -o "$work/$name" "$src" && strip "$work/$name"; } >&2 ||
+      { rm -rf "$work"; die "compiling $src failed"; }
     printf 'FROM scratch\nCOPY %s /%s\nUSER 65534:65534\nENTRYPOINT ["/%s"]\n' "$name" "$name" "$name" \
       >"$work/Containerfile"
     local buildah=(buildah --root "$work/storage" --runroot "$work/run" --storage-driver vfs)
     { "${buildah[@]}" bud --isolation chroot -q -t "$ref" "$work" &&
       "${buildah[@]}" push -q "$ref" "oci-archive:$out.partial:$ref"; } >/dev/null 2>"$work/buildah.log" ||
-      { cat "$work/buildah.log" >&2; die "building the image $ref failed"; }
+      { cat "$work/buildah.log" >&2; rm -rf "$work" "$out.partial"; die "building the image $ref failed"; }
     mv "$out.partial" "$out"
     rm -rf "$work"
   fi
@@ -86,29 +91,53 @@ free_pod_subnet() {
 # node_dir, node_bridge, node_cgroup, node_subnet and node_gateway (the host's address on
 # the bridge, as pods see it).
 prepare_real_node_network() {
-  local id
+  local id bridge setting
   node_dir="$run_dir/node"
-  mkdir -p "$node_dir"/{containerd,cni/net.d,cni/ipam,kubelet}
-  id=$(basename "$run_dir" | tr -cd 'a-zA-Z0-9' | tail -c 6 | tr 'A-Z' 'a-z')
-  node_bridge="msnode$id"
+  mkdir -p "$node_dir"/{containerd,cni/net.d,cni/ipam,kubelet,pod-logs}
+  id=$(printf '%s' "$run_dir" | sha256sum | cut -c1-9)
   node_cgroup="/metricsstack-testenv-$id"
+  local value
+  for setting in "${node_sysctls[@]}"; do
+    value=$(sysctl -n "$setting" 2>/dev/null) && node_saved_sysctls+=("$setting=$value")
+  done
+  bridge="msn$id"
+  # Choosing a free subnet and taking it is one step for concurrent runs.
+  mkdir -p "$cache_root"
+  exec 8>"$cache_root/.lock-pod-subnet"
+  flock 8
   node_subnet=$(free_pod_subnet)
   node_gateway="$node_subnet.1"
-  ip link add "$node_bridge" type bridge || die "creating the bridge $node_bridge failed"
+  ip link add "$bridge" type bridge || die "creating the bridge $bridge failed"
+  node_bridge=$bridge
   ip addr add "$node_gateway/24" dev "$node_bridge"
   ip link set "$node_bridge" up
+  flock -u 8
+  exec 8>&-
   sysctl -qw "net.ipv4.conf.$node_bridge.route_localnet=1"
+  add_rule filter FORWARD -i "$node_bridge" ! -o "$node_bridge" -j DROP
 }
 
-# Rules added by forward_to_loopback, deleted by stop_real_node.
-node_nat_rules=()
+# The kernel settings the kubelet and the bridge plugin change, restored at the end.
+node_sysctls=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.ip_forward)
+node_saved_sysctls=()
+
+# Rules added by add_rule ("TABLE CHAIN MATCH..."), deleted by stop_real_node.
+node_rules=()
+
+# add_rule TABLE CHAIN RULE...: inserts an iptables rule, remembered for the teardown.
+add_rule() {
+  local table=$1
+  shift
+  iptables -w -t "$table" -I "$@" || die "adding the iptables rule $* failed"
+  node_rules+=("$table $*")
+}
 
 # forward_to_loopback ADDRESS PORT LOCAL_PORT: a pod's connection to ADDRESS:PORT reaches
 # 127.0.0.1:LOCAL_PORT.
 forward_to_loopback() {
-  local rule=(PREROUTING -i "$node_bridge" -d "$1/32" -p tcp --dport "$2" -j DNAT --to-destination "127.0.0.1:$3")
-  iptables -w -t nat -A "${rule[@]}" || die "adding the NAT rule ${rule[*]} failed"
-  node_nat_rules+=("${rule[*]}")
+  add_rule nat PREROUTING -i "$node_bridge" -d "$1/32" -p tcp --dport "$2" -j DNAT \
+    --to-destination "127.0.0.1:$3"
 }
 
 # start_real_node KUBELET KUBECONFIG CA_CERT: starts containerd and a kubelet and waits
@@ -131,6 +160,8 @@ state = "$node_dir/containerd/state"
   address = "$node_socket"
 [ttrpc]
   address = "$node_socket.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$node_dir/containerd/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$pause_ref"
   restrict_oom_score_adj = true
@@ -182,6 +213,7 @@ evictionHard: {memory.available: "1Mi", nodefs.available: "1%", imagefs.availabl
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 resolvConf: /etc/resolv.conf
+podLogsDir: $node_dir/pod-logs
 podCIDR: $subnet.0/24
 registerWithTaints:
 - {key: "$real_node_taint", value: "true", effect: NoSchedule}
@@ -203,49 +235,76 @@ real_node_ready() {
 }
 
 # Stops the kubelet, every container it started and containerd, and removes what they
-# leave on the machine: network namespaces, mounts under the run directory, the pods'
-# cgroups and the bridge. Does nothing when no real node was started.
+# leave on the machine: network namespaces, CNI results, mounts under the run directory,
+# the pods' log links and cgroups, the iptables rules (the run's and the kubelet's), the
+# bridge; restores the kernel settings. Does nothing when no real node was prepared; safe
+# after a start that failed half-way.
 stop_real_node() {
   [ -n "${node_dir:-}" ] || return 0
-  if [ -z "${node_socket:-}" ]; then
-    ip link delete "$node_bridge" 2>/dev/null || true
-    node_dir=
-    return 0
-  fi
   stop_supervised kubelet
-  local ctr=(ctr --address "$node_socket" -n k8s.io) id netns mount cgroup
-  if "${ctr[@]}" version >/dev/null 2>&1; then
-    for id in $("${ctr[@]}" tasks ls -q 2>/dev/null); do
-      "${ctr[@]}" tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
-    done
-    for id in $("${ctr[@]}" containers ls -q 2>/dev/null); do
-      netns=$("${ctr[@]}" containers info "$id" 2>/dev/null | node -e '
-        let d = ""; process.stdin.on("data", c => d += c).on("end", () => {
-          const ns = ((JSON.parse(d).Spec || {}).linux || {}).namespaces || [];
-          const net = ns.find(n => n.type === "network" && n.path);
-          if (net) console.log(net.path);
-        });' 2>/dev/null || true)
-      "${ctr[@]}" tasks delete -f "$id" >/dev/null 2>&1 || true
-      "${ctr[@]}" containers delete "$id" >/dev/null 2>&1 || true
-      if [ -n "$netns" ] && [ -e "$netns" ]; then
-        umount "$netns" 2>/dev/null || true
-        rm -f "$netns"
-      fi
-    done
+  local id netns mount cgroup rule setting
+  if [ -n "${node_socket:-}" ]; then
+    local ctr=(ctr --address "$node_socket" -n k8s.io)
+    if "${ctr[@]}" version >/dev/null 2>&1; then
+      for id in $("${ctr[@]}" tasks ls -q 2>/dev/null); do
+        "${ctr[@]}" tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+      done
+      for id in $("${ctr[@]}" containers ls -q 2>/dev/null); do
+        netns=$("${ctr[@]}" containers info "$id" 2>/dev/null | node -e '
+          let d = ""; process.stdin.on("data", c => d += c).on("end", () => {
+            const ns = ((JSON.parse(d).Spec || {}).linux || {}).namespaces || [];
+            const net = ns.find(n => n.type === "network" && n.path);
+            if (net) console.log(net.path);
+          });' 2>/dev/null || true)
+        "${ctr[@]}" tasks delete -f "$id" >/dev/null 2>&1 || true
+        "${ctr[@]}" containers delete "$id" >/dev/null 2>&1 || true
+        if [ -n "$netns" ] && [ -e "$netns" ]; then
+          umount "$netns" 2>/dev/null || true
+          rm -f "$netns"
+        fi
+        rm -f /var/lib/cni/results/*-"$id"-* 2>/dev/null || true
+      done
+    fi
+    stop_supervised containerd
   fi
-  stop_supervised containerd
+  # Whatever still runs in the pods' cgroups (containerd gone before its containers).
+  for cgroup in /sys/fs/cgroup/*/"${node_cgroup#/}"; do
+    [ -d "$cgroup" ] || continue
+    find "$cgroup" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+  done
   for mount in $(awk -v dir="$node_dir/" 'index($2, dir) == 1 { print $2 }' /proc/mounts | sort -r); do
     umount "$mount" 2>/dev/null || umount -l "$mount" 2>/dev/null || true
   done
+  find /var/log/containers -maxdepth 1 -lname "$node_dir/*" -delete 2>/dev/null || true
   for cgroup in /sys/fs/cgroup/*/"${node_cgroup#/}"; do
     if [ -d "$cgroup" ]; then find "$cgroup" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
   done
-  local rule
-  for rule in "${node_nat_rules[@]}"; do
+  for rule in "${node_rules[@]}"; do
     # shellcheck disable=SC2086 # each rule is stored as its words
-    iptables -w -t nat -D $rule 2>/dev/null || true
+    set -- $rule
+    iptables -w -t "$1" -D "${@:2}" 2>/dev/null || true
   done
-  node_nat_rules=()
-  ip link delete "$node_bridge" 2>/dev/null || true
+  node_rules=()
+  remove_kubelet_chains
+  if [ -n "${node_bridge:-}" ]; then ip link delete "$node_bridge" 2>/dev/null || true; fi
+  for setting in "${node_saved_sysctls[@]}"; do
+    sysctl -qw "$setting" 2>/dev/null || true
+  done
+  node_saved_sysctls=()
   node_dir=
+}
+
+# The chains every kubelet keeps in iptables (KUBE-FIREWALL and its jumps, the canaries),
+# unless another run's kubelet still runs: it would only put them back.
+remove_kubelet_chains() {
+  pgrep -x kubelet >/dev/null && return 0
+  local table chain
+  iptables -w -D INPUT -j KUBE-FIREWALL 2>/dev/null || true
+  iptables -w -D OUTPUT -j KUBE-FIREWALL 2>/dev/null || true
+  for table in filter nat mangle; do
+    for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+      iptables -w -t "$table" -F "$chain" 2>/dev/null || true
+      iptables -w -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
 }

@@ -17,7 +17,7 @@ use metricsstack_testkit::{
 use sqlx::PgPool;
 
 /// The CPU limit of the workload's container, in millicores.
-const CPU_LIMIT_MILLICORES: f32 = 200.0;
+const CPU_LIMIT_MILLICORES: u32 = 200;
 
 /// A collector process on this host, sampling every second, killed when dropped.
 struct Collector(Child);
@@ -89,7 +89,7 @@ async fn a_real_containers_processes_are_attributed_to_its_pod_until_the_pod_is_
     let ns = TestNamespace::create().await;
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     let created = pods
-        .create(&PostParams::default(), &busy_pod(200))
+        .create(&PostParams::default(), &busy_pod(CPU_LIMIT_MILLICORES))
         .await
         .expect("the workload pod is created");
     let uid = created.metadata.uid.expect("a uid");
@@ -141,7 +141,7 @@ async fn a_real_containers_processes_are_attributed_to_its_pod_until_the_pod_is_
         "a spinning process uses CPU: {last:?}"
     );
     let share = last.cpu_limit_percent.expect("a share of the CPU limit");
-    let expected = last.cpu_usage_percent * 1000.0 / CPU_LIMIT_MILLICORES;
+    let expected = last.cpu_usage_percent * 1000.0 / CPU_LIMIT_MILLICORES as f32;
     assert!(
         (share - expected).abs() <= expected * 1e-3,
         "share of the limit {share} for usage {}",

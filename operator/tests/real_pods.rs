@@ -24,6 +24,9 @@ use metricsstack_testkit::{
 use serde_json::json;
 use sqlx::PgPool;
 
+/// The workload's CPU limit, in millicores.
+const CPU_LIMIT_MILLICORES: u32 = 200;
+
 /// Generous bound for pods to start on a loaded machine; only reached on failure.
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -110,7 +113,8 @@ struct WorkloadRow {
     cpu_limit_percent: Option<f32>,
 }
 
-async fn workload_rows(pool: &PgPool, namespace: &str) -> Vec<WorkloadRow> {
+/// The workload's rows; an error until the operator has created the schema.
+async fn workload_rows(pool: &PgPool, namespace: &str) -> Result<Vec<WorkloadRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT timestamp, pid, container_name, cpu_usage_percent, cpu_limit_percent \
          FROM metrics.vm_process_metrics WHERE pod_namespace = $1 AND pod_name = 'busy' \
@@ -119,7 +123,6 @@ async fn workload_rows(pool: &PgPool, namespace: &str) -> Vec<WorkloadRow> {
     .bind(namespace)
     .fetch_all(pool)
     .await
-    .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -242,23 +245,29 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
     // A workload under a CPU limit: its process is attributed to its pod and container.
     let workload_ns = TestNamespace::create().await;
     Api::<Pod>::namespaced(client.clone(), &workload_ns.name)
-        .create(&PostParams::default(), &busy_pod(200))
+        .create(&PostParams::default(), &busy_pod(CPU_LIMIT_MILLICORES))
         .await
         .expect("the workload pod is created");
     let pool = database.pool(2).await;
     wait_until(
         "the workload's process reaches vm_process_metrics under its pod",
         WAIT,
-        || async { workload_rows(&pool, &workload_ns.name).await.len() >= 2 },
+        || async {
+            workload_rows(&pool, &workload_ns.name)
+                .await
+                .is_ok_and(|rows| rows.len() >= 2)
+        },
     )
     .await;
-    let rows = workload_rows(&pool, &workload_ns.name).await;
+    let rows = workload_rows(&pool, &workload_ns.name)
+        .await
+        .expect("vm_process_metrics reads");
     let last = rows.last().expect("rows");
     assert_eq!(last.container_name.as_deref(), Some("burn"));
     let share = last
         .cpu_limit_percent
         .expect("a share of the 200m CPU limit");
-    let expected = last.cpu_usage_percent * 1000.0 / 200.0;
+    let expected = last.cpu_usage_percent * 1000.0 / CPU_LIMIT_MILLICORES as f32;
     assert!(
         (share - expected).abs() <= expected * 1e-3,
         "share of the limit {share} for usage {}",
@@ -302,6 +311,7 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
         process_gone_and_sampled(last.pid, &pool, "metrics.host_overall_metrics", WAIT).await;
     let after = workload_rows(&pool, &workload_ns.name)
         .await
+        .expect("vm_process_metrics reads")
         .into_iter()
         .filter(|row| row.timestamp > gone)
         .count();
@@ -382,6 +392,12 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
         .delete("fleet", &DeleteParams::default())
         .await
         .expect("the stack is deleted");
+    // The operator removes its finalizer; uninstalling it first would leave the stack
+    // Terminating and its ClusterRoleBinding behind.
+    wait_until("the stack is gone", WAIT, || async {
+        matches!(stacks.get_opt("fleet").await, Ok(None))
+    })
+    .await;
     helm(&[
         "uninstall",
         release,

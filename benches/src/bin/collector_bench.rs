@@ -3,7 +3,7 @@
 //! sample and peak RSS of each, as ratios; then ingest throughput of the collector's batch
 //! path beside a row-by-row INSERT baseline.
 //!
-//!   testenv/run --nodes 0 cargo run --release -p metricsstack-collector --bin collector_bench -- [--samples 12] [--interval 5] [--processes 1000] [--rows 200000]
+//!   testenv/run --nodes 0 cargo run --release -p metricsstack-benches --bin collector_bench -- [--samples 12] [--interval 5] [--processes 1000] [--rows 200000]
 //!
 //! Needs `apt-get install prometheus-node-exporter prometheus-process-exporter` (see
 //! `scripts/bench-collector`) and METRICSSTACK_TEST_POSTGRES_URL (the test environment's

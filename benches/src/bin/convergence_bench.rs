@@ -2,7 +2,7 @@
 //! operator's status reporting the edit's generation as applied), p50 and p95 over repeated
 //! edits, beside the same database change made by calling the policy manager directly.
 //!
-//!   testenv/run --nodes 1 cargo run --release -p metricsstack-operator --bin convergence_bench -- [--edits 20]
+//!   testenv/run --nodes 1 cargo run --release -p metricsstack-benches --bin convergence_bench -- [--edits 20]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
