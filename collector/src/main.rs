@@ -169,13 +169,13 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
     let mut next_sample = tokio::time::Instant::now() + interval;
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = metricsstack_common::shutdown::signal();
+    tokio::pin!(shutdown);
     tracing::info!(%node, interval_seconds = config.interval_seconds, "collecting");
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            () = &mut shutdown => break,
         }
         if tokio::time::Instant::now() < next_sample {
             sampler.tick();

@@ -1,14 +1,20 @@
 //! The shutdown signal the programs stop on.
 
-/// Completes on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+use std::future::Future;
+
+/// Installs the SIGTERM handler now (so that a SIGTERM arriving before the first poll is
+/// not fatal) and returns a future that completes on SIGTERM (how Kubernetes stops a pod)
+/// or Ctrl-C.
 ///
 /// # Panics
-/// If the SIGTERM handler cannot be installed (no Tokio runtime with signal support).
-pub async fn signal() {
+/// Outside a Tokio runtime with signal support, or if the handler cannot be installed.
+pub fn signal() -> impl Future<Output = ()> + Send + 'static {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
     }
 }

@@ -132,16 +132,9 @@ impl PausedClock {
 }
 
 /// Polls `check` until it holds; fails only if it still does not after two minutes, far
-/// longer than any load makes it take. Waits on the system clock, not on Tokio's, which may
-/// be paused.
+/// longer than any load makes it take (testkit's wait, on the system clock).
 async fn eventually<Check: Future<Output = bool>>(what: &str, check: impl Fn() -> Check) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !check().await {
-        assert!(std::time::Instant::now() < deadline, "never {what}");
-        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(20)))
-            .await
-            .expect("slept");
-    }
+    metricsstack_testkit::wait_until(what, Duration::from_secs(120), check).await;
 }
 
 struct Client {

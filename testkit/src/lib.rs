@@ -113,19 +113,23 @@ impl Drop for TestDatabase {
     }
 }
 
-/// Polls `check` every 250 ms until it holds, or panics after `timeout` naming `what`.
+/// Polls `check` every 250 ms until it holds, or panics after `timeout` naming `what`. The
+/// deadline and the pause between polls are on the system clock, not on Tokio's: a test that
+/// paused Tokio's clock would otherwise have its clock moved by the wait, or never wake.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, check: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = std::time::Instant::now() + timeout;
     while !check().await {
         assert!(
-            tokio::time::Instant::now() < deadline,
+            std::time::Instant::now() < deadline,
             "timed out after {timeout:?} waiting until {what}"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(250)))
+            .await
+            .expect("the pause between polls ends");
     }
 }
 
