@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use metricsstack_common::access::{AccessPolicy, Authentication};
 use metricsstack_common::admin::RenderMetrics as _;
 use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
@@ -396,6 +397,7 @@ impl Server {
     ) -> Self {
         let config = QueryServiceConfig {
             stack: Default::default(),
+            authentication: Authentication::None,
             listen_address: "127.0.0.1:0".into(),
             schema: "public".into(),
             pool: PoolSettings {
@@ -412,7 +414,8 @@ impl Server {
             .await
             .expect("binding loopback");
         let address = listener.local_addr().expect("local address");
-        let service = QueryService::new(&config, url).expect("the service starts");
+        let service =
+            QueryService::new(&config, url, AccessPolicy::Open).expect("the service starts");
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(service.clone().run(listener, async {
             let _ = stop.await;

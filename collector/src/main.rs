@@ -14,6 +14,7 @@ use metricsstack_collector::rows::Batch;
 use metricsstack_collector::sample::Sampler;
 use metricsstack_collector::spool::Spool;
 use metricsstack_collector::writer::Writer;
+use metricsstack_common::access::AccessPolicy;
 use metricsstack_common::admin::{self, Readiness};
 use metricsstack_common::config::{CollectorConfig, SETTINGS};
 use metricsstack_common::database::{SearchPath, Session};
@@ -116,8 +117,18 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::not_ready("no sample taken yet");
     let address: SocketAddr = config.listen_address.parse().context("listenAddress")?;
+    // The collector's /metrics stays open: it holds counters only (samples, batches, spool
+    // bytes), no process names or command lines, and the stack's NetworkPolicy admits only
+    // the scrapers it names. Checking tokens would need a Kubernetes identity with review
+    // rights on every node, for nothing a scraper could not see anyway.
     tokio::spawn(
-        admin::serve(address, Arc::new(readiness.clone()), metrics.clone()).in_current_span(),
+        admin::serve(
+            address,
+            Arc::new(readiness.clone()),
+            metrics.clone(),
+            AccessPolicy::Open,
+        )
+        .in_current_span(),
     );
 
     let session = Session {

@@ -3,8 +3,10 @@
 //! (OpenMetrics text). The operator and the collector serve it on a port of its own; the
 //! query service mounts [`routes`] beside its API.
 //!
-//! The endpoint is not authenticated: probes come from the kubelet, which presents no
-//! credentials, and the metrics hold counters only, no names or values from the database.
+//! `/healthz` and `/readyz` are open: probes come from the kubelet, which presents no
+//! credentials, and they say no more than "ok" or a short reason. `/metrics` follows the
+//! program's [`AccessPolicy`]: with Kubernetes access, kube-rbac-proxy's convention, `get`
+//! on the non-resource URL `/metrics` (a Prometheus server's usual ClusterRole grants it).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -14,6 +16,8 @@ use futures::future::BoxFuture;
 use warp::Filter as _;
 use warp::filters::BoxedFilter;
 use warp::http::{Response, StatusCode, header};
+
+use crate::access::{Access, AccessPolicy};
 
 /// The content type of `/metrics`.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -76,12 +80,13 @@ impl RenderMetrics for std::sync::Mutex<prometheus_client::registry::Registry> {
     }
 }
 
-/// The three routes (GET only), for a server that serves other routes too. Each matches its
-/// path before the method, so that another method on another path is the other routes'
-/// `404`, not a `405` from these.
+/// The three routes (GET only), for a server that serves other routes too; `/metrics`
+/// answers whom `access` lets through. Each matches its path before the method, so that
+/// another method on another path is the other routes' `404`, not a `405` from these.
 pub fn routes(
     readiness: Arc<dyn ReadinessCheck>,
     metrics: Arc<dyn RenderMetrics>,
+    access: AccessPolicy,
 ) -> BoxedFilter<(Response<Bytes>,)> {
     let healthz = warp::path!("healthz")
         .and(warp::get())
@@ -95,12 +100,22 @@ pub fn routes(
             }
         }
     });
-    let metrics = warp::path!("metrics").and(warp::get()).map(move || {
-        Response::builder()
-            .header(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)
-            .body(Bytes::from(metrics.render()))
-            .unwrap_or_default()
-    });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .then(move |authorization: Option<String>| {
+            let (metrics, access) = (metrics.clone(), access.clone());
+            async move {
+                let path = Access::get_path("/metrics");
+                match access.check(authorization.as_deref(), &path).await {
+                    Ok(()) => Response::builder()
+                        .header(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)
+                        .body(Bytes::from(metrics.render()))
+                        .unwrap_or_default(),
+                    Err(refusal) => refusal.response(),
+                }
+            }
+        });
     healthz.or(readyz).unify().or(metrics).unify().boxed()
 }
 
@@ -109,8 +124,11 @@ pub async fn serve(
     address: SocketAddr,
     readiness: Arc<dyn ReadinessCheck>,
     metrics: Arc<dyn RenderMetrics>,
+    access: AccessPolicy,
 ) {
-    warp::serve(routes(readiness, metrics)).run(address).await;
+    warp::serve(routes(readiness, metrics, access))
+        .run(address)
+        .await;
 }
 
 fn text(status: StatusCode, body: String) -> Response<Bytes> {
@@ -137,7 +155,11 @@ mod tests {
     #[tokio::test]
     async fn readyz_follows_the_readiness_and_names_the_reason() {
         let readiness = Readiness::not_ready("no sample yet");
-        let routes = routes(Arc::new(readiness.clone()), Arc::new(Fixed));
+        let routes = routes(
+            Arc::new(readiness.clone()),
+            Arc::new(Fixed),
+            AccessPolicy::Open,
+        );
         let before = warp::test::request().path("/readyz").reply(&routes).await;
         assert_eq!(before.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(before.body(), "no sample yet");
@@ -151,7 +173,11 @@ mod tests {
 
     #[tokio::test]
     async fn healthz_and_metrics_answer_get_only() {
-        let routes = routes(Arc::new(Readiness::not_ready("starting")), Arc::new(Fixed));
+        let routes = routes(
+            Arc::new(Readiness::not_ready("starting")),
+            Arc::new(Fixed),
+            AccessPolicy::Open,
+        );
         let healthz = warp::test::request().path("/healthz").reply(&routes).await;
         assert_eq!(
             (healthz.status(), healthz.body().as_ref()),
@@ -173,7 +199,11 @@ mod tests {
 
     #[tokio::test]
     async fn another_method_on_another_path_is_not_found_rather_than_not_allowed() {
-        let routes = routes(Arc::new(Readiness::not_ready("starting")), Arc::new(Fixed));
+        let routes = routes(
+            Arc::new(Readiness::not_ready("starting")),
+            Arc::new(Fixed),
+            AccessPolicy::Open,
+        );
         let post = warp::test::request()
             .method("POST")
             .path("/api/anything")

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use metricsstack_common::access::{AccessPolicy, KubernetesAccess};
 use metricsstack_common::admin::{self, Readiness};
 use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::{logging, shutdown};
@@ -31,6 +32,11 @@ enum Command {
         /// Address of the admin server: /healthz, /readyz and /metrics.
         #[arg(long, env = "ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
         admin_address: SocketAddr,
+        /// Who may read /metrics: `kubernetes` (a bearer token allowed `get` on the
+        /// non-resource URL /metrics, checked with TokenReview and SubjectAccessReview) or
+        /// `none` (anyone who can reach the port).
+        #[arg(long, value_enum, default_value_t = MetricsAuthentication::Kubernetes)]
+        metrics_authentication: MetricsAuthentication,
         /// Namespace of the leader-election Lease.
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         lease_namespace: String,
@@ -68,6 +74,15 @@ enum Command {
     },
 }
 
+/// Who may read the operator's `/metrics`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MetricsAuthentication {
+    /// Whoever the Kubernetes API server allows `get` on `/metrics`.
+    Kubernetes,
+    /// Anyone who can reach the admin port.
+    None,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // warp::filters::trace logs every request at INFO and each 5xx (a failed readiness probe) at
@@ -76,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run {
             admin_address,
+            metrics_authentication,
             lease_namespace,
             lease_name,
             identity,
@@ -98,10 +114,19 @@ async fn main() -> anyhow::Result<()> {
             // cache has synced; a standby once it has listed the MetricsStacks it would
             // take over (else a rollout of several replicas would never finish).
             let readiness = Readiness::not_ready("listing the MetricsStacks");
+            let access = match metrics_authentication {
+                MetricsAuthentication::Kubernetes => {
+                    let access = Arc::new(KubernetesAccess::new(client.clone()));
+                    metrics.register_access(&access);
+                    AccessPolicy::Kubernetes(access)
+                }
+                MetricsAuthentication::None => AccessPolicy::Open,
+            };
             tokio::spawn(admin::serve(
                 admin_address,
                 Arc::new(readiness.clone()),
                 metrics.clone(),
+                access,
             ));
             let identity =
                 identity.unwrap_or_else(|| format!("metricsstack-operator-{}", std::process::id()));
@@ -141,7 +166,10 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", config.display()))?;
             let config: QueryServiceConfig = serde_yaml::from_str(&text)
                 .with_context(|| format!("parsing {}", config.display()))?;
-            QueryService::new(&config, &database_url)?
+            let access = AccessPolicy::for_authentication(config.authentication)
+                .await
+                .context("connecting to the Kubernetes API server, which checks API callers")?;
+            QueryService::new(&config, &database_url, access)?
                 .serve(&config, shutdown::signal())
                 .await?;
             Ok(())

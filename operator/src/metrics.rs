@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use metricsstack_common::access::KubernetesAccess;
 use metricsstack_common::admin::RenderMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -53,6 +54,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds the API-server reviews `access` sends (for `/metrics`) to what it shows.
+    pub fn register_access(&self, access: &KubernetesAccess) {
+        access.register(&mut self.registry.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
     /// Records a finished reconcile.
     pub fn reconciled(&self, took: Duration) {
         self.reconciles.inc();

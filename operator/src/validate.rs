@@ -2,11 +2,13 @@
 //! (regular expressions, and values from objects stored before a schema change), turning it
 //! into the settings each component is configured with. Pure: no I/O.
 
+use metricsstack_common::access::Authentication;
 use metricsstack_common::config::{CollectorConfig, ProcessConfig};
 use metricsstack_common::database::PoolSettings;
 
 use crate::crd::{
-    Duration, IDENTIFIER_PATTERN, MetricTable, MetricsStackSpec, PoolSpec, StorageSpec,
+    Duration, IDENTIFIER_PATTERN, MetricTable, MetricsStackSpec, PoolSpec, QueryAuthentication,
+    StorageSpec,
 };
 use crate::database::{
     DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable,
@@ -103,6 +105,10 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
     let cache = &spec.query_service.cache;
     let query_service = QueryServiceConfig {
         stack: Default::default(),
+        authentication: match spec.query_service.authentication {
+            QueryAuthentication::Kubernetes => Authentication::Kubernetes,
+            QueryAuthentication::None => Authentication::None,
+        },
         listen_address: format!("0.0.0.0:{}", spec.query_service.port),
         schema: spec.database.schema.clone(),
         pool: pool_settings(&pools.query_service, "database.pools.queryService")?,

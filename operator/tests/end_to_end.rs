@@ -125,7 +125,12 @@ async fn helm_install_to_dashboard_then_edit_revert_and_delete() {
         "fleet-query-service",
         "query-service.yaml",
         &work,
-        &[("listenAddress", json!(format!("127.0.0.1:{query_port}")))],
+        // Callers' access checks are the query service's own tests (query-service/tests/
+        // access.rs); here the data path is under test.
+        &[
+            ("listenAddress", json!(format!("127.0.0.1:{query_port}"))),
+            ("authentication", json!("none")),
+        ],
     )
     .await;
     let _query_service = Supervised::spawn(
@@ -565,6 +570,7 @@ async fn rendered_config(
 async fn wait_for_samples(port: u16, node: &str) -> Value {
     poll_batch(
         &format!("http://127.0.0.1:{port}/api/dashboard/batch"),
+        None,
         &json!({ "window": "15m", "host": node }),
         |batch| {
             ["host_overall_metrics", "host_process_metrics"]

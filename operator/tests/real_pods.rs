@@ -18,8 +18,8 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use metricsstack_operator::crd::MetricsStack;
 use metricsstack_testkit::{
-    REAL_NODE_TAINT, TestDatabase, TestNamespace, busy_pod, connection_secret, helm, poll_batch,
-    process_gone_and_sampled, required_env, wait_until,
+    REAL_NODE_TAINT, TestDatabase, TestNamespace, busy_pod, connection_secret, grant_stack_data,
+    helm, poll_batch, process_gone_and_sampled, required_env, service_account_token, wait_until,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -283,8 +283,12 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
         .status
         .and_then(|s| s.pod_ip)
         .expect("the query service pod has an address");
+    // The query API checks callers with the API server: a viewer granted this stack's data.
+    let viewer = service_account_token(&client, &stack_ns.name, "viewer").await;
+    grant_stack_data(&client, &stack_ns.name, "viewer", "fleet").await;
     let batch = poll_batch(
         &format!("http://{pod_ip}:8080/api/dashboard/batch"),
+        Some(&viewer),
         &json!({ "window": "15m", "namespace": workload_ns.name }),
         |batch| {
             let rows = batch["vm_metrics"]["rows"].as_array();

@@ -1,6 +1,7 @@
 //! The reconciler against the real API server (with kube-controller-manager, kube-scheduler
 //! and kwok's simulated nodes) and native PostgreSQL: it creates, updates and cleans up every
-//! object, writes nothing when nothing changed, and recovers from a missing Secret.
+//! object, writes nothing when nothing changed, recovers from a missing Secret, and warns
+//! when the query API's authentication is off.
 
 mod common;
 
@@ -416,6 +417,31 @@ async fn a_missing_secret_is_reported_and_fixed_by_creating_it() {
             .reason,
         "AsExpected"
     );
+    assert_eq!(
+        condition(&stack, "QueryServiceAuthenticated").map(|c| c.status.as_str()),
+        Some("True")
+    );
+
+    // Turning the query API's authentication off is the spec's choice: a warning condition
+    // (and event) that does not hold Ready back.
+    let open = json!({ "spec": { "queryService": { "authentication": "None" } } });
+    stacks
+        .patch("stack", &PatchParams::default(), &Patch::Merge(&open))
+        .await
+        .expect("the stack is patched");
+    let stack = wait_for(&stacks, "the open query service is warned about", |s| {
+        condition(s, "QueryServiceAuthenticated")
+            .is_some_and(|c| c.status == "False" && c.reason == "AuthenticationDisabled")
+    })
+    .await;
+    let message = &condition(&stack, "QueryServiceAuthenticated")
+        .expect("condition")
+        .message;
+    assert!(
+        message.contains("spec.queryService.authentication is None"),
+        "{message}"
+    );
+    assert!(is_ready(&stack), "{:#?}", stack.status);
 }
 
 #[tokio::test]

@@ -9,9 +9,9 @@ use futures::{Stream, StreamExt as _};
 use sha2::{Digest as _, Sha256};
 use warp::http::{HeaderValue, Response, StatusCode, header};
 
-use crate::cache::{CacheError, Lookup, Policy, Status, Weigh};
+use crate::cache::{Lookup, Policy, Status, Weigh};
 use crate::filters::InvalidInput;
-use crate::service::QueryError;
+use metricsstack_common::http::error_response;
 
 /// Largest batch request body, in bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -154,42 +154,40 @@ pub(crate) async fn read_body(
     Ok(read.freeze())
 }
 
-/// A JSON answer with `status`.
-pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<Bytes> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .expect("a valid response")
-}
-
-/// A JSON error body, `{"error": ...}`, naming the offending `field` when there is one.
-pub(crate) fn error_json(status: StatusCode, error: &str, field: Option<&str>) -> Response<Bytes> {
-    let body = match field {
-        Some(field) => serde_json::json!({ "error": error, "field": field }),
-        None => serde_json::json!({ "error": error }),
-    };
-    json(
-        status,
-        serde_json::to_vec(&body).expect("JSON serialises").into(),
-    )
+/// A JSON error body with its stable `code` (see `metricsstack_common::http`), naming the
+/// offending `field` when there is one.
+pub(crate) fn error_json(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    field: Option<&str>,
+) -> Response<Bytes> {
+    error_response(status, code, message, field)
 }
 
 /// `400 Bad Request` naming the invalid input.
 pub(crate) fn bad_request(invalid: &InvalidInput) -> Response<Bytes> {
     error_json(
         StatusCode::BAD_REQUEST,
+        "invalid_parameter",
         &invalid.error,
         Some(&invalid.field),
     )
 }
 
+/// What a client is told when a part could not be answered: the database's own error
+/// (relation names, user and host names) goes to the log and to the query metrics' bounded
+/// `outcome` label, never to the client.
+pub const DATABASE_UNAVAILABLE: &str =
+    "the database did not answer and no cached answer can stand in; retry later";
+
 /// `503 Service Unavailable` for a part the database could not answer (and no stale answer
-/// could stand in): never cached.
-pub(crate) fn unavailable(error: &CacheError<QueryError>) -> Response<Bytes> {
+/// could stand in): never cached. The error itself was logged where the query failed.
+pub(crate) fn unavailable() -> Response<Bytes> {
     let mut response = error_json(
         StatusCode::SERVICE_UNAVAILABLE,
-        &format!("database unavailable: {error}"),
+        "database_unavailable",
+        DATABASE_UNAVAILABLE,
         None,
     );
     response

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use crate::cache::Status;
 use crate::queries::Statement;
+use metricsstack_common::access::KubernetesAccess;
 use metricsstack_common::admin::RenderMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,7 +76,7 @@ impl Default for Metrics {
         );
         registry.register(
             "database_queries",
-            "Database queries run, by part, source and outcome (ok, error)",
+            "Database queries run, by part, source and outcome (ok, or the kind of failure)",
             queries.clone(),
         );
         registry.register(
@@ -95,6 +96,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds the API-server reviews `access` sends to what `/metrics` shows.
+    pub fn register_access(&self, access: &KubernetesAccess) {
+        access.register(&mut self.registry.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
     /// Records an answered request.
     pub fn request(&self, endpoint: &'static str, status: u16) {
         self.requests
@@ -115,11 +121,11 @@ impl Metrics {
         }
     }
 
-    /// Records a database query and how long it took.
-    pub fn query(&self, statement: Statement, took: Duration, ok: bool) {
+    /// Records a database query, how long it took and its outcome: `ok` or the kind of
+    /// failure (`crate::service::failure_kind`).
+    pub fn query(&self, statement: Statement, took: Duration, outcome: &'static str) {
         let part = statement.part.name();
         let source = statement.source.as_str();
-        let outcome = if ok { "ok" } else { "error" };
         self.queries
             .get_or_create(&OutcomeLabels {
                 part,
@@ -157,7 +163,7 @@ mod tests {
                 source: Source::Raw,
             },
             Duration::from_millis(3),
-            true,
+            "ok",
         );
         let text = metrics.render();
         for expected in [

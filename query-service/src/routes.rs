@@ -33,34 +33,50 @@ impl QueryService {
         let with = warp::any().map(move || service.clone());
         let query = warp::query::raw().or(warp::any().map(String::new)).unify();
         let if_none_match = warp::header::optional::<String>("if-none-match");
-        let part =
-            |segments: &'static str, part: Part| {
-                let route = match segments {
-                    "host-process-metrics" => warp::path!("api" / "host-process-metrics").boxed(),
-                    "host-overall-metrics" => warp::path!("api" / "host-overall-metrics").boxed(),
-                    "top-processes" => warp::path!("api" / "dashboard" / "top-processes").boxed(),
-                    _ => warp::path!("api" / "vm-metrics").boxed(),
-                };
-                route
+        let authorization = warp::header::optional::<String>("authorization");
+        let part = |segments: &'static str, part: Part| {
+            let route = match segments {
+                "host-process-metrics" => warp::path!("api" / "host-process-metrics").boxed(),
+                "host-overall-metrics" => warp::path!("api" / "host-overall-metrics").boxed(),
+                "top-processes" => warp::path!("api" / "dashboard" / "top-processes").boxed(),
+                _ => warp::path!("api" / "vm-metrics").boxed(),
+            };
+            route
                 .and(warp::get())
                 .and(with.clone())
+                .and(authorization)
                 .and(query)
                 .and(if_none_match)
-                .then(move |service: QueryService, query: String, inm: Option<String>| async move {
-                    service.single(part, &query, inm.as_deref()).await
-                })
-            };
+                .then(
+                    move |service: QueryService,
+                          authorization: Option<String>,
+                          query: String,
+                          inm: Option<String>| async move {
+                        let endpoint = part.name();
+                        match service.authorize(authorization.as_deref()).await {
+                            Ok(()) => service.single(part, &query, inm.as_deref()).await,
+                            Err(refused) => service.record(endpoint, refused),
+                        }
+                    },
+                )
+        };
         let batch = warp::path!("api" / "dashboard" / "batch")
             .and(warp::post())
             .and(with.clone())
+            .and(authorization)
             .and(warp::header::optional::<String>("content-length"))
             .and(warp::body::stream())
             .and(if_none_match)
             .then(
                 |service: QueryService,
+                 authorization: Option<String>,
                  length: Option<String>,
                  body,
                  inm: Option<String>| async move {
+                    // Nothing of the body is read before the caller is let through.
+                    if let Err(refused) = service.authorize(authorization.as_deref()).await {
+                        return service.record("batch", refused);
+                    }
                     match read_body(length.as_deref(), body).await {
                         Ok(body) => service.batch(&body, inm.as_deref()).await,
                         Err(invalid) => service.record("batch", bad_request(&invalid)),
@@ -70,13 +86,19 @@ impl QueryService {
         let openapi = warp::path!("openapi.yaml")
             .and(warp::get())
             .and(with.clone())
-            .map(|service: QueryService| {
-                let response = Response::builder()
-                    .header(header::CONTENT_TYPE, "application/yaml")
-                    .body(Bytes::from_static(OPENAPI_YAML.as_bytes()))
-                    .expect("a valid response");
-                service.record("openapi", response)
-            });
+            .and(authorization)
+            .then(
+                |service: QueryService, authorization: Option<String>| async move {
+                    if let Err(refused) = service.authorize(authorization.as_deref()).await {
+                        return service.record("openapi", refused);
+                    }
+                    let response = Response::builder()
+                        .header(header::CONTENT_TYPE, "application/yaml")
+                        .body(Bytes::from_static(OPENAPI_YAML.as_bytes()))
+                        .expect("a valid response");
+                    service.record("openapi", response)
+                },
+            );
         let counted = self.clone();
         let admin = warp::path::full().and(self.admin_routes()).map(
             move |path: FullPath, response: Response<Bytes>| {
@@ -108,6 +130,15 @@ impl QueryService {
             }))
     }
 
+    /// Lets a caller through to this stack's data, or answers why not (401, 403, or 503
+    /// when the API server cannot be asked).
+    async fn authorize(&self, authorization: Option<&str>) -> Result<(), Response<Bytes>> {
+        self.access
+            .check(authorization, &self.data_access)
+            .await
+            .map_err(|refusal| refusal.response())
+    }
+
     /// Answers one part: `GET /api/...` with the filters as query parameters.
     async fn single(
         &self,
@@ -128,7 +159,7 @@ impl QueryService {
                 self.cache.policy(),
                 if_none_match,
             ),
-            Err(error) => unavailable(&error),
+            Err(_) => unavailable(),
         };
         self.record(endpoint, response)
     }
@@ -153,7 +184,7 @@ impl QueryService {
         for lookup in lookups {
             match lookup {
                 Ok(lookup) => parts.push(lookup),
-                Err(error) => return self.record(ENDPOINT, unavailable(&error)),
+                Err(_) => return self.record(ENDPOINT, unavailable()),
             }
         }
         let mut etag = Sha256::new();
@@ -199,11 +230,21 @@ impl QueryService {
     fn rejected(&self, rejection: &warp::Rejection) -> Response<Bytes> {
         use warp::reject::MethodNotAllowed;
         let response = if rejection.find::<MethodNotAllowed>().is_some() {
-            error_json(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None)
+            error_json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+                None,
+            )
         } else if rejection.is_not_found() {
-            error_json(StatusCode::NOT_FOUND, "not found", None)
+            error_json(StatusCode::NOT_FOUND, "not_found", "not found", None)
         } else {
-            error_json(StatusCode::BAD_REQUEST, "invalid request", None)
+            error_json(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "invalid request",
+                None,
+            )
         };
         self.record("other", response)
     }
@@ -253,6 +294,7 @@ mod tests {
 
     use super::*;
     use crate::service::DATABASE_UNREACHABLE;
+    use metricsstack_common::access::{AccessPolicy, Authentication};
     use metricsstack_common::admin::RenderMetrics as _;
     use metricsstack_common::config::QueryServiceConfig;
     use metricsstack_common::database::PoolSettings;
@@ -262,6 +304,7 @@ mod tests {
     async fn without_a_database(stack: StackIdentity) -> (QueryService, String) {
         let config = QueryServiceConfig {
             stack,
+            authentication: Authentication::None,
             listen_address: "127.0.0.1:0".into(),
             schema: "public".into(),
             pool: PoolSettings {
@@ -275,7 +318,8 @@ mod tests {
             max_bytes: 1024,
         };
         let refused = "postgres://nobody@127.0.0.1:1/nothing";
-        let service = QueryService::new(&config, refused).expect("the service starts");
+        let service =
+            QueryService::new(&config, refused, AccessPolicy::Open).expect("the service starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -23,6 +23,7 @@ use crate::filters::PartKey;
 use crate::http::Answer;
 use crate::metrics::Metrics;
 use crate::queries::{self, Aggregates};
+use metricsstack_common::access::{Access, AccessPolicy};
 use metricsstack_common::admin::{self, ReadinessCheck};
 use metricsstack_common::config::{QueryServiceConfig, StackIdentity};
 use metricsstack_common::database::{SearchPath, Session};
@@ -42,6 +43,26 @@ pub const AGGREGATE_RETRY: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("database query failed: {0}")]
 pub struct QueryError(Arc<sqlx::Error>);
+
+/// What kind of failure `error` is, from a fixed set small enough for a metric label:
+/// `statement_timeout`, `connection`, `authentication`, `schema` (a relation or column
+/// missing: a schema older than the service), `resources`, `pool_timeout`, `database` (any
+/// other error the server reported) or `other`.
+pub fn failure_kind(error: &sqlx::Error) -> &'static str {
+    match error {
+        sqlx::Error::Database(error) => match error.code().as_deref() {
+            Some("57014") => "statement_timeout",
+            Some(code) if code.starts_with("08") => "connection",
+            Some(code) if code.starts_with("28") => "authentication",
+            Some(code) if code.starts_with("42") => "schema",
+            Some(code) if code.starts_with("53") => "resources",
+            _ => "database",
+        },
+        sqlx::Error::PoolTimedOut => "pool_timeout",
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => "connection",
+        _ => "other",
+    }
+}
 
 /// Why the service cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +113,12 @@ impl Database {
         let result = queries::run(&self.pool, statement, &key)
             .instrument(span)
             .await;
-        self.metrics
-            .query(statement, started.elapsed(), result.is_ok());
+        let outcome = result.as_ref().map_or_else(failure_kind, |_| "ok");
+        self.metrics.query(statement, started.elapsed(), outcome);
         match result {
             Ok(body) => Ok(Answer::new(body)),
             Err(error) => {
-                tracing::warn!(%error, part = key.part.name(), "database query failed");
+                tracing::warn!(%error, part = key.part.name(), outcome, "database query failed");
                 Err(QueryError(Arc::new(error)))
             }
         }
@@ -135,12 +156,20 @@ pub struct QueryService {
     database: Arc<Database>,
     pub(crate) cache: Cache<PartKey, Answer, QueryError>,
     pub(crate) stack: Arc<StackIdentity>,
+    pub(crate) access: AccessPolicy,
+    /// What a caller needs to read this stack's data: `get` on its `metricsstacks/data`.
+    pub(crate) data_access: Arc<Access>,
 }
 
 impl QueryService {
     /// A service reading the database at `database_url` (connections are opened when first
-    /// needed, so the service starts while the database is away).
-    pub fn new(config: &QueryServiceConfig, database_url: &str) -> Result<Self, ServiceError> {
+    /// needed, so the service starts while the database is away), answering whom `access`
+    /// lets through.
+    pub fn new(
+        config: &QueryServiceConfig,
+        database_url: &str,
+        access: AccessPolicy,
+    ) -> Result<Self, ServiceError> {
         let options: PgConnectOptions = database_url.parse().map_err(ServiceError::DatabaseUrl)?;
         let session = Session {
             application_name: "metricsstack-query-service",
@@ -156,19 +185,26 @@ impl QueryService {
             max_entries: usize::try_from(config.max_entries).unwrap_or(usize::MAX),
             max_bytes: config.max_bytes,
         };
+        let metrics = Metrics::default();
+        if let AccessPolicy::Kubernetes(kubernetes) = &access {
+            metrics.register_access(kubernetes);
+        }
         let database = Arc::new(Database {
             pool,
             aggregates: RwLock::new(Aggregates::default()),
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(metrics),
         });
         let source = database.clone();
         let cache = Cache::new(policy, move |key: &PartKey| {
             source.clone().answer(key.clone()).boxed()
         });
+        let data_access = Access::stack_data(&config.stack.namespace, &config.stack.name);
         Ok(Self {
             database,
             cache,
             stack: Arc::new(config.stack.clone()),
+            access,
+            data_access: Arc::new(data_access),
         })
     }
 
@@ -180,7 +216,11 @@ impl QueryService {
     /// `/healthz`, `/readyz` (the database answers in time) and `/metrics` (the service's
     /// metrics), as every MetricsStack program serves them.
     pub(crate) fn admin_routes(&self) -> BoxedFilter<(Response<Bytes>,)> {
-        admin::routes(self.database.clone(), self.database.metrics.clone())
+        admin::routes(
+            self.database.clone(),
+            self.database.metrics.clone(),
+            self.access.clone(),
+        )
     }
 
     /// The hourly aggregates the long windows read, as last looked up.

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use metricsstack_common::access::{AccessPolicy, Authentication};
 use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::crd::{MetricsStack, TlsMode};
@@ -75,6 +76,7 @@ async fn long_windows_read_the_hourly_aggregate() {
 
     let config = QueryServiceConfig {
         stack: Default::default(),
+        authentication: Authentication::None,
         listen_address: "127.0.0.1:0".into(),
         schema: tsdb.schema.clone(),
         pool: one,
@@ -86,7 +88,8 @@ async fn long_windows_read_the_hourly_aggregate() {
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
-    let service = QueryService::new(&config, &tsdb.url()).expect("the service starts");
+    let service =
+        QueryService::new(&config, &tsdb.url(), AccessPolicy::Open).expect("the service starts");
     let server = tokio::spawn(service.clone().run(listener, std::future::pending()));
     // The service looks the aggregates up when it starts, giving up after two seconds (and
     // trying again later) on a slow machine: wait until it has found them.

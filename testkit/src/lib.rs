@@ -16,7 +16,10 @@ mod real_node;
 mod timescaledb;
 
 pub use crd::{CONNECTION_URI_KEY, InstallError, connection_secret, install_crd};
-pub use kubernetes::{TEST_NAMESPACE_LABEL, TestNamespace, client as kube_client};
+pub use kubernetes::{
+    TEST_NAMESPACE_LABEL, TestNamespace, client as kube_client, grant_stack_data,
+    service_account_token, wait_for_grant,
+};
 pub use real_node::{
     REAL_NODE_TAINT, busy_pod, helm, helm_output, poll_batch, process_gone_and_sampled,
 };

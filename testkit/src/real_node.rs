@@ -71,10 +71,12 @@ pub async fn process_gone_and_sampled(
     gone
 }
 
-/// Posts `filters` to the query service's batch endpoint at `url` until an answer satisfies
-/// `accept`, and returns it; panics with the last answer after `timeout`.
+/// Posts `filters` to the query service's batch endpoint at `url`, with `token` as the
+/// bearer token if given, until an answer satisfies `accept`, and returns it; panics with
+/// the last answer after `timeout`.
 pub async fn poll_batch(
     url: &str,
+    token: Option<&str>,
     filters: &serde_json::Value,
     accept: impl Fn(&serde_json::Value) -> bool,
     timeout: Duration,
@@ -83,13 +85,23 @@ pub async fn poll_batch(
     let mut last = serde_json::Value::Null;
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
-        if let Ok(response) = http.post(url).json(filters).send().await
-            && response.status().is_success()
-        {
-            last = response.json().await.expect("the batch answer is JSON");
-            if accept(&last) {
-                return last;
+        let mut request = http.post(url).json(filters);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_success() => {
+                last = response.json().await.expect("the batch answer is JSON");
+                if accept(&last) {
+                    return last;
+                }
             }
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                last = serde_json::json!({ "status": status.as_u16(), "body": body });
+            }
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

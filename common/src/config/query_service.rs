@@ -1,6 +1,7 @@
 //! The query service's configuration file (YAML), rendered by the operator into a ConfigMap.
 
 use super::StackIdentity;
+use crate::access::Authentication;
 use crate::database::PoolSettings;
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,9 @@ pub struct QueryServiceConfig {
     /// The MetricsStack this query service serves.
     #[serde(default)]
     pub stack: StackIdentity,
+    /// Who may read the API and `/metrics` (absent: `kubernetes`).
+    #[serde(default)]
+    pub authentication: Authentication,
     /// Address the HTTP server listens on.
     pub listen_address: String,
     /// The database schema holding the metric tables.

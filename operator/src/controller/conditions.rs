@@ -17,6 +17,8 @@ pub struct Outcome {
     pub reason: ConditionReason,
     /// What a person can do about it.
     pub message: String,
+    /// Whether `Ready` waits for it to hold; a warning (a choice the spec made) does not.
+    pub blocks_ready: bool,
 }
 
 impl Outcome {
@@ -27,6 +29,7 @@ impl Outcome {
             ok: true,
             reason: ConditionReason::AsExpected,
             message: message.into(),
+            blocks_ready: true,
         }
     }
 
@@ -41,11 +44,26 @@ impl Outcome {
             ok: false,
             reason,
             message: message.into(),
+            blocks_ready: true,
+        }
+    }
+
+    /// A condition that does not hold because the spec chose so: shown, and published as a
+    /// warning, but `Ready` does not wait for it.
+    pub fn warning(
+        type_: ConditionType,
+        reason: ConditionReason,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            blocks_ready: false,
+            ..Self::failed(type_, reason, message)
         }
     }
 }
 
-/// The conditions for `outcomes` plus `Ready` (true when every outcome holds), keeping each
+/// The conditions for `outcomes` plus `Ready` (true when every outcome holds, warnings
+/// aside), keeping each
 /// condition's `lastTransitionTime` from `previous` when its status did not change.
 pub fn conditions(
     outcomes: &[Outcome],
@@ -55,7 +73,7 @@ pub fn conditions(
 ) -> Vec<Condition> {
     let failing: Vec<&str> = outcomes
         .iter()
-        .filter(|o| !o.ok)
+        .filter(|o| !o.ok && o.blocks_ready)
         .map(|o| o.type_.as_str())
         .collect();
     let ready = if failing.is_empty() {
@@ -111,6 +129,21 @@ mod tests {
         assert_eq!(conditions[0].message, "not yet: DatabaseReady");
         assert_eq!(conditions[2].reason, "SecretNotFound");
         assert!(conditions.iter().all(|c| c.observed_generation == Some(2)));
+    }
+
+    #[test]
+    fn a_warning_is_shown_but_does_not_hold_ready_back() {
+        let outcomes = [Outcome::warning(
+            ConditionType::QueryServiceAuthenticated,
+            ConditionReason::AuthenticationDisabled,
+            "open to anyone",
+        )];
+        let conditions = conditions(&outcomes, &[], Some(1), at(10));
+        assert_eq!(conditions[0].status, "True");
+        assert_eq!(
+            (conditions[1].status.as_str(), conditions[1].reason.as_str()),
+            ("False", "AuthenticationDisabled")
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::database::{DatabaseOutcome, reconcile_database, remove_stack_policies
 use super::secret::read_secret;
 use crate::crd::{
     CollectorsStatus, ConditionReason, ConditionType, DeletionPolicy, MetricsStack,
-    MetricsStackStatus,
+    MetricsStackStatus, QueryAuthentication,
 };
 use crate::database::DatabaseError;
 use crate::resources::{self, DesiredObjects, desired_objects};
@@ -205,6 +205,7 @@ async fn write_status(
         database.ready.clone(),
         database.policies.clone(),
         query_service_outcome(applied.deployment.as_ref()),
+        authentication_outcome(stack.spec.query_service.authentication),
     ];
     let changed = update_status(ctx, stack, &outcomes, collectors, database.status.clone()).await?;
     if changed {
@@ -220,7 +221,24 @@ async fn write_status(
             .await;
         }
     }
-    Ok(outcomes.iter().all(|o| o.ok))
+    Ok(outcomes.iter().all(|o| o.ok || !o.blocks_ready))
+}
+
+/// Whether the query service checks its callers; a warning when the spec turned it off.
+fn authentication_outcome(authentication: QueryAuthentication) -> Outcome {
+    match authentication {
+        QueryAuthentication::Kubernetes => Outcome::ok(
+            ConditionType::QueryServiceAuthenticated,
+            "API callers need a bearer token allowed `get` on this stack's metricsstacks/data",
+        ),
+        QueryAuthentication::None => Outcome::warning(
+            ConditionType::QueryServiceAuthenticated,
+            ConditionReason::AuthenticationDisabled,
+            "spec.queryService.authentication is None: anyone who can reach the query service \
+             reads this stack's data, command lines and user names included; set it to \
+             Kubernetes and grant readers `get` on metricsstacks/data",
+        ),
+    }
 }
 
 /// Retries a transient database failure with backoff; otherwise checks again soon while

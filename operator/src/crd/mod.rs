@@ -633,6 +633,12 @@ pub struct QueryServiceSpec {
     /// Compute resources of the query service container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// How API callers are authenticated and authorized: `Kubernetes` (the default) checks a
+    /// bearer token with a TokenReview and access with a SubjectAccessReview (`get` on
+    /// `metricsstacks/data` of this stack); `None` answers anyone who can reach the service
+    /// (the stack then shows a warning condition).
+    #[serde(default)]
+    pub authentication: QueryAuthentication,
     /// The HTTP port of the service.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1024, max = 65535))]
@@ -661,12 +667,27 @@ impl Default for QueryServiceSpec {
             image: None,
             replicas: default_replicas(),
             resources: None,
+            authentication: QueryAuthentication::default(),
             port: default_port(),
             cache: CacheSpec::default(),
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
         }
     }
+}
+
+/// How the query service authenticates and authorizes API callers.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+pub enum QueryAuthentication {
+    /// A bearer token checked with a TokenReview, access with a SubjectAccessReview
+    /// against RBAC, the way kube-rbac-proxy does.
+    #[default]
+    Kubernetes,
+    /// No check: anyone who can reach the service reads the stack's data, command lines
+    /// and user names included.
+    None,
 }
 
 /// The query service's response cache.

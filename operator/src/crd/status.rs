@@ -10,7 +10,8 @@ pub struct MetricsStackStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, CollectorsReady, DatabaseReady, PoliciesApplied and QueryServiceReady.
+    /// Ready, CollectorsReady, DatabaseReady, PoliciesApplied, QueryServiceReady and
+    /// QueryServiceAuthenticated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -108,6 +109,9 @@ pub enum ConditionType {
     PoliciesApplied,
     /// The query service has its desired replicas available.
     QueryServiceReady,
+    /// The query service checks who calls it (`queryService.authentication: Kubernetes`).
+    /// A warning when false: it does not hold `Ready` back, the stack works as asked.
+    QueryServiceAuthenticated,
 }
 
 impl ConditionType {
@@ -119,6 +123,7 @@ impl ConditionType {
             Self::DatabaseReady => "DatabaseReady",
             Self::PoliciesApplied => "PoliciesApplied",
             Self::QueryServiceReady => "QueryServiceReady",
+            Self::QueryServiceAuthenticated => "QueryServiceAuthenticated",
         }
     }
 }
@@ -148,6 +153,8 @@ pub enum ConditionReason {
     Waiting,
     /// Applying the stack's Kubernetes objects failed (for example forbidden by RBAC).
     ApplyFailed,
+    /// The spec turns a safety check off (for example the query service's authentication).
+    AuthenticationDisabled,
 }
 
 impl ConditionReason {
@@ -165,6 +172,7 @@ impl ConditionReason {
             Self::TimescaleDbMissing => "TimescaleDBMissing",
             Self::Waiting => "Waiting",
             Self::ApplyFailed => "ApplyFailed",
+            Self::AuthenticationDisabled => "AuthenticationDisabled",
         }
     }
 }
