@@ -11,7 +11,7 @@ use super::{
     Component, QUERY_SERVICE_CONFIG_KEY, hardened_container, http_probe, owned_meta, pod_metadata,
     pod_selector, runtime_default_seccomp,
 };
-use crate::crd::MetricsStack;
+use crate::crd::{MetricsStack, QueryAuthentication};
 
 const CONFIG_MOUNT: &str = "/etc/metricsstack";
 
@@ -58,7 +58,11 @@ pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> Deploy
                 )),
                 spec: Some(PodSpec {
                     service_account_name: Some(name.clone()),
-                    automount_service_account_token: Some(false),
+                    // The token is needed only to ask the API server who calls the API
+                    // (TokenReview, SubjectAccessReview).
+                    automount_service_account_token: Some(
+                        spec.authentication == QueryAuthentication::Kubernetes,
+                    ),
                     containers: vec![container],
                     node_selector: (!spec.node_selector.is_empty())
                         .then(|| spec.node_selector.clone()),
@@ -112,6 +116,15 @@ mod tests {
                 .as_ref()
                 .is_some_and(|r| r.requests.is_some())
         );
+        assert_eq!(pod.automount_service_account_token, Some(true));
+    }
+
+    #[test]
+    fn mounts_a_token_only_when_it_checks_callers() {
+        let (mut stack, _) = fixtures::stack("minimal");
+        stack.spec.query_service.authentication = QueryAuthentication::None;
+        let deployment = build(&stack, "x", "operator:test");
+        let pod = deployment.spec.expect("spec").template.spec.expect("pod");
         assert_eq!(pod.automount_service_account_token, Some(false));
     }
 }
