@@ -399,6 +399,65 @@ mod tests {
         }
     }
 
+    /// Arguments built from the characters the rules look at, multi-byte ones among them:
+    /// redaction never panics (the collector would stop), and a secret in a recognised form
+    /// never survives, whatever surrounds it.
+    #[test]
+    fn odd_arguments_neither_panic_nor_leak() {
+        const PIECES: [&str; 22] = [
+            "=",
+            ":",
+            "/",
+            "//",
+            "@",
+            "?",
+            "&",
+            "'",
+            "\"",
+            "-",
+            "--",
+            " ",
+            "\t",
+            "é",
+            "ß",
+            "€",
+            "\u{a0}",
+            "key",
+            "token",
+            "postgres://",
+            "a",
+            "_",
+        ];
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let arg = |next: &mut dyn FnMut(usize) -> usize| {
+                (0..next(12))
+                    .map(|_| PIECES[next(PIECES.len())])
+                    .collect::<String>()
+            };
+            let line = vec![arg(&mut next), arg(&mut next), arg(&mut next)];
+            let _ = stored(&line, CommandLinePolicy::Redacted, 64);
+            let secret = vec![
+                arg(&mut next),
+                format!("--password=SECRET{}", arg(&mut next)),
+                format!(
+                    "{} --db=postgres://u:SECRET@h/d {}",
+                    arg(&mut next),
+                    arg(&mut next)
+                ),
+                format!("{} DB_TOKEN=SECRET {}", arg(&mut next), arg(&mut next)),
+            ];
+            let redacted = redact(&secret).join(" ");
+            assert!(!redacted.contains("SECRET"), "{secret:?}: {redacted}");
+        }
+    }
+
     #[test]
     fn full_keeps_everything_and_none_stores_nothing() {
         let line = args(&["app", "--password=hunter2", "--db=postgres://u:p@h/d"]);
