@@ -4,6 +4,7 @@
 #[cfg(test)]
 mod busy_child;
 pub mod cgroup;
+pub mod command_line;
 pub mod cpu_clock;
 pub mod ingest;
 pub mod metrics;

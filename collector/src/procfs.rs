@@ -128,17 +128,23 @@ pub fn parse_real_uid(content: &[u8]) -> Option<u32> {
         .ok()
 }
 
-/// The command line in the content of `/proc/<pid>/cmdline` (arguments separated by NUL),
-/// with the arguments joined by spaces and cut to `max_chars` characters. `None` when it is
-/// empty, as for zombies.
-pub fn parse_cmdline(content: &[u8], max_chars: usize) -> Option<String> {
-    let joined = content
+/// The arguments in the content of `/proc/<pid>/cmdline` (separated by NUL); none when it is
+/// empty, as for zombies. When the content was `cut` at a read limit, its last argument may
+/// be incomplete and is left out: a secret cut in two would no longer look like one.
+pub fn parse_cmdline(content: &[u8], cut: bool) -> Vec<String> {
+    let complete = if cut {
+        content
+            .iter()
+            .rposition(|b| *b == 0)
+            .map_or(&[][..], |end| &content[..end])
+    } else {
+        content
+    };
+    complete
         .split(|b| *b == 0)
         .filter(|arg| !arg.is_empty())
-        .map(String::from_utf8_lossy)
-        .collect::<Vec<_>>()
-        .join(" ");
-    (!joined.is_empty()).then(|| joined.chars().take(max_chars).collect())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
 }
 
 /// The page size and clock tick rate of this kernel, from the auxiliary vector the kernel
@@ -234,11 +240,14 @@ impl ProcFs {
         parse_real_uid(self.read(pid, "status", usize::MAX)?)
     }
 
-    /// The process's command line, cut to `max_chars` characters.
-    pub fn cmdline(&mut self, pid: u32, max_chars: usize) -> Option<String> {
-        // A character takes at most four bytes: what lies beyond is cut anyway.
+    /// The process's arguments, as many as fit in the first `4 * max_chars` bytes of its
+    /// command line (see [`parse_cmdline`]). `None` if the process is gone.
+    pub fn cmdline(&mut self, pid: u32, max_chars: usize) -> Option<Vec<String>> {
+        // A character takes at most four bytes, so that is enough for `max_chars` characters
+        // of command line, fewer after redaction. A content that fills the limit may be cut.
         let limit = max_chars.saturating_mul(4);
-        parse_cmdline(self.read(pid, "cmdline", limit)?, max_chars)
+        let content = self.read(pid, "cmdline", limit)?;
+        Some(parse_cmdline(content, content.len() >= limit))
     }
 
     /// The network counters of the node's first process (pid 1), whose network namespace
@@ -266,7 +275,7 @@ impl ProcFs {
         loop {
             let room = self.buffer.len() - filled;
             match handle.read(&mut self.buffer[filled..]) {
-                Ok(n) if n < room => break Some(&self.buffer[..filled + n]),
+                Ok(n) if n < room => break Some(&self.buffer[..(filled + n).min(limit)]),
                 Ok(n) if filled + n >= limit => break Some(&self.buffer[..limit]),
                 Ok(n) => {
                     filled += n;
@@ -353,14 +362,29 @@ mod tests {
             Uid:\t105\t0\t105\t105\nGid:\t111\t111\t111\t111\n";
         assert_eq!(parse_real_uid(status), Some(105));
         assert_eq!(
-            parse_cmdline(b"/usr/bin/python3\0-c\0print('hi')\0", 256),
-            Some("/usr/bin/python3 -c print('hi')".into())
+            parse_cmdline(b"/usr/bin/python3\0-c\0print('hi')\0", false),
+            ["/usr/bin/python3", "-c", "print('hi')"]
+        );
+        assert!(parse_cmdline(b"", false).is_empty());
+    }
+
+    #[test]
+    fn leaves_out_the_argument_a_read_limit_may_have_cut() {
+        assert_eq!(
+            parse_cmdline(b"app\0--password=hun", true),
+            ["app"],
+            "cut inside the last argument"
         );
         assert_eq!(
-            parse_cmdline(b"/usr/bin/python3\0-c\0", 10),
-            Some("/usr/bin/p".into())
+            parse_cmdline(b"app\0--password\0", true),
+            ["app", "--password"],
+            "cut after a whole argument"
         );
-        assert_eq!(parse_cmdline(b"", 256), None);
+        assert!(parse_cmdline(b"--password=hun", true).is_empty());
+        assert_eq!(
+            parse_cmdline(b"app\0--password=hunter2", false),
+            ["app", "--password=hunter2"]
+        );
     }
 
     #[test]
@@ -403,9 +427,24 @@ mod tests {
         child.wait().ok();
         assert_eq!(
             whole,
-            Some(format!("sh -c echo ready; read line sh {long}"))
+            Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo ready; read line".into(),
+                "sh".into(),
+                long
+            ])
         );
-        assert_eq!(cut.as_deref(), Some("sh -c echo"));
+        // 40 bytes hold the first four arguments whole, and the start of the long one.
+        assert_eq!(
+            cut,
+            Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo ready; read line".into(),
+                "sh".into()
+            ])
+        );
     }
 
     #[test]
@@ -415,7 +454,7 @@ mod tests {
         assert!(proc.pids().expect("/proc lists").any(|p| p == pid));
         let stat = proc.stat(pid).expect("this process's stat");
         assert!(!stat.kernel_thread && stat.threads >= 1 && stat.resident_pages > 0);
-        assert!(proc.cmdline(pid, 8192).is_some());
+        assert!(proc.cmdline(pid, 8192).is_some_and(|args| !args.is_empty()));
         assert!(proc.real_uid(pid).is_some());
         assert_eq!(proc.stat(u32::MAX), None);
     }

@@ -5,7 +5,10 @@
 //! clock (see [`crate::cpu_clock`]) and reads the `stat` file of those that have run since
 //! it was last read, the others being as they were: that is enough to rank them all. The
 //! selected processes' `stat` is read afresh, and their command line, owner, cgroup and I/O
-//! counters too, the first three once per process. Between two samples, [`Sampler::tick`]
+//! counters too, the first three once per process. The command line is stored as the
+//! configuration's `commandLines` says, redacted by default (see [`crate::command_line`]),
+//! before it enters a row: what the policy hides is never written nor spooled.
+//! Between two samples, [`Sampler::tick`]
 //! reads the CPU time of the processes that were busy, so that a short spike inside the
 //! interval shows as the peak.
 //!
@@ -26,6 +29,7 @@ use sysinfo::{
 };
 
 use crate::cgroup::{self, ContainerRef};
+use crate::command_line;
 use crate::cpu_clock;
 use crate::network::NetworkTraffic;
 use crate::pods::PodIndex;
@@ -108,6 +112,7 @@ struct Details {
     /// The process name when this was read: a changed name means an `exec`, after which the
     /// command line, owner and cgroup may differ.
     name: String,
+    /// The command line as the policy has it stored (see [`stored_command_line`]).
     command_line: Option<String>,
     username: Option<String>,
     /// Read the first time the pod index asks for it.
@@ -505,12 +510,12 @@ impl Sampler {
     /// `exec`ed another program since they were read (its name changed). A command line that
     /// was empty (a zombie, or a process in the middle of starting) is read again.
     fn details(&mut self, pid: u32, stat: &Stat) -> Option<&mut Details> {
-        let max = self.selection.command_line_max_length as usize;
         let tracked = self.processes.get_mut(&pid)?;
         match &mut tracked.details {
             Some(details) if details.name == stat.name => {
                 if details.command_line.is_none() {
-                    details.command_line = self.proc.cmdline(pid, max);
+                    details.command_line =
+                        stored_command_line(&mut self.proc, &self.selection, pid);
                 }
             }
             details => {
@@ -522,7 +527,7 @@ impl Sampler {
                 });
                 *details = Some(Details {
                     name: stat.name.clone(),
-                    command_line: self.proc.cmdline(pid, max),
+                    command_line: stored_command_line(&mut self.proc, &self.selection, pid),
                     username,
                     container: OnceCell::new(),
                     // I/O counters go on across an `exec`; until a first reading, they count
@@ -571,6 +576,17 @@ impl Sampler {
             disk_write_bytes: row.disk_write_bytes,
         })
     }
+}
+
+/// The command line of process `pid` as `selection` says to store it: not even read when
+/// none is stored.
+fn stored_command_line(proc: &mut ProcFs, selection: &ProcessConfig, pid: u32) -> Option<String> {
+    let policy = selection.command_lines;
+    if policy == command_line::CommandLinePolicy::None {
+        return None;
+    }
+    let max_chars = selection.command_line_max_length as usize;
+    command_line::stored(&proc.cmdline(pid, max_chars)?, policy, max_chars)
 }
 
 /// A duration in seconds, at least a millisecond (it divides CPU time into a percentage).

@@ -1,11 +1,23 @@
 //! The on-disk spool of batches the database has not taken yet: one synced file per batch,
 //! replayed oldest first, surviving a restart (or a SIGKILL) of the collector. Bounded in
 //! bytes: when full, the oldest batches are dropped and counted.
+//!
+//! The batches hold process rows (command lines, user names), and the spool lives in a host
+//! directory: only the collector's user may read it. The directory is `0700` and every file
+//! in it `0600`, tightened at open if an earlier version or the kubelet (a `DirectoryOrCreate`
+//! host path is created `0755`) left them looser.
 
 use std::collections::VecDeque;
-use std::fs::{self, File};
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// Permissions of the spool directory: its owner only.
+pub const DIRECTORY_MODE: u32 = 0o700;
+/// Permissions of a spooled batch (and of the temporary file it is written to): its owner
+/// only.
+pub const FILE_MODE: u32 = 0o600;
 
 use crate::rows::Batch;
 
@@ -37,13 +49,23 @@ pub struct Dropped {
 
 impl Spool {
     /// Opens (creating it if needed) the spool in `dir`, with what an earlier run left there.
+    /// The directory is made `0700` and the batches in it `0600`; a half-written `.tmp` file
+    /// an interrupted run left is removed.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(DIRECTORY_MODE)
+            .create(dir)?;
+        fs::set_permissions(dir, Permissions::from_mode(DIRECTORY_MODE))?;
         let mut found = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            // `<sequence>-<rows>.json`; anything else (a half-written `.tmp`) is left out.
+            if name.ends_with(".tmp") {
+                fs::remove_file(entry.path())?;
+                continue;
+            }
+            // `<sequence>-<rows>.json`; anything else is left out (and alone).
             let Some((sequence, rows)) = name
                 .strip_suffix(".json")
                 .and_then(|stem| stem.split_once('-'))
@@ -51,6 +73,7 @@ impl Spool {
             else {
                 continue;
             };
+            fs::set_permissions(entry.path(), Permissions::from_mode(FILE_MODE))?;
             found.push((
                 sequence,
                 Entry {
@@ -79,7 +102,16 @@ impl Spool {
         let rows = batch.len() as u64;
         let path = self.dir.join(format!("{:020}-{rows}.json", self.next));
         let temporary = path.with_extension("tmp");
-        let mut file = File::create(&temporary)?;
+        // Created afresh, so that its mode is this one whatever a leftover file had.
+        match fs::remove_file(&temporary) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&temporary)?;
         file.write_all(&data)?;
         file.sync_all()?;
         fs::rename(&temporary, &path)?;
@@ -211,6 +243,48 @@ mod tests {
             "b"
         );
         assert!(spool.bytes() <= one * 2);
+        fs::remove_dir_all(dir).ok();
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("exists").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn only_the_owner_can_read_the_spool_even_one_left_open_before() {
+        let dir = temporary_dir("modes");
+        let mut spool = Spool::open(&dir, 1 << 20).expect("opens");
+        spool.push(&batch("a")).expect("pushed");
+        assert_eq!(mode(&dir), DIRECTORY_MODE);
+        let files: Vec<PathBuf> = fs::read_dir(&dir)
+            .expect("lists")
+            .map(|e| e.expect("an entry").path())
+            .collect();
+        assert_eq!(files.len(), 1);
+        assert_eq!(mode(&files[0]), FILE_MODE);
+        drop(spool);
+
+        // As an earlier version left it: everything readable by all, and a half-written
+        // batch from a run that was killed.
+        fs::set_permissions(&dir, Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(&files[0], Permissions::from_mode(0o644)).expect("chmod");
+        let half_written = dir.join("00000000000000000007-1.tmp");
+        fs::write(&half_written, b"{").expect("written");
+        let mut spool = Spool::open(&dir, 1 << 20).expect("reopens");
+        assert_eq!(mode(&dir), DIRECTORY_MODE);
+        assert_eq!(mode(&files[0]), FILE_MODE);
+        assert!(!half_written.exists(), "the half-written batch is removed");
+
+        // The temporary file a batch is written to is the owner's from its creation: a
+        // leftover one is created afresh.
+        let next = dir.join("00000000000000000001-1.tmp");
+        fs::write(&next, b"").expect("written");
+        fs::set_permissions(&next, Permissions::from_mode(0o644)).expect("chmod");
+        spool.push(&batch("b")).expect("pushed");
+        for entry in fs::read_dir(&dir).expect("lists") {
+            let path = entry.expect("an entry").path();
+            assert_eq!(mode(&path), FILE_MODE, "{}", path.display());
+        }
         fs::remove_dir_all(dir).ok();
     }
 }

@@ -41,7 +41,7 @@ fn a_valid_configuration_passes_the_check() {
 #[test]
 fn each_bad_setting_stops_the_collector_with_its_name() {
     type Env<'a> = &'a [(&'a str, &'a str)];
-    let cases: [(&str, &str, Env, &str); 10] = [
+    let cases: [(&str, &str, Env, &str); 11] = [
         (
             "out of range",
             "intervalSeconds: 0\n",
@@ -69,6 +69,12 @@ fn each_bad_setting_stops_the_collector_with_its_name() {
             "pool.minConnections",
         ),
         ("bad schema", "schema: Metrics\n", &[], "schema"),
+        (
+            "unknown command line policy",
+            "processes: {commandLines: some}\n",
+            &[],
+            "processes.commandLines",
+        ),
         (
             "bad override",
             "",

@@ -3,12 +3,12 @@
 //! into the settings each component is configured with. Pure: no I/O.
 
 use metricsstack_common::access::Authentication;
-use metricsstack_common::config::{CollectorConfig, ProcessConfig};
+use metricsstack_common::config::{CollectorConfig, CommandLinePolicy, ProcessConfig};
 use metricsstack_common::database::PoolSettings;
 
 use crate::crd::{
-    Duration, IDENTIFIER_PATTERN, MetricTable, MetricsStackSpec, PoolSpec, QueryAuthentication,
-    StorageSpec,
+    CommandLines, Duration, IDENTIFIER_PATTERN, MetricTable, MetricsStackSpec, PoolSpec,
+    QueryAuthentication, StorageSpec,
 };
 use crate::database::{
     DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable,
@@ -92,6 +92,11 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
             include: processes.include.clone(),
             exclude: processes.exclude.clone(),
             command_line_max_length: processes.command_line_max_length,
+            command_lines: match processes.command_lines {
+                CommandLines::Full => CommandLinePolicy::Full,
+                CommandLines::Redacted => CommandLinePolicy::Redacted,
+                CommandLines::None => CommandLinePolicy::None,
+            },
         },
         pod_attribution: spec.collector.pod_attribution,
         schema: spec.database.schema.clone(),
@@ -304,6 +309,27 @@ mod tests {
         assert_eq!(valid.query_service.fresh_ttl_seconds, 4);
         assert_eq!(valid.query_service.listen_address, "0.0.0.0:8080");
         assert_eq!(valid.operator_pool.max_connections, 2);
+    }
+
+    #[test]
+    fn command_lines_are_redacted_unless_the_spec_says_otherwise() {
+        let mut spec = spec(include_str!("../tests/fixtures/minimal.yaml"));
+        let policy = |spec: &MetricsStackSpec| {
+            validate(spec)
+                .expect("valid")
+                .collector
+                .processes
+                .command_lines
+        };
+        assert_eq!(policy(&spec), CommandLinePolicy::Redacted);
+        for (given, rendered) in [
+            (CommandLines::Full, CommandLinePolicy::Full),
+            (CommandLines::Redacted, CommandLinePolicy::Redacted),
+            (CommandLines::None, CommandLinePolicy::None),
+        ] {
+            spec.collector.processes.command_lines = given;
+            assert_eq!(policy(&spec), rendered);
+        }
     }
 
     #[test]

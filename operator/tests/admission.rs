@@ -73,6 +73,10 @@ async fn the_api_server_applies_defaults_to_a_minimal_resource() {
     assert_eq!(spec.storage.tables.len(), 3);
     assert_eq!(spec.storage.aggregates.len(), 2);
     assert_eq!(spec.database.pools.query_service.max_connections, 10);
+    assert_eq!(
+        spec.collector.processes.command_lines,
+        metricsstack_operator::crd::CommandLines::Redacted
+    );
 }
 
 #[tokio::test]
@@ -175,6 +179,11 @@ async fn invalid_resources_are_refused_with_the_field_named() {
             "a table listed twice",
             json!({ "storage": { "tables": [{ "table": "hostProcessMetrics" }, { "table": "hostProcessMetrics" }] } }),
             "spec.storage.tables[1]",
+        ),
+        (
+            "an unknown command-line setting",
+            json!({ "collector": { "processes": { "commandLines": "Hashed" } } }),
+            "spec.collector.processes.commandLines",
         ),
         (
             "too many top processes",

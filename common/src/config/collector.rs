@@ -69,8 +69,24 @@ pub struct ProcessConfig {
     pub include: Vec<String>,
     /// Regular expressions on the process name that are never recorded.
     pub exclude: Vec<String>,
-    /// Longest command line stored, in characters.
+    /// Longest command line stored, in characters (cut after redaction).
     pub command_line_max_length: u32,
+    /// How much of each command line is stored.
+    pub command_lines: CommandLinePolicy,
+}
+
+/// How much of a process's command line the collector stores (and spools).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandLinePolicy {
+    /// The command line as the process has it.
+    Full,
+    /// The command line with the values of arguments that look like secrets (`--password=`,
+    /// `--token`, `*_KEY=`, credentials in URLs, ...) replaced.
+    #[default]
+    Redacted,
+    /// No command line: only the process name.
+    None,
 }
 
 impl Default for ProcessConfig {
@@ -81,6 +97,7 @@ impl Default for ProcessConfig {
             include: Vec::new(),
             exclude: Vec::new(),
             command_line_max_length: 256,
+            command_lines: CommandLinePolicy::default(),
         }
     }
 }
@@ -156,6 +173,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "processes.commandLineMaxLength",
         "",
         "longest command line stored, 16..=8192 characters (default 256)",
+    ),
+    (
+        "processes.commandLines",
+        "",
+        "command lines stored: full, redacted (secret-looking values replaced; default) or none",
     ),
     (
         "podAttribution",
@@ -416,6 +438,32 @@ mod tests {
             "invalid setting COLLECTOR_BATCH_SIZE: expected a whole number, got many"
         );
         config.apply_env(no_env).expect("nothing to override");
+    }
+
+    #[test]
+    fn command_lines_are_redacted_unless_the_file_says_otherwise() {
+        assert_eq!(
+            CollectorConfig::default().processes.command_lines,
+            CommandLinePolicy::Redacted
+        );
+        for (text, policy) in [
+            ("full", CommandLinePolicy::Full),
+            ("redacted", CommandLinePolicy::Redacted),
+            ("none", CommandLinePolicy::None),
+        ] {
+            let config: CollectorConfig =
+                serde_yaml::from_str(&format!("processes: {{commandLines: {text}}}"))
+                    .expect("a valid policy");
+            assert_eq!(config.processes.command_lines, policy);
+        }
+        let error = serde_yaml::from_str::<CollectorConfig>("processes: {commandLines: some}")
+            .expect_err("not a policy")
+            .to_string();
+        assert!(
+            error.contains("processes.commandLines")
+                && error.contains("`full`, `redacted`, `none`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 pub mod collector;
 pub mod query_service;
 
-pub use collector::{CollectorConfig, ConfigError, ProcessConfig, SETTINGS};
+pub use collector::{CollectorConfig, CommandLinePolicy, ConfigError, ProcessConfig, SETTINGS};
 pub use query_service::QueryServiceConfig;
 
 use serde::{Deserialize, Serialize};

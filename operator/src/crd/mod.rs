@@ -347,10 +347,32 @@ pub struct ProcessSelection {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub exclude: Vec<String>,
-    /// Longest command line stored, in characters.
+    /// Longest command line stored, in characters. A redacted command line is cut after
+    /// redaction.
     #[serde(default = "default_command_line_length")]
     #[schemars(range(min = 16, max = 8192))]
     pub command_line_max_length: u32,
+    /// How much of each command line is stored, decided on the node before anything is
+    /// written or spooled: `Full`, `Redacted` (the default: the values of arguments that look
+    /// like secrets, such as `--password=...`, `--token ...`, `*_KEY=...` or the password of
+    /// a URL, replaced by `***`), or `None` (the process name only). Whoever may read the
+    /// stack's data in the query service reads these command lines.
+    #[serde(default)]
+    pub command_lines: CommandLines,
+}
+
+/// How much of each process's command line the collectors store.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+pub enum CommandLines {
+    /// The command line as the process has it.
+    Full,
+    /// The command line with the values of secret-looking arguments replaced by `***`.
+    #[default]
+    Redacted,
+    /// No command line, only the process name.
+    None,
 }
 
 fn default_top() -> u32 {
@@ -368,6 +390,7 @@ impl Default for ProcessSelection {
             include: Vec::new(),
             exclude: Vec::new(),
             command_line_max_length: default_command_line_length(),
+            command_lines: CommandLines::default(),
         }
     }
 }

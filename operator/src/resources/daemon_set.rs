@@ -1,5 +1,6 @@
-//! The collector DaemonSet: one collector per node, reading the host's `/proc` and cgroup
-//! tree, with a security context as strict as a process collector allows.
+//! The collector DaemonSet: one collector per node, reading the host's `/proc` (which also
+//! tells each process's cgroup, in `/proc/<pid>/cgroup`: the host's cgroup tree is not
+//! mounted), with a security context as strict as a process collector allows.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
@@ -18,8 +19,6 @@ use crate::validate::{COLLECTOR_METRICS_PORT, HOST_PROC_MOUNT, SPOOL_MOUNT};
 
 /// Annotation on the pod template carrying the configuration's checksum.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "metricsstack.dev/config-checksum";
-/// Where the collector container sees the host's cgroup tree.
-pub const HOST_CGROUP_MOUNT: &str = "/host/sys/fs/cgroup";
 const CONFIG_MOUNT: &str = "/etc/metricsstack";
 
 /// The collector DaemonSet, running `image`.
@@ -73,7 +72,6 @@ pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> Daemon
         volume_mounts: Some(vec![
             read_only("config", CONFIG_MOUNT),
             read_only("host-proc", HOST_PROC_MOUNT),
-            read_only("host-cgroup", HOST_CGROUP_MOUNT),
             VolumeMount {
                 name: "spool".into(),
                 mount_path: SPOOL_MOUNT.into(),
@@ -121,7 +119,6 @@ pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> Daemon
                             ..Volume::default()
                         },
                         host_path("host-proc", "/proc".into(), "Directory"),
-                        host_path("host-cgroup", "/sys/fs/cgroup".into(), "Directory"),
                         host_path(
                             "spool",
                             format!(
@@ -180,13 +177,25 @@ mod tests {
         let container = &pod.containers[0];
         assert_eq!(container.image.as_deref(), Some("collector:test"));
         let mounts = container.volume_mounts.as_ref().expect("mounts");
-        for path in [HOST_PROC_MOUNT, HOST_CGROUP_MOUNT] {
-            let mount = mounts
-                .iter()
-                .find(|m| m.mount_path == path)
-                .expect("mounted");
-            assert_eq!(mount.read_only, Some(true), "{path}");
-        }
+        let proc = mounts
+            .iter()
+            .find(|m| m.mount_path == HOST_PROC_MOUNT)
+            .expect("the host's /proc is mounted");
+        assert_eq!(proc.read_only, Some(true));
+        // Of the host, only /proc and the spool directory: nothing reads the cgroup tree
+        // (a process's cgroup is in /proc/<pid>/cgroup).
+        let host_paths: Vec<&str> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.host_path.as_ref())
+            .map(|h| h.path.as_str())
+            .collect();
+        assert_eq!(
+            host_paths,
+            ["/proc", "/var/lib/metricsstack/monitoring/fleet"],
+            "host paths"
+        );
         let security = container
             .security_context
             .as_ref()
