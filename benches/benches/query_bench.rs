@@ -398,6 +398,7 @@ impl Server {
             stack: Default::default(),
             listen_address: "127.0.0.1:0".into(),
             schema: "public".into(),
+            database: Default::default(),
             pool: PoolSettings {
                 max_connections: 8,
                 ..PoolSettings::default()

@@ -141,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", config.display()))?;
             let config: QueryServiceConfig = serde_yaml::from_str(&text)
                 .with_context(|| format!("parsing {}", config.display()))?;
+            config.database.validate()?;
             QueryService::new(&config, &database_url)?
                 .serve(&config, shutdown::signal())
                 .await?;

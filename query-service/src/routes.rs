@@ -264,6 +264,7 @@ mod tests {
             stack,
             listen_address: "127.0.0.1:0".into(),
             schema: "public".into(),
+            database: Default::default(),
             pool: PoolSettings {
                 acquire_timeout_seconds: 1,
                 ..PoolSettings::default()

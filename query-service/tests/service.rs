@@ -78,6 +78,7 @@ fn config(fresh: u64, stale_while_revalidate: u64, stale_if_error: u64) -> Query
         stack: Default::default(),
         listen_address: "127.0.0.1:0".into(),
         schema: "public".into(),
+        database: Default::default(),
         pool: PoolSettings {
             max_connections: 8,
             ..PoolSettings::default()

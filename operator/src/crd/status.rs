@@ -148,6 +148,13 @@ pub enum ConditionReason {
     Waiting,
     /// Applying the stack's Kubernetes objects failed (for example forbidden by RBAC).
     ApplyFailed,
+    /// The Secret or ConfigMap `spec.database.caRef` names does not exist.
+    CaNotFound,
+    /// The Secret or ConfigMap `spec.database.caRef` names has no PEM certificate at the key.
+    CaInvalid,
+    /// TLS towards the database failed: the certificate, or a server and a `tlsMode` that
+    /// disagree on TLS.
+    TlsFailed,
 }
 
 impl ConditionReason {
@@ -165,6 +172,9 @@ impl ConditionReason {
             Self::TimescaleDbMissing => "TimescaleDBMissing",
             Self::Waiting => "Waiting",
             Self::ApplyFailed => "ApplyFailed",
+            Self::CaNotFound => "CANotFound",
+            Self::CaInvalid => "CAInvalid",
+            Self::TlsFailed => "TLSFailed",
         }
     }
 }
