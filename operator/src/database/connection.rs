@@ -109,7 +109,12 @@ pub async fn connect(
     }
     .connect(tls.apply(options), pool)
     .await
-    .map_err(DatabaseError::unreachable)
+    .map_err(|error| {
+        // sqlx's error, PostgreSQL's text included, goes to the log only (it never holds the
+        // URI); the status gets the short cause.
+        tracing::warn!(%error, "connecting to the database failed");
+        DatabaseError::unreachable(error)
+    })
 }
 
 /// Checks that the database answers and reads what the operator needs to know of it.
