@@ -400,6 +400,7 @@ impl Server {
             authentication: Authentication::None,
             listen_address: "127.0.0.1:0".into(),
             schema: "public".into(),
+            database: Default::default(),
             pool: PoolSettings {
                 max_connections: 8,
                 ..PoolSettings::default()

@@ -137,7 +137,7 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
         search_path: SearchPath::StackSchema,
         statement_timeout: None,
     };
-    let pool = session.connect_lazy(database, &config.pool);
+    let pool = session.connect_lazy(config.database.connect_options(database), &config.pool);
     let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)
         .with_context(|| format!("opening the spool {}", config.spool_dir.display()))?;
     let mut writer = Writer::new(pool, spool, metrics.clone(), config.batch_size as usize);

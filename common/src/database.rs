@@ -12,11 +12,17 @@
 //!   tables and must never read or write another stack's tables through `public`;
 //! - sets `statement_timeout` to the client's bound, or to none (`0`) explicitly, so that
 //!   no setting left by an earlier session applies.
+//!
+//! TLS towards the database is mapped to sqlx here, once, for every client ([`DatabaseTls`]),
+//! and a failed connection is described here in a few words fit for a status condition or
+//! a log line ([`ConnectFailure`]), never with the URI or the password.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Executor as _, PgPool};
 
 /// Connection-pool settings of one database client (sqlx `PgPoolOptions`), as the
@@ -61,6 +67,202 @@ impl PoolSettings {
             .idle_timeout(self.idle_timeout_seconds.map(Duration::from_secs))
             .max_lifetime(self.max_lifetime_seconds.map(Duration::from_secs))
             .test_before_acquire(self.test_before_acquire)
+    }
+}
+
+/// TLS towards the database, as PostgreSQL's `sslmode`; ordered from the least to the most
+/// checked.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+)]
+pub enum TlsMode {
+    /// No TLS.
+    Disable,
+    /// TLS when the server offers it, certificate not verified.
+    #[default]
+    Prefer,
+    /// TLS required, certificate not verified.
+    Require,
+    /// TLS required, certificate verified against the trusted CAs; any host name.
+    VerifyCa,
+    /// TLS required, certificate verified against the trusted CAs and the host name.
+    VerifyFull,
+}
+
+impl TlsMode {
+    /// Whether the server's certificate is checked against the trusted CAs: only then is a
+    /// CA certificate of any use.
+    pub fn verifies_certificate(self) -> bool {
+        matches!(self, Self::VerifyCa | Self::VerifyFull)
+    }
+
+    /// The mode a connection URI's `sslmode` asks for, when it asks for TLS explicitly
+    /// (`require` or stronger): `prefer` cannot be told apart from no `sslmode` at all.
+    fn required_by(options: &PgConnectOptions) -> Option<Self> {
+        match options.get_ssl_mode() {
+            PgSslMode::Require => Some(Self::Require),
+            PgSslMode::VerifyCa => Some(Self::VerifyCa),
+            PgSslMode::VerifyFull => Some(Self::VerifyFull),
+            PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer => None,
+        }
+    }
+
+    fn ssl_mode(self) -> PgSslMode {
+        match self {
+            Self::Disable => PgSslMode::Disable,
+            Self::Prefer => PgSslMode::Prefer,
+            Self::Require => PgSslMode::Require,
+            Self::VerifyCa => PgSslMode::VerifyCa,
+            Self::VerifyFull => PgSslMode::VerifyFull,
+        }
+    }
+}
+
+/// The certificate of a CA that signs the database server's certificate (PEM; several
+/// certificates may follow each other).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum CaCertificate {
+    /// A file the client reads when it connects: a component's mounted CA.
+    File(PathBuf),
+    /// The certificate itself: what the operator read from the stack's Secret or ConfigMap.
+    Pem(Vec<u8>),
+}
+
+impl fmt::Debug for CaCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Pem(pem) => write!(f, "Pem({} bytes)", pem.len()),
+        }
+    }
+}
+
+/// TLS towards the database for one client: the mode and, for the modes that verify the
+/// server's certificate, a CA trusted beside the roots built into the binary (Mozilla's,
+/// from `webpki-roots`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DatabaseTls {
+    /// How much TLS is required and checked.
+    pub mode: TlsMode,
+    /// The CA that signs the server's certificate; `None`: the built-in roots alone.
+    pub ca: Option<CaCertificate>,
+}
+
+impl DatabaseTls {
+    /// `options` with this TLS: this mode, unless the connection URI's `sslmode` requires
+    /// more (`require` or stronger), so that neither setting silently weakens the other; and
+    /// this CA, in place of the URI's `sslrootcert`, when there is one.
+    pub fn apply(&self, options: PgConnectOptions) -> PgConnectOptions {
+        let mode = TlsMode::required_by(&options).map_or(self.mode, |uri| uri.max(self.mode));
+        let options = options.ssl_mode(mode.ssl_mode());
+        match &self.ca {
+            None => options,
+            Some(CaCertificate::File(path)) => options.ssl_root_cert(path),
+            Some(CaCertificate::Pem(pem)) => options.ssl_root_cert_from_pem(pem.clone()),
+        }
+    }
+}
+
+/// Why a connection to the database could not be opened, in a few words fit for a status
+/// condition or a log line: never the URI, the password, or the server's full error text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectFailure {
+    /// The server's certificate is signed by none of the trusted CAs.
+    #[error(
+        "certificate verify failed: unknown CA (the server's certificate is signed by none of \
+         the trusted CAs)"
+    )]
+    UnknownCa,
+    /// The server's certificate does not name the host the client connected to.
+    #[error("certificate verify failed: {0}")]
+    WrongHostName(String),
+    /// The server's certificate was refused for another reason (expired, not yet valid, ...).
+    #[error("certificate verify failed: {0}")]
+    Certificate(String),
+    /// The CA certificate given to the client is not usable.
+    #[error("the CA certificate is not usable: {0}")]
+    CaCertificate(String),
+    /// The TLS handshake failed for a reason other than the certificate.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(String),
+    /// TLS is required, and the server does not offer it.
+    #[error("the server does not offer TLS")]
+    TlsUnsupported,
+    /// The server accepts this client only over TLS.
+    #[error("the server refuses connections without TLS")]
+    TlsRequired,
+    /// The server refused the connection (credentials, database, limits), by SQLSTATE.
+    #[error("the server refused the connection: {reason} (SQLSTATE {code})")]
+    Refused {
+        /// The SQLSTATE.
+        code: String,
+        /// What the SQLSTATE means.
+        reason: &'static str,
+    },
+    /// The server could not be reached over the network.
+    #[error("the server cannot be reached: {0}")]
+    Network(String),
+    /// No connection could be opened in time.
+    #[error("no connection could be opened in time")]
+    TimedOut,
+    /// Anything else, as sqlx describes it.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ConnectFailure {
+    /// Describes an error of opening a connection.
+    pub fn of(error: &sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(io) => match io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                Some(tls) => Self::of_tls(tls),
+                None => Self::Network(io.kind().to_string()),
+            },
+            sqlx::Error::Tls(inner) => match inner.downcast_ref::<rustls::Error>() {
+                Some(tls) => Self::of_tls(tls),
+                None if inner.to_string() == "server does not support TLS" => Self::TlsUnsupported,
+                None if inner.to_string().starts_with("Invalid certificate") => {
+                    Self::CaCertificate(inner.to_string())
+                }
+                None => Self::Handshake(inner.to_string()),
+            },
+            sqlx::Error::Database(database) => {
+                let code = database.code().unwrap_or_default().into_owned();
+                let message = database.message();
+                let without_tls =
+                    message.ends_with("no encryption") || message.ends_with("SSL off");
+                if code == "28000" && without_tls {
+                    return Self::TlsRequired;
+                }
+                let reason = match code.as_str() {
+                    "28P01" => "password authentication failed",
+                    "28000" => "the server's pg_hba.conf does not admit this connection",
+                    "3D000" => "the database does not exist",
+                    "53300" => "too many connections",
+                    "57P03" => "the server is starting up or shutting down",
+                    _ => "see the server's log",
+                };
+                Self::Refused { code, reason }
+            }
+            sqlx::Error::PoolTimedOut => Self::TimedOut,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    fn of_tls(error: &rustls::Error) -> Self {
+        use rustls::CertificateError;
+        match error {
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => Self::UnknownCa,
+            rustls::Error::InvalidCertificate(
+                name @ (CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. }),
+            ) => Self::WrongHostName(name.to_string()),
+            rustls::Error::InvalidCertificate(other) => Self::Certificate(other.to_string()),
+            other => Self::Handshake(other.to_string()),
+        }
     }
 }
 
@@ -149,6 +351,37 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tls_mode_applies_unless_the_uri_requires_more() {
+        let tls = |mode| DatabaseTls { mode, ca: None };
+        let uri = |query: &str| -> PgConnectOptions {
+            format!("postgres://u:p@db.example/metrics{query}")
+                .parse()
+                .expect("a URI")
+        };
+        let mode = |tls: DatabaseTls, options| tls.apply(options).get_ssl_mode();
+        assert!(matches!(
+            mode(tls(TlsMode::Disable), uri("")),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode(tls(TlsMode::VerifyFull), uri("?sslmode=require")),
+            PgSslMode::VerifyFull
+        ));
+        assert!(matches!(
+            mode(tls(TlsMode::Disable), uri("?sslmode=prefer")),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode(tls(TlsMode::Prefer), uri("?sslmode=verify-full")),
+            PgSslMode::VerifyFull
+        ));
+        assert!(matches!(
+            mode(tls(TlsMode::Require), uri("?sslmode=verify-ca")),
+            PgSslMode::VerifyCa
+        ));
+    }
 
     fn session(schema: &str, search_path: SearchPath) -> Session {
         Session {

@@ -3,12 +3,14 @@
 //! into the settings each component is configured with. Pure: no I/O.
 
 use metricsstack_common::access::Authentication;
-use metricsstack_common::config::{CollectorConfig, CommandLinePolicy, ProcessConfig};
+use metricsstack_common::config::{
+    CollectorConfig, CommandLinePolicy, DatabaseConfig, ProcessConfig, TlsConfig,
+};
 use metricsstack_common::database::PoolSettings;
 
 use crate::crd::{
-    CommandLines, Duration, IDENTIFIER_PATTERN, MetricTable, MetricsStackSpec, PoolSpec,
-    QueryAuthentication, StorageSpec,
+    CA_NEEDS_VERIFICATION, CA_REF_EXACTLY_ONE, CommandLines, DatabaseSpec, Duration,
+    IDENTIFIER_PATTERN, MetricTable, MetricsStackSpec, PoolSpec, QueryAuthentication, StorageSpec,
 };
 use crate::database::{
     DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable,
@@ -20,6 +22,11 @@ use metricsstack_common::config::QueryServiceConfig;
 pub const HOST_PROC_MOUNT: &str = "/host/proc";
 /// Where the collector container keeps its spool (a host directory, so it survives restarts).
 pub const SPOOL_MOUNT: &str = "/var/lib/metricsstack/spool";
+/// Where the collector and query service containers see the database's CA certificate
+/// (`spec.database.caRef`), read-only.
+pub const DATABASE_CA_MOUNT: &str = "/etc/metricsstack-database-ca";
+/// The CA certificate's file name under [`DATABASE_CA_MOUNT`].
+pub const DATABASE_CA_FILE_NAME: &str = "ca.crt";
 /// The port of the collector's health and metrics endpoint.
 pub const COLLECTOR_METRICS_PORT: u16 = 9464;
 
@@ -83,6 +90,7 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
         }
     }
     let pools = &spec.database.pools;
+    let database = database_config(&spec.database)?;
     let collector = CollectorConfig {
         stack: Default::default(),
         interval_seconds: seconds(&spec.collector.interval, "collector.interval")?,
@@ -104,6 +112,7 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
         spool_dir: SPOOL_MOUNT.into(),
         spool_max_bytes: u64::from(spec.collector.spool_megabytes) * 1024 * 1024,
         pool: pool_settings(&pools.collector, "database.pools.collector")?,
+        database: database.clone(),
         listen_address: format!("0.0.0.0:{COLLECTOR_METRICS_PORT}"),
         proc_root: HOST_PROC_MOUNT.into(),
     };
@@ -117,6 +126,7 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
         listen_address: format!("0.0.0.0:{}", spec.query_service.port),
         schema: spec.database.schema.clone(),
         pool: pool_settings(&pools.query_service, "database.pools.queryService")?,
+        database,
         fresh_ttl_seconds: seconds(&cache.fresh_ttl, "queryService.cache.freshTtl")?,
         stale_while_revalidate_seconds: seconds(
             &cache.stale_while_revalidate,
@@ -131,6 +141,25 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
         query_service,
         operator_pool: pool_settings(&pools.operator, "database.pools.operator")?,
         storage: desired_storage(&spec.storage, &identifier)?,
+    })
+}
+
+/// TLS towards the database as the components' configuration states it: the stack's mode,
+/// and the mounted CA when `caRef` names one.
+fn database_config(database: &DatabaseSpec) -> Result<DatabaseConfig, SpecError> {
+    let mode = database.tls_mode.into();
+    let ca_file = match &database.ca_ref {
+        None => None,
+        Some(ca_ref) if ca_ref.source().is_none() => {
+            return Err(SpecError::new("database.caRef", CA_REF_EXACTLY_ONE));
+        }
+        Some(_) if !metricsstack_common::database::TlsMode::verifies_certificate(mode) => {
+            return Err(SpecError::new("database.caRef", CA_NEEDS_VERIFICATION));
+        }
+        Some(_) => Some(format!("{DATABASE_CA_MOUNT}/{DATABASE_CA_FILE_NAME}").into()),
+    };
+    Ok(DatabaseConfig {
+        tls: Some(TlsConfig { mode, ca_file }),
     })
 }
 
@@ -330,6 +359,39 @@ mod tests {
             spec.collector.processes.command_lines = given;
             assert_eq!(policy(&spec), rendered);
         }
+    }
+
+    #[test]
+    fn gives_the_components_the_tls_mode_and_the_mounted_ca() {
+        let valid = validate(&spec(include_str!("../tests/fixtures/production.yaml")))
+            .expect("the production example is valid");
+        let tls = TlsConfig {
+            mode: metricsstack_common::database::TlsMode::VerifyFull,
+            ca_file: Some("/etc/metricsstack-database-ca/ca.crt".into()),
+        };
+        assert_eq!(valid.collector.database.tls.as_ref(), Some(&tls));
+        assert_eq!(valid.query_service.database.tls.as_ref(), Some(&tls));
+        let minimal = validate(&spec(include_str!("../tests/fixtures/minimal.yaml")))
+            .expect("the minimal example is valid");
+        let prefer = TlsConfig {
+            mode: metricsstack_common::database::TlsMode::Prefer,
+            ca_file: None,
+        };
+        assert_eq!(minimal.collector.database.tls, Some(prefer));
+    }
+
+    #[test]
+    fn refuses_a_ca_the_tls_mode_would_not_use_or_that_names_no_single_source() {
+        let mut spec = spec(include_str!("../tests/fixtures/production.yaml"));
+        spec.database.tls_mode = crate::crd::TlsMode::Require;
+        let error = validate(&spec).expect_err("Require checks no certificate");
+        assert_eq!(error.field, "database.caRef");
+        assert_eq!(error.message, CA_NEEDS_VERIFICATION);
+        spec.database.tls_mode = crate::crd::TlsMode::VerifyCa;
+        let ca_ref = spec.database.ca_ref.as_mut().expect("the fixture has a CA");
+        ca_ref.config_map_key_ref = ca_ref.secret_key_ref.clone();
+        let error = validate(&spec).expect_err("two sources");
+        assert_eq!(error.message, CA_REF_EXACTLY_ONE);
     }
 
     #[test]

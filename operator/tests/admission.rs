@@ -80,6 +80,32 @@ async fn the_api_server_applies_defaults_to_a_minimal_resource() {
 }
 
 #[tokio::test]
+async fn verifying_modes_take_a_ca_from_a_secret_or_a_config_map_or_none() {
+    let ns = TestNamespace::create().await;
+    common::install_crd(&ns.client).await;
+    let accepted = [
+        json!({ "tlsMode": "VerifyFull" }),
+        json!({ "tlsMode": "VerifyCa", "caRef": { "secretKeyRef": { "name": "db-ca" } } }),
+        json!({ "tlsMode": "VerifyFull", "caRef": { "configMapKeyRef": { "name": "db-ca" } } }),
+    ];
+    for (i, database) in accepted.into_iter().enumerate() {
+        let mut resource = with(json!({ "database": database.clone() }));
+        resource["metadata"]["name"] = json!(format!("stack-{i}"));
+        let stack = create(&ns, resource)
+            .await
+            .unwrap_or_else(|e| panic!("{database} must be accepted: {e}"));
+        if let Some(ca_ref) = &stack.spec.database.ca_ref {
+            let source = ca_ref.source().expect("exactly one source");
+            assert_eq!(
+                source.key_ref().key,
+                "ca.crt",
+                "the key defaults to cert-manager's"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn invalid_resources_are_refused_with_the_field_named() {
     let ns = TestNamespace::create().await;
     common::install_crd(&ns.client).await;
@@ -131,6 +157,18 @@ async fn invalid_resources_are_refused_with_the_field_named() {
             "an unknown TLS mode",
             json!({ "database": { "tlsMode": "Sometimes" } }),
             "spec.database.tlsMode",
+        ),
+        (
+            "a CA without certificate verification",
+            json!({ "database": { "caRef": { "secretKeyRef": { "name": "db-ca" } } } }),
+            "spec.database.caRef",
+        ),
+        (
+            "a CA from both a Secret and a ConfigMap",
+            json!({ "database": { "tlsMode": "VerifyFull", "caRef": {
+                "secretKeyRef": { "name": "db-ca" }, "configMapKeyRef": { "name": "db-ca" }
+            } } }),
+            "spec.database.caRef",
         ),
         (
             "a negative replica count",

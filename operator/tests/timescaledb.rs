@@ -4,14 +4,20 @@
 
 use std::collections::BTreeSet;
 
-use metricsstack_common::database::PoolSettings;
-use metricsstack_operator::crd::{MetricsStack, TlsMode};
+use metricsstack_common::database::{DatabaseTls, PoolSettings, TlsMode};
+use metricsstack_operator::crd::MetricsStack;
 use metricsstack_operator::database::{
     self, Convergence, DatabaseState, DesiredStorage, JobKind, converge, read_state,
 };
 use metricsstack_operator::validate::validate;
 use metricsstack_testkit::{TestDatabase, TimescaleSchema};
 use sqlx::PgPool;
+
+/// The test servers speak no TLS.
+const DISABLE_TLS: DatabaseTls = DatabaseTls {
+    mode: TlsMode::Disable,
+    ca: None,
+};
 
 const DAY: i64 = 86_400;
 
@@ -28,7 +34,7 @@ async fn pool(url: &str, schema: &str) -> PgPool {
         max_connections: 1,
         ..PoolSettings::default()
     };
-    database::connect(url, TlsMode::Disable, &settings, schema)
+    database::connect(url, &DISABLE_TLS, &settings, schema)
         .await
         .expect("the operator connects")
 }

@@ -307,6 +307,7 @@ mod tests {
             authentication: Authentication::None,
             listen_address: "127.0.0.1:0".into(),
             schema: "public".into(),
+            database: Default::default(),
             pool: PoolSettings {
                 acquire_timeout_seconds: 1,
                 ..PoolSettings::default()

@@ -177,6 +177,7 @@ impl QueryService {
             search_path: SearchPath::StackSchema,
             statement_timeout: Some(STATEMENT_TIMEOUT),
         };
+        let options = config.database.connect_options(options);
         let pool = session.connect_lazy(options, &config.pool);
         let policy = Policy {
             fresh: Duration::from_secs(config.fresh_ttl_seconds),

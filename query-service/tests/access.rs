@@ -31,6 +31,7 @@ fn config(namespace: &str, name: &str) -> QueryServiceConfig {
         authentication: Authentication::Kubernetes,
         listen_address: "127.0.0.1:0".into(),
         schema: "public".into(),
+        database: Default::default(),
         pool: PoolSettings::default(),
         fresh_ttl_seconds: 60,
         stale_while_revalidate_seconds: 0,

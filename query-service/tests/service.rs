@@ -80,6 +80,7 @@ fn config(fresh: u64, stale_while_revalidate: u64, stale_if_error: u64) -> Query
         authentication: Authentication::None,
         listen_address: "127.0.0.1:0".into(),
         schema: "public".into(),
+        database: Default::default(),
         pool: PoolSettings {
             max_connections: 8,
             ..PoolSettings::default()

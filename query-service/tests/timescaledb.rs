@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use metricsstack_common::access::{AccessPolicy, Authentication};
 use metricsstack_common::config::QueryServiceConfig;
-use metricsstack_common::database::PoolSettings;
-use metricsstack_operator::crd::{MetricsStack, TlsMode};
+use metricsstack_common::database::{DatabaseTls, PoolSettings, TlsMode};
+use metricsstack_operator::crd::MetricsStack;
 use metricsstack_operator::database::{self, JobKind, converge, read_state};
 use metricsstack_operator::validate::validate;
 use metricsstack_query_service::QueryService;
@@ -14,6 +14,12 @@ use metricsstack_testkit::{TimescaleSchema, wait_until};
 use serde_json::Value;
 use sqlx::Connection;
 use tokio::net::TcpListener;
+
+/// The test servers speak no TLS.
+const DISABLE_TLS: DatabaseTls = DatabaseTls {
+    mode: TlsMode::Disable,
+    ca: None,
+};
 
 #[tokio::test]
 async fn long_windows_read_the_hourly_aggregate() {
@@ -26,7 +32,7 @@ async fn long_windows_read_the_hourly_aggregate() {
         max_connections: 1,
         ..PoolSettings::default()
     };
-    let pool = database::connect(&tsdb.url(), TlsMode::Disable, &one, &tsdb.schema)
+    let pool = database::connect(&tsdb.url(), &DISABLE_TLS, &one, &tsdb.schema)
         .await
         .expect("the operator connects");
     converge(&pool, &tsdb.schema, &storage, None)
@@ -79,6 +85,7 @@ async fn long_windows_read_the_hourly_aggregate() {
         authentication: Authentication::None,
         listen_address: "127.0.0.1:0".into(),
         schema: tsdb.schema.clone(),
+        database: Default::default(),
         pool: one,
         fresh_ttl_seconds: 4,
         stale_while_revalidate_seconds: 30,

@@ -29,6 +29,12 @@ pub use timescaledb::TimescaleSchema;
 pub const POSTGRES_URL_VAR: &str = "METRICSSTACK_TEST_POSTGRES_URL";
 /// Environment variable holding the TimescaleDB (PGlite) server's URL.
 pub const TIMESCALEDB_URL_VAR: &str = "METRICSSTACK_TEST_TIMESCALEDB_URL";
+/// Environment variable holding the TLS-only PostgreSQL server's URL (host `localhost`).
+pub const POSTGRES_TLS_URL_VAR: &str = "METRICSSTACK_TEST_POSTGRES_TLS_URL";
+/// Environment variable holding the PEM file of the CA that signed that server's certificate.
+pub const POSTGRES_TLS_CA_VAR: &str = "METRICSSTACK_TEST_POSTGRES_TLS_CA";
+/// Environment variable holding the PEM file of a CA unrelated to that server.
+pub const POSTGRES_TLS_WRONG_CA_VAR: &str = "METRICSSTACK_TEST_POSTGRES_TLS_WRONG_CA";
 /// Environment variable holding the path of the `helm` binary the environment built.
 pub const HELM_VAR: &str = "METRICSSTACK_HELM";
 
@@ -54,6 +60,49 @@ pub fn unique_name(prefix: &str) -> String {
         .map(char::from)
         .collect();
     format!("{prefix}-{suffix}")
+}
+
+/// The test environment's PostgreSQL server that accepts only TLS, and the CAs to check it
+/// with. Its certificate names the host `localhost` and nothing else.
+pub struct TlsPostgres {
+    /// Its URL by host name `localhost`, with no `sslmode`.
+    pub url: String,
+    /// The PEM file of the CA that signed its certificate.
+    pub ca: std::path::PathBuf,
+    /// The PEM file of a CA that has nothing to do with it.
+    pub wrong_ca: std::path::PathBuf,
+}
+
+impl TlsPostgres {
+    /// The server `testenv/run` started.
+    pub fn from_env() -> Self {
+        Self {
+            url: required_env(POSTGRES_TLS_URL_VAR),
+            ca: required_env(POSTGRES_TLS_CA_VAR).into(),
+            wrong_ca: required_env(POSTGRES_TLS_WRONG_CA_VAR).into(),
+        }
+    }
+
+    /// Its URL by `host` (`localhost`, the one name its certificate holds, or `127.0.0.1`,
+    /// which it does not), with `password` as the password: trust authentication ignores it,
+    /// so a test can check that no message shows it.
+    pub fn url_with(&self, host: &str, password: &str) -> String {
+        self.url.replacen(
+            "postgres@localhost:",
+            &format!("postgres:{password}@{host}:"),
+            1,
+        )
+    }
+
+    /// The CA's certificate (PEM).
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.ca).expect("the test CA is readable")
+    }
+
+    /// The unrelated CA's certificate (PEM).
+    pub fn wrong_ca_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.wrong_ca).expect("the unrelated test CA is readable")
+    }
 }
 
 /// A fresh database on the native PostgreSQL server, dropped when this value is dropped.

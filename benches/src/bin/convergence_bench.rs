@@ -14,15 +14,21 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, CustomResourceExt as _};
-use metricsstack_common::database::PoolSettings;
+use metricsstack_common::database::{DatabaseTls, PoolSettings, TlsMode};
 use metricsstack_operator::controller::{self, Context};
-use metricsstack_operator::crd::{MetricsStack, TlsMode};
+use metricsstack_operator::crd::MetricsStack;
 use metricsstack_operator::database;
 use metricsstack_operator::metrics::Metrics;
 use metricsstack_operator::validate::validate;
 use metricsstack_testkit::{connection_secret, install_crd};
 use serde_json::json;
 use sqlx::Executor;
+
+/// The test servers speak no TLS.
+const DISABLE_TLS: DatabaseTls = DatabaseTls {
+    mode: TlsMode::Disable,
+    ca: None,
+};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -177,7 +183,7 @@ async fn direct(url: &str, schema: &str, edits: usize) -> anyhow::Result<Vec<Dur
         max_connections: 1,
         ..PoolSettings::default()
     };
-    let pool = database::connect(url, TlsMode::Disable, &settings, schema).await?;
+    let pool = database::connect(url, &DISABLE_TLS, &settings, schema).await?;
     let desired = |i: usize| -> anyhow::Result<_> {
         let stack: MetricsStack = serde_json::from_value(json!({
             "apiVersion": "metricsstack.dev/v1alpha1", "kind": "MetricsStack", "metadata": { "name": "s" },

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::StackIdentity;
+use super::{DatabaseConfig, StackIdentity};
 use crate::database::PoolSettings;
 
 /// The collector's settings.
@@ -33,6 +33,8 @@ pub struct CollectorConfig {
     pub spool_max_bytes: u64,
     /// The connection pool towards the database.
     pub pool: PoolSettings,
+    /// How the database is reached beside the connection URI (TLS).
+    pub database: DatabaseConfig,
     /// Address of the health and metrics endpoint.
     pub listen_address: String,
     /// Root of the host's `/proc` as mounted in the container.
@@ -51,6 +53,7 @@ impl Default for CollectorConfig {
             spool_dir: PathBuf::from("/var/lib/metricsstack/spool"),
             spool_max_bytes: 256 * 1024 * 1024,
             pool: PoolSettings::default(),
+            database: DatabaseConfig::default(),
             listen_address: "0.0.0.0:9464".into(),
             proc_root: PathBuf::from("/proc"),
         }
@@ -235,6 +238,16 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "check a connection before use (default false)",
     ),
     (
+        "database.tls.mode",
+        "",
+        "Disable, Prefer, Require, VerifyCa or VerifyFull (default: DATABASE_URL's sslmode)",
+    ),
+    (
+        "database.tls.caFile",
+        "",
+        "PEM file of the database server's CA, with VerifyCa or VerifyFull",
+    ),
+    (
         "listenAddress",
         "COLLECTOR_LISTEN_ADDRESS",
         "address of /metrics, /healthz, /readyz (default 0.0.0.0:9464)",
@@ -396,6 +409,7 @@ impl CollectorConfig {
                 self.pool.min_connections,
             ));
         }
+        self.database.validate()?;
         if self.listen_address.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "listenAddress",
@@ -485,6 +499,15 @@ mod tests {
             (
                 "pool.minConnections",
                 Box::new(|c| c.pool.min_connections = 9),
+            ),
+            (
+                "database.tls.caFile",
+                Box::new(|c| {
+                    c.database.tls = Some(crate::config::TlsConfig {
+                        mode: crate::database::TlsMode::Require,
+                        ca_file: Some("/etc/ca.crt".into()),
+                    })
+                }),
             ),
             (
                 "listenAddress",

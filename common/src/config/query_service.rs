@@ -1,6 +1,6 @@
 //! The query service's configuration file (YAML), rendered by the operator into a ConfigMap.
 
-use super::StackIdentity;
+use super::{DatabaseConfig, StackIdentity};
 use crate::access::Authentication;
 use crate::database::PoolSettings;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,9 @@ pub struct QueryServiceConfig {
     pub schema: String,
     /// The connection pool towards the database.
     pub pool: PoolSettings,
+    /// How the database is reached beside the connection URI (TLS).
+    #[serde(default)]
+    pub database: DatabaseConfig,
     /// Seconds an answer is served from the cache without asking the database.
     pub fresh_ttl_seconds: u64,
     /// Seconds after that during which a stale answer is served while one refresh runs; an

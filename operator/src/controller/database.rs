@@ -1,6 +1,6 @@
-//! The database step of a reconcile: with the connection URI the Secret step read, connect
-//! with the operator's pool settings (one pool per stack, kept across reconciles), and
-//! converge the schema.
+//! The database step of a reconcile: with the connection URI and CA the Secret step read,
+//! connect with the operator's pool settings and the stack's TLS (one pool per stack, kept
+//! across reconciles), and converge the schema.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -16,12 +16,13 @@ use sha2::{Digest, Sha256};
 
 use super::ACKNOWLEDGE_ANNOTATION;
 use super::conditions::Outcome;
-use super::secret::{ConnectionUri, SecretError};
+use super::secret::{Connection, SecretError};
 use crate::crd::{
     AppliedRevision, ConditionReason, ConditionType, DatabaseStatus, MetricsStack, PendingPlan,
 };
 use crate::database::{self, Convergence, DatabaseError};
 use crate::validate::ValidSpec;
+use metricsstack_common::database::{CaCertificate, DatabaseTls};
 
 /// Database pools, one per stack.
 #[derive(Default)]
@@ -30,23 +31,22 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// The stack's pool, opened anew when the URI or the pool settings changed.
+    /// The stack's pool, opened anew when the URI, the TLS or the pool settings changed.
     async fn get(
         &self,
         stack: &MetricsStack,
-        uri: &str,
+        connection: &Connection,
         valid: &ValidSpec,
     ) -> Result<PgPool, DatabaseError> {
         let key = ObjectRef::from_obj(stack);
         let mut hasher = DefaultHasher::new();
         let database = &stack.spec.database;
-        (
-            uri,
-            database.tls_mode,
-            &database.schema,
-            &valid.operator_pool,
-        )
-            .hash(&mut hasher);
+        let uri = connection.uri.as_str();
+        let tls = DatabaseTls {
+            mode: database.tls_mode.into(),
+            ca: connection.ca.clone().map(CaCertificate::Pem),
+        };
+        (uri, &tls, &database.schema, &valid.operator_pool).hash(&mut hasher);
         let fingerprint = hasher.finish();
         let cached = self.lock().get(&key).cloned();
         if let Some((existing, pool)) = cached
@@ -54,13 +54,8 @@ impl Pools {
         {
             return Ok(pool);
         }
-        let pool = database::connect(
-            uri,
-            stack.spec.database.tls_mode,
-            &valid.operator_pool,
-            &stack.spec.database.schema,
-        )
-        .await?;
+        let pool =
+            database::connect(uri, &tls, &valid.operator_pool, &stack.spec.database.schema).await?;
         let replaced = self.lock().insert(key, (fingerprint, pool.clone()));
         if let Some((_, old)) = replaced {
             old.close().await;
@@ -109,8 +104,8 @@ impl DatabaseOutcome {
     }
 }
 
-/// Connects with the URI the Secret step read, and converges the schema and storage
-/// policies. Fails only when reading the Secret failed at the API server.
+/// Connects with the URI and CA the Secret step read, and converges the schema and storage
+/// policies. Fails only when reading the Secret or the CA failed at the API server.
 #[tracing::instrument(skip_all, fields(
     namespace = stack.metadata.namespace.as_deref(),
     name = stack.metadata.name.as_deref(),
@@ -119,7 +114,7 @@ pub async fn reconcile_database(
     pools: &Pools,
     stack: &MetricsStack,
     valid: &ValidSpec,
-    secret: Result<ConnectionUri, SecretError>,
+    secret: Result<Connection, SecretError>,
 ) -> Result<DatabaseOutcome, kube::Error> {
     let pool = match connect_stack(pools, stack, valid, secret).await? {
         Ok(pool) => pool,
@@ -251,7 +246,7 @@ fn storage_hash(stack: &MetricsStack) -> String {
 }
 
 /// Removes the policies the operator created for the stack (`deletionPolicy:
-/// RemovePolicies`), connecting with the URI the Secret step read; returns what it removed,
+/// RemovePolicies`), connecting as the Secret step read; returns what it removed,
 /// as step descriptions.
 #[tracing::instrument(skip_all, fields(
     namespace = stack.metadata.namespace.as_deref(),
@@ -261,7 +256,7 @@ pub async fn remove_stack_policies(
     pools: &Pools,
     stack: &MetricsStack,
     valid: &ValidSpec,
-    secret: Result<ConnectionUri, SecretError>,
+    secret: Result<Connection, SecretError>,
 ) -> Result<Result<Vec<String>, DatabaseOutcome>, kube::Error> {
     let pool = match connect_stack(pools, stack, valid, secret).await? {
         Ok(pool) => pool,
@@ -280,12 +275,12 @@ pub async fn remove_stack_policies(
 }
 
 /// The stack's pool, or the outcome that says why there is none; fails only when reading
-/// the Secret failed at the API server.
+/// the Secret or the CA failed at the API server.
 async fn connect_stack(
     pools: &Pools,
     stack: &MetricsStack,
     valid: &ValidSpec,
-    secret: Result<ConnectionUri, SecretError>,
+    secret: Result<Connection, SecretError>,
 ) -> Result<Result<PgPool, DatabaseOutcome>, kube::Error> {
     let not_ready = |reason, error: SecretError| {
         Ok(Err(DatabaseOutcome::not_ready(
@@ -294,8 +289,8 @@ async fn connect_stack(
             None,
         )))
     };
-    let uri = match secret {
-        Ok(uri) => uri,
+    let connection = match secret {
+        Ok(connection) => connection,
         Err(SecretError::Api(error)) => return Err(error),
         Err(error @ SecretError::NotFound { .. }) => {
             return not_ready(ConditionReason::SecretNotFound, error);
@@ -303,13 +298,24 @@ async fn connect_stack(
         Err(error @ SecretError::NoUri { .. }) => {
             return not_ready(ConditionReason::SecretInvalid, error);
         }
+        Err(error @ SecretError::CaNotFound { .. }) => {
+            return not_ready(ConditionReason::CaNotFound, error);
+        }
+        Err(error @ SecretError::NoCa { .. }) => {
+            return not_ready(ConditionReason::CaInvalid, error);
+        }
     };
-    Ok(match pools.get(stack, uri.as_str(), valid).await {
+    Ok(match pools.get(stack, &connection, valid).await {
         Ok(pool) => Ok(pool),
         Err(error @ DatabaseError::InvalidUri) => Err(DatabaseOutcome::not_ready(
             ConditionReason::SecretInvalid,
-            format!("Secret {}: {error}", uri.secret),
+            format!("Secret {}: {error}", connection.uri.secret),
             None,
+        )),
+        Err(error) if error.is_tls_failure() => Err(DatabaseOutcome::not_ready(
+            ConditionReason::TlsFailed,
+            error.to_string(),
+            Some(error),
         )),
         Err(error) => Err(DatabaseOutcome::not_ready(
             ConditionReason::DatabaseUnreachable,

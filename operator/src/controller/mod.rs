@@ -132,8 +132,13 @@ pub async fn run(
                     .state()
                     .into_iter()
                     .filter(|stack| {
+                        let database = &stack.spec.database;
+                        let ca_secret = (database.ca_ref.as_ref())
+                            .and_then(|ca| ca.secret_key_ref.as_ref())
+                            .map(|secret| secret.name.as_str());
                         stack.namespace() == namespace
-                            && stack.spec.database.secret_ref.name == name
+                            && (database.secret_ref.name == name
+                                || ca_secret == Some(name.as_str()))
                     })
                     .map(|stack| ObjectRef::from_obj(&*stack))
                     .collect::<Vec<_>>()

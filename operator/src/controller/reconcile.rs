@@ -22,7 +22,7 @@ use super::Context;
 use super::apply::{Applied, FIELD_MANAGER, apply_all};
 use super::conditions::{Outcome, conditions};
 use super::database::{DatabaseOutcome, reconcile_database, remove_stack_policies};
-use super::secret::read_secret;
+use super::secret::read_connection;
 use crate::crd::{
     CollectorsStatus, ConditionReason, ConditionType, DeletionPolicy, MetricsStack,
     MetricsStackStatus, QueryAuthentication,
@@ -111,7 +111,7 @@ async fn apply(
     namespace: &str,
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
-    let secret = read_secret(&ctx.client, stack).await;
+    let secret = read_connection(&ctx.client, stack).await;
     let valid = match validate_spec(stack) {
         Ok(valid) => valid,
         Err(error) => return report_invalid_spec(ctx, stack, &error).await,
@@ -409,7 +409,7 @@ async fn clean_up_database(ctx: &Context, stack: &MetricsStack) -> Result<String
         }
         (DeletionPolicy::RemovePolicies, Ok(valid)) => valid,
     };
-    let secret = read_secret(&ctx.client, stack).await;
+    let secret = read_connection(&ctx.client, stack).await;
     match remove_stack_policies(&ctx.pools, stack, &valid, secret).await? {
         Ok(steps) => Ok(format!("removed {} database policies", steps.len())),
         Err(outcome) => {

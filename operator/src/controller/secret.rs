@@ -1,13 +1,14 @@
-//! The dereference step of a reconcile: read the stack's connection Secret before anything
-//! is built, so that the steps after it get the connection URI, or why there is none, as a
-//! value. The database steps turn a missing or unusable Secret into `DatabaseReady`.
+//! The dereference step of a reconcile: read the stack's connection Secret, and the CA
+//! certificate `spec.database.caRef` names, before anything is built, so that the steps
+//! after it get what connecting needs, or why it is missing, as a value. The database steps
+//! turn a missing or unusable Secret or CA into `DatabaseReady`.
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 
-use crate::crd::MetricsStack;
+use crate::crd::{CaSource, MetricsStack};
 
 /// The database connection URI a stack's Secret holds. Its `Debug` leaves the URI out: the
 /// URI carries the password.
@@ -32,7 +33,17 @@ impl fmt::Debug for ConnectionUri {
     }
 }
 
-/// Why a stack's Secret gave no connection URI.
+/// What the operator connects to a stack's database with: the URI, and the CA certificate
+/// (PEM) when `spec.database.caRef` names one.
+#[derive(Debug)]
+pub struct Connection {
+    /// The connection URI.
+    pub uri: ConnectionUri,
+    /// The CA certificate that signs the server's certificate.
+    pub ca: Option<Vec<u8>>,
+}
+
+/// Why a stack's Secret gave no connection URI, or its CA no certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     /// The API server refused or failed the read: worth a retry with backoff.
@@ -60,18 +71,109 @@ pub enum SecretError {
         /// The key that should hold the URI.
         key: String,
     },
+    /// There is no such Secret or ConfigMap as `spec.database.caRef` names.
+    #[error(
+        "{kind} {object} named by {field} not found: create it with the key {key:?} holding \
+         the database server's CA certificate (PEM), or correct {field}"
+    )]
+    CaNotFound {
+        /// `Secret` or `ConfigMap`.
+        kind: &'static str,
+        /// `namespace/name` of the object.
+        object: String,
+        /// The field naming it, `spec.database.caRef.secretKeyRef` or `...configMapKeyRef`.
+        field: &'static str,
+        /// The key that should hold the CA.
+        key: String,
+    },
+    /// The Secret or ConfigMap has no PEM certificate under the key.
+    #[error(
+        "{kind} {object} named by {field} has no PEM certificate under the key {key:?}: put \
+         the database server's CA certificate there, or set {field}.key to the key holding it"
+    )]
+    NoCa {
+        /// `Secret` or `ConfigMap`.
+        kind: &'static str,
+        /// `namespace/name` of the object.
+        object: String,
+        /// The field naming it.
+        field: &'static str,
+        /// The key that should hold the CA.
+        key: String,
+    },
 }
 
-/// Reads the connection URI from the Secret that `spec.database.secretRef` names, in the
-/// stack's namespace.
+/// Reads the connection URI from the Secret that `spec.database.secretRef` names and the CA
+/// certificate from the Secret or ConfigMap that `spec.database.caRef` names, in the stack's
+/// namespace.
 #[tracing::instrument(skip_all, fields(
     namespace = stack.metadata.namespace.as_deref(),
     name = stack.metadata.name.as_deref(),
 ))]
-pub async fn read_secret(
+pub async fn read_connection(
     client: &Client,
     stack: &MetricsStack,
-) -> Result<ConnectionUri, SecretError> {
+) -> Result<Connection, SecretError> {
+    let uri = read_uri(client, stack).await?;
+    let source = (stack.spec.database.ca_ref.as_ref()).and_then(|ca_ref| ca_ref.source());
+    let ca = match source {
+        Some(source) => Some(read_ca(client, stack, source).await?),
+        None => None,
+    };
+    Ok(Connection { uri, ca })
+}
+
+/// Reads the CA certificate from its Secret's or ConfigMap's key; checks only that it is PEM
+/// with a certificate (the TLS handshake checks the rest).
+async fn read_ca(
+    client: &Client,
+    stack: &MetricsStack,
+    source: CaSource<'_>,
+) -> Result<Vec<u8>, SecretError> {
+    let namespace = stack.namespace().unwrap_or_default();
+    let reference = source.key_ref();
+    let object = format!("{namespace}/{}", reference.name);
+    let value = match source {
+        CaSource::Secret(_) => Api::<Secret>::namespaced(client.clone(), &namespace)
+            .get_opt(&reference.name)
+            .await?
+            .map(|secret| {
+                let data = secret.data.unwrap_or_default();
+                data.get(&reference.key).map(|bytes| bytes.0.clone())
+            }),
+        CaSource::ConfigMap(_) => Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+            .get_opt(&reference.name)
+            .await?
+            .map(|config_map| {
+                let text = config_map.data.unwrap_or_default();
+                let binary = config_map.binary_data.unwrap_or_default();
+                (text
+                    .get(&reference.key)
+                    .map(|text| text.clone().into_bytes()))
+                .or_else(|| binary.get(&reference.key).map(|bytes| bytes.0.clone()))
+            }),
+    };
+    let pem_certificate =
+        |pem: &Vec<u8>| String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----");
+    match value {
+        None => Err(SecretError::CaNotFound {
+            kind: source.kind(),
+            object,
+            field: source.field(),
+            key: reference.key.clone(),
+        }),
+        Some(Some(pem)) if pem_certificate(&pem) => Ok(pem),
+        Some(_) => Err(SecretError::NoCa {
+            kind: source.kind(),
+            object,
+            field: source.field(),
+            key: reference.key.clone(),
+        }),
+    }
+}
+
+/// Reads the connection URI from the Secret that `spec.database.secretRef` names.
+async fn read_uri(client: &Client, stack: &MetricsStack) -> Result<ConnectionUri, SecretError> {
     let namespace = stack.namespace().unwrap_or_default();
     let reference = &stack.spec.database.secret_ref;
     let secret_name = format!("{namespace}/{}", reference.name);

@@ -74,13 +74,23 @@ pub enum DeletionPolicy {
 /// Where the database is and how to reach it.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(CA_NEEDS_VERIFICATION_RULE).message(CA_NEEDS_VERIFICATION).field_path(".caRef"))]
 pub struct DatabaseSpec {
     /// The Secret (in the resource's namespace) holding the connection URI,
     /// `postgres://user:password@host:port/database`.
     pub secret_ref: SecretKeyRef,
-    /// TLS towards the database.
+    /// TLS towards the database, for the operator, the collectors and the query service
+    /// alike, unless the URI's `sslmode` asks for more (`require` or stronger). `VerifyCa`
+    /// and `VerifyFull` check the server's certificate against `caRef` and the Mozilla roots
+    /// built into the programs; `VerifyFull` also checks that it names the URI's host.
     #[serde(default)]
     pub tls_mode: TlsMode,
+    /// The CA certificate (PEM) that signs the database server's certificate, from a key of
+    /// a Secret or a ConfigMap in the resource's namespace; only with `tlsMode` `VerifyCa` or
+    /// `VerifyFull`. The operator reads it for its own connections and mounts it read-only
+    /// into the collector and query service pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_ref: Option<CaRef>,
     /// The schema that holds the metric tables. It cannot be changed once set: the data
     /// would stay behind in the old one.
     #[serde(default = "default_schema")]
@@ -116,6 +126,96 @@ fn default_secret_key() -> String {
 /// The key of the connection URI in a stack's Secret unless `secretRef.key` says otherwise.
 pub const DEFAULT_SECRET_KEY: &str = "uri";
 
+/// The CEL rule: a CA only with a mode that verifies the server's certificate.
+const CA_NEEDS_VERIFICATION_RULE: &str =
+    "!has(self.caRef) || (has(self.tlsMode) && self.tlsMode in ['VerifyCa', 'VerifyFull'])";
+/// What [`CA_NEEDS_VERIFICATION_RULE`] says when it refuses a resource.
+pub const CA_NEEDS_VERIFICATION: &str = "caRef is used only when the server's certificate is \
+    verified: set spec.database.tlsMode to VerifyCa or VerifyFull, or remove spec.database.caRef";
+
+/// Where the database server's CA certificate is: exactly one of a Secret's or a
+/// ConfigMap's key, in the resource's namespace.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.secretKeyRef) != has(self.configMapKeyRef)").message(CA_REF_EXACTLY_ONE))]
+pub struct CaRef {
+    /// A key of a Secret holding the CA certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<CaKeyRef>,
+    /// A key of a ConfigMap holding the CA certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<CaKeyRef>,
+}
+
+/// What the exactly-one rule of [`CaRef`] says when it refuses a resource.
+pub const CA_REF_EXACTLY_ONE: &str =
+    "set exactly one of spec.database.caRef.secretKeyRef and spec.database.caRef.configMapKeyRef";
+
+/// A key of a Secret or ConfigMap whose value is a CA certificate (PEM).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaKeyRef {
+    /// The Secret's or ConfigMap's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key whose value is the CA certificate.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    DEFAULT_CA_KEY.into()
+}
+
+/// The key of the CA certificate unless `caRef.*.key` says otherwise (cert-manager's name).
+pub const DEFAULT_CA_KEY: &str = "ca.crt";
+
+/// Which kind of object holds a stack's database CA, and its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaSource<'a> {
+    /// `caRef.secretKeyRef`.
+    Secret(&'a CaKeyRef),
+    /// `caRef.configMapKeyRef`.
+    ConfigMap(&'a CaKeyRef),
+}
+
+impl CaRef {
+    /// Where the CA is; `None` when not exactly one source is set (which admission refuses).
+    pub fn source(&self) -> Option<CaSource<'_>> {
+        match (&self.secret_key_ref, &self.config_map_key_ref) {
+            (Some(secret), None) => Some(CaSource::Secret(secret)),
+            (None, Some(config_map)) => Some(CaSource::ConfigMap(config_map)),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> CaSource<'a> {
+    /// The field that names it, as `kubectl explain` spells it.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Secret(_) => "spec.database.caRef.secretKeyRef",
+            Self::ConfigMap(_) => "spec.database.caRef.configMapKeyRef",
+        }
+    }
+
+    /// The kind of object, as Kubernetes names it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Secret(_) => "Secret",
+            Self::ConfigMap(_) => "ConfigMap",
+        }
+    }
+
+    /// The object's name and key.
+    pub fn key_ref(self) -> &'a CaKeyRef {
+        match self {
+            Self::Secret(r) | Self::ConfigMap(r) => r,
+        }
+    }
+}
+
 /// TLS towards the database, as PostgreSQL's `sslmode`.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema,
@@ -132,6 +232,18 @@ pub enum TlsMode {
     VerifyCa,
     /// TLS required, certificate and host name verified.
     VerifyFull,
+}
+
+impl From<TlsMode> for metricsstack_common::database::TlsMode {
+    fn from(mode: TlsMode) -> Self {
+        match mode {
+            TlsMode::Disable => Self::Disable,
+            TlsMode::Prefer => Self::Prefer,
+            TlsMode::Require => Self::Require,
+            TlsMode::VerifyCa => Self::VerifyCa,
+            TlsMode::VerifyFull => Self::VerifyFull,
+        }
+    }
 }
 
 /// Connection pools, one per client of the database.

@@ -155,6 +155,13 @@ pub enum ConditionReason {
     ApplyFailed,
     /// The spec turns a safety check off (for example the query service's authentication).
     AuthenticationDisabled,
+    /// The Secret or ConfigMap `spec.database.caRef` names does not exist.
+    CaNotFound,
+    /// The Secret or ConfigMap `spec.database.caRef` names has no PEM certificate at the key.
+    CaInvalid,
+    /// TLS towards the database failed: the certificate, or a server and a `tlsMode` that
+    /// disagree on TLS.
+    TlsFailed,
 }
 
 impl ConditionReason {
@@ -173,6 +180,9 @@ impl ConditionReason {
             Self::Waiting => "Waiting",
             Self::ApplyFailed => "ApplyFailed",
             Self::AuthenticationDisabled => "AuthenticationDisabled",
+            Self::CaNotFound => "CANotFound",
+            Self::CaInvalid => "CAInvalid",
+            Self::TlsFailed => "TLSFailed",
         }
     }
 }

@@ -1,22 +1,29 @@
-//! Connecting to the stack's database with the operator's pool settings.
+//! Connecting to the stack's database with the operator's pool settings and the stack's TLS.
 
 use std::str::FromStr;
 
-use metricsstack_common::database::{PoolSettings, SearchPath, Session};
+use metricsstack_common::database::{
+    ConnectFailure, DatabaseTls, PoolSettings, SearchPath, Session,
+};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::postgres::PgConnectOptions;
 
-use crate::crd::TlsMode;
-
-/// What went wrong talking to the database. Messages never contain the connection URI.
+/// What went wrong talking to the database. Messages never contain the connection URI, the
+/// password, or more of the server's error than a short cause.
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
     /// The Secret's value is not a PostgreSQL connection URI.
     #[error("the connection URI in the Secret is not a valid postgres:// URI")]
     InvalidUri,
-    /// The database could not be reached or refused the credentials.
-    #[error("cannot reach the database: {0}")]
-    Unreachable(#[source] sqlx::Error),
+    /// No connection could be opened (network, TLS, credentials).
+    #[error("cannot connect to the database: {cause}{}", tls_hint(cause))]
+    Unreachable {
+        /// Why, in a few words.
+        cause: ConnectFailure,
+        /// sqlx's error, for the log.
+        #[source]
+        source: sqlx::Error,
+    },
     /// A statement failed.
     #[error("{context}: {source}")]
     Statement {
@@ -34,6 +41,47 @@ impl DatabaseError {
         let context = context.into();
         move |source| Self::Statement { context, source }
     }
+
+    /// Wraps an error of opening a connection, with its short cause.
+    pub fn unreachable(source: sqlx::Error) -> Self {
+        Self::Unreachable {
+            cause: ConnectFailure::of(&source),
+            source,
+        }
+    }
+
+    /// Whether the connection failed over TLS: the certificate, the handshake, or a server
+    /// and a `tlsMode` that disagree on TLS.
+    pub fn is_tls_failure(&self) -> bool {
+        matches!(self, Self::Unreachable { cause, .. } if !tls_hint(cause).is_empty())
+    }
+}
+
+/// What the stack's owner can change when TLS towards the database failed, naming the
+/// fields; empty for a failure that is not about TLS.
+fn tls_hint(cause: &ConnectFailure) -> &'static str {
+    match cause {
+        ConnectFailure::UnknownCa => {
+            ": set spec.database.caRef to the CA that signed the server's certificate"
+        }
+        ConnectFailure::WrongHostName(_) => {
+            ": connect by a host name the certificate names (the URI's host), or set \
+                 spec.database.tlsMode to VerifyCa to check the CA alone"
+        }
+        ConnectFailure::Certificate(_) | ConnectFailure::Handshake(_) => {
+            ": check the server's certificate and spec.database.caRef"
+        }
+        ConnectFailure::CaCertificate(_) => {
+            ": spec.database.caRef must name a PEM file of one or more certificates"
+        }
+        ConnectFailure::TlsUnsupported => {
+            ": enable TLS on the server, or set spec.database.tlsMode to Prefer or Disable"
+        }
+        ConnectFailure::TlsRequired => {
+            ": set spec.database.tlsMode to Require, VerifyCa or VerifyFull"
+        }
+        _ => "",
+    }
 }
 
 /// What the operator learns about a database when it connects.
@@ -43,33 +91,30 @@ pub struct DatabaseInfo {
     pub timescaledb_version: Option<String>,
 }
 
-/// Opens a pool to the database at `uri` with the operator's pool settings, its sessions set
-/// up as every client's are ([`Session`]); the operator's search path ends with `public`,
-/// where TimescaleDB's functions live.
+/// Opens a pool to the database at `uri` with the operator's pool settings and the stack's
+/// TLS, its sessions set up as every client's are ([`Session`]); the operator's search path
+/// ends with `public`, where TimescaleDB's functions live.
 pub async fn connect(
     uri: &str,
-    tls: TlsMode,
+    tls: &DatabaseTls,
     pool: &PoolSettings,
     schema: &str,
 ) -> Result<PgPool, DatabaseError> {
-    let options = PgConnectOptions::from_str(uri)
-        .map_err(|_| DatabaseError::InvalidUri)?
-        .ssl_mode(match tls {
-            TlsMode::Disable => PgSslMode::Disable,
-            TlsMode::Prefer => PgSslMode::Prefer,
-            TlsMode::Require => PgSslMode::Require,
-            TlsMode::VerifyCa => PgSslMode::VerifyCa,
-            TlsMode::VerifyFull => PgSslMode::VerifyFull,
-        });
+    let options = PgConnectOptions::from_str(uri).map_err(|_| DatabaseError::InvalidUri)?;
     Session {
         application_name: "metricsstack-operator",
         schema: schema.to_owned(),
         search_path: SearchPath::StackSchemaThenPublic,
         statement_timeout: None,
     }
-    .connect(options, pool)
+    .connect(tls.apply(options), pool)
     .await
-    .map_err(DatabaseError::Unreachable)
+    .map_err(|error| {
+        // sqlx's error, PostgreSQL's text included, goes to the log only (it never holds the
+        // URI); the status gets the short cause.
+        tracing::warn!(%error, "connecting to the database failed");
+        DatabaseError::unreachable(error)
+    })
 }
 
 /// Checks that the database answers and reads what the operator needs to know of it.
@@ -79,7 +124,7 @@ pub async fn probe(pool: &PgPool) -> Result<DatabaseInfo, DatabaseError> {
     )
     .fetch_optional(pool)
     .await
-    .map_err(DatabaseError::Unreachable)?;
+    .map_err(DatabaseError::unreachable)?;
     Ok(DatabaseInfo {
         timescaledb_version,
     })

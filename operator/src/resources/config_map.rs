@@ -8,7 +8,7 @@ use metricsstack_common::config::{CollectorConfig, QueryServiceConfig, StackIden
 use sha2::{Digest, Sha256};
 
 use super::{Component, owned_meta};
-use crate::crd::MetricsStack;
+use crate::crd::{CaRef, MetricsStack};
 use crate::validate::ValidSpec;
 
 /// The key of the collector's configuration file.
@@ -57,15 +57,19 @@ fn file(stack: &MetricsStack, component: Component, key: &str, yaml: String) -> 
     }
 }
 
-/// A checksum of a ConfigMap's data, put on the pod template so that a configuration
-/// change rolls the pods.
-pub fn config_checksum(config_map: &ConfigMap) -> String {
+/// A checksum of a ConfigMap's data and of the reference to the database's CA
+/// (`spec.database.caRef`), put on the pod template so that a change of either rolls the
+/// pods.
+pub fn config_checksum(config_map: &ConfigMap, database_ca: Option<&CaRef>) -> String {
     let mut hasher = Sha256::new();
     for (key, value) in config_map.data.iter().flatten() {
         hasher.update(key.as_bytes());
         hasher.update([0]);
         hasher.update(value.as_bytes());
         hasher.update([0]);
+    }
+    if let Some(ca) = database_ca {
+        hasher.update(serde_json::to_vec(ca).expect("the CA reference serialises"));
     }
     format!("{:x}", hasher.finalize())
 }
@@ -104,9 +108,31 @@ mod tests {
     #[test]
     fn checksum_changes_with_the_configuration() {
         let (stack, mut valid) = fixtures::stack("minimal");
-        let before = config_checksum(&collector(&stack, &valid));
-        assert_eq!(before, config_checksum(&collector(&stack, &valid)));
+        let before = config_checksum(&collector(&stack, &valid), None);
+        assert_eq!(before, config_checksum(&collector(&stack, &valid), None));
         valid.collector.interval_seconds += 1;
-        assert_ne!(before, config_checksum(&collector(&stack, &valid)));
+        assert_ne!(before, config_checksum(&collector(&stack, &valid), None));
+    }
+
+    #[test]
+    fn checksum_changes_with_the_database_ca_reference() {
+        let (stack, valid) = fixtures::stack("production");
+        let config = collector(&stack, &valid);
+        let ca = stack
+            .spec
+            .database
+            .ca_ref
+            .clone()
+            .expect("the fixture has a CA");
+        let with_ca = config_checksum(&config, Some(&ca));
+        assert_ne!(with_ca, config_checksum(&config, None));
+        let mut other_key = ca.clone();
+        other_key.secret_key_ref.as_mut().expect("a Secret").key = "bundle.pem".into();
+        assert_ne!(with_ca, config_checksum(&config, Some(&other_key)));
+        let as_config_map = CaRef {
+            secret_key_ref: None,
+            config_map_key_ref: ca.secret_key_ref.clone(),
+        };
+        assert_ne!(with_ca, config_checksum(&config, Some(&as_config_map)));
     }
 }

@@ -5,8 +5,8 @@
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HostPathVolumeSource,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, SecretKeySelector, Volume,
-    VolumeMount,
+    KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
 };
 use kube::ResourceExt;
 
@@ -14,8 +14,10 @@ use super::{
     COLLECTOR_CONFIG_KEY, Component, hardened_container, http_probe, owned_meta, pod_metadata,
     pod_selector, runtime_default_seccomp,
 };
-use crate::crd::MetricsStack;
-use crate::validate::{COLLECTOR_METRICS_PORT, HOST_PROC_MOUNT, SPOOL_MOUNT};
+use crate::crd::{CaSource, MetricsStack};
+use crate::validate::{
+    COLLECTOR_METRICS_PORT, DATABASE_CA_FILE_NAME, DATABASE_CA_MOUNT, HOST_PROC_MOUNT, SPOOL_MOUNT,
+};
 
 /// Annotation on the pod template carrying the configuration's checksum.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "metricsstack.dev/config-checksum";
@@ -39,6 +41,7 @@ pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> Daemon
         }),
         ..Volume::default()
     };
+    let (ca_volume, ca_mount) = database_ca_volume(stack).unzip();
     let container = Container {
         name: "collector".into(),
         image: Some(image.to_owned()),
@@ -69,15 +72,20 @@ pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> Daemon
         liveness_probe: Some(http_probe("/healthz", "metrics")),
         readiness_probe: Some(http_probe("/readyz", "metrics")),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![
-            read_only("config", CONFIG_MOUNT),
-            read_only("host-proc", HOST_PROC_MOUNT),
-            VolumeMount {
-                name: "spool".into(),
-                mount_path: SPOOL_MOUNT.into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(
+            vec![
+                read_only("config", CONFIG_MOUNT),
+                read_only("host-proc", HOST_PROC_MOUNT),
+                VolumeMount {
+                    name: "spool".into(),
+                    mount_path: SPOOL_MOUNT.into(),
+                    ..VolumeMount::default()
+                },
+            ]
+            .into_iter()
+            .chain(ca_mount)
+            .collect(),
+        ),
         // Root, because the spool is a host directory owned by root, and because reading
         // other users' /proc/<pid>/io needs the owner's uid or CAP_SYS_PTRACE, which is the
         // one capability kept: read-only inspection of other processes' /proc entries; no
@@ -109,26 +117,31 @@ pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> Daemon
                         ..PodSecurityContext::default()
                     }),
                     termination_grace_period_seconds: Some(30),
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: name.clone(),
-                                ..ConfigMapVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                        host_path("host-proc", "/proc".into(), "Directory"),
-                        host_path(
-                            "spool",
-                            format!(
-                                "/var/lib/metricsstack/{}/{}",
-                                stack.namespace().unwrap_or_default(),
-                                stack.name_any()
+                    volumes: Some(
+                        vec![
+                            Volume {
+                                name: "config".into(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: name.clone(),
+                                    ..ConfigMapVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                            host_path("host-proc", "/proc".into(), "Directory"),
+                            host_path(
+                                "spool",
+                                format!(
+                                    "/var/lib/metricsstack/{}/{}",
+                                    stack.namespace().unwrap_or_default(),
+                                    stack.name_any()
+                                ),
+                                "DirectoryOrCreate",
                             ),
-                            "DirectoryOrCreate",
-                        ),
-                    ]),
+                        ]
+                        .into_iter()
+                        .chain(ca_volume)
+                        .collect(),
+                    ),
                     ..PodSpec::default()
                 }),
             },
@@ -153,6 +166,50 @@ pub fn database_url_env(stack: &MetricsStack) -> EnvVar {
         }),
         ..EnvVar::default()
     }
+}
+
+/// The volume projecting the database's CA certificate (`spec.database.caRef`) to
+/// [`DATABASE_CA_MOUNT`]/[`DATABASE_CA_FILE_NAME`], and its read-only mount; none without a
+/// CA. A missing Secret, ConfigMap or key keeps the pod from starting, rather than letting it
+/// connect without the CA.
+pub fn database_ca_volume(stack: &MetricsStack) -> Option<(Volume, VolumeMount)> {
+    const VOLUME: &str = "database-ca";
+    let source = stack.spec.database.ca_ref.as_ref()?.source()?;
+    let reference = source.key_ref();
+    let items = Some(vec![KeyToPath {
+        key: reference.key.clone(),
+        path: DATABASE_CA_FILE_NAME.into(),
+        mode: None,
+    }]);
+    let volume = match source {
+        CaSource::Secret(_) => Volume {
+            name: VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(reference.name.clone()),
+                items,
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        CaSource::ConfigMap(_) => Volume {
+            name: VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: reference.name.clone(),
+                items,
+                optional: Some(false),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    };
+    let mount = VolumeMount {
+        name: VOLUME.into(),
+        mount_path: DATABASE_CA_MOUNT.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    Some((volume, mount))
 }
 
 #[cfg(test)]
@@ -277,6 +334,44 @@ mod tests {
                 .limits
                 .as_ref()
                 .is_some_and(|l| l.contains_key("memory"))
+        );
+    }
+
+    #[test]
+    fn mounts_the_database_ca_read_only_from_its_secret_or_config_map() {
+        let (mut stack, _) = fixtures::stack("production");
+        let pod = pod_spec(&build(&stack, "x", "collector:test")).clone();
+        let volume = (pod.volumes.iter().flatten())
+            .find(|v| v.name == "database-ca")
+            .expect("the CA volume");
+        let secret = volume.secret.as_ref().expect("from the Secret");
+        assert_eq!(secret.secret_name.as_deref(), Some("timescaledb-ca"));
+        let items = secret.items.as_ref().expect("one key");
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("ca.crt", "ca.crt")
+        );
+        let mount = (pod.containers[0].volume_mounts.iter().flatten())
+            .find(|m| m.name == "database-ca")
+            .expect("mounted");
+        assert_eq!(mount.mount_path, DATABASE_CA_MOUNT);
+        assert_eq!(mount.read_only, Some(true));
+
+        let ca_ref = stack.spec.database.ca_ref.as_mut().expect("a CA");
+        ca_ref.config_map_key_ref = ca_ref.secret_key_ref.take();
+        let pod = pod_spec(&build(&stack, "x", "collector:test")).clone();
+        let volume = (pod.volumes.iter().flatten())
+            .find(|v| v.name == "database-ca")
+            .expect("the CA volume");
+        assert!(volume.secret.is_none());
+        let config_map = volume.config_map.as_ref().expect("from the ConfigMap");
+        assert_eq!(config_map.name, "timescaledb-ca");
+
+        stack.spec.database.ca_ref = None;
+        let pod = pod_spec(&build(&stack, "x", "collector:test")).clone();
+        assert!(!(pod.volumes.iter().flatten()).any(|v| v.name == "database-ca"));
+        assert!(
+            !(pod.containers[0].volume_mounts.iter().flatten()).any(|m| m.name == "database-ca")
         );
     }
 

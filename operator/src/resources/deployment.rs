@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{
     Volume, VolumeMount,
 };
 
-use super::daemon_set::database_url_env;
+use super::daemon_set::{database_ca_volume, database_url_env};
 use super::{
     Component, QUERY_SERVICE_CONFIG_KEY, hardened_container, http_probe, owned_meta, pod_metadata,
     pod_selector, runtime_default_seccomp,
@@ -19,6 +19,7 @@ const CONFIG_MOUNT: &str = "/etc/metricsstack";
 pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> Deployment {
     let spec = &stack.spec.query_service;
     let name = Component::QueryService.object_name(stack);
+    let (ca_volume, ca_mount) = database_ca_volume(stack).unzip();
     let container = Container {
         name: "query-service".into(),
         image: Some(image.to_owned()),
@@ -36,12 +37,17 @@ pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> Deploy
         liveness_probe: Some(http_probe("/healthz", "http")),
         readiness_probe: Some(http_probe("/readyz", "http")),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "config".into(),
-            mount_path: CONFIG_MOUNT.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            vec![VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_MOUNT.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+            .into_iter()
+            .chain(ca_mount)
+            .collect(),
+        ),
         security_context: Some(hardened_container(65532, None)),
         ..Container::default()
     };
@@ -72,14 +78,19 @@ pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> Deploy
                         seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
-                    volumes: Some(vec![Volume {
-                        name: "config".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name,
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(
+                        vec![Volume {
+                            name: "config".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name,
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        }]
+                        .into_iter()
+                        .chain(ca_volume)
+                        .collect(),
+                    ),
                     ..PodSpec::default()
                 }),
             },
@@ -117,6 +128,13 @@ mod tests {
                 .is_some_and(|r| r.requests.is_some())
         );
         assert_eq!(pod.automount_service_account_token, Some(true));
+        let mount = (container.volume_mounts.iter().flatten())
+            .find(|m| m.name == "database-ca")
+            .expect("the database CA is mounted");
+        assert_eq!(mount.read_only, Some(true));
+        assert!(
+            (pod.volumes.iter().flatten()).any(|v| v.name == "database-ca" && v.secret.is_some())
+        );
     }
 
     #[test]

@@ -126,8 +126,9 @@ pub fn desired_objects(
     let query_image = (stack.spec.query_service.image.as_ref()).unwrap_or(&images.query_service);
     let collector_config = config_map::collector(stack, valid);
     let query_config = config_map::query_service(stack, valid);
-    let collector_checksum = config_checksum(&collector_config);
-    let query_checksum = config_checksum(&query_config);
+    let database_ca = stack.spec.database.ca_ref.as_ref();
+    let collector_checksum = config_checksum(&collector_config, database_ca);
+    let query_checksum = config_checksum(&query_config, database_ca);
     DesiredObjects {
         service_accounts: vec![
             service_account::build(stack, Component::Collector),
