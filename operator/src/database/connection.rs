@@ -133,19 +133,29 @@ pub async fn probe(pool: &PgPool) -> Result<DatabaseInfo, DatabaseError> {
 /// The schema migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Applies the pending schema migrations in the stack's schema; returns the latest version.
-/// An up-to-date schema is only read, never written.
-pub async fn migrate(pool: &PgPool) -> Result<i64, DatabaseError> {
+/// Applies the pending schema migrations in the stack's `schema` (which must exist: it is
+/// first on the pool's search path, so sqlx's bookkeeping table and the metric tables are
+/// created there); returns the latest version. An up-to-date schema is only read, never
+/// written.
+///
+/// The bookkeeping table is looked up in the stack's schema by name, not through the search
+/// path: the operator's path ends with `public`, and another stack's `_sqlx_migrations` there
+/// must not make this stack's schema look migrated.
+pub async fn migrate(pool: &PgPool, schema: &str) -> Result<i64, DatabaseError> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let recorded: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+    let table = format!("\"{}\"._sqlx_migrations", schema.replace('"', "\"\""));
+    let recorded: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&table)
         .fetch_one(pool)
         .await
         .map_err(DatabaseError::statement("looking for the migrations table"))?;
     let current: Option<i64> = if recorded {
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await
-            .map_err(DatabaseError::statement("reading the applied migrations"))?
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT max(version) FROM {table} WHERE success"
+        )))
+        .fetch_one(pool)
+        .await
+        .map_err(DatabaseError::statement("reading the applied migrations"))?
     } else {
         None
     };

@@ -66,7 +66,7 @@ pub async fn converge(
     acknowledged: Option<&str>,
 ) -> Result<Convergence, DatabaseError> {
     ensure_schema(pool, schema).await?;
-    migrate(pool).await?;
+    migrate(pool, schema).await?;
     let state = read_state(pool, schema).await?;
     if state.timescaledb_version.is_none() {
         return Ok(Convergence {
