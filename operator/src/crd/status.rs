@@ -148,6 +148,9 @@ pub enum ConditionReason {
     Waiting,
     /// Applying the stack's Kubernetes objects failed (for example forbidden by RBAC).
     ApplyFailed,
+    /// The collector DaemonSet cannot create its pods (for example refused by Pod Security
+    /// admission).
+    PodCreationFailed,
 }
 
 impl ConditionReason {
@@ -165,6 +168,7 @@ impl ConditionReason {
             Self::TimescaleDbMissing => "TimescaleDBMissing",
             Self::Waiting => "Waiting",
             Self::ApplyFailed => "ApplyFailed",
+            Self::PodCreationFailed => "PodCreationFailed",
         }
     }
 }
