@@ -312,6 +312,14 @@ async fn the_admission_policy_refuses_images_from_other_repositories_naming_the_
     let ns = TestNamespace::create().await;
     let stacks_ns = TestNamespace::create().await;
     common::install_crd(&ns.client).await;
+    // A stack from before the policy, with an image the policy will not allow.
+    let legacy_image = "docker.io/legacy/collector:0.9";
+    let mut legacy = stack(&stacks_ns.name, Some(legacy_image), None);
+    legacy.metadata.name = Some("legacy".into());
+    Api::<MetricsStack>::namespaced(ns.client.clone(), &stacks_ns.name)
+        .create(&PostParams::default(), &legacy)
+        .await
+        .expect("the legacy stack is created before the policy");
     let _release = Release::install(
         &ns.name,
         &format!(
@@ -381,6 +389,29 @@ async fn the_admission_policy_refuses_images_from_other_repositories_naming_the_
             "{collector:?} / {query_service:?} refused: {result:?}"
         );
     }
+
+    // A stack from before the policy can still be changed (a label, its finalizers) as long
+    // as its image stays; a new foreign image is refused.
+    let labelled = stacks
+        .patch(
+            "legacy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "team": "a" } } })),
+        )
+        .await;
+    assert!(labelled.is_ok(), "{labelled:?}");
+    let repinned = stacks
+        .patch(
+            "legacy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "collector": { "image": miner } } })),
+        )
+        .await;
+    let message = match repinned {
+        Err(kube::Error::Api(status)) => status.message,
+        other => panic!("a new foreign image is refused: {other:?}"),
+    };
+    assert!(message.contains("spec.collector.image"), "{message}");
 
     // Only the watched namespace's stacks are checked.
     let outside = Api::<MetricsStack>::namespaced(ns.client.clone(), &ns.name)
