@@ -14,7 +14,7 @@ use metricsstack_common::{logging, shutdown};
 use metricsstack_operator::controller::{self, Context};
 use metricsstack_operator::leader::LeaderElection;
 use metricsstack_operator::metrics::Metrics;
-use metricsstack_operator::resources::DefaultImages;
+use metricsstack_operator::resources::{ClusterRoleNames, DefaultImages};
 use metricsstack_query_service::QueryService;
 
 /// The MetricsStack operator.
@@ -62,6 +62,13 @@ enum Command {
         /// image, which serves the query service too).
         #[arg(long, env = "QUERY_SERVICE_IMAGE")]
         query_service_image: Option<String>,
+        /// The chart's pod-reading ClusterRole that stacks' collectors are bound to.
+        #[arg(long, default_value = "metricsstack-collector")]
+        collector_cluster_role: String,
+        /// The chart's token- and access-review ClusterRole that stacks' query services are
+        /// bound to.
+        #[arg(long, default_value = "metricsstack-query-service")]
+        query_service_cluster_role: String,
     },
     /// Serve the cached dashboard queries (the query service).
     QueryService {
@@ -100,6 +107,8 @@ async fn main() -> anyhow::Result<()> {
             namespace,
             collector_image,
             query_service_image,
+            collector_cluster_role,
+            query_service_cluster_role,
         } => {
             let release = DefaultImages::default();
             let images = DefaultImages {
@@ -145,7 +154,15 @@ async fn main() -> anyhow::Result<()> {
                     .context("acquiring the leader lease")?;
                 readiness.set_not_ready("leading: syncing the MetricsStack cache");
             }
-            let context = Arc::new(Context::new(client, metrics, &identity).with_images(images));
+            let cluster_roles = ClusterRoleNames {
+                collector: collector_cluster_role,
+                query_service: query_service_cluster_role,
+            };
+            let context = Arc::new(
+                Context::new(client, metrics, &identity)
+                    .with_images(images)
+                    .with_cluster_roles(cluster_roles),
+            );
             let on_ready = move || readiness.set_ready();
             match &election {
                 Some(election) => {

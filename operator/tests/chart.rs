@@ -38,6 +38,7 @@ fn the_chart_lints_clean_with_default_and_production_values() {
         "metrics.serviceMonitor.enabled=true",
         "metrics.serviceMonitor.labels.release=prometheus",
         "priorityClassName=system-cluster-critical",
+        "admissionPolicy.allowedImageRepositories[0]=registry.example.com/metricsstack/collector",
     ]
     .join(",");
     succeeded(
@@ -60,6 +61,10 @@ async fn wrong_values_fail_helm_install_naming_the_value() {
         ("adminPort=80", "/adminPort"),
         ("resources.limits.memory=lots", "/resources/limits/memory"),
         ("watchNamespace=Not_A_Namespace", "/watchNamespace"),
+        (
+            "admissionPolicy.allowedImageRepositories[0]=ghcr.io/metricsstack/collector:1.0",
+            "/admissionPolicy/allowedImageRepositories/0",
+        ),
         ("replicas=2", "additional properties 'replicas' not allowed"),
         (
             "replicaCount=2,leaderElection.enabled=false",
@@ -128,13 +133,18 @@ async fn rendered_manifests_and_examples_pass_a_server_side_dry_run() {
     assert_eq!(
         kinds,
         [
+            // The operator's, the collectors' and the query services'.
+            "ClusterRole",
+            "ClusterRole",
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
             "Role",
             "RoleBinding",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
 

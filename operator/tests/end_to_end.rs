@@ -216,7 +216,7 @@ async fn helm_install_to_dashboard_then_edit_revert_and_delete() {
     operator.start().await;
 
     // Delete: RemovePolicies (timescale) removes the stack's policies, Retain (fleet) keeps
-    // the database as it is; both lose their ClusterRoleBinding.
+    // the database as it is; both lose their ClusterRoleBindings.
     for name in ["fleet", "timescale"] {
         stacks
             .delete(name, &DeleteParams::default())
@@ -230,8 +230,13 @@ async fn helm_install_to_dashboard_then_edit_revert_and_delete() {
         .await;
     }
     let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
-    for name in ["fleet", "timescale"] {
-        let binding = format!("metricsstack-collector-{}-{name}", stacks_ns.name);
+    for (name, component) in [
+        ("fleet", "collector"),
+        ("fleet", "query-service"),
+        ("timescale", "collector"),
+        ("timescale", "query-service"),
+    ] {
+        let binding = format!("metricsstack-{component}-{}-{name}", stacks_ns.name);
         assert!(
             bindings.get_opt(&binding).await.expect("get").is_none(),
             "{binding} is removed"

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -331,7 +332,21 @@ async fn a_reconcile_without_changes_writes_nothing() {
         versions.insert("PodDisruptionBudget", version(budgets, query).await);
         let binding = format!("metricsstack-collector-{}-stack", ns.name);
         let bindings = Api::<ClusterRoleBinding>::all(client.clone());
-        versions.insert("ClusterRoleBinding", version(bindings, &binding).await);
+        versions.insert(
+            "ClusterRoleBinding collector",
+            version(bindings.clone(), &binding).await,
+        );
+        let binding = format!("metricsstack-query-service-{}-stack", ns.name);
+        versions.insert(
+            "ClusterRoleBinding query",
+            version(bindings, &binding).await,
+        );
+        let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &ns.name);
+        versions.insert(
+            "NetworkPolicy collector",
+            version(policies.clone(), collector).await,
+        );
+        versions.insert("NetworkPolicy query", version(policies, query).await);
         versions
     };
     // The stack turns Ready while others may still write: the controllers that keep its
@@ -547,4 +562,127 @@ async fn timescaledb_policies_follow_the_resource_and_go_with_it() {
     .expect("hypertables");
     assert_eq!(tables, 3, "tables and data stay");
     sqlx::Connection::close(conn).await.expect("closed");
+}
+
+#[tokio::test]
+async fn network_policies_and_bindings_go_when_the_spec_turns_them_off() {
+    simulated_nodes();
+    let ns = TestNamespace::create().await;
+    let db = TestDatabase::create().await;
+    let client = ns.client.clone();
+    let _operator = Operator::start(&ns);
+    create_secret(&client, &ns.name, &db.url()).await;
+    let stacks = create_stack(&client, &ns.name, 1).await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let binding_names = [
+        format!("metricsstack-collector-{}-stack", ns.name),
+        format!("metricsstack-query-service-{}-stack", ns.name),
+    ];
+    let present = || async {
+        let mut present = Vec::new();
+        for name in ["stack-query-service", "stack-collector"] {
+            if policies.get_opt(name).await.expect("get").is_some() {
+                present.push(format!("NetworkPolicy/{name}"));
+            }
+        }
+        for name in &binding_names {
+            if bindings.get_opt(name).await.expect("get").is_some() {
+                present.push(format!("ClusterRoleBinding/{name}"));
+            }
+        }
+        present
+    };
+    wait_until("the policies and bindings exist", WAIT, || async {
+        present().await.len() == 4
+    })
+    .await;
+    let query = policies
+        .get("stack-query-service")
+        .await
+        .expect("the query service's policy")
+        .spec
+        .expect("a spec");
+    let rule = &query.ingress.expect("ingress")[0];
+    assert_eq!(
+        rule.from.as_ref().expect("sources")[0].pod_selector,
+        Some(Default::default()),
+        "by default the stack's own namespace"
+    );
+    let collector = policies
+        .get("stack-collector")
+        .await
+        .expect("the collectors' policy")
+        .spec
+        .expect("a spec");
+    assert_eq!(collector.ingress, None, "no ingress by default");
+    assert_eq!(
+        collector.policy_types.as_deref(),
+        Some(&["Ingress".to_owned()][..]),
+        "so all ingress is denied"
+    );
+    let query_binding = bindings.get(&binding_names[1]).await.expect("binding");
+    assert_eq!(query_binding.role_ref.name, "metricsstack-query-service");
+    assert_eq!(
+        query_binding.subjects.expect("subjects")[0].name,
+        "stack-query-service"
+    );
+
+    stacks
+        .patch(
+            "stack",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": {
+                "networkPolicy": { "enabled": false },
+                "collector": { "podAttribution": false },
+                "queryService": { "authentication": "None" }
+            } })),
+        )
+        .await
+        .expect("the spec is edited");
+    wait_until("the policies and bindings are gone", WAIT, || async {
+        present().await.is_empty()
+    })
+    .await;
+    let daemon_set = Api::<DaemonSet>::namespaced(client.clone(), &ns.name)
+        .get("stack-collector")
+        .await
+        .expect("DaemonSet");
+    let pod = daemon_set.spec.and_then(|s| s.template.spec).expect("pod");
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(false),
+        "without pod attribution the collector mounts no token"
+    );
+}
+
+#[tokio::test]
+async fn a_collector_pod_refused_by_pod_security_shows_why_on_the_stack() {
+    simulated_nodes();
+    let ns = TestNamespace::create().await;
+    let db = TestDatabase::create().await;
+    let client = ns.client.clone();
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": {
+                "pod-security.kubernetes.io/enforce": "baseline"
+            } } })),
+        )
+        .await
+        .expect("the namespace is labelled");
+    let _operator = Operator::start(&ns);
+    create_secret(&client, &ns.name, &db.url()).await;
+    let stacks = create_stack(&client, &ns.name, 1).await;
+    let stack = wait_for(&stacks, "CollectorsReady says the pods are refused", |s| {
+        condition(s, "CollectorsReady").is_some_and(|c| c.reason == "PodCreationFailed")
+    })
+    .await;
+    let message = &condition(&stack, "CollectorsReady")
+        .expect("condition")
+        .message;
+    for part in ["FailedCreate", "PodSecurity", "hostPID", "privileged"] {
+        assert!(message.contains(part), "{part} missing: {message}");
+    }
 }

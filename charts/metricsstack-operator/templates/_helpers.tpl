@@ -38,3 +38,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- fail (printf "replicaCount: %d replicas need leaderElection.enabled=true, else they would reconcile the same stacks at once; set replicaCount to 1 or enable leader election" (int .Values.replicaCount)) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The ClusterRole (shipped here, never created by the operator) that lets each stack's
+collectors read pods; the operator may only bind it. */}}
+{{- define "metricsstack-operator.collectorClusterRole" -}}
+{{- printf "%s-collector" (include "metricsstack-operator.fullname" . | trunc 53 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* The ClusterRole that lets each stack's query service check its callers' tokens and
+rights (TokenReview, SubjectAccessReview); the operator may only bind it. */}}
+{{- define "metricsstack-operator.queryServiceClusterRole" -}}
+{{- printf "%s-query-service" (include "metricsstack-operator.fullname" . | trunc 49 | trimSuffix "-") -}}
+{{- end -}}

@@ -12,7 +12,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::resources::DesiredObjects;
+use crate::resources::{DesiredObjects, Wanted};
 
 /// The field manager of every object the operator applies.
 pub const FIELD_MANAGER: &str = "metricsstack-operator";
@@ -28,8 +28,8 @@ pub struct Applied {
     pub deployment: Option<Deployment>,
 }
 
-/// Applies every desired object of a stack in `namespace`, and deletes the
-/// PodDisruptionBudget when it is no longer wanted.
+/// Applies every desired object of a stack in `namespace`, and deletes those it no longer
+/// wants (the PodDisruptionBudget, a ClusterRoleBinding, the NetworkPolicies).
 pub async fn apply_all(
     client: &Client,
     namespace: &str,
@@ -39,25 +39,22 @@ pub async fn apply_all(
     // applied here.
     let DesiredObjects {
         service_accounts,
-        cluster_role,
-        cluster_role_binding,
+        collector_binding,
+        query_service_binding,
         config_maps,
         daemon_set,
         deployment,
         service,
         pod_disruption_budget,
+        network_policies,
     } = desired;
     let mut applied = Applied::default();
     for account in service_accounts {
         apply_namespaced(client, namespace, account, &mut applied).await?;
     }
-    apply_object(&Api::all(client.clone()), cluster_role, &mut applied).await?;
-    apply_object(
-        &Api::all(client.clone()),
-        cluster_role_binding,
-        &mut applied,
-    )
-    .await?;
+    for binding in [collector_binding, query_service_binding] {
+        apply_or_delete(&Api::all(client.clone()), binding, &mut applied).await?;
+    }
     for config_map in config_maps {
         apply_namespaced(client, namespace, config_map, &mut applied).await?;
     }
@@ -79,7 +76,40 @@ pub async fn apply_all(
             }
         }
     }
+    for policy in network_policies {
+        apply_or_delete(
+            &Api::namespaced(client.clone(), namespace),
+            policy,
+            &mut applied,
+        )
+        .await?;
+    }
     Ok(applied)
+}
+
+/// Applies a wanted object, or deletes the one by its name when it is not wanted.
+async fn apply_or_delete<K>(
+    api: &Api<K>,
+    wanted: &Wanted<K>,
+    applied: &mut Applied,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    match &wanted.object {
+        Some(object) => {
+            apply_object(api, object, applied).await?;
+        }
+        None => {
+            if api.get_metadata_opt(&wanted.name).await?.is_some() {
+                api.delete(&wanted.name, &DeleteParams::default()).await?;
+                applied
+                    .changed
+                    .push(format!("{}/{} (deleted)", K::kind(&()), wanted.name));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn apply_namespaced<K>(

@@ -1,10 +1,12 @@
 //! The MetricsStack controller: a kube-runtime `Controller` that owns what it creates, is
-//! woken when a referenced Secret changes, and runs one reconcile pipeline per stack
-//! (see [`reconcile`]).
+//! woken when a referenced Secret changes (when it watches one namespace; cluster-wide it
+//! may not watch Secrets and re-reads each stack's Secret on a short requeue instead), and
+//! runs one reconcile pipeline per stack (see [`reconcile`]).
 
 mod apply;
 mod conditions;
 mod database;
+mod pod_creation;
 mod reconcile;
 mod secret;
 mod watch;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -26,7 +29,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::crd::MetricsStack;
 use crate::metrics::Metrics;
-use crate::resources::DefaultImages;
+use crate::resources::{ClusterRoleNames, DefaultImages};
 
 pub use apply::FIELD_MANAGER;
 pub use reconcile::{ACKNOWLEDGE_ANNOTATION, FINALIZER, ReconcileError};
@@ -41,6 +44,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The images of stacks that pin none.
     pub images: DefaultImages,
+    /// The chart's ClusterRoles that stacks' components are bound to.
+    pub cluster_roles: ClusterRoleNames,
     /// Database pools, one per stack, replaced when the URI or pool settings change.
     pools: database::Pools,
     /// Consecutive failures per stack, for exponential backoff.
@@ -59,6 +64,7 @@ impl Context {
             client,
             metrics,
             images: DefaultImages::default(),
+            cluster_roles: ClusterRoleNames::default(),
             pools: database::Pools::default(),
             failures: Mutex::default(),
         }
@@ -68,6 +74,15 @@ impl Context {
     #[must_use]
     pub fn with_images(self, images: DefaultImages) -> Self {
         Self { images, ..self }
+    }
+
+    /// The same context, binding stacks' components to the ClusterRoles named `roles`.
+    #[must_use]
+    pub fn with_cluster_roles(self, cluster_roles: ClusterRoleNames) -> Self {
+        Self {
+            cluster_roles,
+            ..self
+        }
     }
 }
 
@@ -111,41 +126,56 @@ pub async fn run(
             }
         }
     });
-    // Only the metadata of Secrets is watched: enough to know that one changed, without
-    // holding every Secret's data in memory.
     let owned =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=metricsstack-operator");
-    controller
+    let controller = controller
         .owns(api::<DaemonSet>(&client, namespace), owned.clone())
         .owns(api::<Deployment>(&client, namespace), owned.clone())
         .owns(api::<ConfigMap>(&client, namespace), owned.clone())
         .owns(api::<Service>(&client, namespace), owned.clone())
         .owns(api::<ServiceAccount>(&client, namespace), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, namespace), owned)
-        .watches(
-            api::<PartialObjectMeta<Secret>>(&client, namespace),
-            watcher::Config::default(),
-            move |secret| {
-                let namespace = secret.namespace();
-                let name = secret.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|stack| {
-                        let database = &stack.spec.database;
-                        let ca_secret = (database.ca_ref.as_ref())
-                            .and_then(|ca| ca.secret_key_ref.as_ref())
-                            .map(|secret| secret.name.as_str());
-                        stack.namespace() == namespace
-                            && (database.secret_ref.name == name
-                                || ca_secret == Some(name.as_str()))
-                    })
-                    .map(|stack| ObjectRef::from_obj(&*stack))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .owns(api::<NetworkPolicy>(&client, namespace), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, namespace), owned);
+    // Watching one namespace, the chart grants a Role to list and watch its Secrets: only
+    // their metadata is watched, enough to know that one changed without holding every
+    // Secret's data in memory. Cluster-wide, the operator may only `get` Secrets (a
+    // cluster-wide list/watch would hand every Secret of the cluster to a stolen token), so
+    // it re-reads each stack's Secret on a short requeue instead.
+    let (controller, converged_requeue) = match namespace {
+        Some(namespace) => {
+            let controller = controller.watches(
+                Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), namespace),
+                watcher::Config::default(),
+                move |secret| {
+                    let namespace = secret.namespace();
+                    let name = secret.name_any();
+                    store
+                        .state()
+                        .into_iter()
+                        .filter(|stack| {
+                            let database = &stack.spec.database;
+                            let ca_secret = (database.ca_ref.as_ref())
+                                .and_then(|ca| ca.secret_key_ref.as_ref())
+                                .map(|secret| secret.name.as_str());
+                            stack.namespace() == namespace
+                                && (database.secret_ref.name == name
+                                    || ca_secret == Some(name.as_str()))
+                        })
+                        .map(|stack| ObjectRef::from_obj(&*stack))
+                        .collect::<Vec<_>>()
+                },
+            );
+            (controller, reconcile::RESYNC)
+        }
+        None => (controller, reconcile::SECRET_RECHECK),
+    };
+    controller
         .shutdown_on_signal()
-        .run(reconcile::reconcile, error_policy, context)
+        .run(
+            move |stack, context| reconcile::reconcile(stack, context, converged_requeue),
+            error_policy,
+            context,
+        )
         .for_each(|result| async move {
             match result {
                 Ok((stack, _)) => tracing::debug!(%stack, "reconciled"),

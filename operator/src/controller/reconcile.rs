@@ -22,22 +22,27 @@ use super::Context;
 use super::apply::{Applied, FIELD_MANAGER, apply_all};
 use super::conditions::{Outcome, conditions};
 use super::database::{DatabaseOutcome, reconcile_database, remove_stack_policies};
+use super::pod_creation::failed_pod_creation;
 use super::secret::read_connection;
 use crate::crd::{
     CollectorsStatus, ConditionReason, ConditionType, DeletionPolicy, MetricsStack,
     MetricsStackStatus, QueryAuthentication,
 };
 use crate::database::DatabaseError;
-use crate::resources::{self, DesiredObjects, desired_objects};
+use crate::resources::{self, Component, DesiredObjects, desired_objects};
 use crate::validate::{SpecError, ValidSpec, validate};
 
 /// The finalizer that lets the operator clean up what lives outside the namespace's garbage
-/// collection: database policies and the cluster-scoped RoleBinding.
+/// collection: database policies and the cluster-scoped ClusterRoleBindings.
 pub const FINALIZER: &str = "metricsstack.dev/cleanup";
 /// Annotation acknowledging a plan that drops data, by its hash.
 pub const ACKNOWLEDGE_ANNOTATION: &str = "metricsstack.dev/acknowledge-data-loss";
 /// How often a converged stack is checked again for drift made outside Kubernetes.
-const RESYNC: Duration = Duration::from_secs(300);
+pub(super) const RESYNC: Duration = Duration::from_secs(300);
+/// How often a converged stack is checked again when the operator does not watch Secrets
+/// (cluster-wide, where it may only `get` them): the longest a rotated database Secret
+/// goes unnoticed.
+pub(super) const SECRET_RECHECK: Duration = Duration::from_secs(60);
 /// How often a stack that is still converging (pods starting, Secret missing) is checked.
 const PROGRESS_CHECK: Duration = Duration::from_secs(30);
 
@@ -74,7 +79,7 @@ impl ReconcileError {
     }
 }
 
-/// Reconciles one stack.
+/// Reconciles one stack; a converged stack is checked again after `converged_requeue`.
 #[tracing::instrument(skip_all, fields(
     namespace = stack.metadata.namespace.as_deref(),
     name = stack.metadata.name.as_deref(),
@@ -82,13 +87,14 @@ impl ReconcileError {
 pub async fn reconcile(
     stack: Arc<MetricsStack>,
     ctx: Arc<Context>,
+    converged_requeue: Duration,
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let namespace = stack.namespace().ok_or(ReconcileError::NoNamespace)?;
     let stacks: Api<MetricsStack> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&stacks, FINALIZER, stack.clone(), |event| async {
         match event {
-            Finalizer::Apply(stack) => apply(&stack, &namespace, &ctx).await,
+            Finalizer::Apply(stack) => apply(&stack, &namespace, &ctx, converged_requeue).await,
             Finalizer::Cleanup(stack) => cleanup(&stack, &ctx).await,
         }
     })
@@ -110,17 +116,18 @@ async fn apply(
     stack: &MetricsStack,
     namespace: &str,
     ctx: &Context,
+    converged_requeue: Duration,
 ) -> Result<Action, ReconcileError> {
     let secret = read_connection(&ctx.client, stack).await;
     let valid = match validate_spec(stack) {
         Ok(valid) => valid,
         Err(error) => return report_invalid_spec(ctx, stack, &error).await,
     };
-    let desired = desired_objects(stack, &valid, &ctx.images);
+    let desired = desired_objects(stack, &valid, &ctx.images, &ctx.cluster_roles);
     let applied = apply_objects(ctx, stack, namespace, &desired).await?;
     let database = reconcile_database(&ctx.pools, stack, &valid, secret).await?;
     let converged = write_status(ctx, stack, &applied, &database).await?;
-    next_action(converged, database.retry)
+    next_action(converged, database.retry, converged_requeue)
 }
 
 /// Checks the spec and converts it to the settings the later steps use (pure).
@@ -200,8 +207,12 @@ async fn write_status(
     database: &DatabaseOutcome,
 ) -> Result<bool, kube::Error> {
     let collectors = applied.daemon_set.as_ref().map(collectors_status);
+    let creation_failure = match &applied.daemon_set {
+        Some(daemon_set) => failed_pod_creation(&ctx.client, daemon_set).await,
+        None => None,
+    };
     let outcomes = [
-        collectors_outcome(collectors.as_ref()),
+        collectors_outcome(collectors.as_ref(), creation_failure.as_deref()),
         database.ready.clone(),
         database.policies.clone(),
         query_service_outcome(applied.deployment.as_ref()),
@@ -242,11 +253,15 @@ fn authentication_outcome(authentication: QueryAuthentication) -> Outcome {
 }
 
 /// Retries a transient database failure with backoff; otherwise checks again soon while
-/// the stack converges, and rarely (for drift) once it has.
-fn next_action(converged: bool, retry: Option<DatabaseError>) -> Result<Action, ReconcileError> {
+/// the stack converges, and after `converged_requeue` once it has.
+fn next_action(
+    converged: bool,
+    retry: Option<DatabaseError>,
+    converged_requeue: Duration,
+) -> Result<Action, ReconcileError> {
     match retry {
         Some(error) => Err(error.into()),
-        None if converged => Ok(Action::requeue(RESYNC)),
+        None if converged => Ok(Action::requeue(converged_requeue)),
         None => Ok(Action::requeue(PROGRESS_CHECK)),
     }
 }
@@ -282,7 +297,31 @@ fn collectors_status(daemon_set: &DaemonSet) -> CollectorsStatus {
     CollectorsStatus::new(status.desired_number_scheduled, status.number_ready)
 }
 
-fn collectors_outcome(collectors: Option<&CollectorsStatus>) -> Outcome {
+/// The collectors' condition; `creation_failure` is why the DaemonSet could not create a
+/// pod, from its events.
+fn collectors_outcome(
+    collectors: Option<&CollectorsStatus>,
+    creation_failure: Option<&str>,
+) -> Outcome {
+    if let (Some(c), Some(failure)) = (collectors, creation_failure) {
+        let hint = if failure.contains("PodSecurity") {
+            ". The collector needs the Pod Security level `privileged` (hostPID, the \
+             SYS_PTRACE capability, root and hostPath volumes): label the namespace \
+             pod-security.kubernetes.io/enforce=privileged, or run the stack in a namespace \
+             that has it"
+        } else {
+            ""
+        };
+        return Outcome::failed(
+            ConditionType::CollectorsReady,
+            ConditionReason::PodCreationFailed,
+            format!(
+                "{} collectors ready: the DaemonSet cannot create collector pods \
+                 (FailedCreate): {failure}{hint}",
+                c.summary
+            ),
+        );
+    }
     match collectors {
         Some(c) if c.desired > 0 && c.ready == c.desired => Outcome::ok(
             ConditionType::CollectorsReady,
@@ -369,7 +408,7 @@ async fn update_status(
     Ok(true)
 }
 
-/// Removes what garbage collection cannot: the cluster-scoped RoleBinding and, with
+/// Removes what garbage collection cannot: the cluster-scoped ClusterRoleBindings and, with
 /// `deletionPolicy: RemovePolicies`, the database policies the operator created (tables,
 /// aggregates and data stay). An unreachable database keeps the finalizer until it answers;
 /// setting `deletionPolicy: Retain` lets the deletion finish without it.
@@ -380,12 +419,21 @@ async fn update_status(
 async fn cleanup(stack: &MetricsStack, ctx: &Context) -> Result<Action, ReconcileError> {
     let removed_policies = clean_up_database(ctx, stack).await?;
     let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
-    let name = resources::cluster_role_binding_name(stack);
-    if bindings.get_metadata_opt(&name).await?.is_some() {
-        bindings.delete(&name, &DeleteParams::default()).await?;
+    let mut removed = Vec::new();
+    for component in [Component::Collector, Component::QueryService] {
+        let name = resources::cluster_role_binding_name(stack, component);
+        if bindings.get_metadata_opt(&name).await?.is_some() {
+            bindings.delete(&name, &DeleteParams::default()).await?;
+            removed.push(format!("ClusterRoleBinding {name}"));
+        }
     }
     ctx.pools.remove(stack).await;
-    let note = format!("removed ClusterRoleBinding {name}; {removed_policies}");
+    let removed = if removed.is_empty() {
+        "no ClusterRoleBinding to remove".to_owned()
+    } else {
+        format!("removed {}", removed.join(", "))
+    };
+    let note = format!("{removed}; {removed_policies}");
     publish(ctx, stack, EventType::Normal, "Deleted", note).await;
     Ok(Action::await_change())
 }

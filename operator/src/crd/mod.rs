@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::DaemonSetUpdateStrategy;
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,9 @@ pub struct MetricsStackSpec {
     /// The cached query service that answers dashboards.
     #[serde(default)]
     pub query_service: QueryServiceSpec,
+    /// The NetworkPolicies that limit who reaches the stack's pods.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
     /// What happens to the database when this resource is deleted: `Retain` leaves it
     /// exactly as it is; `RemovePolicies` removes the compression, retention and refresh
     /// policies the operator created (tables, aggregates and data stay).
@@ -807,6 +811,36 @@ impl Default for QueryServiceSpec {
             cache: CacheSpec::default(),
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
+        }
+    }
+}
+
+/// NetworkPolicies of a stack: ingress rules only (egress is left open: collectors and the
+/// query service reach the database and the API server wherever they are). They are
+/// enforced only by a CNI plugin that implements NetworkPolicy.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Render the NetworkPolicies; `false` deletes them and leaves the pods reachable by
+    /// anyone the cluster's network lets through.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Who may reach the query service's HTTP port (its API and `/metrics` share it).
+    /// Unset: the pods of the stack's own namespace; `[]`: nobody.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_service_from: Option<Vec<NetworkPolicyPeer>>,
+    /// Who may scrape the collectors' metrics port (for example the monitoring namespace's
+    /// Prometheus). Empty: nobody; collectors take no other ingress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics_from: Vec<NetworkPolicyPeer>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            query_service_from: None,
+            metrics_from: Vec::new(),
         }
     }
 }

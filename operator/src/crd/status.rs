@@ -162,6 +162,9 @@ pub enum ConditionReason {
     /// TLS towards the database failed: the certificate, or a server and a `tlsMode` that
     /// disagree on TLS.
     TlsFailed,
+    /// The collector DaemonSet cannot create its pods (for example refused by Pod Security
+    /// admission).
+    PodCreationFailed,
 }
 
 impl ConditionReason {
@@ -183,6 +186,7 @@ impl ConditionReason {
             Self::CaNotFound => "CANotFound",
             Self::CaInvalid => "CAInvalid",
             Self::TlsFailed => "TLSFailed",
+            Self::PodCreationFailed => "PodCreationFailed",
         }
     }
 }

@@ -5,6 +5,7 @@
 mod config_map;
 mod daemon_set;
 mod deployment;
+mod network_policy;
 mod pod_disruption_budget;
 mod rbac;
 mod service;
@@ -17,8 +18,9 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, HTTPGetAction, Probe, SeccompProfile, SecurityContext, Service,
     ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -28,7 +30,7 @@ use crate::validate::ValidSpec;
 
 pub use config_map::{COLLECTOR_CONFIG_KEY, QUERY_SERVICE_CONFIG_KEY, config_checksum};
 pub use daemon_set::CONFIG_CHECKSUM_ANNOTATION;
-pub use rbac::{COLLECTOR_CLUSTER_ROLE, cluster_role_binding_name};
+pub use rbac::{ClusterRoleNames, cluster_role_binding_name};
 
 /// The images the operator runs a stack's components with unless the stack pins its own
 /// (`spec.collector.image`, `spec.queryService.image`). They are the operator's settings,
@@ -84,17 +86,29 @@ impl Component {
     }
 }
 
+/// An object the stack wants or, when `object` is `None`, wants gone: by its name, since
+/// it may exist from an earlier spec.
+#[derive(Clone, Debug)]
+pub struct Wanted<K> {
+    /// The object's name.
+    pub name: String,
+    /// The object to apply, or `None` to delete one by that name.
+    pub object: Option<K>,
+}
+
 /// Every object a MetricsStack wants, built from its spec. The controller destructures it
 /// field by field where it applies it, so a new field does not compile until it is applied.
 #[derive(Clone, Debug)]
 pub struct DesiredObjects {
     /// The collectors' and the query service's ServiceAccounts.
     pub service_accounts: Vec<ServiceAccount>,
-    /// The shared ClusterRole that lets collectors read pods.
-    pub cluster_role: ClusterRole,
-    /// This stack's binding of that role to its collectors (cluster-scoped: removed by the
-    /// finalizer, since a namespaced owner cannot own it).
-    pub cluster_role_binding: ClusterRoleBinding,
+    /// This stack's binding of the chart's pod-reading ClusterRole to its collectors, with
+    /// pod attribution only (cluster-scoped: removed by the finalizer, since a namespaced
+    /// owner cannot own it).
+    pub collector_binding: Wanted<ClusterRoleBinding>,
+    /// This stack's binding of the chart's token- and access-review ClusterRole to its
+    /// query service, with `Kubernetes` authentication only (removed by the finalizer too).
+    pub query_service_binding: Wanted<ClusterRoleBinding>,
     /// The collector and query service configuration.
     pub config_maps: Vec<ConfigMap>,
     /// The collectors.
@@ -105,9 +119,11 @@ pub struct DesiredObjects {
     pub service: Service,
     /// Present with more than one query service replica; otherwise it must not exist.
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    /// The query service's and the collectors' ingress policies, unless disabled.
+    pub network_policies: Vec<Wanted<NetworkPolicy>>,
 }
 
-/// Builds every object the stack wants.
+/// Builds every object the stack wants, binding its components to the chart's `roles`.
 #[tracing::instrument(skip_all, fields(
     namespace = stack.metadata.namespace.as_deref(),
     name = stack.metadata.name.as_deref(),
@@ -116,6 +132,7 @@ pub fn desired_objects(
     stack: &MetricsStack,
     valid: &ValidSpec,
     images: &DefaultImages,
+    roles: &ClusterRoleNames,
 ) -> DesiredObjects {
     let collector_image = stack
         .spec
@@ -134,13 +151,14 @@ pub fn desired_objects(
             service_account::build(stack, Component::Collector),
             service_account::build(stack, Component::QueryService),
         ],
-        cluster_role: rbac::cluster_role(),
-        cluster_role_binding: rbac::cluster_role_binding(stack),
+        collector_binding: rbac::collector_binding(stack, roles),
+        query_service_binding: rbac::query_service_binding(stack, roles),
         config_maps: vec![collector_config, query_config],
         daemon_set: daemon_set::build(stack, &collector_checksum, collector_image),
         deployment: deployment::build(stack, &query_checksum, query_image),
         service: service::build(stack),
         pod_disruption_budget: pod_disruption_budget::build(stack),
+        network_policies: network_policy::build(stack),
     }
 }
 
@@ -265,7 +283,7 @@ mod tests {
     fn a_stack_that_pins_no_image_runs_the_operators_default_images() {
         let (stack, valid) = fixtures::stack("minimal");
         assert_eq!(stack.spec.collector.image, None);
-        let desired = desired_objects(&stack, &valid, &images());
+        let desired = desired_objects(&stack, &valid, &images(), &ClusterRoleNames::default());
         let collector = desired.daemon_set.spec.as_ref().map(|s| &s.template);
         let query = desired.deployment.spec.as_ref().map(|s| &s.template);
         assert_eq!(image(collector).as_deref(), Some("collector:default"));
@@ -275,7 +293,7 @@ mod tests {
     #[test]
     fn a_pinned_image_wins_over_the_operators_default() {
         let (stack, valid) = fixtures::stack("production");
-        let desired = desired_objects(&stack, &valid, &images());
+        let desired = desired_objects(&stack, &valid, &images(), &ClusterRoleNames::default());
         let collector = desired.daemon_set.spec.as_ref().map(|s| &s.template);
         assert_eq!(
             image(collector).as_deref(),
