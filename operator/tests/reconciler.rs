@@ -22,6 +22,7 @@ use metricsstack_common::config::CollectorConfig;
 use metricsstack_operator::controller::{self, Context};
 use metricsstack_operator::crd::MetricsStack;
 use metricsstack_operator::metrics::Metrics;
+use metricsstack_operator::resources::CONFIG_CHECKSUM_ANNOTATION;
 use metricsstack_testkit::connection_secret;
 use metricsstack_testkit::{
     TestDatabase, TestNamespace, TimescaleSchema, required_env, wait_until,
@@ -436,6 +437,42 @@ async fn a_missing_secret_is_reported_and_fixed_by_creating_it() {
         condition(&stack, "QueryServiceAuthenticated").map(|c| c.status.as_str()),
         Some("True")
     );
+
+    // A rotated Secret rolls the pods: their DATABASE_URL is fixed when they start, so the
+    // pod template's checksum covers (a digest of) the connection the operator read.
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns.name);
+    let checksum = |daemon_set: &DaemonSet| {
+        (daemon_set.spec.as_ref())
+            .and_then(|spec| spec.template.metadata.as_ref())
+            .and_then(|meta| meta.annotations.as_ref())
+            .and_then(|annotations| annotations.get(CONFIG_CHECKSUM_ANNOTATION).cloned())
+    };
+    let before = checksum(
+        &daemon_sets
+            .get("stack-collector")
+            .await
+            .expect("the DaemonSet"),
+    );
+    assert!(before.is_some());
+    let url = db.url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let rotated = connection_secret("db", &format!("{url}{separator}application_name=rotated"));
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .replace("db", &PostParams::default(), &rotated)
+        .await
+        .expect("the Secret is replaced");
+    wait_until(
+        "the collector pods' checksum follows the rotated Secret",
+        WAIT,
+        || {
+            let (daemon_sets, before) = (daemon_sets.clone(), before.clone());
+            async move {
+                let now = daemon_sets.get("stack-collector").await.ok();
+                now.is_some_and(|d| checksum(&d).is_some() && checksum(&d) != before)
+            }
+        },
+    )
+    .await;
 
     // Turning the query API's authentication off is the spec's choice: a warning condition
     // (and event) that does not hold Ready back.

@@ -23,7 +23,7 @@ use super::apply::{Applied, FIELD_MANAGER, apply_all};
 use super::conditions::{Outcome, conditions};
 use super::database::{DatabaseOutcome, reconcile_database, remove_stack_policies};
 use super::pod_creation::failed_pod_creation;
-use super::secret::read_connection;
+use super::secret::{Connection, SecretError, read_connection};
 use crate::crd::{
     CollectorsStatus, ConditionReason, ConditionType, DeletionPolicy, MetricsStack,
     MetricsStackStatus, QueryAuthentication,
@@ -110,20 +110,32 @@ pub async fn reconcile(
     result
 }
 
-/// The pipeline of a living stack. A Secret that cannot be read fails no step before the
-/// database's: the objects are applied all the same.
+/// The pipeline of a living stack. A Secret that is missing or holds no URI fails no step
+/// before the database's: the objects are applied all the same. A read the API server
+/// failed is retried with backoff before anything is applied, so that the pods' checksum,
+/// which covers the connection, does not change with a passing failure.
 async fn apply(
     stack: &MetricsStack,
     namespace: &str,
     ctx: &Context,
     converged_requeue: Duration,
 ) -> Result<Action, ReconcileError> {
-    let secret = read_connection(&ctx.client, stack).await;
+    let secret = match read_connection(&ctx.client, stack).await {
+        Err(SecretError::Api(error)) => return Err(error.into()),
+        secret => secret,
+    };
     let valid = match validate_spec(stack) {
         Ok(valid) => valid,
         Err(error) => return report_invalid_spec(ctx, stack, &error).await,
     };
-    let desired = desired_objects(stack, &valid, &ctx.images, &ctx.cluster_roles);
+    let connection = secret.as_ref().ok().map(Connection::digest);
+    let desired = desired_objects(
+        stack,
+        &valid,
+        &ctx.images,
+        &ctx.cluster_roles,
+        connection.as_deref(),
+    );
     let applied = apply_objects(ctx, stack, namespace, &desired).await?;
     let database = reconcile_database(&ctx.pools, stack, &valid, secret).await?;
     let converged = write_status(ctx, stack, &applied, &database).await?;

@@ -7,6 +7,7 @@ use std::fmt;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
+use sha2::{Digest as _, Sha256};
 
 use crate::crd::{CaSource, MetricsStack};
 
@@ -41,6 +42,20 @@ pub struct Connection {
     pub uri: ConnectionUri,
     /// The CA certificate that signs the server's certificate.
     pub ca: Option<Vec<u8>>,
+}
+
+impl Connection {
+    /// A digest of the URI and the CA, for the pods' checksum: it changes when either does,
+    /// and reveals neither.
+    pub fn digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.uri.as_str().as_bytes());
+        hasher.update([0]);
+        if let Some(ca) = &self.ca {
+            hasher.update(ca);
+        }
+        format!("{:x}", hasher.finalize())
+    }
 }
 
 /// Why a stack's Secret gave no connection URI, or its CA no certificate.

@@ -57,10 +57,16 @@ fn file(stack: &MetricsStack, component: Component, key: &str, yaml: String) -> 
     }
 }
 
-/// A checksum of a ConfigMap's data and of the reference to the database's CA
-/// (`spec.database.caRef`), put on the pod template so that a change of either rolls the
-/// pods.
-pub fn config_checksum(config_map: &ConfigMap, database_ca: Option<&CaRef>) -> String {
+/// A checksum of a ConfigMap's data, of the reference to the database's CA
+/// (`spec.database.caRef`) and of the connection the pods use (`connection`, a digest of the
+/// Secret's URI and the CA's certificate, when the operator could read them), put on the pod
+/// template so that a change of any rolls the pods: a rotated password reaches collectors
+/// whose `DATABASE_URL` was fixed when they started.
+pub fn config_checksum(
+    config_map: &ConfigMap,
+    database_ca: Option<&CaRef>,
+    connection: Option<&str>,
+) -> String {
     let mut hasher = Sha256::new();
     for (key, value) in config_map.data.iter().flatten() {
         hasher.update(key.as_bytes());
@@ -70,6 +76,10 @@ pub fn config_checksum(config_map: &ConfigMap, database_ca: Option<&CaRef>) -> S
     }
     if let Some(ca) = database_ca {
         hasher.update(serde_json::to_vec(ca).expect("the CA reference serialises"));
+    }
+    if let Some(connection) = connection {
+        hasher.update([0]);
+        hasher.update(connection.as_bytes());
     }
     format!("{:x}", hasher.finalize())
 }
@@ -108,10 +118,16 @@ mod tests {
     #[test]
     fn checksum_changes_with_the_configuration() {
         let (stack, mut valid) = fixtures::stack("minimal");
-        let before = config_checksum(&collector(&stack, &valid), None);
-        assert_eq!(before, config_checksum(&collector(&stack, &valid), None));
+        let before = config_checksum(&collector(&stack, &valid), None, None);
+        assert_eq!(
+            before,
+            config_checksum(&collector(&stack, &valid), None, None)
+        );
         valid.collector.interval_seconds += 1;
-        assert_ne!(before, config_checksum(&collector(&stack, &valid), None));
+        assert_ne!(
+            before,
+            config_checksum(&collector(&stack, &valid), None, None)
+        );
     }
 
     #[test]
@@ -124,15 +140,33 @@ mod tests {
             .ca_ref
             .clone()
             .expect("the fixture has a CA");
-        let with_ca = config_checksum(&config, Some(&ca));
-        assert_ne!(with_ca, config_checksum(&config, None));
+        let with_ca = config_checksum(&config, Some(&ca), None);
+        assert_ne!(with_ca, config_checksum(&config, None, None));
         let mut other_key = ca.clone();
         other_key.secret_key_ref.as_mut().expect("a Secret").key = "bundle.pem".into();
-        assert_ne!(with_ca, config_checksum(&config, Some(&other_key)));
+        assert_ne!(with_ca, config_checksum(&config, Some(&other_key), None));
         let as_config_map = CaRef {
             secret_key_ref: None,
             config_map_key_ref: ca.secret_key_ref.clone(),
         };
-        assert_ne!(with_ca, config_checksum(&config, Some(&as_config_map)));
+        assert_ne!(
+            with_ca,
+            config_checksum(&config, Some(&as_config_map), None)
+        );
+    }
+
+    #[test]
+    fn checksum_changes_with_the_connection_read_from_the_secret() {
+        let (stack, valid) = fixtures::stack("minimal");
+        let config = collector(&stack, &valid);
+        let first = config_checksum(&config, None, Some("digest-of-the-first-password"));
+        assert_eq!(
+            first,
+            config_checksum(&config, None, Some("digest-of-the-first-password"))
+        );
+        assert_ne!(
+            first,
+            config_checksum(&config, None, Some("digest-of-a-rotated-password"))
+        );
     }
 }

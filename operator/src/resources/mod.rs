@@ -123,7 +123,9 @@ pub struct DesiredObjects {
     pub network_policies: Vec<Wanted<NetworkPolicy>>,
 }
 
-/// Builds every object the stack wants, binding its components to the chart's `roles`.
+/// Builds every object the stack wants, binding its components to the chart's `roles`;
+/// `connection` is a digest of the database connection the operator read (see
+/// [`config_checksum`]), absent when it could not read it.
 #[tracing::instrument(skip_all, fields(
     namespace = stack.metadata.namespace.as_deref(),
     name = stack.metadata.name.as_deref(),
@@ -133,6 +135,7 @@ pub fn desired_objects(
     valid: &ValidSpec,
     images: &DefaultImages,
     roles: &ClusterRoleNames,
+    connection: Option<&str>,
 ) -> DesiredObjects {
     let collector_image = stack
         .spec
@@ -144,8 +147,8 @@ pub fn desired_objects(
     let collector_config = config_map::collector(stack, valid);
     let query_config = config_map::query_service(stack, valid);
     let database_ca = stack.spec.database.ca_ref.as_ref();
-    let collector_checksum = config_checksum(&collector_config, database_ca);
-    let query_checksum = config_checksum(&query_config, database_ca);
+    let collector_checksum = config_checksum(&collector_config, database_ca, connection);
+    let query_checksum = config_checksum(&query_config, database_ca, connection);
     DesiredObjects {
         service_accounts: vec![
             service_account::build(stack, Component::Collector),
@@ -283,7 +286,13 @@ mod tests {
     fn a_stack_that_pins_no_image_runs_the_operators_default_images() {
         let (stack, valid) = fixtures::stack("minimal");
         assert_eq!(stack.spec.collector.image, None);
-        let desired = desired_objects(&stack, &valid, &images(), &ClusterRoleNames::default());
+        let desired = desired_objects(
+            &stack,
+            &valid,
+            &images(),
+            &ClusterRoleNames::default(),
+            None,
+        );
         let collector = desired.daemon_set.spec.as_ref().map(|s| &s.template);
         let query = desired.deployment.spec.as_ref().map(|s| &s.template);
         assert_eq!(image(collector).as_deref(), Some("collector:default"));
@@ -293,7 +302,13 @@ mod tests {
     #[test]
     fn a_pinned_image_wins_over_the_operators_default() {
         let (stack, valid) = fixtures::stack("production");
-        let desired = desired_objects(&stack, &valid, &images(), &ClusterRoleNames::default());
+        let desired = desired_objects(
+            &stack,
+            &valid,
+            &images(),
+            &ClusterRoleNames::default(),
+            None,
+        );
         let collector = desired.daemon_set.spec.as_ref().map(|s| &s.template);
         assert_eq!(
             image(collector).as_deref(),
