@@ -224,6 +224,32 @@ async fn invalid_resources_are_refused_with_the_field_named() {
             "spec.collector.processes.commandLines",
         ),
         (
+            "a process pattern that is no regular expression",
+            json!({ "collector": { "processes": { "include": ["^(postgres"] } } }),
+            "spec.collector.processes.include",
+        ),
+        (
+            "an exclude pattern that is no regular expression",
+            json!({ "collector": { "processes": { "exclude": ["[a-"] } } }),
+            "spec.collector.processes.exclude",
+        ),
+        (
+            "a segment-by column the table lacks",
+            table(
+                json!({ "after": "7d", "segmentBy": ["hostname"] }),
+                Value::Null,
+            ),
+            "spec.storage.tables[0].compression.segmentBy",
+        ),
+        (
+            "an order-by column the table lacks",
+            table(
+                json!({ "after": "7d", "orderBy": ["timestamp DESC", "pod DESC"] }),
+                Value::Null,
+            ),
+            "spec.storage.tables[0].compression.orderBy",
+        ),
+        (
             "too many top processes",
             json!({ "collector": { "processes": { "topByCpu": 5000 } } }),
             "spec.collector.processes.topByCpu",

@@ -440,10 +440,22 @@ impl PullPolicy {
     }
 }
 
+/// Longest process-name pattern, in characters.
+pub const PATTERN_MAX_LENGTH: u32 = 256;
+
+/// CEL: every pattern of the list compiles. CEL's `matches` uses RE2, whose syntax the
+/// collector's Rust `regex` shares: a pattern that does not compile makes the rule fail with
+/// the parser's error ("missing closing )"), so the API server refuses the resource when it
+/// is applied rather than the operator later. (A runtime error cannot be absorbed here:
+/// `size(...)` needs the value.)
+const REGULAR_EXPRESSIONS_RULE: &str = "self.all(p, size(string(''.matches(p))) > 0)";
+const REGULAR_EXPRESSIONS_MESSAGE: &str =
+    "every pattern must be a regular expression (RE2/Rust regex syntax)";
+
 /// Which processes each collector records: the top N by CPU plus the top N by memory, plus
 /// every process whose name matches an include pattern, minus those matching an exclude
 /// pattern.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessSelection {
     /// How many of the busiest processes by CPU to record.
@@ -457,11 +469,13 @@ pub struct ProcessSelection {
     /// Regular expressions (Rust `regex` syntax) on the process name; matches are always
     /// recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = PATTERN_MAX_LENGTH)))]
+    #[x_kube(validation = kube::core::Rule::new(REGULAR_EXPRESSIONS_RULE).message(REGULAR_EXPRESSIONS_MESSAGE))]
     pub include: Vec<String>,
     /// Regular expressions on the process name; matches are never recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = PATTERN_MAX_LENGTH)))]
+    #[x_kube(validation = kube::core::Rule::new(REGULAR_EXPRESSIONS_RULE).message(REGULAR_EXPRESSIONS_MESSAGE))]
     pub exclude: Vec<String>,
     /// Longest command line stored, in characters. A redacted command line is cut after
     /// redaction.
@@ -584,6 +598,8 @@ impl MetricTable {
 #[derive(KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new(compress_before_drop_rule()).message("compression.after must be shorter than retention.dropAfter: data would be dropped before it is compressed").field_path(".compression.after"))]
+#[x_kube(validation = kube::core::Rule::new(compression_columns_rule("segmentBy", "c")).message("compression.segmentBy names a column this table does not have (its columns: migrations/, or the operator's error once applied)").field_path(".compression.segmentBy"))]
+#[x_kube(validation = kube::core::Rule::new(compression_columns_rule("orderBy", "c.split(' ')[0]")).message("compression.orderBy names a column this table does not have (its columns: migrations/, or the operator's error once applied)").field_path(".compression.orderBy"))]
 pub struct TableSpec {
     /// Which table.
     pub table: MetricTable,
@@ -596,6 +612,42 @@ pub struct TableSpec {
     /// Dropping of chunks older than a given age; absent: data is kept forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionSpec>,
+}
+
+/// CEL: the columns of the table `self.table` names (see `migrations/`).
+fn cel_table_columns() -> String {
+    let list = |table: MetricTable| {
+        let columns: Vec<String> = crate::database::table_columns(table)
+            .iter()
+            .map(|column| format!("'{column}'"))
+            .collect();
+        format!("[{}]", columns.join(", "))
+    };
+    let name = |table: MetricTable| {
+        serde_json::to_value(table)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .expect("a table serialises as its name")
+    };
+    format!(
+        "(self.table == '{}' ? {} : self.table == '{}' ? {} : {})",
+        name(MetricTable::HostProcessMetrics),
+        list(MetricTable::HostProcessMetrics),
+        name(MetricTable::HostOverallMetrics),
+        list(MetricTable::HostOverallMetrics),
+        list(MetricTable::VmProcessMetrics),
+    )
+}
+
+/// CEL: every entry of `compression.<list>` names (as `column` says, `c` being the entry) a
+/// column of the table. TimescaleDB would refuse the compression settings, but only when
+/// the operator applies them, long after the resource was accepted.
+fn compression_columns_rule(list: &str, column: &str) -> String {
+    format!(
+        "!has(self.compression) || !has(self.compression.{list}) || \
+         self.compression.{list}.all(c, {column} in {})",
+        cel_table_columns()
+    )
 }
 
 fn compress_before_drop_rule() -> String {
@@ -637,13 +689,19 @@ pub struct CompressionSpec {
     /// Columns whose values are kept apart in compressed batches (usually the columns
     /// queries filter on).
     #[serde(default)]
-    #[schemars(length(max = 8), inner(regex(pattern = IDENTIFIER_PATTERN)))]
+    #[schemars(
+        length(max = 8),
+        inner(regex(pattern = IDENTIFIER_PATTERN), length(max = 63))
+    )]
     pub segment_by: Vec<String>,
     /// Order inside compressed batches: a column, optionally followed by ` ASC` or ` DESC`.
     #[serde(default)]
     #[schemars(
         length(max = 8),
-        inner(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}( (ASC|DESC))?$"))
+        inner(
+            regex(pattern = r"^[a-z_][a-z0-9_]{0,62}( (ASC|DESC))?$"),
+            length(max = 68)
+        )
     )]
     pub order_by: Vec<String>,
 }
