@@ -1,6 +1,8 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that only one operator replica
 //! reconciles at a time. The holder renews the lease; another replica takes it over once it
-//! has not been renewed for its duration.
+//! has not been renewed for its duration. The holder gives up leading when it has not
+//! renewed within the renew deadline (two thirds of the duration), however a renewal hangs:
+//! so it has stopped before any other replica can take over.
 
 use std::time::Duration;
 
@@ -64,23 +66,44 @@ impl LeaderElection {
         }
     }
 
-    /// Renews the lease until it is lost (another instance took it, or renewing failed for
-    /// longer than the lease lasts), then returns.
+    /// How long the holder may go without a successful renewal before it stops leading:
+    /// two thirds of the lease duration, so that it stops before the lease expires for the
+    /// others (client-go's 10 s of 15 s).
+    pub fn renew_deadline(&self) -> Duration {
+        self.lease_duration * 2 / 3
+    }
+
+    /// Renews the lease until it is lost (another instance took it, or no renewal succeeded
+    /// within [`LeaderElection::renew_deadline`], a hung request included), then returns.
     pub async fn hold(&self) {
+        let deadline = self.renew_deadline();
         let mut last_renewed = tokio::time::Instant::now();
+        let mut wait = self.lease_duration / 3;
         loop {
-            tokio::time::sleep(self.lease_duration / 3).await;
-            match self.try_hold().await {
-                Ok(Attempt::Held) => last_renewed = tokio::time::Instant::now(),
-                Ok(Attempt::HeldByOther(holder)) => {
+            tokio::time::sleep(wait).await;
+            let left = deadline.saturating_sub(last_renewed.elapsed());
+            match tokio::time::timeout(left, self.try_hold()).await {
+                Ok(Ok(Attempt::Held)) => {
+                    last_renewed = tokio::time::Instant::now();
+                    wait = self.lease_duration / 3;
+                }
+                Ok(Ok(Attempt::HeldByOther(holder))) => {
                     tracing::error!(%holder, "lost the lease");
                     return;
                 }
-                Err(error) if last_renewed.elapsed() < self.lease_duration => {
+                Ok(Err(error)) if last_renewed.elapsed() < deadline => {
                     tracing::warn!(%error, "renewing the lease failed; retrying");
+                    wait = self.lease_duration / 15;
                 }
-                Err(error) => {
-                    tracing::error!(%error, "could not renew the lease in time");
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "could not renew the lease within the renew deadline");
+                    return;
+                }
+                Err(_) => {
+                    tracing::error!(
+                        deadline = ?deadline,
+                        "renewing the lease did not finish within the renew deadline"
+                    );
                     return;
                 }
             }
@@ -141,5 +164,43 @@ impl LeaderElection {
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(Attempt::HeldByOther(holder)),
             Err(error) => Err(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An "API server" that accepts connections and never answers, as a hung one does.
+    async fn hung_api_server() -> Client {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        let config = kube::Config::new(url.parse().expect("a URL"));
+        Client::try_from(config).expect("a client")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_renewal_ends_leading_within_the_renew_deadline() {
+        let election = LeaderElection::new(hung_api_server().await, "default", "lease", "me")
+            .lease_duration(Duration::from_secs(15));
+        assert_eq!(election.renew_deadline(), Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        // Tokio's paused clock moves on whenever every task waits: the hung request waits
+        // forever, the renew deadline does not. kube's own read timeout is 295 s.
+        election.hold().await;
+        let held = started.elapsed();
+        assert!(
+            held <= Duration::from_secs(10),
+            "stopped leading {held:?} after the last renewal; the lease expires for the others \
+             after 15 s"
+        );
     }
 }
