@@ -24,7 +24,17 @@ pub fn interval(seconds: i64) -> String {
     format!("{seconds} seconds")
 }
 
-/// Runs `steps` in one transaction: all of them or, on an error, none.
+/// How long a step waits for a lock on a metric table before the plan gives up (and is
+/// retried with backoff). DDL needs an exclusive lock; while it waits, every insert queues
+/// behind it, so waiting long would stall the collectors' ingest.
+pub const DDL_LOCK_TIMEOUT: &str = "5s";
+/// How long one step may run. Turning a populated table into a hypertable moves its rows;
+/// beyond this the plan fails and says so rather than holding locks for hours.
+pub const DDL_STATEMENT_TIMEOUT: &str = "10min";
+
+/// Runs `steps` in one transaction: all of them or, on an error, none; each statement
+/// waits at most [`DDL_LOCK_TIMEOUT`] for a lock and runs at most
+/// [`DDL_STATEMENT_TIMEOUT`] (both local to the transaction).
 pub async fn apply_steps(
     pool: &PgPool,
     schema: &str,
@@ -35,6 +45,14 @@ pub async fn apply_steps(
         .begin()
         .await
         .map_err(DatabaseError::statement("starting a transaction"))?;
+    sqlx::query(
+        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+    )
+    .bind(DDL_LOCK_TIMEOUT)
+    .bind(DDL_STATEMENT_TIMEOUT)
+    .execute(&mut *tx)
+    .await
+    .map_err(DatabaseError::statement("bounding the plan's lock waits"))?;
     for step in steps {
         run(&mut tx, schema, state, step)
             .await

@@ -12,7 +12,9 @@ mod plan;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-pub use apply::{Loss, interval, measure_loss, qualified};
+pub use apply::{
+    DDL_LOCK_TIMEOUT, DDL_STATEMENT_TIMEOUT, Loss, apply_steps, interval, measure_loss, qualified,
+};
 pub use connection::{DatabaseError, DatabaseInfo, MIGRATOR, connect, migrate, probe};
 pub use desired::{
     DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable, rollup,
