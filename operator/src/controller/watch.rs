@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{Predicate as _, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::crd::MetricsStack;
@@ -71,7 +71,18 @@ pub fn stacks(
             }
         })
         .reflect(writer)
-        .applied_objects();
+        .applied_objects()
+        // What the operator writes to a stack, its status, wakes no reconcile: a pending
+        // plan whose row count changes as data ages would otherwise rewrite the status and
+        // wake itself forever. A change of the spec (generation; deletion bumps it too), of
+        // the annotations (the data-loss acknowledgement) or of the finalizers (the
+        // finalizer helper waits for its own patch) does.
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::annotations)
+                .combine(predicates::finalizers),
+            PredicateConfig::default(),
+        );
     (stream, reader)
 }
 
