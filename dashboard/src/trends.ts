@@ -1,6 +1,6 @@
-// The trends view, loaded only when opened (its own chunk, with uPlot): each node's CPU and
-// memory over the window, one point per new answer while the view is open. The query
-// service has no time-series endpoint yet; this draws what the page receives.
+// The trends view, loaded only when opened (its own chunk, with uPlot): each node's CPU
+// average over the window, one point per refresh while the view is open. The query service
+// has no time-series endpoint yet; this draws what the page receives.
 
 import uPlot from "uplot";
 import type { HostOverallRow } from "./data.js";
@@ -15,15 +15,16 @@ export function trends(context: ViewContext): View {
   const cpu = new Map<string, (number | null)[]>();
   const charts = h("div", { class: "charts" }, h("p", { class: "loading" }, "Waiting for the first answer…"));
   let chart: uPlot | undefined;
-  let drawn: unknown;
+  let drawn: number | undefined;
   const stop = context.data.subscribe({ window: context.window }, (state) => {
     context.report(state);
     const rows: HostOverallRow[] = state.data?.host_overall_metrics?.rows ?? [];
-    if (state.data === drawn || rows.length === 0) {
+    // One point per refresh the server confirmed (a 304 too), none for the other changes.
+    if (state.updatedAt === undefined || state.updatedAt === drawn || rows.length === 0) {
       return;
     }
-    drawn = state.data;
-    times.push(Math.floor((state.updatedAt ?? Date.now()) / 1000));
+    drawn = state.updatedAt;
+    times.push(state.updatedAt / 1000);
     for (const row of rows) {
       if (!cpu.has(row.host)) {
         cpu.set(row.host, times.slice(1).map(() => null));
@@ -43,10 +44,17 @@ export function trends(context: ViewContext): View {
     chart = new uPlot(
       {
         title: "CPU average over the window, per node",
-        width: Math.max(320, charts.clientWidth || 800),
+        width: Math.max(320, document.body.clientWidth - 64),
         height: 320,
-        series: [{}, ...hosts.map((host, i) => ({ label: host, stroke: COLOURS[i % COLOURS.length], width: 2 }))],
-        axes: [{}, { values: (_, ticks) => ticks.map((tick) => `${tick} %`) }],
+        scales: {
+          // A single point still gets a readable time axis: a minute either side.
+          x: { time: true, range: (_, min, max) => (min === max ? [min - 60, max + 60] : [min, max]) },
+        },
+        series: [{}, ...hosts.map((host, i) => ({ label: host, stroke: COLOURS[i % COLOURS.length], width: 2, points: { show: true } }))],
+        axes: [
+          { stroke: "currentColor" },
+          { stroke: "currentColor", size: 64, values: (_, ticks) => ticks.map((tick) => `${tick} %`) },
+        ],
       },
       data,
       charts,

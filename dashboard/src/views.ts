@@ -40,9 +40,16 @@ function watch(context: ViewContext, filters: Filters, draw: (state: EntryState)
 export function overview(context: ViewContext): View {
   const filters: Filters = { window: context.window };
   const summary = h("section", { class: "cards", "aria-label": "Fleet summary" });
+  const freshness = h("p", { class: "muted", id: "freshness" });
   const nodes = h("section", { "aria-label": "Nodes" }, h("p", { class: "loading" }, "Loading…"));
-  // Two widgets on one key: one request (the data layer shares the entry).
+  // Three widgets on one key: one request (the data layer shares the entry).
   const stops = [
+    watch(context, filters, (state) => {
+      const part = state.data?.host_overall_metrics;
+      freshness.textContent = part
+        ? `Last ${context.window}, ${part.source === "raw" ? "raw samples" : "hourly buckets"}; last changed at ${time(state.updatedAt ?? Date.now())}.`
+        : "";
+    }),
     watch(context, filters, (state) => {
       const rows = state.data?.host_overall_metrics?.rows ?? [];
       const average = (pick: (row: HostOverallRow) => number) =>
@@ -78,7 +85,7 @@ export function overview(context: ViewContext): View {
     }),
   ];
   return {
-    element: h("div", { class: "view", id: "view-overview" }, summary, nodes),
+    element: h("div", { class: "view", id: "view-overview" }, summary, nodes, freshness),
     stop: () => stops.forEach((stop) => stop()),
   };
 }

@@ -2,7 +2,7 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "0804c4f74e4e34f0ca2491b2da7c9feffa332bbc6819c535912102a13aa06e74";
+pub(crate) const SOURCES_SHA256: &str = "a77e24b2aff4930cb5c3a02e4fd9f91d372b485b1fceef93a05ce7d8ec5dccb6";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
@@ -17,16 +17,6 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-6Z3PPUPP.js",
-        content_type: "text/javascript; charset=utf-8",
-        sha256: "96411efd6182687b7d4200f7f00a338b8145283b67deb4745aa5200e326dedb3",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-6Z3PPUPP.js")),
-        variants: &[
-            Variant { encoding: "gzip", sha256: "b2f5c1b9b22e40418785e1699f898233354a6887f892d9073b66eeef939fa10d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-6Z3PPUPP.js.gz")) },
-            Variant { encoding: "br", sha256: "3316247691504588e1445bb0d675388a92f1ffbbabd2bb612a4ed4f9a1d246bb", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-6Z3PPUPP.js.br")) },
-        ],
-    },
-    Asset {
         path: "/assets/main-DAVWQRLG.css",
         content_type: "text/css; charset=utf-8",
         sha256: "d572bf362c590582934fb1b19ac156b7af3faabcb7e515fc8cc93f80a97af24b",
@@ -37,23 +27,33 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/trends-KVVHADZ4.js",
+        path: "/assets/main-FKT6RFI2.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "47244ccf12a6c788c4d1196c5a61f3524663b672520ed49b6eab5c36edc0684d",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-KVVHADZ4.js")),
+        sha256: "dbe58aa2484b236f294aed88c3e4da5106443b2541a3f7f7df20e16c080c1b46",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-FKT6RFI2.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "0e58fc63dc6875ec6d03edf432a87ed39dd591e6a340c4279ab89c3279bb6071", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-KVVHADZ4.js.gz")) },
-            Variant { encoding: "br", sha256: "d8892a256856e4dd3c720fe8ee26c42ce411dc87d35f67938081716a919af27a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-KVVHADZ4.js.br")) },
+            Variant { encoding: "gzip", sha256: "1d6c2bf96f2db77fe61cfdae2612eb009fca1cf900defa2096011a9f258c6c4a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-FKT6RFI2.js.gz")) },
+            Variant { encoding: "br", sha256: "f827f0a5ad83f7e198366451001a9843bcaf0004d34fec658948ddd222e24c3d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-FKT6RFI2.js.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/trends-VMPFYT4M.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "45bc4c39fec4fd9b98da72b8dcf54df21072859ebf941c1e964cdacb293a8f40",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VMPFYT4M.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "5df5525977f4975bf68331e3858dc1d0d872f67477900c1fcacdc90d5e7f8887", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VMPFYT4M.js.gz")) },
+            Variant { encoding: "br", sha256: "047a4cd5466f999a7c576f938a8c1131c0788ea842da0a5b3d605231eb69d748", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VMPFYT4M.js.br")) },
         ],
     },
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "76eb63d4330f09b22d6dd70e6ac2b17e54c590982bc9efc0b063b8a79375f92b",
+        sha256: "21993a576f9f9b940cd5e725501c17ae7371506d497a3c66c3202555bc2107c1",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "85437ed2af72aaf68fde9bcaf7b0d8bf43e967556e06a2b115a6ee201e473abe", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "a39bee4489732cf0ab8545e150765127ddea1fd8b5debd0806eb84b5de30b7b4", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "5915ac8b6871443c5c6bcaf5dd829d8e55cbdbdef990b56e811429d9ef6ea212", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "fbbc62014c4905a2d46c40bad8ef6ae426c31452a7f1a9af53bd731d20bee9c7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];
