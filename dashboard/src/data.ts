@@ -15,7 +15,9 @@
 // - Nothing is requested while the page is hidden; when it is shown again, every entry on
 //   screen whose refresh is due is refreshed at once.
 // - A failed refresh keeps the last answer, marks it stale, exposes the error, and is
-//   retried with exponential backoff.
+//   retried with exponential backoff. So is an answer that arrives already stale (`Age` at
+//   least `max-age`: the server could not refresh it, its database is likely away): it is
+//   shown, marked `outdated`.
 // - The plan's rollback rule: when the batch route fails (404 or 405: an older query service;
 //   5xx or a network error), the same refresh asks the four single GET endpoints instead.
 //   After a 404 or 405 the batch route is not asked again for `batchProbeMs`.
@@ -130,6 +132,11 @@ export interface EntryState {
   error?: DataError;
   /** `data` is older than the server said it stays fresh (or the last refresh failed). */
   stale: boolean;
+  /**
+   * The server's last answer was already stale when it came (`Age` at least `max-age`): it
+   * could not refresh it. Unlike `stale`, this stays set while the next refresh is in flight.
+   */
+  outdated: boolean;
   /** A request for this entry is in flight. */
   fetching: boolean;
   /** When `data` was last confirmed by the server (clock milliseconds). */
@@ -363,7 +370,7 @@ export class DashboardData {
         key,
         filters: { ...filters },
         listeners: new Set(),
-        state: { stale: true, fetching: false, fallback: false },
+        state: { stale: true, outdated: false, fetching: false, fallback: false },
         partEtags: {},
         dueAt: -Infinity,
         freshUntil: -Infinity,
@@ -467,12 +474,18 @@ export class DashboardData {
   private succeeded(entry: Entry, refreshed: Refreshed): void {
     const now = this.deps.clock.now();
     const freshFor = refreshed.freshForMs ?? this.options.defaultIntervalMs;
-    entry.failures = 0;
+    const outdated = freshFor === 0;
     entry.freshUntil = now + freshFor;
-    entry.dueAt = now + Math.max(freshFor, this.options.minIntervalMs);
+    if (outdated) {
+      entry.dueAt = now + Math.max(this.backoff(entry), this.options.minIntervalMs);
+    } else {
+      entry.failures = 0;
+      entry.dueAt = now + Math.max(freshFor, this.options.minIntervalMs);
+    }
     entry.state = {
       data: refreshed.data,
-      stale: false,
+      stale: outdated,
+      outdated,
       fetching: false,
       updatedAt: now,
       fallback: refreshed.fallback,
@@ -494,12 +507,14 @@ export class DashboardData {
       }
       return;
     }
-    const delay = Math.min(
-      this.options.retryBaseMs * 2 ** entry.failures,
-      this.options.retryMaxMs,
-    );
+    entry.dueAt = this.deps.clock.now() + this.backoff(entry);
+  }
+
+  /** The next retry delay of `entry`, counting one more failure. */
+  private backoff(entry: Entry): number {
+    const delay = Math.min(this.options.retryBaseMs * 2 ** entry.failures, this.options.retryMaxMs);
     entry.failures += 1;
-    entry.dueAt = this.deps.clock.now() + delay;
+    return delay;
   }
 
   private headers(etag: string | undefined): Record<string, string> {

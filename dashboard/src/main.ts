@@ -114,8 +114,8 @@ function showNotice(entry: EntryState): void {
     text = entry.data
       ? `Could not refresh (${entry.error.message}). Showing data from ${entry.updatedAt ? time(entry.updatedAt) : "earlier"}; retrying.`
       : `Could not load the data (${entry.error.message}); retrying.`;
-  } else if (entry.data && entry.stale && !entry.fetching) {
-    text = "The data shown is older than the server keeps it fresh.";
+  } else if (entry.data && entry.outdated) {
+    text = `The query service could not refresh this data (its database may be away); showing what it last had, from ${entry.updatedAt ? time(entry.updatedAt) : "earlier"}.`;
   }
   if (!text && entry.fallback) {
     text = "The batch endpoint is not answering; using the single endpoints.";
@@ -145,7 +145,7 @@ function tokenDialog(): HTMLFormElement {
     h(
       "p",
       { class: "muted" },
-      "Paste a Kubernetes token allowed to get this stack's metricsstacks/data, e.g. from `kubectl create token`. It is kept in this tab's session storage only.",
+      "Paste a Kubernetes token allowed to get this stack's metricsstacks/data, for example from kubectl create token. It is kept in this tab's session storage only.",
     ),
     input,
     h("button", { type: "submit" }, "Sign in"),

@@ -5,6 +5,11 @@
 // dashboard.rs) compares what it prints with the database.
 //
 //   node test/browser.mjs --url URL --screenshots DIR --ttl SECONDS [--chromium PATH]
+//                         [--scenario main|outage]
+//
+// `main` goes through every view, the polling, hiding the page, typing, the lazy chunk, the
+// batch route failing and the token prompt; `outage` (run once the test has cut the service
+// off its database) loads the page and reads the notice.
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -17,6 +22,7 @@ const { values } = parseArgs({
     screenshots: { type: "string" },
     ttl: { type: "string" },
     chromium: { type: "string", default: "/usr/bin/chromium" },
+    scenario: { type: "string", default: "main" },
   },
 });
 const base = values.url;
@@ -66,6 +72,19 @@ try {
         ]),
       ),
     );
+
+  if (values.scenario === "outage") {
+    await page.goto(`${base}/`, { waitUntil: "domcontentloaded" });
+    await page.waitForSelector("#view-overview tbody tr[data-key]", { timeout: 60_000 });
+    await page.waitForSelector("#notice:not([hidden])", { timeout: 60_000 });
+    result.phases.outage = {
+      overview: await overviewCells(),
+      notice: await page.$eval("#notice", (notice) => notice.textContent),
+    };
+    await page.screenshot({ path: join(values.screenshots, "database-away.png"), fullPage: true });
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+    process.exit(0);
+  }
 
   // Load: the overview's three widgets share one key.
   let mark = requests.length;
@@ -155,6 +174,43 @@ try {
     notice: await fallbackPage.$eval("#notice", (notice) => (notice.hidden ? "" : notice.textContent)),
   };
   await fallbackPage.screenshot({ path: join(values.screenshots, "fallback.png"), fullPage: true });
+  await fallbackPage.close();
+
+  // A query service that wants a token: the page asks for one, keeps it in session storage
+  // and sends it. (The service here is open; this page's API answers 401 without the token.)
+  const tokenPage = await browser.newPage();
+  const tokenRequests = [];
+  await tokenPage.setRequestInterception(true);
+  tokenPage.on("request", (request) => {
+    const url = new URL(request.url());
+    const authorization = request.headers()["authorization"] ?? null;
+    if (url.pathname.startsWith("/api/")) {
+      tokenRequests.push({ path: url.pathname, authorization });
+    }
+    if (url.pathname.startsWith("/api/") && authorization !== "Bearer test-token") {
+      void request.respond({
+        status: 401,
+        contentType: "application/json",
+        headers: { "WWW-Authenticate": 'Bearer realm="metricsstack"' },
+        body: '{"code":"unauthenticated","error":"a bearer token is needed"}',
+      });
+    } else {
+      void request.continue();
+    }
+  });
+  await tokenPage.goto(`${base}/`, { waitUntil: "domcontentloaded" });
+  await tokenPage.waitForSelector("#token-form:not([hidden])", { timeout: 60_000 });
+  await tokenPage.screenshot({ path: join(values.screenshots, "token.png"), fullPage: true });
+  const asked = [...tokenRequests];
+  await tokenPage.type("#token", "test-token");
+  await tokenPage.click('#token-form button[type="submit"]');
+  await tokenPage.waitForSelector("#view-overview tbody tr[data-key]", { timeout: 60_000 });
+  result.phases.token = {
+    before: asked,
+    after: tokenRequests.slice(asked.length),
+    stored: await tokenPage.evaluate(() => sessionStorage.getItem("metricsstack.token")),
+    formHidden: await tokenPage.$eval("#token-form", (form) => form.hidden),
+  };
 } finally {
   await browser.close();
 }

@@ -156,23 +156,34 @@ test("refreshes follow the server's freshness: max-age minus Age, with If-None-M
   assert.equal(http.requests.length, 13);
 });
 
-test("an answer already stale is asked again after the minimum interval, none without max-age after the default", async () => {
-  const { clock, http, listen, last } = setup({ minIntervalMs: 1000, defaultIntervalMs: 7000 });
+test("an answer that comes already stale is shown as outdated and asked again with backoff", async () => {
+  const { clock, http, listen, last, states } = setup({ minIntervalMs: 1000, retryBaseMs: 1000, defaultIntervalMs: 7000 });
   let reply: Reply = ok(DASHBOARD, '"e1"', 5, 8);
   server(http, () => reply);
   listen();
   await settle();
   assert.equal(last().stale, true, "Age beyond max-age: stale at once");
+  assert.equal(last().outdated, true);
+  assert.deepEqual(last().data, DASHBOARD, "and shown");
   await clock.advance(999);
   assert.equal(http.requests.length, 1);
+  await clock.advance(1);
+  assert.equal(http.requests.length, 2, "asked again after 1 s");
+  const fetching = states.slice(states.findIndex((state) => state.outdated)).filter((state) => state.fetching);
+  assert.ok(fetching.length > 0 && fetching.every((state) => state.outdated), "outdated while the next refresh runs");
+  await clock.advance(1999);
+  assert.equal(http.requests.length, 2);
+  await clock.advance(1);
+  assert.equal(http.requests.length, 3, "then after 2 s");
   reply = { status: 200, body: DASHBOARD };
-  await clock.advance(1);
-  assert.equal(http.requests.length, 2);
+  await clock.advance(4000);
+  assert.equal(http.requests.length, 4);
+  assert.equal(last().outdated, false, "a fresh answer clears it");
   await clock.advance(6999);
-  assert.equal(http.requests.length, 2);
+  assert.equal(http.requests.length, 4, "without max-age, the default interval");
   await clock.advance(1);
-  assert.equal(http.requests.length, 3);
-  assert.equal(http.requests[2].init.headers["If-None-Match"], undefined, "no ETag was given");
+  assert.equal(http.requests.length, 5);
+  assert.equal(http.requests[4].init.headers["If-None-Match"], undefined, "no ETag was given");
 });
 
 test("nothing is requested while hidden; shown again, what is due is refreshed at once", async () => {

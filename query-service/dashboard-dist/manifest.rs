@@ -2,7 +2,7 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "a77e24b2aff4930cb5c3a02e4fd9f91d372b485b1fceef93a05ce7d8ec5dccb6";
+pub(crate) const SOURCES_SHA256: &str = "5f8d13a8acc363cff0421a561231162c3895f85cc323995053af7f3d4de73aae";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
@@ -27,13 +27,13 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-FKT6RFI2.js",
+        path: "/assets/main-TKMEN3FQ.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "dbe58aa2484b236f294aed88c3e4da5106443b2541a3f7f7df20e16c080c1b46",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-FKT6RFI2.js")),
+        sha256: "8b752a4e95a6d031004b85187bac8d552e4c578a8369c7e3f7d54b1d162b7785",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TKMEN3FQ.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "1d6c2bf96f2db77fe61cfdae2612eb009fca1cf900defa2096011a9f258c6c4a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-FKT6RFI2.js.gz")) },
-            Variant { encoding: "br", sha256: "f827f0a5ad83f7e198366451001a9843bcaf0004d34fec658948ddd222e24c3d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-FKT6RFI2.js.br")) },
+            Variant { encoding: "gzip", sha256: "f606038e4499f66d9a2ef703a564cd31ef4b71948c3640960e35f0eed37394a9", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TKMEN3FQ.js.gz")) },
+            Variant { encoding: "br", sha256: "6670613b73371ad2307b5d20e166f2d9e00a4aa7097cee6f8ec589befa8f0428", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TKMEN3FQ.js.br")) },
         ],
     },
     Asset {
@@ -49,11 +49,11 @@ pub(crate) const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "21993a576f9f9b940cd5e725501c17ae7371506d497a3c66c3202555bc2107c1",
+        sha256: "5be1f7945384e56481dcb265df147ee961d19564d2511f9543d786a0b2ac6cd5",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "5915ac8b6871443c5c6bcaf5dd829d8e55cbdbdef990b56e811429d9ef6ea212", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "fbbc62014c4905a2d46c40bad8ef6ae426c31452a7f1a9af53bd731d20bee9c7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "4e4754e9bb970744861ac8ae7b61665d601936a85962fce4fc889baa2b3c56b6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "e2ce89a1d55cb84816dfba63b2e46d42a4223015eda6cf46d5b9dc2313848e1d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];

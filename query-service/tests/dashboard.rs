@@ -1,6 +1,6 @@
 //! The web dashboard in a real browser: Debian's Chromium, driven headless through
 //! puppeteer-core by `dashboard/test/browser.mjs`, against this service on native PostgreSQL
-//! with seeded metrics. The script reports what the page showed and every request it made
+//! with seeded metrics (through a TCP proxy the test cuts to take the database away). The script reports what the page showed and every request it made
 //! (from the browser's network events); this test compares the numbers with the database
 //! and counts the requests. Screenshots of each view go to
 //! `$CARGO_TARGET_TMPDIR/dashboard-screenshots/`.
@@ -8,7 +8,8 @@
 //! The bounds on requests are upper bounds (a slow machine makes fewer, never more), and
 //! every wait is on something the page does, so no verdict depends on the machine's speed.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use metricsstack_common::access::{AccessPolicy, Authentication};
@@ -18,7 +19,9 @@ use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
 use metricsstack_testkit::TestDatabase;
 use serde_json::Value;
-use tokio::net::TcpListener;
+use sqlx::ConnectOptions as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// How long an answer is fresh: short, so that polling shows within seconds.
 const TTL_SECONDS: u64 = 2;
@@ -71,6 +74,81 @@ fn number(cell: &Value) -> f64 {
     if unit == "GB" { value * 1024.0 } else { value }
 }
 
+/// A TCP proxy to the database that the test can cut: when down, it closes every open
+/// connection and every new one at once (as in `tests/service.rs`).
+struct Proxy {
+    address: SocketAddr,
+    up: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (up, watcher) = watch::channel(true);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut watcher = watcher.clone();
+                if !*watcher.borrow() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watcher.wait_for(|up| !up) => {}
+                    }
+                });
+            }
+        });
+        Self { address, up }
+    }
+}
+
+/// Runs `dashboard/test/browser.mjs` with `scenario` against `base`; what it saw.
+async fn browse(
+    dashboard: &Path,
+    chromium: &str,
+    base: &str,
+    screenshots: &Path,
+    scenario: &str,
+) -> Value {
+    let mut browser = Command::new("node");
+    browser
+        .current_dir(dashboard)
+        .arg("test/browser.mjs")
+        .args(["--url", base, "--ttl", &TTL_SECONDS.to_string()])
+        .arg("--screenshots")
+        .arg(screenshots)
+        .args(["--chromium", chromium, "--scenario", scenario]);
+    let output = tokio::task::spawn_blocking(move || browser.output())
+        .await
+        .expect("the browser script runs")
+        .expect("node starts");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the browser script failed ({scenario}): {stderr}"
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    assert_eq!(
+        seen["console"],
+        serde_json::json!([]),
+        "no console errors or warnings (CSP included) in {scenario}"
+    );
+    seen
+}
+
 fn paths<'a>(requests: &'a Value, path: &str) -> Vec<&'a Value> {
     requests
         .as_array()
@@ -112,43 +190,27 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
         max_entries: 1000,
         max_bytes: 64 * 1024 * 1024,
     };
+    let upstream: SocketAddr = format!("{}:{}", db.options.get_host(), db.options.get_port())
+        .parse()
+        .expect("the test database listens on an IP address");
+    let proxy = Proxy::start(upstream).await;
+    let through_proxy = db
+        .options
+        .clone()
+        .host(&proxy.address.ip().to_string())
+        .port(proxy.address.port())
+        .to_url_lossy()
+        .to_string();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
     let service =
-        QueryService::new(&config, &db.url(), AccessPolicy::Open).expect("the service starts");
+        QueryService::new(&config, &through_proxy, AccessPolicy::Open).expect("the service starts");
     tokio::spawn(service.run(listener, std::future::pending()));
 
     let screenshots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
-    let mut browser = Command::new("node");
-    browser
-        .current_dir(&dashboard)
-        .arg("test/browser.mjs")
-        .args(["--url", &base, "--ttl", &TTL_SECONDS.to_string()])
-        .arg("--screenshots")
-        .arg(&screenshots)
-        .args(["--chromium", &chromium]);
-    let output = tokio::task::spawn_blocking(move || browser.output())
-        .await
-        .expect("the browser script runs")
-        .expect("node starts");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the browser script failed: {stderr}"
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
     eprintln!("screenshots in {}", screenshots.display());
+    let seen = browse(&dashboard, &chromium, &base, &screenshots, "main").await;
     let phases = &seen["phases"];
-    assert_eq!(
-        seen["console"],
-        serde_json::json!([]),
-        "no console errors or warnings (CSP included)"
-    );
 
     // The overview shows what the database holds for the last 15 minutes.
     let nodes: Vec<Node> = sqlx::query_as(
@@ -258,5 +320,39 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
             .as_str()
             .is_some_and(|n| n.contains("single endpoints")),
         "{fallback}"
+    );
+
+    // A service that wants a token: the page asks, keeps it for the tab, and sends it.
+    let token = &phases["token"];
+    let before = token["before"].as_array().expect("requests");
+    assert!(!before.is_empty(), "{token}");
+    assert!(
+        before.iter().all(|r| r["authorization"].is_null()),
+        "{token}"
+    );
+    let after = token["after"].as_array().expect("requests");
+    assert!(!after.is_empty(), "{token}");
+    assert!(
+        after
+            .iter()
+            .all(|r| r["authorization"] == "Bearer test-token"),
+        "{token}"
+    );
+    assert_eq!(token["stored"], "test-token");
+    assert_eq!(token["formHidden"], true);
+
+    // The database away: the page still shows the last numbers, with a notice saying so.
+    proxy.up.send_replace(false);
+    let away = browse(&dashboard, &chromium, &base, &screenshots, "outage").await;
+    let outage = &away["phases"]["outage"];
+    assert_eq!(
+        outage["overview"], phases["load"]["overview"],
+        "the same numbers"
+    );
+    assert!(
+        outage["notice"]
+            .as_str()
+            .is_some_and(|n| n.contains("could not refresh")),
+        "{outage}"
     );
 }
