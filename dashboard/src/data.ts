@@ -82,6 +82,14 @@ export interface HostOverallRow {
   max_memory_mb: number;
   avg_load_1: number;
   samples: number;
+  /** Bytes per second received at the node's latest sample; null without two recent samples. */
+  network_rx_bytes_per_second: number | null;
+  /** Bytes per second sent at the node's latest sample. */
+  network_tx_bytes_per_second: number | null;
+  /** Disk space in use at the node's latest sample. */
+  disk_used_bytes: number | null;
+  /** Disk space at the node's latest sample. */
+  disk_total_bytes: number | null;
 }
 
 /** One process name on one host, over the window. */

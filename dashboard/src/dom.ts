@@ -51,6 +51,22 @@ export function megabytes(value: number): string {
   return value >= 1024 ? `${(value / 1024).toFixed(2)} GB` : `${value.toFixed(1)} MB`;
 }
 
+/** A rate in bytes per second, in B/s, KB/s, MB/s or GB/s (powers of 1024); a dash when unknown. */
+export function rate(bytesPerSecond: number | null): string {
+  return bytesPerSecond === null ? "–" : `${bytes(bytesPerSecond)}/s`;
+}
+
+/** Bytes in B, KB, MB, GB or TB (powers of 1024). */
+export function bytes(value: number): string {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
+}
+
 /** A load average with two decimals. */
 export function load(value: number): string {
   return value.toFixed(2);

@@ -3,7 +3,7 @@
 // changed (a 304 keeps the same object, so nothing is drawn).
 
 import type { DashboardData, EntryState, Filters, HostOverallRow, PodRow, TopProcessRow } from "./data.js";
-import { h, load, megabytes, percent, replace, table, time } from "./dom.js";
+import { bytes, h, load, megabytes, percent, rate, replace, table, time } from "./dom.js";
 
 /** What every view is given: the data layer, the page's filters, and the nodes seen. */
 export interface ViewContext {
@@ -58,8 +58,10 @@ export function overview(context: ViewContext): View {
         summary,
         card("Nodes", String(rows.length), "nodes"),
         card("CPU (average)", percent(average((row) => row.avg_cpu)), "cpu"),
-        card("Memory (total of averages)", megabytes(rows.reduce((sum, row) => sum + row.avg_memory_mb, 0)), "memory"),
+        card("Memory in use", megabytes(rows.reduce((sum, row) => sum + row.avg_memory_mb, 0)), "memory"),
         card("Load 1 min (average)", load(average((row) => row.avg_load_1)), "load"),
+        card("Network in now", rate(rows.reduce((sum, row) => sum + (row.network_rx_bytes_per_second ?? 0), 0)), "network-in"),
+        card("Network out now", rate(rows.reduce((sum, row) => sum + (row.network_tx_bytes_per_second ?? 0), 0)), "network-out"),
       );
     }),
     watch(context, filters, (state) => {
@@ -75,6 +77,17 @@ export function overview(context: ViewContext): View {
             { label: "Memory avg", field: "avg_memory_mb", cell: (row) => megabytes(row.avg_memory_mb), numeric: true },
             { label: "Memory peak", field: "max_memory_mb", cell: (row) => megabytes(row.max_memory_mb), numeric: true },
             { label: "Load 1 min", field: "avg_load_1", cell: (row) => load(row.avg_load_1), numeric: true },
+            { label: "Network in", field: "network_rx_bytes_per_second", cell: (row) => rate(row.network_rx_bytes_per_second), numeric: true },
+            { label: "Network out", field: "network_tx_bytes_per_second", cell: (row) => rate(row.network_tx_bytes_per_second), numeric: true },
+            {
+              label: "Disk used",
+              field: "disk_used_bytes",
+              cell: (row) =>
+                row.disk_used_bytes === null || row.disk_total_bytes === null
+                  ? "–"
+                  : `${bytes(row.disk_used_bytes)} of ${bytes(row.disk_total_bytes)}`,
+              numeric: true,
+            },
             { label: "Samples", field: "samples", cell: (row) => String(row.samples), numeric: true },
             { label: "Last seen", field: "last_seen", cell: (row) => time(row.last_seen) },
           ],

@@ -2,58 +2,58 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "5f8d13a8acc363cff0421a561231162c3895f85cc323995053af7f3d4de73aae";
+pub(crate) const SOURCES_SHA256: &str = "c3149a8b23abc1ddf49e90134f78ae0ec5019026b37ebc183986c64de8c17bc0";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
     Asset {
-        path: "/assets/chunk-JQQF4UH2.js",
+        path: "/assets/chunk-JJSGUHXO.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "8c8ada76217aeb17feb5b7fc32d3fa52463fdc43c1b3c3d102d52a60b80071ec",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JQQF4UH2.js")),
+        sha256: "4b93901e0f4d9eb748be8f0aa7ed7986e96cd2df312c2c72d44d7921f777775c",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JJSGUHXO.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "67faddac0a6b82c5046968354df41d407fbf9326ee59e3b5e856a7b0f4865e39", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JQQF4UH2.js.gz")) },
-            Variant { encoding: "br", sha256: "21e6a0f9b826bc109047ed1ac61a8e513d008130ac850f0a767a08d01e7286b4", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JQQF4UH2.js.br")) },
+            Variant { encoding: "gzip", sha256: "ef7e3a48f2c4ae6deaaa3f02b23734aa10f8dacd5d6e69fb31ee16b30e029594", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JJSGUHXO.js.gz")) },
+            Variant { encoding: "br", sha256: "b81d04fab2dddcf95e9a0551c1924e30e11fbef87c1dc68151f7494df33f5aff", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JJSGUHXO.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/main-DAVWQRLG.css",
+        path: "/assets/main-4JVU3ETE.css",
         content_type: "text/css; charset=utf-8",
-        sha256: "d572bf362c590582934fb1b19ac156b7af3faabcb7e515fc8cc93f80a97af24b",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DAVWQRLG.css")),
+        sha256: "e92222258222f9c4df13a8f0ba5c3aa6e75d47298e9fe7604a15be589f74995c",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-4JVU3ETE.css")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "af10dca786f6d1e418b6605cfa47f86c1203c9763902f510c70600875d8058db", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DAVWQRLG.css.gz")) },
-            Variant { encoding: "br", sha256: "c7b874e8dd7119167afc29dcbe5cffcca723ed94a1d3b9b54268dc97bd4132da", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DAVWQRLG.css.br")) },
+            Variant { encoding: "gzip", sha256: "c742f68564aa401eebaa2bc45c59d8e7b3253328ba022e8804522bda1ad5ede5", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-4JVU3ETE.css.gz")) },
+            Variant { encoding: "br", sha256: "3d315e46ec68b3350d58a3cbca6e508a95b8feced357247b8bfd7001dac615e7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-4JVU3ETE.css.br")) },
         ],
     },
     Asset {
-        path: "/assets/main-TKMEN3FQ.js",
+        path: "/assets/main-6LH5NC7B.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "8b752a4e95a6d031004b85187bac8d552e4c578a8369c7e3f7d54b1d162b7785",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TKMEN3FQ.js")),
+        sha256: "b29053b1a0cfa8802739c58adb99f8b1f5e0efbd55dd2eda0f9333869df07afc",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-6LH5NC7B.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "f606038e4499f66d9a2ef703a564cd31ef4b71948c3640960e35f0eed37394a9", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TKMEN3FQ.js.gz")) },
-            Variant { encoding: "br", sha256: "6670613b73371ad2307b5d20e166f2d9e00a4aa7097cee6f8ec589befa8f0428", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TKMEN3FQ.js.br")) },
+            Variant { encoding: "gzip", sha256: "00c071bbbc8892be0564b69c1257ee8f6748a5af53c07b9c64dc343026295215", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-6LH5NC7B.js.gz")) },
+            Variant { encoding: "br", sha256: "93362b0c1b72894bccd81158f730cadb4102bc8b6650b4c4306c7a0212e1ff86", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-6LH5NC7B.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/trends-VMPFYT4M.js",
+        path: "/assets/trends-YCSOOJTS.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "45bc4c39fec4fd9b98da72b8dcf54df21072859ebf941c1e964cdacb293a8f40",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VMPFYT4M.js")),
+        sha256: "fd0fa72e16217a6562371c2930fa8206616fdf19cf66de4950c5b15b3e8bf5ed",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-YCSOOJTS.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "5df5525977f4975bf68331e3858dc1d0d872f67477900c1fcacdc90d5e7f8887", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VMPFYT4M.js.gz")) },
-            Variant { encoding: "br", sha256: "047a4cd5466f999a7c576f938a8c1131c0788ea842da0a5b3d605231eb69d748", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VMPFYT4M.js.br")) },
+            Variant { encoding: "gzip", sha256: "9946643aec9766e0e0f3b11d9aa6051b4c345f066c2ff6be8fff2cb1405e4212", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-YCSOOJTS.js.gz")) },
+            Variant { encoding: "br", sha256: "ed5b3287e9c6185eff70f718168fc8229caa2e00c5c6290b4f81512eae50369e", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-YCSOOJTS.js.br")) },
         ],
     },
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "5be1f7945384e56481dcb265df147ee961d19564d2511f9543d786a0b2ac6cd5",
+        sha256: "2f078a3852b7e58a3943c2b9e52d99dde98e5dffb90e1b426dfee796ac6736a0",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "4e4754e9bb970744861ac8ae7b61665d601936a85962fce4fc889baa2b3c56b6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "e2ce89a1d55cb84816dfba63b2e46d42a4223015eda6cf46d5b9dc2313848e1d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "f5c3b5dfb0219862edd47e84d8b3e2676338a83fcbace489d4961e997863a637", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "78aba0df3834e24d832918d432dc9eb924bea2d4901a2233ec35925439684da5", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];

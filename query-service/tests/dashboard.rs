@@ -27,7 +27,8 @@ use tokio::sync::watch;
 const TTL_SECONDS: u64 = 2;
 
 /// Three nodes sampled every minute for the last 10 minutes and once 30 minutes ago (outside
-/// the page's default 15-minute window); processes on each; pods in two namespaces.
+/// the page's default 15-minute window), receiving and sending some tens of KB a minute;
+/// processes on each; pods in two namespaces.
 const SEED: &str = r#"
 INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent, cpu_per_core_percent,
     load_1, load_5, load_15, memory_total_bytes, memory_used_bytes, memory_usage_mb,
@@ -35,7 +36,9 @@ INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent, cpu_per_
     disk_write_bytes, network_rx_bytes, network_tx_bytes, uptime_seconds, process_count)
 SELECT now() - make_interval(mins => m), 'node-' || h, ((h * 13 + m * 7) % 100)::real + 0.3,
        ARRAY[1.5, 2.5]::real[], (h + m % 5)::float8 / 3, 1, 1, 16000000000, 8000000000,
-       (h * 1000 + m * 37)::float8 + 0.5, 0, 0, 0, 0, 0, 0, 0, 0, 1000, 200 + m
+       (h * 1000 + m * 37)::float8 + 0.5, 0, 0, 500000000000,
+       100000000000 + h * 1000000000::int8, 0, 0, 60000 * h + m * 100, 30000 * h + m * 10, 1000,
+       200 + m
 FROM generate_series(1, 3) AS h, unnest(ARRAY[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 30]) AS m;
 
 INSERT INTO host_process_metrics ("timestamp", host, pid, start_time, parent_pid, process_name,
@@ -149,6 +152,22 @@ async fn browse(
     seen
 }
 
+/// The bytes per second in a cell such as `58.6 KB/s` (powers of 1024).
+fn bytes_per_second(cell: &Value) -> f64 {
+    let text = cell
+        .as_str()
+        .unwrap_or_else(|| panic!("a text cell: {cell}"));
+    let (value, unit) = text
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("a rate: {text:?}"));
+    let value: f64 = value.parse().unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    let power = ["B/s", "KB/s", "MB/s", "GB/s"]
+        .iter()
+        .position(|u| *u == unit)
+        .unwrap_or_else(|| panic!("a unit of rate: {text:?}"));
+    value * 1024f64.powi(power as i32)
+}
+
 fn paths<'a>(requests: &'a Value, path: &str) -> Vec<&'a Value> {
     requests
         .as_array()
@@ -248,6 +267,40 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
         }
     }
     assert_eq!(phases["load"]["cards"]["nodes"], "3");
+    // Network now: each node's latest sample's bytes over the time since the one before.
+    let rates: Vec<(String, f64, f64)> = sqlx::query_as(
+        r#"SELECT DISTINCT ON (host) host,
+                  network_rx_bytes / extract(epoch FROM "timestamp" - previous)::float8,
+                  network_tx_bytes / extract(epoch FROM "timestamp" - previous)::float8
+           FROM (SELECT *, lag("timestamp") OVER (PARTITION BY host ORDER BY "timestamp")
+                           AS previous
+                 FROM host_overall_metrics) AS samples
+           ORDER BY host, "timestamp" DESC"#,
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("the network rates");
+    for (host, rx, tx) in rates {
+        let row = &shown[&host];
+        for (field, expected) in [
+            ("network_rx_bytes_per_second", rx),
+            ("network_tx_bytes_per_second", tx),
+        ] {
+            let on_screen = bytes_per_second(&row[field]);
+            // One decimal of KB/s.
+            assert!(
+                (on_screen - expected).abs() <= 0.05 * 1024.0 + 1e-9,
+                "{host} {field}: {on_screen} on screen, {expected} in the database"
+            );
+        }
+        assert_eq!(
+            row["disk_used_bytes"]
+                .as_str()
+                .map(|d| d.ends_with("of 465.7 GB")),
+            Some(true),
+            "{row}"
+        );
+    }
 
     // Loading: one batch request for the three widgets on one key, no single routes.
     let load = &phases["load"]["requests"];
