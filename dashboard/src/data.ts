@@ -16,8 +16,9 @@
 //   screen whose refresh is due is refreshed at once.
 // - A failed refresh keeps the last answer, marks it stale, exposes the error, and is
 //   retried with exponential backoff. So is an answer that arrives already stale (`Age` at
-//   least `max-age`: the server could not refresh it, its database is likely away): it is
-//   shown, marked `outdated`.
+//   least `max-age`: the server did not refresh it in time); it is shown, and from the
+//   second in a row marked `outdated` (the server cannot refresh it; its database is likely
+//   away). One alone is no news: a slow refresh on the server gives one.
 // - The plan's rollback rule: when the batch route fails (404 or 405: an older query service;
 //   5xx or a network error), the same refresh asks the four single GET endpoints instead.
 //   After a 404 or 405 the batch route is not asked again for `batchProbeMs`.
@@ -141,8 +142,9 @@ export interface EntryState {
   /** `data` is older than the server said it stays fresh (or the last refresh failed). */
   stale: boolean;
   /**
-   * The server's last answer was already stale when it came (`Age` at least `max-age`): it
-   * could not refresh it. Unlike `stale`, this stays set while the next refresh is in flight.
+   * The server's last answers (two or more in a row, or one after a failed refresh) were
+   * already stale when they came (`Age` at least `max-age`): it cannot refresh them. Unlike
+   * `stale`, this stays set while the next refresh is in flight.
    */
   outdated: boolean;
   /** A request for this entry is in flight. */
@@ -482,9 +484,9 @@ export class DashboardData {
   private succeeded(entry: Entry, refreshed: Refreshed): void {
     const now = this.deps.clock.now();
     const freshFor = refreshed.freshForMs ?? this.options.defaultIntervalMs;
-    const outdated = freshFor === 0;
+    const arrivedStale = freshFor === 0;
     entry.freshUntil = now + freshFor;
-    if (outdated) {
+    if (arrivedStale) {
       entry.dueAt = now + Math.max(this.backoff(entry), this.options.minIntervalMs);
     } else {
       entry.failures = 0;
@@ -492,8 +494,8 @@ export class DashboardData {
     }
     entry.state = {
       data: refreshed.data,
-      stale: outdated,
-      outdated,
+      stale: arrivedStale,
+      outdated: arrivedStale && entry.failures >= 2,
       fetching: false,
       updatedAt: now,
       fallback: refreshed.fallback,

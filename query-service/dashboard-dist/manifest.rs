@@ -2,7 +2,7 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "c3149a8b23abc1ddf49e90134f78ae0ec5019026b37ebc183986c64de8c17bc0";
+pub(crate) const SOURCES_SHA256: &str = "e1b06dabef4ce67cc731f4c5cf26de41df76cdb54a013d407803bdc50f242dca";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
@@ -27,13 +27,13 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-6LH5NC7B.js",
+        path: "/assets/main-RUDH3WOU.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "b29053b1a0cfa8802739c58adb99f8b1f5e0efbd55dd2eda0f9333869df07afc",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-6LH5NC7B.js")),
+        sha256: "d7b4900199a51f8496cf3ef837648e12e40e6feec4f3db716032e3c59e616428",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-RUDH3WOU.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "00c071bbbc8892be0564b69c1257ee8f6748a5af53c07b9c64dc343026295215", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-6LH5NC7B.js.gz")) },
-            Variant { encoding: "br", sha256: "93362b0c1b72894bccd81158f730cadb4102bc8b6650b4c4306c7a0212e1ff86", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-6LH5NC7B.js.br")) },
+            Variant { encoding: "gzip", sha256: "81d5e9c9f336b3954a8acb026154d44c6e474eb2954d4165023d1ab3d8463445", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-RUDH3WOU.js.gz")) },
+            Variant { encoding: "br", sha256: "3ae98d03d48219fa34142379a0780e66c627a68d302b00f9d263e840a6a0bd77", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-RUDH3WOU.js.br")) },
         ],
     },
     Asset {
@@ -49,11 +49,11 @@ pub(crate) const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "2f078a3852b7e58a3943c2b9e52d99dde98e5dffb90e1b426dfee796ac6736a0",
+        sha256: "e3ac7459d4fd02aa29007453a880c1885fecafee91bfbbb163a5e0d105505623",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "f5c3b5dfb0219862edd47e84d8b3e2676338a83fcbace489d4961e997863a637", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "78aba0df3834e24d832918d432dc9eb924bea2d4901a2233ec35925439684da5", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "bb5e4d58e32d226a30e009cb6a6ea2573a4693428f6d7cbe7cdd5e2043646616", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "6af6c8db0913d95e8ab0084ff73f11f7fc955abe4a6c57cf52e60e1c6f4965f8", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];
