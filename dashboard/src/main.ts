@@ -4,7 +4,8 @@
 import "./style.css";
 import { DashboardData, type DataError, type EntryState } from "./data.js";
 import { h, replace, time } from "./dom.js";
-import { type View, type ViewContext, overview, pods, processes } from "./views.js";
+import { overview } from "./overview.js";
+import type { View, ViewContext } from "./views.js";
 
 const TOKEN_KEY = "metricsstack.token";
 const THEME_KEY = "metricsstack.theme";
@@ -42,6 +43,8 @@ const state = {
 const context: ViewContext = { data, window: state.window, nodes: new Set(), report: (entry) => showNotice(entry) };
 let current: View | undefined;
 let opening = 0;
+/** The lazily loaded views already fetched. */
+const loaded = new Set<ViewName>();
 
 const main = h("main", { id: "content" });
 const notice = h("div", { id: "notice", role: "status", hidden: true });
@@ -80,25 +83,39 @@ async function show(): Promise<void> {
   for (const tab of document.querySelectorAll<HTMLElement>("[data-view]")) {
     tab.setAttribute("aria-current", String(tab.dataset.view === state.view));
   }
+  // Every view but the overview is a chunk of its own, fetched when first opened.
+  const lazy = async <Module>(load: () => Promise<Module>): Promise<Module | undefined> => {
+    if (!loaded.has(state.view)) {
+      replace(main, h("p", { class: "loading" }, "Loading…"));
+    }
+    const module = await load();
+    loaded.add(state.view);
+    return ticket === opening ? module : undefined;
+  };
   let view: View;
   switch (state.view) {
-    case "processes":
-      view = processes(context, state.metric, state.host, (metric, host) => {
+    case "processes": {
+      const module = await lazy(() => import("./processes.js"));
+      if (!module) return;
+      view = module.processes(context, state.metric, state.host, (metric, host) => {
         Object.assign(state, { metric, host });
         void show();
       });
       break;
-    case "pods":
-      view = pods(context, state.namespace, (namespace) => {
+    }
+    case "pods": {
+      const module = await lazy(() => import("./pods.js"));
+      if (!module) return;
+      view = module.pods(context, state.namespace, (namespace) => {
         state.namespace = namespace;
-        void show();
+        writeHash();
       });
       break;
+    }
     case "trends": {
-      replace(main, h("p", { class: "loading" }, "Loading the charts…"));
-      const { trends } = await import("./trends.js");
-      if (ticket !== opening) return;
-      view = trends(context);
+      const module = await lazy(() => import("./trends.js"));
+      if (!module) return;
+      view = module.trends(context);
       break;
     }
     default:

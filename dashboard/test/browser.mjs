@@ -136,7 +136,10 @@ try {
   await page.type("#namespace-filter", "web", { delay: 50 });
   await page.waitForSelector('#view-pods [data-namespace="web"]');
   await page.waitForFunction(() => !document.querySelector('#view-pods [data-namespace="db"]'));
-  result.phases.typing = { requests: since(mark) };
+  result.phases.typing = {
+    requests: since(mark),
+    focused: await page.evaluate(() => document.activeElement?.id ?? null),
+  };
 
   // The trends chunk is fetched only when the view is opened.
   const trendsBefore = requests.filter((request) => /\/assets\/trends-/.test(request.path)).length;

@@ -2,10 +2,20 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "e1b06dabef4ce67cc731f4c5cf26de41df76cdb54a013d407803bdc50f242dca";
+pub(crate) const SOURCES_SHA256: &str = "40328b5149648a4adc24425a1a9aad5377e6eade7c5cfd66d4d78433aa1949a3";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
+    Asset {
+        path: "/assets/chunk-52OPD3JK.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "7bdef7f2b74a5e9c6cdc91a8d07f1c6e68adfebcc12b1d7a2f2481c8252c29d7",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-52OPD3JK.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "5a727b8a9cb8de589d304636e28caea7e1bed6bf42d41893476011806f4a73af", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-52OPD3JK.js.gz")) },
+            Variant { encoding: "br", sha256: "d8bd4ba9249ee7e3baf67f0b0fedbbd23eebb938c3d60b41fc4ab3cba9275da6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-52OPD3JK.js.br")) },
+        ],
+    },
     Asset {
         path: "/assets/chunk-JJSGUHXO.js",
         content_type: "text/javascript; charset=utf-8",
@@ -27,13 +37,33 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-RUDH3WOU.js",
+        path: "/assets/main-D6PXIFUN.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "d7b4900199a51f8496cf3ef837648e12e40e6feec4f3db716032e3c59e616428",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-RUDH3WOU.js")),
+        sha256: "689d3b3a7c42d735a2335ba446db85e240a4ecb96ed5184e2f89a532df9a91ee",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-D6PXIFUN.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "81d5e9c9f336b3954a8acb026154d44c6e474eb2954d4165023d1ab3d8463445", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-RUDH3WOU.js.gz")) },
-            Variant { encoding: "br", sha256: "3ae98d03d48219fa34142379a0780e66c627a68d302b00f9d263e840a6a0bd77", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-RUDH3WOU.js.br")) },
+            Variant { encoding: "gzip", sha256: "b9a06dbe64f76e2c34a405f3fc6fe529120033d1209cfc1c9cf7a92857477a99", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-D6PXIFUN.js.gz")) },
+            Variant { encoding: "br", sha256: "d63fda4693dc5dbb20c696d7fa1ca85b752c01e0b2973b4568ea2a01628d51f6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-D6PXIFUN.js.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/pods-JLAXK377.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "e6ab647bcb0947a31980c622b1d99139b569035f695590514820219920ab2c98",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-JLAXK377.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "fc56ae3dc4169b0b1ec63e5b1b38e1f26cbbca19c838462b1ae5696f86183868", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-JLAXK377.js.gz")) },
+            Variant { encoding: "br", sha256: "d19aa4aa4921d8b0604c1c909091e840aa3f98ef7084844290b6cc82e534587d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-JLAXK377.js.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/processes-QXZ53XF2.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "cdb4b01466c7b7691cc039c525a74f848abb0602dfd0498e9fcbfa8145fc6626",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-QXZ53XF2.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "c12a68252d87dde4c59fc4baec7e0c315416615201f85ee60fd073ac73dd6c26", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-QXZ53XF2.js.gz")) },
+            Variant { encoding: "br", sha256: "5001ef9a4e203b7f6390e9ac1da336931c92e0171e8afbdb455010dc06b5a755", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-QXZ53XF2.js.br")) },
         ],
     },
     Asset {
@@ -49,11 +79,11 @@ pub(crate) const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "e3ac7459d4fd02aa29007453a880c1885fecafee91bfbbb163a5e0d105505623",
+        sha256: "bc7d61207537e0bbf1026504a61dafe51e4768aba933157da4f8a9908feae959",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "bb5e4d58e32d226a30e009cb6a6ea2573a4693428f6d7cbe7cdd5e2043646616", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "6af6c8db0913d95e8ab0084ff73f11f7fc955abe4a6c57cf52e60e1c6f4965f8", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "22ee754d8a19585cb5b2a63131c40d076030e59c07cbdb74229d6bbcedab6a44", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "8b7f7f268ece54f946d58a49b2b1f180beb89637bf37aa27910363c230ef6652", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];

@@ -230,6 +230,12 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
     eprintln!("screenshots in {}", screenshots.display());
     let seen = browse(&dashboard, &chromium, &base, &screenshots, "main").await;
     let phases = &seen["phases"];
+    eprintln!(
+        "first numbers {} ms after navigation; {} batch requests in {} ms of polling",
+        phases["load"]["msToNumbers"],
+        paths(&phases["polling"]["requests"], "/api/dashboard/batch").len(),
+        phases["polling"]["ms"]
+    );
 
     // The overview shows what the database holds for the last 15 minutes.
     let nodes: Vec<Node> = sqlx::query_as(
@@ -309,6 +315,19 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
         paths(load, "/api/host-overall-metrics").is_empty(),
         "{load}"
     );
+    // The other views' chunks wait until they are opened.
+    let chunks: Vec<&str> = load
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter_map(|request| request["path"].as_str())
+        .filter(|path| {
+            ["processes-", "pods-", "trends-"]
+                .iter()
+                .any(|view| path.contains(view))
+        })
+        .collect();
+    assert_eq!(chunks, Vec::<&str>::new());
     // Polling: at most one request per TTL, and the page does refresh.
     let polling = &phases["polling"];
     let polled = paths(&polling["requests"], "/api/dashboard/batch").len() as u64;
@@ -331,6 +350,10 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
     // Typing a namespace at 50 ms a key: at most two requests.
     let typed = paths(&phases["typing"]["requests"], "/api/dashboard/batch");
     assert!((1..=2).contains(&typed.len()), "{typed:?}");
+    assert_eq!(
+        phases["typing"]["focused"], "namespace-filter",
+        "typing keeps the focus"
+    );
     assert!(typed.iter().any(|request| {
         request["body"]
             .as_str()
