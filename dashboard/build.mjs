@@ -56,6 +56,9 @@ const result = await build({
   chunkNames: "[name]-[hash]",
   assetNames: "[name]-[hash]",
   legalComments: "eof",
+  // node_modules may be a link into the npm cache (scripts/build-dashboard): resolving it
+  // would put the cache's path into the hashes of the file names.
+  preserveSymlinks: true,
   logLevel: "warning",
 });
 
