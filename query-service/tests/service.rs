@@ -1110,10 +1110,13 @@ async fn health_readiness_metrics_and_the_openapi_document_are_served() {
     );
 }
 
+/// A node now: host, bytes per second received and sent, disk used and total.
+type NodeNow = (String, Option<f64>, Option<f64>, i64, i64);
+
 /// Each node's network and disk now, by an independent query: its latest sample of the last
 /// `seconds`, with the bytes over the time since its sample before (correlated subquery).
 async fn expected_now(pool: &PgPool, seconds: f64) -> BTreeMap<String, Value> {
-    let rows: Vec<(String, Option<f64>, Option<f64>, i64, i64)> = sqlx::query_as(
+    let rows: Vec<NodeNow> = sqlx::query_as(
         r#"WITH l AS (
                SELECT DISTINCT ON (host) host, "timestamp", network_rx_bytes, network_tx_bytes,
                       disk_used_bytes, disk_total_bytes
