@@ -595,19 +595,22 @@ export class DashboardData {
           response.headers.get("age"),
         );
         if (response.status === 304 && previous[part]) {
-          return { part, body: previous[part], freshFor };
+          return { part, body: previous[part], etag, freshFor };
         }
         if (response.status !== 200) {
           throw await failure(response);
         }
-        entry.partEtags[part] = response.headers.get("etag") ?? undefined;
-        return { part, body: (await response.json()) as Dashboard[PartName], freshFor };
+        const body = (await response.json()) as Dashboard[PartName];
+        return { part, body, etag: response.headers.get("etag") ?? undefined, freshFor };
       }),
     );
+    // Only now, all parts answered: an ETag kept for a body that is not would get a 304 for
+    // the body the page does not have.
     const data: Partial<Dashboard> = {};
     let freshFor: number | undefined;
     for (const answer of answers) {
       (data as Record<PartName, unknown>)[answer.part] = answer.body;
+      entry.partEtags[answer.part] = answer.etag;
       if (answer.freshFor !== undefined) {
         freshFor = Math.min(freshFor ?? Infinity, answer.freshFor);
       }

@@ -470,3 +470,33 @@ test("a 304 without cached data is an error, not an empty dashboard", async () =
   assert.equal(last().error?.status, 304);
   assert.equal(last().data, undefined);
 });
+
+test("an ETag is kept only with its body: a part answered in a refresh that failed is asked again in full", async () => {
+  const { clock, http, listen, last } = setup();
+  let round = 1;
+  http.handler = (request) => {
+    const path = request.url.split("?")[0];
+    if (path === "/api/dashboard/batch") {
+      return { status: 404 };
+    }
+    if (path === "/api/vm-metrics" && round === 2) {
+      return { status: 500 };
+    }
+    const inm = request.init.headers["If-None-Match"];
+    const etag = `"${path}-${round}"`;
+    return inm === etag ? notModified(etag) : ok({ ...DASHBOARD.vm_metrics, round }, etag);
+  };
+  listen();
+  await settle();
+  assert.equal(last().error, undefined);
+  round = 2;
+  await clock.advance(5000);
+  assert.equal(last().error?.status, 500);
+  const overallRequests = () => http.to("/api/host-overall-metrics");
+  round = 3;
+  await clock.advance(1000);
+  const third = overallRequests()[2];
+  assert.equal(third.init.headers["If-None-Match"], '"/api/host-overall-metrics-1"', "the ETag of the body kept");
+  assert.equal(last().error, undefined);
+  assert.equal((last().data?.host_overall_metrics as unknown as { round: number }).round, 3);
+});

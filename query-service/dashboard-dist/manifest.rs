@@ -2,7 +2,7 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "38d7f4bafe1cbb68dc1812c59dff85c2d1edb636f0e5e9f08d82928934c393aa";
+pub(crate) const SOURCES_SHA256: &str = "c7547952fbf4475d1e8171c2346a4a63f9245989f827254f8bff728ed104545b";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
@@ -37,13 +37,13 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-D6PXIFUN.js",
+        path: "/assets/main-AATZJAHO.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "689d3b3a7c42d735a2335ba446db85e240a4ecb96ed5184e2f89a532df9a91ee",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-D6PXIFUN.js")),
+        sha256: "755bbdc072c7f1ede449b04eb4b216d00a81fd95221cc14c77b11a09be1c262d",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-AATZJAHO.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "b9a06dbe64f76e2c34a405f3fc6fe529120033d1209cfc1c9cf7a92857477a99", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-D6PXIFUN.js.gz")) },
-            Variant { encoding: "br", sha256: "d63fda4693dc5dbb20c696d7fa1ca85b752c01e0b2973b4568ea2a01628d51f6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-D6PXIFUN.js.br")) },
+            Variant { encoding: "gzip", sha256: "35cdede4d02b9793fce4d195f04a87ac0a158cef2d089462aa5b687da8c13a86", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-AATZJAHO.js.gz")) },
+            Variant { encoding: "br", sha256: "6463c94682567ba18d58ace4032f4f82e834e67ed04a2eddde4a0f2f02bea314", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-AATZJAHO.js.br")) },
         ],
     },
     Asset {
@@ -79,11 +79,11 @@ pub(crate) const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "bc7d61207537e0bbf1026504a61dafe51e4768aba933157da4f8a9908feae959",
+        sha256: "8e3dff1b92ad4fdc74848f4ae5fb228a10653db24ee8257fac16ffdb0617d9d5",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "22ee754d8a19585cb5b2a63131c40d076030e59c07cbdb74229d6bbcedab6a44", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "8b7f7f268ece54f946d58a49b2b1f180beb89637bf37aa27910363c230ef6652", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "e3522f563434e0bf04cb703f90a5ed33344c8064671e90a2669b578661750ebb", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "f574762f103d01f728d251c656a162640120af0410aef8d4fa6aeb3ee852b249", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];
