@@ -8,6 +8,10 @@
 //! `dashboard-dist/manifest.rs`, generated with them, lists them and is included here. This
 //! module does not build or compress anything, and holds no data: the page asks the API
 //! for it, with the caller's token.
+//!
+//! These routes are open whatever `authentication` says: the files are the same for
+//! everyone and hold nothing of the stack's data, and the page must load before it can ask
+//! a person for the token the API wants (when the API answers 401 or 403).
 
 use bytes::Bytes;
 use warp::http::{HeaderValue, Response, StatusCode, header};
