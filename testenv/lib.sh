@@ -31,6 +31,16 @@ ensure_postgres() {
   [ -x "$(postgres_bin_dir)/postgres" ] || die "postgresql-$POSTGRES_MAJOR did not install $(postgres_bin_dir)/postgres"
 }
 
+# Debian's Chromium, which the dashboard's browser test drives headless
+# (query-service/tests/dashboard.rs), installed from the package repository when missing.
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then return; fi
+  log "installing Debian's chromium (for the dashboard's browser test)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+  [ -x /usr/bin/chromium ] || die "chromium did not install /usr/bin/chromium"
+}
+
 # Short hash of files, so that a cache entry changes when its pinned inputs change.
 files_hash() { cat "$@" | sha256sum | cut -c1-12; }
 

@@ -125,7 +125,21 @@ pub struct HostOverallRow {
     pub avg_load_1: f64,
     /// Samples summarised.
     pub samples: i64,
+    /// Bytes per second received by the node at its latest sample (of the last
+    /// [`NOW_LOOKBACK`]): the bytes since the sample before, over the time between them.
+    /// None without two such samples.
+    pub network_rx_bytes_per_second: Option<f64>,
+    /// Bytes per second sent by the node at its latest sample, as `network_rx_...`.
+    pub network_tx_bytes_per_second: Option<f64>,
+    /// Disk space in use at the node's latest sample (of the last [`NOW_LOOKBACK`]).
+    pub disk_used_bytes: Option<i64>,
+    /// Disk space at the node's latest sample (of the last [`NOW_LOOKBACK`]).
+    pub disk_total_bytes: Option<i64>,
 }
+
+/// How far back host overall metrics look for a node's latest sample (its network and disk
+/// now), whatever the window: a node silent for longer has no such values.
+pub const NOW_LOOKBACK: Duration = Duration::from_secs(600);
 
 /// One process name on one host, ranked over the window.
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
@@ -204,17 +218,53 @@ JOIN host_process_metrics AS m USING (host, pid, start_time, "timestamp")
 ORDER BY m.cpu_usage_percent DESC, m.host, m.pid, m.start_time
 LIMIT $3"#;
 
-const HOST_OVERALL_RAW: &str = r#"
+/// A host overall statement (`summary`, one row per host, parameters `$1` the window in
+/// seconds and `$2` the host) with each node's network and disk now: its latest sample of
+/// the last `$3` seconds ([`NOW_LOOKBACK`], or the window if shorter), whatever the source.
+macro_rules! host_overall_with_now {
+    ($summary:literal) => {
+        concat!(
+            "WITH summary AS (",
+            $summary,
+            r#"
+), recent AS (
+    SELECT host, "timestamp", network_rx_bytes, network_tx_bytes, disk_used_bytes,
+           disk_total_bytes,
+           lag("timestamp") OVER (PARTITION BY host ORDER BY "timestamp") AS previous
+    FROM host_overall_metrics
+    WHERE "timestamp" >= now() - make_interval(secs => least($1::float8, $3::float8))
+      AND ($2::text IS NULL OR host = $2)
+), latest AS (
+    SELECT DISTINCT ON (host) host, disk_used_bytes, disk_total_bytes,
+           (network_rx_bytes / NULLIF(extract(epoch FROM "timestamp" - previous), 0))::float8
+               AS network_rx_bytes_per_second,
+           (network_tx_bytes / NULLIF(extract(epoch FROM "timestamp" - previous), 0))::float8
+               AS network_tx_bytes_per_second
+    FROM recent
+    ORDER BY host, "timestamp" DESC
+)
+SELECT s.*, l.network_rx_bytes_per_second, l.network_tx_bytes_per_second, l.disk_used_bytes,
+       l.disk_total_bytes
+FROM summary AS s
+LEFT JOIN latest AS l USING (host)
+ORDER BY host"#
+        )
+    };
+}
+
+const HOST_OVERALL_RAW: &str = host_overall_with_now!(
+    r#"
 SELECT host, max("timestamp") AS last_seen, avg(cpu_usage_percent)::float8 AS avg_cpu,
        max(cpu_usage_percent)::float8 AS max_cpu, avg(memory_usage_mb) AS avg_memory_mb,
        max(memory_usage_mb) AS max_memory_mb, avg(load_1) AS avg_load_1, count(*) AS samples
 FROM host_overall_metrics
 WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
   AND ($2::text IS NULL OR host = $2)
-GROUP BY host
-ORDER BY host"#;
+GROUP BY host"#
+);
 
-const HOST_OVERALL_HOURLY_FROM_RAW: &str = r#"
+const HOST_OVERALL_HOURLY_FROM_RAW: &str = host_overall_with_now!(
+    r#"
 SELECT host, max(date_bin('1 hour', "timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00'))
            AS last_seen,
        avg(cpu_usage_percent)::float8 AS avg_cpu, max(cpu_usage_percent)::float8 AS max_cpu,
@@ -224,10 +274,11 @@ FROM host_overall_metrics
 WHERE "timestamp" >= date_bin('1 hour', now() - make_interval(secs => $1::float8),
                               TIMESTAMPTZ '2000-01-01 00:00:00+00')
   AND ($2::text IS NULL OR host = $2)
-GROUP BY host
-ORDER BY host"#;
+GROUP BY host"#
+);
 
-const HOST_OVERALL_FROM_AGGREGATE: &str = r#"
+const HOST_OVERALL_FROM_AGGREGATE: &str = host_overall_with_now!(
+    r#"
 SELECT host, max(bucket) AS last_seen,
        (sum(avg_cpu * samples) / sum(samples))::float8 AS avg_cpu,
        max(max_cpu)::float8 AS max_cpu,
@@ -239,8 +290,8 @@ FROM host_overall_metrics_hourly
 WHERE bucket >= date_bin('1 hour', now() - make_interval(secs => $1::float8),
                          TIMESTAMPTZ '2000-01-01 00:00:00+00')
   AND ($2::text IS NULL OR host = $2)
-GROUP BY host
-ORDER BY host"#;
+GROUP BY host"#
+);
 
 const TOP_PROCESSES_RAW: &str = r#"
 SELECT host, process_name, avg(cpu_usage_percent)::float8 AS avg_cpu,
@@ -378,6 +429,7 @@ pub async fn run(
             })
             .bind(window)
             .bind(host)
+            .bind(NOW_LOOKBACK.as_secs_f64())
             .fetch_all(pool)
             .await?,
         ),

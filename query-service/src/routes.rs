@@ -1,8 +1,8 @@
 //! The service's routes and their handlers: the batch and the four single parts answered
-//! from the cache, the OpenAPI document, the common admin endpoints (`/healthz`, `/readyz`,
-//! `/metrics`) mounted beside them, and the answer to a request no route takes. Every
-//! request has a span of its own, and its answer is counted in the request metrics by
-//! endpoint and status.
+//! from the cache, the OpenAPI document, the dashboard's page and assets, the common admin
+//! endpoints (`/healthz`, `/readyz`, `/metrics`) mounted beside them, and the answer to a
+//! request no route takes. Every request has a span of its own, and its answer is counted
+//! in the request metrics by endpoint and status.
 
 use std::convert::Infallible;
 
@@ -14,6 +14,7 @@ use warp::path::FullPath;
 use warp::{Filter, Reply};
 
 use crate::cache::{CacheError, Lookup};
+use crate::dashboard;
 use crate::filters::{Part, PartKey, RawFilters};
 use crate::http::{Answer, Freshness, bad_request, cached, error_json, read_body, unavailable};
 use crate::service::{QueryError, QueryService};
@@ -99,6 +100,26 @@ impl QueryService {
                     service.record("openapi", response)
                 },
             );
+        // The dashboard's page and assets need no token: they hold no data (the page asks
+        // the API for it, with the token the person gives), and the page must load to ask
+        // for that token when the API answers 401.
+        let shown = self.clone();
+        let dashboard = warp::path::end()
+            .map(|| "/".to_owned())
+            .or(warp::path("assets")
+                .and(warp::path::tail())
+                .map(|tail: warp::path::Tail| format!("/assets/{}", tail.as_str())))
+            .unify()
+            .and(warp::get())
+            .and(warp::header::optional::<String>("accept-encoding"))
+            .and(if_none_match)
+            .map(
+                move |path: String, accept_encoding: Option<String>, inm: Option<String>| {
+                    let response =
+                        dashboard::respond(&path, accept_encoding.as_deref(), inm.as_deref());
+                    shown.record("dashboard", response)
+                },
+            );
         let counted = self.clone();
         let admin = warp::path::full().and(self.admin_routes()).map(
             move |path: FullPath, response: Response<Bytes>| {
@@ -117,6 +138,8 @@ impl QueryService {
             .or(part("vm-metrics", Part::VmMetrics))
             .unify()
             .or(openapi)
+            .unify()
+            .or(dashboard)
             .unify()
             .or(admin)
             .unify()
@@ -367,6 +390,57 @@ mod tests {
             r#"endpoint="metrics",status="200"} 1"#,
             r#"endpoint="other",status="405"} 1"#,
             r#"endpoint="other",status="404"} 1"#,
+        ] {
+            assert!(text.contains(counted), "{counted} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_is_served_compressed_beside_the_api_and_counted() {
+        let (service, base) = without_a_database(StackIdentity::default()).await;
+        let http = reqwest::Client::new();
+        let page = http
+            .get(format!("{base}/"))
+            .header(header::ACCEPT_ENCODING, "gzip")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(page.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(page.headers()[header::CACHE_CONTROL], "no-cache");
+        assert_eq!(
+            page.headers()[header::CONTENT_SECURITY_POLICY],
+            dashboard::CONTENT_SECURITY_POLICY
+        );
+        let etag = page.headers()[header::ETAG].clone();
+        let again = http
+            .get(format!("{base}/"))
+            .header(header::ACCEPT_ENCODING, "gzip")
+            .header(header::IF_NONE_MATCH, etag)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        let missing = http
+            .get(format!("{base}/assets/main-NOTBUILT.js"))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(missing.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let posted = http
+            .post(format!("{base}/"))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(posted.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+        let text = service.metrics().render();
+        for counted in [
+            r#"endpoint="dashboard",status="200"} 1"#,
+            r#"endpoint="dashboard",status="304"} 1"#,
+            r#"endpoint="dashboard",status="404"} 1"#,
+            r#"endpoint="other",status="405"} 1"#,
         ] {
             assert!(text.contains(counted), "{counted} in\n{text}");
         }

@@ -196,6 +196,10 @@ async fn a_token_and_an_rbac_grant_on_the_stacks_data_are_needed_and_reviews_are
         .await
         .expect("the service answers");
     assert_eq!(unauthenticated_batch.status(), StatusCode::UNAUTHORIZED);
+    // The dashboard's page holds no data and must load to ask for a token: no token needed.
+    let page = get(&main, "/", None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("/assets/main-"), "{}", page.body);
     assert_eq!(
         get(&main, "/openapi.yaml", None).await.status,
         StatusCode::UNAUTHORIZED

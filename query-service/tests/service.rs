@@ -1110,3 +1110,99 @@ async fn health_readiness_metrics_and_the_openapi_document_are_served() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// A node now: host, bytes per second received and sent, disk used and total.
+type NodeNow = (String, Option<f64>, Option<f64>, i64, i64);
+
+/// Each node's network and disk now, by an independent query: its latest sample of the last
+/// `seconds`, with the bytes over the time since its sample before (correlated subquery).
+async fn expected_now(pool: &PgPool, seconds: f64) -> BTreeMap<String, Value> {
+    let rows: Vec<NodeNow> = sqlx::query_as(
+        r#"WITH l AS (
+               SELECT DISTINCT ON (host) host, "timestamp", network_rx_bytes, network_tx_bytes,
+                      disk_used_bytes, disk_total_bytes
+               FROM host_overall_metrics
+               WHERE "timestamp" >= now() - make_interval(secs => $1)
+               ORDER BY host, "timestamp" DESC)
+           SELECT l.host,
+                  l.network_rx_bytes / extract(epoch FROM l."timestamp" - p.before)::float8,
+                  l.network_tx_bytes / extract(epoch FROM l."timestamp" - p.before)::float8,
+                  l.disk_used_bytes, l.disk_total_bytes
+           FROM l, LATERAL (SELECT max(x."timestamp") AS before FROM host_overall_metrics AS x
+                            WHERE x.host = l.host AND x."timestamp" < l."timestamp"
+                              AND x."timestamp" >= now() - make_interval(secs => $1)) AS p"#,
+    )
+    .bind(seconds)
+    .fetch_all(pool)
+    .await
+    .expect("expected network and disk now");
+    rows.into_iter()
+        .map(|(host, rx, tx, used, total)| {
+            let now = json!({"network_rx_bytes_per_second": rx,
+                             "network_tx_bytes_per_second": tx,
+                             "disk_used_bytes": used, "disk_total_bytes": total});
+            (host, now)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn host_overall_metrics_carry_each_nodes_network_and_disk_now_whatever_the_window() {
+    let (db, pool) = seeded().await;
+    // Traffic and disk that vary with host and age; node-4 was last seen 20 minutes ago.
+    sqlx::raw_sql(
+        r#"UPDATE host_overall_metrics
+           SET network_rx_bytes = 1000 * substr(host, 6)::int + extract(minute FROM "timestamp"),
+               network_tx_bytes = 10 * substr(host, 6)::int,
+               disk_total_bytes = 500000000000,
+               disk_used_bytes = 1000000 * substr(host, 6)::int
+                                 + extract(second FROM "timestamp")::int8;
+           INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent,
+               cpu_per_core_percent, load_1, load_5, load_15, memory_total_bytes,
+               memory_used_bytes, memory_usage_mb, swap_total_bytes, swap_used_bytes,
+               disk_total_bytes, disk_used_bytes, disk_read_bytes, disk_write_bytes,
+               network_rx_bytes, network_tx_bytes, uptime_seconds, process_count)
+           VALUES (now() - interval '20 minutes', 'node-4', 10, ARRAY[1.0]::real[], 1, 1, 1,
+                   1, 1, 1, 0, 0, 1, 1, 0, 0, 5, 5, 1, 1);"#,
+    )
+    .execute(&pool)
+    .await
+    .expect("traffic and disk");
+    let client = start(&config(60, 60, 60), &db.url()).await;
+
+    for (window, lookback, source) in [
+        ("5m", 300.0, "raw"),
+        ("1h", 600.0, "raw"),
+        ("2d", 600.0, "hourly_from_raw"),
+    ] {
+        let answer = client
+            .get(&format!("/api/host-overall-metrics?window={window}"))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(answer.body["source"], source);
+        let expected = expected_now(&pool, lookback).await;
+        assert_eq!(expected.len(), 3, "node-4 has no recent sample");
+        let mut with_now = 0;
+        for row in answer.rows() {
+            let host = row["host"].as_str().expect("a host");
+            match expected.get(host) {
+                Some(now) => {
+                    assert_close(row, now, &format!("{window} {host}"));
+                    assert!(row["network_rx_bytes_per_second"].as_f64().expect("a rate") > 0.0);
+                    with_now += 1;
+                }
+                None => {
+                    for field in [
+                        "network_rx_bytes_per_second",
+                        "network_tx_bytes_per_second",
+                        "disk_used_bytes",
+                        "disk_total_bytes",
+                    ] {
+                        assert_eq!(row[field], Value::Null, "{window} {host} {field}");
+                    }
+                }
+            }
+        }
+        assert_eq!(with_now, 3, "{window}: {}", answer.body);
+    }
+}

@@ -1,0 +1,130 @@
+// `npm run build`: bundles the dashboard with esbuild (hashed file names, the trends view and
+// uPlot in a chunk of their own), writes index.html pointing at the hashed names,
+// precompresses every file (gzip, brotli), and writes `manifest.rs`, which the query
+// service includes to embed them all. Deterministic: the same sources give the same bytes.
+//
+//   node build.mjs [OUTDIR]     (default: ../query-service/dashboard-dist)
+
+import { createHash } from "node:crypto";
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join, relative, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { brotliCompressSync, constants, gzipSync } from "node:zlib";
+import { build } from "esbuild";
+
+const root = dirname(fileURLToPath(import.meta.url));
+const out = resolve(process.argv[2] ?? join(root, "../query-service/dashboard-dist"));
+
+/** The files a bundle is built from, in a fixed order; their hash goes into the manifest. */
+function sources() {
+  const walk = (dir) =>
+    readdirSync(join(root, dir), { withFileTypes: true }).flatMap((entry) =>
+      entry.isDirectory() ? walk(join(dir, entry.name)) : [join(dir, entry.name)],
+    );
+  return ["build.mjs", "package-lock.json", "package.json", "tsconfig.json", ...walk("src")].sort();
+}
+
+/** SHA-256 over each source's path and content, each followed by a NUL byte. */
+function sourcesHash() {
+  const hash = createHash("sha256");
+  for (const path of sources()) {
+    hash.update(path);
+    hash.update("\0");
+    hash.update(readFileSync(join(root, path)));
+    hash.update("\0");
+  }
+  return hash.digest("hex");
+}
+
+const CONTENT_TYPES = {
+  ".html": "text/html; charset=utf-8",
+  ".js": "text/javascript; charset=utf-8",
+  ".css": "text/css; charset=utf-8",
+};
+
+const result = await build({
+  entryPoints: [join(root, "src/main.ts")],
+  bundle: true,
+  splitting: true,
+  format: "esm",
+  target: "es2020",
+  minify: true,
+  write: false,
+  metafile: true,
+  outdir: join(out, "assets"),
+  entryNames: "[name]-[hash]",
+  chunkNames: "[name]-[hash]",
+  assetNames: "[name]-[hash]",
+  legalComments: "eof",
+  // node_modules may be a link into the npm cache (scripts/build-dashboard): resolving it
+  // would put the cache's path into the hashes of the file names.
+  preserveSymlinks: true,
+  logLevel: "warning",
+});
+
+const main = Object.entries(result.metafile.outputs).find(([, output]) => output.entryPoint === "src/main.ts");
+const script = `/${relative(out, resolve(main[0]))}`;
+const style = `/${relative(out, resolve(main[1].cssBundle))}`;
+// What the page loads before it shows anything: index.html, the entry, its static imports
+// and its CSS (the trends chunk comes only when opened).
+const initial = new Set([
+  "index.html",
+  relative(out, resolve(main[0])),
+  relative(out, resolve(main[1].cssBundle)),
+  ...main[1].imports.filter((i) => i.kind === "import-statement").map((i) => relative(out, resolve(i.path))),
+]);
+const index = readFileSync(join(root, "src/index.html"), "utf8").replace("{{script}}", script).replace("{{style}}", style);
+
+const files = [
+  { path: "index.html", contents: Buffer.from(index) },
+  ...result.outputFiles.map((file) => ({ path: relative(out, file.path), contents: Buffer.from(file.contents) })),
+].sort((a, b) => a.path.localeCompare(b.path));
+
+rmSync(out, { recursive: true, force: true });
+mkdirSync(join(out, "assets"), { recursive: true });
+const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
+const rust = (text) => JSON.stringify(text);
+const embed = (path) => `include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/${path}"))`;
+const entries = [];
+let initialGzip = 0;
+for (const file of files) {
+  writeFileSync(join(out, file.path), file.contents);
+  const gzip = gzipSync(file.contents, { level: 9 });
+  const brotli = brotliCompressSync(file.contents, {
+    params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_SIZE_HINT]: file.contents.length },
+  });
+  const variants = [];
+  for (const [encoding, bytes, suffix] of [["gzip", gzip, ".gz"], ["br", brotli, ".br"]]) {
+    if (bytes.length < file.contents.length) {
+      writeFileSync(join(out, file.path + suffix), bytes);
+      variants.push(`Variant { encoding: ${rust(encoding)}, sha256: ${rust(sha256(bytes))}, bytes: ${embed(file.path + suffix)} }`);
+    }
+  }
+  if (initial.has(file.path)) {
+    initialGzip += gzip.length;
+  }
+  const extension = file.path.slice(file.path.lastIndexOf("."));
+  entries.push(`    Asset {
+        path: ${rust(file.path === "index.html" ? "/" : `/${file.path}`)},
+        content_type: ${rust(CONTENT_TYPES[extension] ?? "application/octet-stream")},
+        sha256: ${rust(sha256(file.contents))},
+        bytes: ${embed(file.path)},
+        variants: &[${variants.map((variant) => `\n            ${variant},`).join("")}
+        ],
+    },`);
+}
+writeFileSync(
+  join(out, "manifest.rs"),
+  `// Generated by dashboard/build.mjs (\`scripts/build-dashboard\`); do not edit.
+
+/// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
+#[cfg(test)]
+pub(crate) const SOURCES_SHA256: &str = ${rust(sourcesHash())};
+
+/// The dashboard's files: \`/\` is index.html, the rest are named by their content's hash.
+pub(crate) const ASSETS: &[Asset] = &[
+${entries.join("\n")}
+];
+`,
+);
+console.log(`dashboard built into ${relative(process.cwd(), out) || "."}: ${files.length} files, initial load ${initialGzip} bytes gzipped`);

@@ -1,0 +1,220 @@
+// Drives the dashboard in headless Chromium (Debian's, through puppeteer-core) against a
+// running query service, and prints what it saw as one JSON document on stdout: the numbers
+// on screen, every request the page made (from the browser's network events), and console
+// errors. It asserts nothing: the Rust test that starts the service (query-service/tests/
+// dashboard.rs) compares what it prints with the database.
+//
+//   node test/browser.mjs --url URL --screenshots DIR --ttl SECONDS [--chromium PATH]
+//                         [--scenario main|outage]
+//
+// `main` goes through every view, the polling, hiding the page, typing, the lazy chunk, the
+// batch route failing and the token prompt; `outage` (run once the test has cut the service
+// off its database) loads the page and reads the notice.
+
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import puppeteer from "puppeteer-core";
+
+const { values } = parseArgs({
+  options: {
+    url: { type: "string" },
+    screenshots: { type: "string" },
+    ttl: { type: "string" },
+    chromium: { type: "string", default: "/usr/bin/chromium" },
+    scenario: { type: "string", default: "main" },
+  },
+});
+const base = values.url;
+const ttlMs = Number(values.ttl) * 1000;
+mkdirSync(values.screenshots, { recursive: true });
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const browser = await puppeteer.launch({
+  executablePath: values.chromium,
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+});
+const result = { console: [], phases: {} };
+try {
+  const page = await browser.newPage();
+  await page.setViewport({ width: 1280, height: 800 });
+  const requests = [];
+  page.on("request", (request) => {
+    const url = new URL(request.url());
+    requests.push({ method: request.method(), path: url.pathname, query: url.search, body: request.postData() ?? null, at: Date.now() });
+  });
+  page.on("console", (message) => {
+    if (message.type() === "error" || message.type() === "warn") {
+      result.console.push(`${message.type()}: ${message.text()}`);
+    }
+  });
+  page.on("pageerror", (error) => result.console.push(`pageerror: ${error.message}`));
+  // The page's visibility, settable by this script: document.hidden and visibilitychange
+  // as the browser would report them when the tab is hidden.
+  await page.evaluateOnNewDocument(() => {
+    let hidden = false;
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => (hidden ? "hidden" : "visible") });
+    window.__setHidden = (value) => {
+      hidden = value;
+      document.dispatchEvent(new Event("visibilitychange"));
+    };
+  });
+  const since = (start) => requests.slice(start);
+  const batches = (list) => list.filter((request) => request.path === "/api/dashboard/batch");
+  const overviewCells = () =>
+    page.$$eval("#view-overview tbody tr[data-key]", (rows) =>
+      Object.fromEntries(
+        rows.map((row) => [
+          row.getAttribute("data-key"),
+          Object.fromEntries([...row.querySelectorAll("td[data-field]")].map((cell) => [cell.getAttribute("data-field"), cell.textContent])),
+        ]),
+      ),
+    );
+
+  if (values.scenario === "outage") {
+    await page.goto(`${base}/`, { waitUntil: "domcontentloaded" });
+    await page.waitForSelector("#view-overview tbody tr[data-key]", { timeout: 60_000 });
+    await page.waitForSelector("#notice:not([hidden])", { timeout: 60_000 });
+    result.phases.outage = {
+      overview: await overviewCells(),
+      notice: await page.$eval("#notice", (notice) => notice.textContent),
+    };
+    await page.screenshot({ path: join(values.screenshots, "database-away.png"), fullPage: true });
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+    process.exit(0);
+  }
+
+  // Load: the overview's three widgets share one key.
+  let mark = requests.length;
+  const navigated = Date.now();
+  await page.goto(`${base}/`, { waitUntil: "domcontentloaded" });
+  await page.waitForSelector("#view-overview tbody tr[data-key]", { timeout: 60_000 });
+  result.phases.load = {
+    msToNumbers: Date.now() - navigated,
+    requests: since(mark),
+    overview: await overviewCells(),
+    cards: await page.$$eval("[data-card]", (cards) => Object.fromEntries(cards.map((card) => [card.getAttribute("data-card"), card.querySelector(".card-value")?.textContent]))),
+  };
+  await page.screenshot({ path: join(values.screenshots, "overview.png"), fullPage: true });
+
+  // Polling: a visible tab over a few TTLs.
+  mark = requests.length;
+  const pollMs = 5 * ttlMs;
+  await sleep(pollMs);
+  result.phases.polling = { ms: pollMs, ttlMs, requests: since(mark) };
+
+  // Hidden: no requests at all; shown again: one at once.
+  await page.evaluate(() => window.__setHidden(true));
+  mark = requests.length;
+  await sleep(3 * ttlMs);
+  result.phases.hidden = { ms: 3 * ttlMs, requests: since(mark) };
+  mark = requests.length;
+  await page.evaluate(() => window.__setHidden(false));
+  // No timer is pending while hidden: only the visibility change can bring this request.
+  for (let waited = 0; batches(since(mark)).length === 0 && waited < 30_000; waited += 50) {
+    await sleep(50);
+  }
+  result.phases.shown = { requests: since(mark) };
+
+  // Top processes by memory on one node.
+  await page.click('[data-view="processes"]');
+  await page.waitForSelector("#view-processes tbody tr[data-key]");
+  await page.screenshot({ path: join(values.screenshots, "processes.png"), fullPage: true });
+  // Pods.
+  await page.click('[data-view="pods"]');
+  await page.waitForSelector("#view-pods [data-namespace]");
+  result.phases.pods = {
+    namespaces: await page.$$eval("#view-pods [data-namespace]", (sections) =>
+      sections.map((section) => ({ namespace: section.getAttribute("data-namespace"), pods: section.querySelectorAll("tbody tr[data-key]").length })),
+    ),
+  };
+  await page.screenshot({ path: join(values.screenshots, "pods.png"), fullPage: true });
+  // Typing a namespace: debounced, one request once typing pauses.
+  mark = requests.length;
+  await page.type("#namespace-filter", "web", { delay: 50 });
+  await page.waitForSelector('#view-pods [data-namespace="web"]');
+  await page.waitForFunction(() => !document.querySelector('#view-pods [data-namespace="db"]'));
+  result.phases.typing = {
+    requests: since(mark),
+    focused: await page.evaluate(() => document.activeElement?.id ?? null),
+  };
+
+  // The trends chunk is fetched only when the view is opened.
+  const trendsBefore = requests.filter((request) => /\/assets\/trends-/.test(request.path)).length;
+  mark = requests.length;
+  await page.click('[data-view="trends"]');
+  await page.waitForSelector("#view-trends .uplot");
+  await sleep(2 * ttlMs + 500);
+  result.phases.trends = { chunkBefore: trendsBefore, requests: since(mark) };
+  await page.screenshot({ path: join(values.screenshots, "trends.png"), fullPage: true });
+
+  // Dark theme.
+  await page.click('[data-view="overview"]');
+  await page.waitForSelector("#view-overview tbody tr[data-key]");
+  await page.click("#theme");
+  await page.screenshot({ path: join(values.screenshots, "overview-dark.png"), fullPage: true });
+
+  // The batch route failing: the page falls back to the four single routes.
+  const fallbackPage = await browser.newPage();
+  const fallbackRequests = [];
+  await fallbackPage.setRequestInterception(true);
+  fallbackPage.on("request", (request) => {
+    const url = new URL(request.url());
+    fallbackRequests.push({ method: request.method(), path: url.pathname, query: url.search });
+    if (url.pathname === "/api/dashboard/batch") {
+      void request.respond({ status: 404, contentType: "application/json", body: '{"code":"not_found","error":"not found"}' });
+    } else {
+      void request.continue();
+    }
+  });
+  await fallbackPage.goto(`${base}/`, { waitUntil: "domcontentloaded" });
+  await fallbackPage.waitForSelector("#view-overview tbody tr[data-key]", { timeout: 60_000 });
+  result.phases.fallback = {
+    requests: fallbackRequests,
+    overview: await fallbackPage.$$eval("#view-overview tbody tr[data-key]", (rows) => rows.map((row) => row.getAttribute("data-key"))),
+    notice: await fallbackPage.$eval("#notice", (notice) => (notice.hidden ? "" : notice.textContent)),
+  };
+  await fallbackPage.screenshot({ path: join(values.screenshots, "fallback.png"), fullPage: true });
+  await fallbackPage.close();
+
+  // A query service that wants a token: the page asks for one, keeps it in session storage
+  // and sends it. (The service here is open; this page's API answers 401 without the token.)
+  const tokenPage = await browser.newPage();
+  const tokenRequests = [];
+  await tokenPage.setRequestInterception(true);
+  tokenPage.on("request", (request) => {
+    const url = new URL(request.url());
+    const authorization = request.headers()["authorization"] ?? null;
+    if (url.pathname.startsWith("/api/")) {
+      tokenRequests.push({ path: url.pathname, authorization });
+    }
+    if (url.pathname.startsWith("/api/") && authorization !== "Bearer test-token") {
+      void request.respond({
+        status: 401,
+        contentType: "application/json",
+        headers: { "WWW-Authenticate": 'Bearer realm="metricsstack"' },
+        body: '{"code":"unauthenticated","error":"a bearer token is needed"}',
+      });
+    } else {
+      void request.continue();
+    }
+  });
+  await tokenPage.goto(`${base}/`, { waitUntil: "domcontentloaded" });
+  await tokenPage.waitForSelector("#token-form:not([hidden])", { timeout: 60_000 });
+  await tokenPage.screenshot({ path: join(values.screenshots, "token.png"), fullPage: true });
+  const asked = [...tokenRequests];
+  await tokenPage.type("#token", "test-token");
+  await tokenPage.click('#token-form button[type="submit"]');
+  await tokenPage.waitForSelector("#view-overview tbody tr[data-key]", { timeout: 60_000 });
+  result.phases.token = {
+    before: asked,
+    after: tokenRequests.slice(asked.length),
+    stored: await tokenPage.evaluate(() => sessionStorage.getItem("metricsstack.token")),
+    formHidden: await tokenPage.$eval("#token-form", (form) => form.hidden),
+  };
+} finally {
+  await browser.close();
+}
+process.stdout.write(`${JSON.stringify(result)}\n`);

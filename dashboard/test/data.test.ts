@@ -1,0 +1,502 @@
+// The client data layer against a fake fetch, clock and visibility: requests counted, their
+// headers read, time moved by the test alone.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  DashboardData,
+  type DataError,
+  type EntryState,
+  type Filters,
+  type Options,
+  PARTS,
+  filtersKey,
+  freshForMs,
+} from "../src/data.js";
+import { FakeClock, FakeFetch, FakeTokens, FakeVisibility, type Recorded, type Reply, settle } from "./fakes.js";
+
+const DASHBOARD = {
+  host_process_metrics: { source: "raw", window_seconds: 3600, rows: [] },
+  host_overall_metrics: {
+    source: "raw",
+    window_seconds: 3600,
+    rows: [{ host: "node-1", avg_cpu: 12.5, max_cpu: 40, avg_memory_mb: 900, max_memory_mb: 1000, avg_load_1: 0.5, samples: 10, last_seen: "2026-01-01T00:00:00Z" }],
+  },
+  top_processes: { source: "raw", window_seconds: 3600, rows: [] },
+  vm_metrics: { source: "raw", window_seconds: 3600, rows: [] },
+};
+
+/** A 200 answer fresh for `maxAge` seconds, `age` of them gone. */
+function ok(body: unknown, etag = '"e1"', maxAge = 5, age = 0): Reply {
+  return {
+    status: 200,
+    headers: {
+      ETag: etag,
+      "Cache-Control": `max-age=${maxAge}, stale-while-revalidate=30, stale-if-error=300`,
+      Age: String(age),
+    },
+    body,
+  };
+}
+
+function notModified(etag = '"e1"', maxAge = 5, age = 0): Reply {
+  return { status: 304, headers: { ETag: etag, "Cache-Control": `max-age=${maxAge}`, Age: String(age) } };
+}
+
+function setup(options: Partial<Options> = {}, token: string | null = null) {
+  const clock = new FakeClock();
+  const http = new FakeFetch();
+  const visibility = new FakeVisibility();
+  const tokens = new FakeTokens(token);
+  const data = new DashboardData({ fetch: http.fetch, clock, visibility, tokens }, options);
+  const states: EntryState[] = [];
+  const listen = (filters: Filters = {}) => data.subscribe(filters, (state) => states.push(state));
+  return { clock, http, visibility, tokens, data, states, listen, last: () => states[states.length - 1] };
+}
+
+/** A handler answering the batch with `DASHBOARD` and the single routes with their part. */
+function server(http: FakeFetch, batch: (request: Recorded) => Reply = () => ok(DASHBOARD)) {
+  const singles: Record<string, keyof typeof DASHBOARD> = {
+    "/api/host-process-metrics": "host_process_metrics",
+    "/api/host-overall-metrics": "host_overall_metrics",
+    "/api/dashboard/top-processes": "top_processes",
+    "/api/vm-metrics": "vm_metrics",
+  };
+  http.handler = (request) => {
+    const path = request.url.split("?")[0];
+    if (path === "/api/dashboard/batch") {
+      return batch(request);
+    }
+    const part = singles[path];
+    assert.ok(part, `unexpected request to ${request.url}`);
+    return ok(DASHBOARD[part], `"${part}"`, 5, 0);
+  };
+}
+
+test("the key of a set of filters holds only what is set, in a fixed order", () => {
+  assert.equal(filtersKey({}), "");
+  assert.equal(
+    filtersKey({ namespace: "web", host: "a b", metric: "memory", limit: 5, window: "1h" }),
+    "window=1h&limit=5&metric=memory&host=a%20b&namespace=web",
+  );
+  assert.equal(filtersKey({ host: "", namespace: undefined, window: "15m" }), "window=15m");
+});
+
+test("freshness is max-age minus Age, and unknown without max-age", () => {
+  assert.equal(freshForMs("max-age=5, stale-while-revalidate=30", "2"), 3000);
+  assert.equal(freshForMs("public, max-age=10", null), 10_000);
+  assert.equal(freshForMs("max-age=5", "9"), 0);
+  assert.equal(freshForMs("max-age=5", "soon"), 5000);
+  assert.equal(freshForMs("no-store", "0"), undefined);
+  assert.equal(freshForMs(null, null), undefined);
+  assert.equal(freshForMs("s-maxage=4", "0"), undefined);
+});
+
+test("three widgets on one key make one request and all get its answer", async () => {
+  const { http, data } = setup();
+  server(http);
+  const seen: EntryState[][] = [[], [], []];
+  for (const states of seen) {
+    data.subscribe({ window: "1h" }, (state) => states.push(state));
+  }
+  await settle();
+  assert.equal(http.requests.length, 1);
+  const [request] = http.requests;
+  assert.equal(request.url, "/api/dashboard/batch");
+  assert.equal(request.init.method, "POST");
+  assert.equal(request.init.body, '{"window":"1h"}');
+  assert.equal(request.init.headers["Content-Type"], "application/json");
+  assert.equal(request.init.headers["If-None-Match"], undefined);
+  assert.equal(request.init.headers["Authorization"], undefined);
+  for (const states of seen) {
+    const state = states[states.length - 1];
+    assert.deepEqual(state.data, DASHBOARD);
+    assert.equal(state.stale, false);
+    assert.equal(state.fetching, false);
+    assert.equal(state.fallback, false);
+    assert.equal(state.error, undefined);
+  }
+  assert.deepEqual(data.peek({ window: "1h" })?.data, DASHBOARD);
+  assert.equal(data.peek({ window: "6h" }), undefined);
+});
+
+test("different filters are different entries, each with its own request", async () => {
+  const { http, listen } = setup();
+  server(http);
+  listen({ window: "1h" });
+  listen({ window: "1h", host: "node-1" });
+  listen({ host: "", window: "1h" }); // the same key as the first
+  await settle();
+  assert.deepEqual(
+    http.requests.map((request) => request.init.body),
+    ['{"window":"1h"}', '{"window":"1h","host":"node-1"}'],
+  );
+});
+
+test("refreshes follow the server's freshness: max-age minus Age, with If-None-Match", async () => {
+  const { clock, http, listen, last } = setup();
+  server(http, () => (http.requests.length === 1 ? ok(DASHBOARD, '"e1"', 5, 2) : notModified('"e1"', 5, 0)));
+  listen();
+  await settle();
+  const first = last().data;
+  await clock.advance(2999);
+  assert.equal(http.requests.length, 1, "not before max-age minus Age");
+  await clock.advance(1);
+  assert.equal(http.requests.length, 2);
+  assert.equal(http.requests[1].init.headers["If-None-Match"], '"e1"');
+  assert.equal(last().data, first, "a 304 keeps the very same body");
+  assert.equal(last().stale, false);
+  await clock.advance(4999);
+  assert.equal(http.requests.length, 2);
+  await clock.advance(1);
+  assert.equal(http.requests.length, 3);
+  // Over 60 seconds at max-age 5: 12 requests, the first included.
+  await clock.advance(60_000 - 10_000);
+  assert.equal(http.requests.length, 13);
+});
+
+test("answers that come already stale are shown, outdated from the second, and asked again with backoff", async () => {
+  const { clock, http, listen, last, states } = setup({ minIntervalMs: 1000, retryBaseMs: 1000, defaultIntervalMs: 7000 });
+  let reply: Reply = ok(DASHBOARD, '"e1"', 5, 8);
+  server(http, () => reply);
+  listen();
+  await settle();
+  assert.equal(last().stale, true, "Age beyond max-age: stale at once");
+  assert.equal(last().outdated, false, "one alone is no news");
+  assert.deepEqual(last().data, DASHBOARD, "and shown");
+  await clock.advance(999);
+  assert.equal(http.requests.length, 1);
+  await clock.advance(1);
+  assert.equal(http.requests.length, 2, "asked again after 1 s");
+  assert.equal(last().outdated, true, "the second in a row");
+  await clock.advance(1999);
+  assert.equal(http.requests.length, 2);
+  await clock.advance(1);
+  assert.equal(http.requests.length, 3, "then after 2 s");
+  const fetching = states.slice(states.findIndex((state) => state.outdated)).filter((state) => state.fetching);
+  assert.ok(fetching.length > 0 && fetching.every((state) => state.outdated), "outdated while the next refresh runs");
+  reply = { status: 200, body: DASHBOARD };
+  await clock.advance(4000);
+  assert.equal(http.requests.length, 4);
+  assert.equal(last().outdated, false, "a fresh answer clears it");
+  await clock.advance(6999);
+  assert.equal(http.requests.length, 4, "without max-age, the default interval");
+  await clock.advance(1);
+  assert.equal(http.requests.length, 5);
+  assert.equal(http.requests[4].init.headers["If-None-Match"], undefined, "no ETag was given");
+});
+
+test("nothing is requested while hidden; shown again, what is due is refreshed at once", async () => {
+  const { clock, http, visibility, listen } = setup();
+  server(http);
+  visibility.set(true);
+  listen();
+  await clock.advance(30_000);
+  assert.equal(http.requests.length, 0, "hidden from the start: no request");
+  visibility.set(false);
+  await settle();
+  assert.equal(http.requests.length, 1, "shown: at once");
+  visibility.set(true);
+  await clock.advance(30_000);
+  assert.equal(http.requests.length, 1, "hidden for 30 s: none");
+  assert.equal(clock.pending(), 0, "no timer runs while hidden");
+  visibility.set(false);
+  await settle();
+  assert.equal(http.requests.length, 2, "shown again after its freshness ran out: at once");
+  await clock.advance(2000);
+  visibility.set(true);
+  visibility.set(false);
+  await settle();
+  assert.equal(http.requests.length, 2, "shown while still fresh: no request");
+  await clock.advance(2999);
+  assert.equal(http.requests.length, 2);
+  await clock.advance(1);
+  assert.equal(http.requests.length, 3, "the refresh comes when it is due");
+});
+
+test("a request in flight when the page is hidden is not followed by another until shown", async () => {
+  const { clock, http, visibility, listen } = setup();
+  let answer!: () => void;
+  http.handler = () => new Promise<Reply>((resolve) => (answer = () => resolve(ok(DASHBOARD))));
+  listen();
+  await settle();
+  visibility.set(true);
+  answer();
+  await clock.advance(60_000);
+  assert.equal(http.requests.length, 1);
+  visibility.set(false);
+  await settle();
+  assert.equal(http.requests.length, 2);
+});
+
+test("a failed refresh keeps the data, shows the error and stale, and retries with backoff", async () => {
+  const { clock, http, listen, last } = setup({ retryBaseMs: 1000, retryMaxMs: 4000 });
+  let failing = false;
+  http.handler = (request) => {
+    if (!failing) {
+      return ok(DASHBOARD);
+    }
+    if (request.url === "/api/dashboard/batch") {
+      return { status: 503, body: { code: "database_unavailable", error: "the database did not answer" } };
+    }
+    return { status: 503, text: "not json" };
+  };
+  listen();
+  await settle();
+  const before = last().data;
+  failing = true;
+  await clock.advance(5000);
+  assert.equal(http.to("/api/dashboard/batch").length, 2);
+  assert.equal(http.to("/api/vm-metrics").length, 1, "the batch failing, the single routes were asked");
+  assert.equal(last().data, before, "the last data is kept");
+  assert.equal(last().stale, true);
+  assert.equal(last().fetching, false);
+  assert.deepEqual(last().error, { kind: "http", status: 503, message: "the query service answered 503" });
+  const batches = () => http.to("/api/dashboard/batch").length;
+  await clock.advance(999);
+  assert.equal(batches(), 2);
+  await clock.advance(1);
+  assert.equal(batches(), 3, "first retry after 1 s");
+  await clock.advance(1999);
+  assert.equal(batches(), 3);
+  await clock.advance(1);
+  assert.equal(batches(), 4, "then after 2 s");
+  await clock.advance(4000);
+  assert.equal(batches(), 5, "then after 4 s");
+  await clock.advance(3999);
+  assert.equal(batches(), 5);
+  await clock.advance(1);
+  assert.equal(batches(), 6, "at most 4 s apart");
+  failing = false;
+  await clock.advance(4000);
+  assert.equal(batches(), 7);
+  assert.equal(last().error, undefined, "recovered");
+  assert.equal(last().stale, false);
+  await clock.advance(4999);
+  assert.equal(batches(), 7, "back to the server's interval");
+  await clock.advance(1);
+  assert.equal(batches(), 8);
+});
+
+test("the error message of a JSON error body is shown", async () => {
+  const { http, listen, last } = setup();
+  http.handler = () => ({ status: 400, body: { code: "invalid_parameter", error: "window: too long" } });
+  listen({ window: "99d" });
+  await settle();
+  assert.deepEqual(last().error, { kind: "http", status: 400, message: "window: too long" });
+  assert.equal(last().data, undefined);
+  assert.equal(http.requests.length, 1, "a 400 is not a reason to fall back");
+});
+
+test("a missing batch route sends the page to the four single routes, and is probed again later", async () => {
+  const { clock, http, listen, last } = setup({ batchProbeMs: 60_000 });
+  server(http, () => ({ status: 404, body: { code: "not_found", error: "not found" } }));
+  listen({ window: "15m", host: "node-1", limit: 5 });
+  await settle();
+  assert.equal(http.requests.length, 5);
+  assert.deepEqual(
+    http.requests.slice(1).map((request) => [request.init.method, request.url]),
+    [
+      ["GET", "/api/host-process-metrics?window=15m&limit=5&host=node-1"],
+      ["GET", "/api/host-overall-metrics?window=15m&limit=5&host=node-1"],
+      ["GET", "/api/dashboard/top-processes?window=15m&limit=5&host=node-1"],
+      ["GET", "/api/vm-metrics?window=15m&limit=5&host=node-1"],
+    ],
+  );
+  assert.deepEqual(last().data, DASHBOARD);
+  assert.equal(last().fallback, true);
+  assert.equal(last().error, undefined);
+  await clock.advance(5000);
+  assert.equal(http.to("/api/dashboard/batch").length, 1, "no batch while it is known missing");
+  assert.equal(http.requests.length, 9);
+  assert.equal(http.requests[5].init.headers["If-None-Match"], '"host_process_metrics"', "each part its own ETag");
+  await clock.advance(55_000);
+  assert.equal(http.to("/api/dashboard/batch").length, 2, "probed again after batchProbeMs");
+});
+
+test("single routes answering 304 keep the same data", async () => {
+  const { clock, http, listen, last } = setup();
+  http.handler = (request) => {
+    if (request.url.startsWith("/api/dashboard/batch")) {
+      return { status: 405 };
+    }
+    const part = PARTS.find((name) => request.url.includes(name.split("_")[0])) ?? "vm_metrics";
+    return request.init.headers["If-None-Match"] ? notModified(`"${part}"`, 5, 1) : ok(DASHBOARD.vm_metrics, `"${part}"`, 5, 1);
+  };
+  listen();
+  await settle();
+  assert.equal(http.requests[1].url, "/api/host-process-metrics", "no query without filters");
+  const first = last().data;
+  await clock.advance(4000);
+  assert.equal(http.requests.length, 9, "refreshed after max-age minus the least Age");
+  assert.equal(last().data, first);
+});
+
+test("a network error on the batch falls back; on the single routes too, it is an error", async () => {
+  const { clock, http, listen, last } = setup();
+  let singlesDown = false;
+  http.handler = (request) => {
+    if (request.url === "/api/dashboard/batch" || singlesDown) {
+      throw new TypeError("Failed to fetch");
+    }
+    return ok(DASHBOARD.vm_metrics);
+  };
+  listen();
+  await settle();
+  assert.equal(last().fallback, true);
+  assert.equal(last().error, undefined);
+  singlesDown = true;
+  await clock.advance(5000);
+  assert.equal(last().error?.kind, "network");
+  assert.match(last().error?.message ?? "", /Failed to fetch/);
+  assert.ok(last().data, "the last data is kept");
+  const before = http.to("/api/dashboard/batch").length;
+  await clock.advance(1000);
+  assert.equal(http.to("/api/dashboard/batch").length, before + 1, "the batch is tried again after a 5xx-like failure");
+});
+
+test("the token goes in Authorization; a 401 stops polling and asks for a token, which restarts it", async () => {
+  const { clock, http, data, tokens, listen, last } = setup({}, "old");
+  const asked: DataError[] = [];
+  data.onAuthRequired((error) => asked.push(error));
+  server(http, (request) =>
+    request.init.headers["Authorization"] === "Bearer new"
+      ? ok(DASHBOARD)
+      : { status: 401, body: { code: "unauthenticated", error: "a bearer token is needed" } },
+  );
+  listen();
+  await settle();
+  assert.equal(http.requests[0].init.headers["Authorization"], "Bearer old");
+  assert.deepEqual(asked, [{ kind: "unauthenticated", status: 401, message: "a bearer token is needed" }]);
+  assert.equal(last().error?.kind, "unauthenticated");
+  await clock.advance(120_000);
+  assert.equal(http.requests.length, 1, "no polling without a token that works");
+  listen({ window: "6h" });
+  await settle();
+  assert.equal(http.requests.length, 1, "nor for a new widget");
+  await data.setToken("new");
+  assert.equal(tokens.token, "new");
+  assert.equal(http.requests.length, 3, "both entries on screen refreshed");
+  assert.equal(last().error, undefined);
+  assert.deepEqual(last().data, DASHBOARD);
+});
+
+test("a 403 asks for a different token", async () => {
+  const { http, data, listen } = setup({}, "weak");
+  const asked: DataError[] = [];
+  const stop = data.onAuthRequired((error) => asked.push(error));
+  http.handler = () => ({ status: 403, body: { code: "forbidden", error: "user x may not get metricsstacks/data" } });
+  listen();
+  await settle();
+  assert.equal(asked[0].kind, "forbidden");
+  stop();
+  await data.setToken(null);
+  assert.equal(asked.length, 1, "an unsubscribed listener hears nothing");
+  assert.equal(http.requests[1].init.headers["Authorization"], undefined, "no token, no header");
+});
+
+test("an entry nobody watches is not refreshed; watched again, its cached data comes at once", async () => {
+  const { clock, http, data } = setup();
+  server(http);
+  const first: EntryState[] = [];
+  const stop = data.subscribe({ window: "1h" }, (state) => first.push(state));
+  await settle();
+  stop();
+  await clock.advance(60_000);
+  assert.equal(http.requests.length, 1);
+  const again: EntryState[] = [];
+  data.subscribe({ window: "1h" }, (state) => again.push(state));
+  assert.deepEqual(again[0].data, DASHBOARD, "the cached answer, before any request");
+  assert.equal(again[0].stale, true);
+  await settle();
+  assert.equal(http.requests.length, 2, "and refreshed behind it");
+  assert.equal(again[again.length - 1].stale, false);
+});
+
+test("a refresh asked while one is in flight joins it", async () => {
+  const { http, data, listen } = setup();
+  let answer!: () => void;
+  http.handler = () => new Promise<Reply>((resolve) => (answer = () => resolve(ok(DASHBOARD))));
+  listen();
+  await settle();
+  const joined = data.refreshAll();
+  await settle();
+  assert.equal(http.requests.length, 1);
+  answer();
+  await joined;
+  assert.equal(http.requests.length, 1);
+});
+
+test("entries without subscribers beyond the limit are dropped, oldest first", async () => {
+  const { clock, http, data } = setup({ maxEntries: 2 });
+  server(http);
+  const stops = [];
+  for (const window of ["1h", "6h", "24h"]) {
+    stops.push(data.subscribe({ window }, () => {}));
+    await settle();
+    await clock.advance(1);
+  }
+  assert.ok(data.peek({ window: "1h" }), "watched entries are kept");
+  stops[0]();
+  stops[1]();
+  data.subscribe({ window: "7d" }, () => {});
+  await settle();
+  assert.equal(data.peek({ window: "1h" }), undefined);
+  assert.equal(data.peek({ window: "6h" }), undefined);
+  assert.ok(data.peek({ window: "24h" }));
+  assert.ok(data.peek({ window: "7d" }));
+});
+
+test("dispose stops every timer and the visibility watch", async () => {
+  const { clock, http, visibility, data, listen } = setup();
+  server(http);
+  listen();
+  await settle();
+  assert.equal(clock.pending(), 1);
+  assert.equal(visibility.watchers(), 1);
+  data.dispose();
+  assert.equal(clock.pending(), 0);
+  assert.equal(visibility.watchers(), 0);
+  await clock.advance(60_000);
+  assert.equal(http.requests.length, 1);
+});
+
+test("a 304 without cached data is an error, not an empty dashboard", async () => {
+  const { http, listen, last } = setup();
+  http.handler = () => notModified();
+  listen();
+  await settle();
+  assert.equal(last().error?.status, 304);
+  assert.equal(last().data, undefined);
+});
+
+test("an ETag is kept only with its body: a part answered in a refresh that failed is asked again in full", async () => {
+  const { clock, http, listen, last } = setup();
+  let round = 1;
+  http.handler = (request) => {
+    const path = request.url.split("?")[0];
+    if (path === "/api/dashboard/batch") {
+      return { status: 404 };
+    }
+    if (path === "/api/vm-metrics" && round === 2) {
+      return { status: 500 };
+    }
+    const inm = request.init.headers["If-None-Match"];
+    const etag = `"${path}-${round}"`;
+    return inm === etag ? notModified(etag) : ok({ ...DASHBOARD.vm_metrics, round }, etag);
+  };
+  listen();
+  await settle();
+  assert.equal(last().error, undefined);
+  round = 2;
+  await clock.advance(5000);
+  assert.equal(last().error?.status, 500);
+  const overallRequests = () => http.to("/api/host-overall-metrics");
+  round = 3;
+  await clock.advance(1000);
+  const third = overallRequests()[2];
+  assert.equal(third.init.headers["If-None-Match"], '"/api/host-overall-metrics-1"', "the ETag of the body kept");
+  assert.equal(last().error, undefined);
+  assert.equal((last().data?.host_overall_metrics as unknown as { round: number }).round, 3);
+});
