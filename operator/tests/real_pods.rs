@@ -410,4 +410,25 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
         "--wait",
     ]);
     std::fs::remove_dir_all(&packaged).ok();
+    // The chart's image policy applies cluster-wide, and the API server stops enforcing it
+    // a moment after it is deleted: the tests after this one create stacks with test
+    // images, so wait until a foreign image is admitted again.
+    let foreign: MetricsStack = serde_json::from_value(json!({
+        "apiVersion": "metricsstack.dev/v1alpha1",
+        "kind": "MetricsStack",
+        "metadata": { "name": "after-uninstall" },
+        "spec": {
+            "database": { "secretRef": { "name": "postgres" } },
+            "collector": { "image": "collector:test" }
+        }
+    }))
+    .expect("a MetricsStack");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    wait_until("the uninstalled image policy is no longer enforced", WAIT, || async {
+        stacks.create(&dry_run, &foreign).await.is_ok()
+    })
+    .await;
 }
