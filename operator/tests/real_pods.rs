@@ -427,8 +427,10 @@ async fn the_chart_on_a_real_node_attributes_a_pods_processes_and_upgrades_witho
         dry_run: true,
         ..PostParams::default()
     };
-    wait_until("the uninstalled image policy is no longer enforced", WAIT, || async {
-        stacks.create(&dry_run, &foreign).await.is_ok()
-    })
+    wait_until(
+        "the uninstalled image policy is no longer enforced",
+        WAIT,
+        || async { stacks.create(&dry_run, &foreign).await.is_ok() },
+    )
     .await;
 }

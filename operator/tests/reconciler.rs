@@ -723,3 +723,277 @@ async fn a_collector_pod_refused_by_pod_security_shows_why_on_the_stack() {
         assert!(message.contains(part), "{part} missing: {message}");
     }
 }
+
+/// A stack that removes its database policies on deletion, whose database is down.
+async fn stack_with_database_down(client: &Client, namespace: &str) -> Api<MetricsStack> {
+    common::install_crd(client).await;
+    create_secret(client, namespace, "postgres://nobody@127.0.0.1:1/nothing").await;
+    let stack: MetricsStack = serde_json::from_value(json!({
+        "apiVersion": "metricsstack.dev/v1alpha1",
+        "kind": "MetricsStack",
+        "metadata": { "name": "stack", "namespace": namespace },
+        "spec": {
+            "database": { "secretRef": { "name": "db" }, "tlsMode": "Disable" },
+            "collector": { "image": "collector:test" },
+            "queryService": { "image": "operator:test" },
+            "deletionPolicy": "RemovePolicies",
+            "cleanupTimeout": "2s"
+        }
+    }))
+    .expect("a MetricsStack");
+    let api: Api<MetricsStack> = Api::namespaced(client.clone(), namespace);
+    api.create(&PostParams::default(), &stack)
+        .await
+        .expect("the MetricsStack is created");
+    wait_for(
+        &api,
+        "the operator holds the stack with its finalizer",
+        |s| !s.finalizers().is_empty(),
+    )
+    .await;
+    api
+}
+
+#[tokio::test]
+async fn deletion_ends_when_the_database_policies_cannot_be_removed() {
+    simulated_nodes();
+    // The stack alone: its finalizer goes after cleanupTimeout, with an event saying what
+    // stayed in the database.
+    let ns = TestNamespace::create().await;
+    let client = ns.client.clone();
+    let _operator = Operator::start(&ns);
+    let stacks = stack_with_database_down(&client, &ns.name).await;
+    stacks
+        .delete("stack", &DeleteParams::default())
+        .await
+        .expect("the stack is deleted");
+    wait_until("the stack is gone", WAIT, || async {
+        stacks.get_opt("stack").await.is_ok_and(|s| s.is_none())
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &ns.name);
+    let abandoned = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("CleanupAbandoned"))
+        .expect("a CleanupAbandoned event");
+    let note = abandoned.note.unwrap_or_default();
+    assert!(
+        note.contains("left in the database") && note.contains("\"public\""),
+        "{note}"
+    );
+
+    // The namespace: deleting it while the database is down ends too.
+    let other = TestNamespace::create().await;
+    let _other_operator = Operator::start(&other);
+    let other_stacks = stack_with_database_down(&client, &other.name).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete(&other.name, &DeleteParams::default())
+        .await
+        .expect("the namespace is deleted");
+    wait_until(
+        "the stack in the deleted namespace is gone",
+        WAIT,
+        || async {
+            other_stacks
+                .get_opt("stack")
+                .await
+                .is_ok_and(|s| s.is_none())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_retention_over_kept_data_waits_for_the_annotation_then_applies() {
+    simulated_nodes();
+    let tsdb = TimescaleSchema::create().await;
+    // The stack adopts a table that already holds a day-old row: a retention deletes
+    // nothing now, but it will delete what no policy deleted so far.
+    {
+        let pool = metricsstack_operator::database::connect(
+            &tsdb.url(),
+            // The test server speaks no TLS, and PGlite's socket does not answer a TLS request.
+            &metricsstack_common::database::DatabaseTls {
+                mode: metricsstack_common::database::TlsMode::Disable,
+                ca: None,
+            },
+            &metricsstack_common::database::PoolSettings {
+                max_connections: 1,
+                ..Default::default()
+            },
+            &tsdb.schema,
+        )
+        .await
+        .expect("connects");
+        metricsstack_operator::database::migrate(&pool, &tsdb.schema)
+            .await
+            .expect("migrated");
+        sqlx::query(
+            "INSERT INTO host_process_metrics (\"timestamp\", host, pid, start_time, \
+               process_name, cpu_usage_percent, cpu_peak_percent, memory_usage_mb, \
+               virtual_memory_mb, disk_read_bytes, disk_write_bytes) \
+             VALUES (now() - interval '1 day', 'node-a', 1, now() - interval '2 days', \
+                     'postgres', 1, 1, 1, 1, 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .expect("a row");
+        pool.close().await;
+    }
+    let ns = TestNamespace::create().await;
+    let client = ns.client.clone();
+    let _operator = Operator::start(&ns);
+    create_secret(&client, &ns.name, &tsdb.url()).await;
+    common::install_crd(&client).await;
+    let stack: MetricsStack = serde_json::from_value(json!({
+        "apiVersion": "metricsstack.dev/v1alpha1",
+        "kind": "MetricsStack",
+        "metadata": { "name": "stack", "namespace": ns.name },
+        "spec": {
+            "database": { "secretRef": { "name": "db" }, "tlsMode": "Disable", "schema": tsdb.schema,
+                          "pools": { "operator": { "maxConnections": 1 } } },
+            "collector": { "image": "collector:test" },
+            "queryService": { "image": "operator:test" }
+        }
+    }))
+    .expect("a MetricsStack");
+    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
+    stacks
+        .create(&PostParams::default(), &stack)
+        .await
+        .expect("created");
+    let held = wait_for(&stacks, "the retention waits for acknowledgement", |s| {
+        condition(s, "PoliciesApplied").is_some_and(|c| c.reason == "DataLossNotAcknowledged")
+    })
+    .await;
+    let pending = held
+        .status
+        .and_then(|s| s.database)
+        .and_then(|d| d.pending_plan)
+        .expect("a pending plan");
+    assert_eq!((pending.rows_to_drop, pending.chunks_to_drop), (0, 0));
+    assert!(
+        pending
+            .steps
+            .iter()
+            .any(|s| s.contains("retention") && s.contains("host_process_metrics")),
+        "{pending:?}"
+    );
+    // The row is a day old and the default retention 90 days: deleting starts in 89 days.
+    let starts = pending.earliest_deletion.expect("when deleting starts");
+    let starts = chrono::DateTime::parse_from_rfc3339(&starts).expect("RFC 3339");
+    let in_days =
+        (starts.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_hours() as f64 / 24.0;
+    assert!(
+        (88.0..=90.0).contains(&in_days),
+        "deleting starts in {in_days} days"
+    );
+
+    let acknowledge = json!({ "metadata": { "annotations": {
+        "metricsstack.dev/acknowledge-data-loss": pending.hash
+    } } });
+    stacks
+        .patch(
+            "stack",
+            &PatchParams::default(),
+            &Patch::Merge(&acknowledge),
+        )
+        .await
+        .expect("acknowledged");
+    let applied = wait_for(&stacks, "the acknowledged plan is applied", |s| {
+        condition(s, "PoliciesApplied").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let database = applied.status.and_then(|s| s.database).expect("database");
+    assert!(database.pending_plan.is_none());
+    assert!(
+        database.applied_revisions[0]
+            .steps
+            .iter()
+            .any(|s| s.contains("retention") && s.contains("host_process_metrics")),
+        "{:?}",
+        database.applied_revisions
+    );
+}
+
+#[tokio::test]
+async fn a_second_stack_on_a_schema_another_manages_is_refused_naming_it() {
+    simulated_nodes();
+    let ns = TestNamespace::create().await;
+    let db = TestDatabase::create().await;
+    let client = ns.client.clone();
+    let _operator = Operator::start(&ns);
+    create_secret(&client, &ns.name, &db.url()).await;
+    common::install_crd(&client).await;
+    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
+    let create = |name: &'static str, schema: &'static str| {
+        let stacks = stacks.clone();
+        let namespace = ns.name.clone();
+        async move {
+            let stack: MetricsStack = serde_json::from_value(json!({
+                "apiVersion": "metricsstack.dev/v1alpha1",
+                "kind": "MetricsStack",
+                "metadata": { "name": name, "namespace": namespace },
+                "spec": {
+                    "database": { "secretRef": { "name": "db" }, "tlsMode": "Disable", "schema": schema },
+                    "collector": { "image": "collector:test" },
+                    "queryService": { "image": "operator:test" }
+                }
+            }))
+            .expect("a MetricsStack");
+            stacks
+                .create(&PostParams::default(), &stack)
+                .await
+                .expect("created");
+        }
+    };
+    let policies = |name: &'static str| {
+        let stacks = stacks.clone();
+        move || {
+            let stacks = stacks.clone();
+            async move {
+                let stack = stacks.get(name).await.ok()?;
+                condition(&stack, "PoliciesApplied").cloned()
+            }
+        }
+    };
+    create("first", "shared").await;
+    wait_until("the first stack manages the schema", WAIT, || async {
+        policies("first")()
+            .await
+            .is_some_and(|c| c.status == "True")
+    })
+    .await;
+    create("second", "shared").await;
+    create("third", "own").await;
+    wait_until("the second stack is refused", WAIT, || async {
+        policies("second")()
+            .await
+            .is_some_and(|c| c.reason == "Conflict")
+    })
+    .await;
+    let refused = policies("second")().await.expect("a condition");
+    assert!(
+        refused
+            .message
+            .contains(&format!("managed by the MetricsStack {}/first", ns.name)),
+        "{}",
+        refused.message
+    );
+    wait_until(
+        "the third stack, on its own schema, is applied",
+        WAIT,
+        || async {
+            policies("third")()
+                .await
+                .is_some_and(|c| c.status == "True")
+        },
+    )
+    .await;
+}

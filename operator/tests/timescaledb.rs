@@ -13,6 +13,9 @@ use metricsstack_operator::validate::validate;
 use metricsstack_testkit::{TestDatabase, TimescaleSchema};
 use sqlx::PgPool;
 
+/// The stack these tests converge the schema for.
+const OWNER: &str = "tests/timescaledb";
+
 /// The test servers speak no TLS.
 const DISABLE_TLS: DatabaseTls = DatabaseTls {
     mode: TlsMode::Disable,
@@ -78,7 +81,7 @@ async fn a_fresh_database_gets_every_policy_the_spec_asks_for() {
     let tsdb = TimescaleSchema::create().await;
     let pool = pool(&tsdb.url(), &tsdb.schema).await;
     let desired = production();
-    let outcome = converge(&pool, &tsdb.schema, &desired, None)
+    let outcome = converge(&pool, &tsdb.schema, OWNER, &desired, None)
         .await
         .expect("converges");
     assert!(outcome.pending.is_none());
@@ -161,7 +164,7 @@ async fn edits_alter_jobs_in_place_and_aggregates_fill_when_their_job_runs() {
     let mut desired = production();
     let hourly = desired.aggregates.remove(0);
     assert_eq!(hourly.name, "host_process_metrics_hourly");
-    converge(&pool, &tsdb.schema, &desired, None)
+    converge(&pool, &tsdb.schema, OWNER, &desired, None)
         .await
         .expect("converges");
     let before = read_state(&pool, &tsdb.schema).await.expect("state");
@@ -176,7 +179,7 @@ async fn edits_alter_jobs_in_place_and_aggregates_fill_when_their_job_runs() {
         .as_mut()
         .expect("compression")
         .after = 3 * DAY;
-    let outcome = converge(&pool, &tsdb.schema, &desired, None)
+    let outcome = converge(&pool, &tsdb.schema, OWNER, &desired, None)
         .await
         .expect("converges");
     assert_eq!(outcome.applied.len(), 1, "{:?}", outcome.applied);
@@ -188,7 +191,7 @@ async fn edits_alter_jobs_in_place_and_aggregates_fill_when_their_job_runs() {
 
     // No retention: the job goes.
     desired.tables[0].retention = None;
-    converge(&pool, &tsdb.schema, &desired, None)
+    converge(&pool, &tsdb.schema, OWNER, &desired, None)
         .await
         .expect("converges");
     let state = read_state(&pool, &tsdb.schema).await.expect("state");
@@ -205,7 +208,7 @@ async fn edits_alter_jobs_in_place_and_aggregates_fill_when_their_job_runs() {
     // materialised from its own rows, whatever the clock says.
     insert_process_rows(&pool, &[2, 2, 1, 1]).await;
     desired.aggregates.push(hourly);
-    converge(&pool, &tsdb.schema, &desired, None)
+    converge(&pool, &tsdb.schema, OWNER, &desired, None)
         .await
         .expect("converges");
     let state = read_state(&pool, &tsdb.schema).await.expect("state");
@@ -263,11 +266,11 @@ async fn a_then_b_then_a_again_returns_to_the_first_state() {
     b.tables[0].chunk_interval = 2 * DAY;
     b.aggregates[0].refresh.schedule = 2 * 3600;
     b.aggregates[0].retention = None;
-    converge(&pool, &tsdb.schema, &a, None)
+    converge(&pool, &tsdb.schema, OWNER, &a, None)
         .await
         .expect("A converges");
     let first = read_state(&pool, &tsdb.schema).await.expect("state");
-    let to_b = converge(&pool, &tsdb.schema, &b, None)
+    let to_b = converge(&pool, &tsdb.schema, OWNER, &b, None)
         .await
         .expect("B converges");
     assert!(to_b.applied.len() >= 6, "{:?}", to_b.applied);
@@ -275,7 +278,7 @@ async fn a_then_b_then_a_again_returns_to_the_first_state() {
         shape(&read_state(&pool, &tsdb.schema).await.expect("state")),
         shape(&first)
     );
-    converge(&pool, &tsdb.schema, &a, None)
+    converge(&pool, &tsdb.schema, OWNER, &a, None)
         .await
         .expect("A converges again");
     let again = read_state(&pool, &tsdb.schema).await.expect("state");
@@ -287,7 +290,7 @@ async fn a_then_b_then_a_again_returns_to_the_first_state() {
 async fn a_second_converge_plans_nothing_and_runs_no_ddl() {
     let tsdb = TimescaleSchema::create().await;
     let pool = pool(&tsdb.url(), &tsdb.schema).await;
-    converge(&pool, &tsdb.schema, &production(), None)
+    converge(&pool, &tsdb.schema, OWNER, &production(), None)
         .await
         .expect("converges");
     // Count every DDL command from here on.
@@ -300,7 +303,7 @@ async fn a_second_converge_plans_nothing_and_runs_no_ddl() {
     .execute(&pool)
     .await
     .expect("the DDL counter is installed");
-    let second: Convergence = converge(&pool, &tsdb.schema, &production(), None)
+    let second: Convergence = converge(&pool, &tsdb.schema, OWNER, &production(), None)
         .await
         .expect("converges");
     let ddl: Vec<String> = sqlx::query_scalar("SELECT command FROM ddl_log")
@@ -323,13 +326,13 @@ async fn a_shorter_retention_over_old_data_waits_for_acknowledgement() {
     let pool = pool(&tsdb.url(), &tsdb.schema).await;
     let mut desired = production();
     desired.tables[0].retention = Some(365 * DAY);
-    converge(&pool, &tsdb.schema, &desired, None)
+    converge(&pool, &tsdb.schema, OWNER, &desired, None)
         .await
         .expect("converges");
     insert_process_rows(&pool, &[100 * 24, 60 * 24, 60 * 24, 24]).await;
 
     desired.tables[0].retention = Some(30 * DAY);
-    let held = converge(&pool, &tsdb.schema, &desired, None)
+    let held = converge(&pool, &tsdb.schema, OWNER, &desired, None)
         .await
         .expect("converges");
     let pending = held.pending.expect("the shorter retention is held back");
@@ -347,11 +350,17 @@ async fn a_shorter_retention_over_old_data_waits_for_acknowledgement() {
     );
 
     // A wrong acknowledgement changes nothing; the plan's own hash applies it.
-    let wrong = converge(&pool, &tsdb.schema, &desired, Some("0123456789abcdef"))
-        .await
-        .expect("converges");
+    let wrong = converge(
+        &pool,
+        &tsdb.schema,
+        OWNER,
+        &desired,
+        Some("0123456789abcdef"),
+    )
+    .await
+    .expect("converges");
     assert_eq!(wrong.pending.map(|p| p.hash), Some(pending.hash.clone()));
-    let applied = converge(&pool, &tsdb.schema, &desired, Some(&pending.hash))
+    let applied = converge(&pool, &tsdb.schema, OWNER, &desired, Some(&pending.hash))
         .await
         .expect("converges");
     assert!(applied.pending.is_none());
@@ -369,7 +378,7 @@ async fn plain_postgres_gets_the_schema_and_reports_what_it_cannot_do() {
     let db = TestDatabase::create().await;
     // A schema the database does not have yet: the operator creates it.
     let pool = pool(&db.url(), "metrics").await;
-    let outcome = converge(&pool, "metrics", &production(), None)
+    let outcome = converge(&pool, "metrics", OWNER, &production(), None)
         .await
         .expect("converges");
     assert!(outcome.timescaledb_version.is_none());
@@ -401,5 +410,44 @@ async fn plain_postgres_gets_the_schema_and_reports_what_it_cannot_do() {
             table.table_name()
         );
     }
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_shorter_retention_over_young_data_is_held_too_and_says_when_deleting_starts() {
+    let tsdb = TimescaleSchema::create().await;
+    let pool = pool(&tsdb.url(), &tsdb.schema).await;
+    let mut desired = production();
+    desired.tables[0].retention = Some(365 * DAY);
+    converge(&pool, &tsdb.schema, OWNER, &desired, None)
+        .await
+        .expect("converges");
+    // Nothing is older than 30 days: the shorter retention deletes nothing now, but the
+    // rows the current policy keeps for a year go after 30 days.
+    insert_process_rows(&pool, &[48, 24]).await;
+
+    desired.tables[0].retention = Some(30 * DAY);
+    let held = converge(&pool, &tsdb.schema, OWNER, &desired, None)
+        .await
+        .expect("converges");
+    let pending = held.pending.expect("the shorter retention is held back");
+    assert_eq!((pending.loss.rows, pending.loss.chunks), (0, 0));
+    let oldest: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT min(\"timestamp\") FROM host_process_metrics")
+            .fetch_one(&pool)
+            .await
+            .expect("the oldest row");
+    // Deleting starts when the oldest row is 30 days old (an hour either way: the database
+    // adds calendar days in its time zone).
+    let starts = pending.loss.earliest_deletion.expect("a first deletion");
+    let expected = oldest + chrono::Duration::days(30);
+    assert!(
+        (starts - expected).num_minutes().abs() <= 60,
+        "deleting starts at {starts}, expected about {expected}"
+    );
+    let applied = converge(&pool, &tsdb.schema, OWNER, &desired, Some(&pending.hash))
+        .await
+        .expect("converges");
+    assert!(applied.pending.is_none());
     pool.close().await;
 }

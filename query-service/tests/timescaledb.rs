@@ -35,7 +35,7 @@ async fn long_windows_read_the_hourly_aggregate() {
     let pool = database::connect(&tsdb.url(), &DISABLE_TLS, &one, &tsdb.schema)
         .await
         .expect("the operator connects");
-    converge(&pool, &tsdb.schema, &storage, None)
+    converge(&pool, &tsdb.schema, "tests/query-service", &storage, None)
         .await
         .expect("converges");
     // Two nodes, samples two and three hours ago (inside the refresh window).

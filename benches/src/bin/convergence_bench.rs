@@ -192,12 +192,12 @@ async fn direct(url: &str, schema: &str, edits: usize) -> anyhow::Result<Vec<Dur
         }))?;
         Ok(validate(&stack.spec)?.storage)
     };
-    database::converge(&pool, schema, &desired(1)?, None).await?;
+    database::converge(&pool, schema, "bench/convergence", &desired(1)?, None).await?;
     let mut times = Vec::new();
     for i in 0..edits {
         let want = desired(i)?;
         let started = Instant::now();
-        let outcome = database::converge(&pool, schema, &want, None).await?;
+        let outcome = database::converge(&pool, schema, "bench/convergence", &want, None).await?;
         if outcome.applied.is_empty() {
             bail!("edit {i} changed nothing");
         }

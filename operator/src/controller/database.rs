@@ -142,8 +142,24 @@ pub async fn reconcile_database(
         .get(ACKNOWLEDGE_ANNOTATION)
         .map(String::as_str);
     let schema = &stack.spec.database.schema;
-    let convergence = match database::converge(&pool, schema, &valid.storage, acknowledged).await {
+    let owner = stack_owner(stack);
+    let converged = database::converge(&pool, schema, &owner, &valid.storage, acknowledged).await;
+    let convergence = match converged {
         Ok(convergence) => convergence,
+        // Nothing to retry: the spec or the other stack must change (a periodic check and
+        // every spec change look again).
+        Err(error @ DatabaseError::Conflict { .. }) => {
+            return Ok(DatabaseOutcome {
+                ready,
+                policies: Outcome::failed(
+                    ConditionType::PoliciesApplied,
+                    ConditionReason::Conflict,
+                    error.to_string(),
+                ),
+                status: None,
+                retry: None,
+            });
+        }
         Err(error) => {
             return Ok(DatabaseOutcome {
                 ready,
@@ -175,10 +191,15 @@ fn policies_outcome(convergence: &Convergence) -> Outcome {
             ConditionType::PoliciesApplied,
             ConditionReason::DataLossNotAcknowledged,
             format!(
-                "held back because it would delete {} rows in {} chunks now: {}. To apply it, \
-                 set the annotation {ACKNOWLEDGE_ANNOTATION}: \"{}\"",
+                "held back because it would delete data the current policies keep: {} rows in \
+                 {} chunks now, and deleting starts {}: {}. To apply it, set the annotation \
+                 {ACKNOWLEDGE_ANNOTATION}: \"{}\"",
                 pending.loss.rows,
                 pending.loss.chunks,
+                pending
+                    .loss
+                    .earliest_deletion
+                    .map_or_else(|| "now".to_owned(), |at| format!("at {}", at.to_rfc3339())),
                 steps.join("; "),
                 pending.hash
             ),
@@ -235,6 +256,7 @@ fn database_status(stack: &MetricsStack, convergence: &Convergence) -> DatabaseS
             steps: p.steps.iter().map(ToString::to_string).collect(),
             chunks_to_drop: p.loss.chunks,
             rows_to_drop: p.loss.rows,
+            earliest_deletion: p.loss.earliest_deletion.map(|at| at.to_rfc3339()),
         }),
     }
 }
@@ -262,15 +284,33 @@ pub async fn remove_stack_policies(
         Ok(pool) => pool,
         Err(outcome) => return Ok(Err(outcome)),
     };
-    Ok(
-        match database::remove_policies(&pool, &stack.spec.database.schema).await {
-            Ok(steps) => Ok(steps.iter().map(ToString::to_string).collect()),
-            Err(error) => Err(DatabaseOutcome::not_ready(
-                ConditionReason::DatabaseError,
-                error.to_string(),
-                Some(error),
-            )),
-        },
+    Ok(match remove_policies_and_release(&pool, stack).await {
+        Ok(steps) => Ok(steps.iter().map(ToString::to_string).collect()),
+        Err(error) => Err(DatabaseOutcome::not_ready(
+            ConditionReason::DatabaseError,
+            error.to_string(),
+            Some(error),
+        )),
+    })
+}
+
+/// Removes the stack's policies, then hands its schema over to whichever stack comes next.
+async fn remove_policies_and_release(
+    pool: &PgPool,
+    stack: &MetricsStack,
+) -> Result<Vec<database::Step>, DatabaseError> {
+    let schema = &stack.spec.database.schema;
+    let steps = database::remove_policies(pool, schema).await?;
+    database::release(pool, schema, &stack_owner(stack)).await?;
+    Ok(steps)
+}
+
+/// How the stack is recorded as the owner of its schema: `namespace/name`.
+fn stack_owner(stack: &MetricsStack) -> String {
+    format!(
+        "{}/{}",
+        stack.namespace().unwrap_or_default(),
+        stack.name_any()
     )
 }
 

@@ -20,6 +20,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
@@ -207,7 +208,11 @@ fn error_policy(stack: Arc<MetricsStack>, error: &ReconcileError, ctx: Arc<Conte
         .expect("the failure map is not poisoned");
     let count = failures.entry(ObjectRef::from_obj(&*stack)).or_insert(0);
     *count = count.saturating_add(1);
-    let delay = Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300));
+    let backoff = Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300));
+    // A deleted stack whose clean-up fails is retried no later than when it is abandoned.
+    let delay = reconcile::cleanup_time_left(&stack, Timestamp::now()).map_or(backoff, |left| {
+        backoff.min(left.max(Duration::from_secs(1)))
+    });
     tracing::warn!(stack = %stack.name_any(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

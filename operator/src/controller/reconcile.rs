@@ -473,6 +473,22 @@ async fn clean_up_database(ctx: &Context, stack: &MetricsStack) -> Result<String
     match remove_stack_policies(&ctx.pools, stack, &valid, secret).await? {
         Ok(steps) => Ok(format!("removed {} database policies", steps.len())),
         Err(outcome) => {
+            // An unreadable timeout (stored before a schema change) gives up at once rather
+            // than never.
+            let timeout = stack.spec.cleanup_timeout.to_std().unwrap_or_default();
+            let deleted_at = (stack.metadata.deletion_timestamp.as_ref()).map(|time| time.0);
+            if cleanup_timed_out(deleted_at, Timestamp::now(), timeout) {
+                let note = abandoned_cleanup_note(stack, &outcome.ready.message);
+                publish(
+                    ctx,
+                    stack,
+                    EventType::Warning,
+                    "CleanupAbandoned",
+                    note.clone(),
+                )
+                .await;
+                return Ok(note);
+            }
             publish(
                 ctx,
                 stack,
@@ -487,6 +503,45 @@ async fn clean_up_database(ctx: &Context, stack: &MetricsStack) -> Result<String
             })
         }
     }
+}
+
+/// Whether a clean-up that keeps failing has been tried for `timeout` since the stack was
+/// deleted (at `deleted_at`), so that the finalizer is released (pure).
+fn cleanup_timed_out(deleted_at: Option<Timestamp>, now: Timestamp, timeout: Duration) -> bool {
+    let Some(deleted_at) = deleted_at else {
+        return false;
+    };
+    let waited = now.duration_since(deleted_at);
+    !waited.is_negative() && waited.unsigned_abs() >= timeout
+}
+
+/// For a deleted stack, how long its clean-up may still be retried before it is abandoned
+/// (so that a retry with backoff does not overshoot `spec.cleanupTimeout` by minutes);
+/// `None` for a living stack.
+pub(super) fn cleanup_time_left(stack: &MetricsStack, now: Timestamp) -> Option<Duration> {
+    let deleted_at = stack.metadata.deletion_timestamp.as_ref()?.0;
+    let timeout = stack.spec.cleanup_timeout.to_std().unwrap_or_default();
+    let waited = now.duration_since(deleted_at);
+    let waited = if waited.is_negative() {
+        Duration::ZERO
+    } else {
+        waited.unsigned_abs()
+    };
+    Some(timeout.saturating_sub(waited))
+}
+
+/// What a Warning event says when the operator gives up removing the database policies:
+/// why, and what stayed in the database, with how to remove it by hand.
+fn abandoned_cleanup_note(stack: &MetricsStack, why: &str) -> String {
+    let schema = &stack.spec.database.schema;
+    format!(
+        "gave up removing the database policies {} after the deletion ({why}); left in the \
+         database: the compression, retention and refresh policies (TimescaleDB jobs) of the \
+         tables and aggregates in schema {schema:?}; remove them by hand with `SELECT \
+         delete_job(job_id) FROM timescaledb_information.jobs WHERE hypertable_schema = \
+         '{schema}'` (and the aggregates' materialization hypertables)",
+        stack.spec.cleanup_timeout
+    )
 }
 
 /// Publishes an event about the stack; a failure to publish is logged, never fatal.
@@ -506,5 +561,26 @@ async fn publish(
     };
     if let Err(error) = ctx.recorder.publish(&event, &stack.object_ref(&())).await {
         tracing::warn!(%error, "publishing an event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_cleanup_is_abandoned_once_the_timeout_has_passed_since_the_deletion() {
+        let at = |seconds| Timestamp::from_second(seconds).expect("a valid time");
+        let five_minutes = Duration::from_secs(300);
+        assert!(!cleanup_timed_out(None, at(1_000), five_minutes));
+        assert!(!cleanup_timed_out(Some(at(1_000)), at(1_299), five_minutes));
+        assert!(cleanup_timed_out(Some(at(1_000)), at(1_300), five_minutes));
+        assert!(cleanup_timed_out(
+            Some(at(1_000)),
+            at(1_000),
+            Duration::ZERO
+        ));
+        // A clock behind the API server's is no reason to give up.
+        assert!(!cleanup_timed_out(Some(at(1_000)), at(900), Duration::ZERO));
     }
 }

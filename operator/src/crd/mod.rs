@@ -61,6 +61,22 @@ pub struct MetricsStackSpec {
     /// policies the operator created (tables, aggregates and data stay).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// With `RemovePolicies`: how long after the deletion the operator keeps trying to
+    /// remove the policies while it cannot (the Secret is gone, the database is down). Then
+    /// it lets the resource go, leaving the policies, and a Warning event
+    /// (`CleanupAbandoned`) says what stayed in the database, so that deleting a namespace
+    /// always ends.
+    #[serde(default = "default_cleanup_timeout")]
+    #[x_kube(validation = kube::core::Rule::new(cleanup_timeout_rule()).message("cleanupTimeout must be between 0s and 24h"))]
+    pub cleanup_timeout: Duration,
+}
+
+fn default_cleanup_timeout() -> Duration {
+    Duration::parse("5m").expect("valid default")
+}
+
+fn cleanup_timeout_rule() -> String {
+    format!("{} <= 86400", cel_seconds("self"))
 }
 
 /// What happens to the database when the resource is deleted.

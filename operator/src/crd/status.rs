@@ -94,6 +94,10 @@ pub struct PendingPlan {
     pub chunks_to_drop: i64,
     /// Rows the plan would drop right away.
     pub rows_to_drop: i64,
+    /// When the plan would start deleting data the current policies keep (RFC 3339): now,
+    /// or later for a retention shortened over data not yet old enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest_deletion: Option<String>,
 }
 
 /// The condition types a `MetricsStack` reports.
@@ -162,6 +166,8 @@ pub enum ConditionReason {
     /// TLS towards the database failed: the certificate, or a server and a `tlsMode` that
     /// disagree on TLS.
     TlsFailed,
+    /// Another stack manages the database schema this one names.
+    Conflict,
     /// The collector DaemonSet cannot create its pods (for example refused by Pod Security
     /// admission).
     PodCreationFailed,
@@ -187,6 +193,7 @@ impl ConditionReason {
             Self::CaInvalid => "CAInvalid",
             Self::TlsFailed => "TLSFailed",
             Self::PodCreationFailed => "PodCreationFailed",
+            Self::Conflict => "Conflict",
         }
     }
 }

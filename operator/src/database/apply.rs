@@ -242,17 +242,43 @@ fn refresh_parameters(refresh: &Option<DesiredRefresh>) -> (Option<String>, Opti
     }
 }
 
-/// What a step would delete if it ran now.
+/// What a step would delete: right now, and from when on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Loss {
-    /// Chunks dropped.
+    /// Chunks dropped at once.
     pub chunks: i64,
-    /// Rows dropped.
+    /// Rows dropped at once.
     pub rows: i64,
+    /// When the step starts deleting data the current policy keeps: now for data old
+    /// enough already, else when the oldest row ages past the new retention. `None` when
+    /// the relation holds no data at all, so that the step deletes nothing anyone kept.
+    pub earliest_deletion: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Measures what `step` would delete right now (zero for steps that cannot drop data, and
-/// for relations that do not exist yet or are no hypertables yet, which have no chunks).
+impl Loss {
+    /// Whether the step would ever delete data the current policy keeps.
+    pub fn deletes_kept_data(&self) -> bool {
+        self.earliest_deletion.is_some()
+    }
+
+    /// Both losses: the sums, and the earlier first deletion.
+    pub fn and(self, other: Loss) -> Loss {
+        let earliest_deletion = match (self.earliest_deletion, other.earliest_deletion) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Loss {
+            chunks: self.chunks + other.chunks,
+            rows: self.rows + other.rows,
+            earliest_deletion,
+        }
+    }
+}
+
+/// Measures what `step` would delete (nothing for steps that cannot drop data, and for
+/// relations that do not exist yet). A retention shortened, or added where there was none,
+/// deletes data the current policy keeps as soon as the relation holds any, even when none
+/// is old enough yet: the data goes later, and [`Loss::earliest_deletion`] says when.
 pub async fn measure_loss(
     pool: &PgPool,
     schema: &str,
@@ -304,7 +330,22 @@ pub async fn measure_loss(
     .fetch_one(pool)
     .await
     .map_err(context())?;
-    Ok(Loss { chunks, rows })
+    // The oldest row ages past the new retention at min(time) + retention (an index scan).
+    let earliest_deletion: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT greatest(oldest + coalesce($1::interval, interval '0'), now()) \
+             FROM (SELECT min(\"{time_column}\") AS oldest FROM {target}) AS o \
+             WHERE oldest IS NOT NULL"
+        )))
+        .bind(&older_than)
+        .fetch_optional(pool)
+        .await
+        .map_err(context())?;
+    Ok(Loss {
+        chunks,
+        rows,
+        earliest_deletion,
+    })
 }
 
 /// The time column of a metric table (`timestamp`) or of an aggregate (`bucket`).

@@ -24,6 +24,19 @@ pub enum DatabaseError {
         #[source]
         source: sqlx::Error,
     },
+    /// Another stack manages the schema.
+    #[error(
+        "schema {schema:?} of this database is managed by the MetricsStack {other}: give this \
+         stack another spec.database.schema (stacks cannot share one), or delete {other} (if \
+         it is gone, it was deleted with deletionPolicy Retain: `DELETE FROM \
+         \"{schema}\"._metricsstack_owner` hands the schema over)"
+    )]
+    Conflict {
+        /// The schema.
+        schema: String,
+        /// The stack that manages it, `namespace/name`.
+        other: String,
+    },
     /// A statement failed.
     #[error("{context}: {source}")]
     Statement {

@@ -7,6 +7,7 @@ mod apply;
 mod connection;
 mod desired;
 mod introspect;
+mod owner;
 mod plan;
 
 use sha2::{Digest, Sha256};
@@ -21,6 +22,7 @@ pub use desired::{
     table_columns,
 };
 pub use introspect::{DatabaseState, Job, JobKind, MANAGED_COMMENT, read_state};
+pub use owner::{OWNER_TABLE, release};
 pub use plan::{Step, human, plan, removal};
 
 /// What converging the database did.
@@ -60,14 +62,21 @@ pub fn plan_hash(steps: &[Step]) -> String {
 }
 
 /// Brings the schema up to date and the storage policies in line with `desired`. Steps that
-/// would delete data right now run only when `acknowledged` is their [`plan_hash`].
+/// would ever delete data the current policies keep (now, or later: a retention shortened
+/// over young data) run only when `acknowledged` is their [`plan_hash`].
+///
+/// The schema is claimed for `owner` (the stack's `namespace/name`) first: a schema another
+/// stack manages is left alone ([`DatabaseError::Conflict`]), so that two stacks never drop
+/// each other's policies and aggregates.
 pub async fn converge(
     pool: &PgPool,
     schema: &str,
+    owner: &str,
     desired: &DesiredStorage,
     acknowledged: Option<&str>,
 ) -> Result<Convergence, DatabaseError> {
     ensure_schema(pool, schema).await?;
+    owner::claim(pool, schema, owner).await?;
     migrate(pool, schema).await?;
     let state = read_state(pool, schema).await?;
     if state.timescaledb_version.is_none() {
@@ -86,12 +95,11 @@ pub async fn converge(
         } else {
             Loss::default()
         };
-        if would_lose == Loss::default() {
-            safe.push(step);
-        } else {
-            loss.chunks += would_lose.chunks;
-            loss.rows += would_lose.rows;
+        if would_lose.deletes_kept_data() {
+            loss = loss.and(would_lose);
             risky.push(step);
+        } else {
+            safe.push(step);
         }
     }
     let hash = plan_hash(&risky);
