@@ -250,6 +250,11 @@ async fn invalid_resources_are_refused_with_the_field_named() {
             "spec.storage.tables[0].compression.orderBy",
         ),
         (
+            "a clean-up timeout over a day",
+            json!({ "cleanupTimeout": "25h" }),
+            "spec.cleanupTimeout",
+        ),
+        (
             "too many top processes",
             json!({ "collector": { "processes": { "topByCpu": 5000 } } }),
             "spec.collector.processes.topByCpu",
