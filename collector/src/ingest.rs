@@ -1,10 +1,19 @@
 //! Writing a batch to the database in one round trip: one statement whose three
 //! `INSERT ... SELECT FROM UNNEST(arrays)` parts fill the three metric tables. Each table has a
 //! natural key, and `ON CONFLICT DO NOTHING` makes a replayed batch insert nothing twice.
+//! Each table's part also runs alone, to find which table refuses a batch, and errors are
+//! classified as transient (wait and try again) or permanent (the rows themselves are
+//! refused).
 
+use std::sync::LazyLock;
+
+use regex::Regex;
 use sqlx::PgPool;
+use sqlx::Postgres;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
 
-use crate::rows::Batch;
+use crate::rows::{Batch, HostRow, ProcessRow, Table, VmRow};
 
 /// Rows a batch actually added to each table (a replayed batch adds none).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -17,8 +26,8 @@ pub struct Inserted {
     pub vms: i64,
 }
 
-const INSERT_BATCH: &str = r#"
-WITH hosts AS (
+/// The rows of `host_overall_metrics`, from the arrays `$1` to `$20`.
+const INSERT_HOSTS: &str = r#"
   INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent, cpu_per_core_percent,
     load_1, load_5, load_15, memory_total_bytes, memory_used_bytes, memory_usage_mb,
     swap_total_bytes, swap_used_bytes, disk_total_bytes, disk_used_bytes, disk_read_bytes,
@@ -29,39 +38,82 @@ WITH hosts AS (
     $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int8[], $19::int8[], $20::int4[])
     AS u(t, h, c, cores, l1, l5, l15, mt, mu, mmb, st, su, dt, du, dr, dw, rx, tx, up, pc)
   ON CONFLICT DO NOTHING RETURNING 1
-), processes AS (
+"#;
+/// Parameters of [`INSERT_HOSTS`].
+const HOST_PARAMETERS: usize = 20;
+
+/// The rows of `host_process_metrics`, from the arrays `$1` to `$16`.
+const INSERT_PROCESSES: &str = r#"
   INSERT INTO host_process_metrics ("timestamp", host, pid, start_time, parent_pid, process_name,
     command_line, username, state, cpu_usage_percent, cpu_peak_percent, memory_usage_mb,
     virtual_memory_mb, disk_read_bytes, disk_write_bytes, threads)
-  SELECT * FROM UNNEST($21::timestamptz[], $22::text[], $23::int4[], $24::timestamptz[],
-    $25::int4[], $26::text[], $27::text[], $28::text[], $29::text[], $30::real[], $31::real[],
-    $32::float8[], $33::float8[], $34::int8[], $35::int8[], $36::int4[])
+  SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::int4[], $4::timestamptz[],
+    $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[], $10::real[], $11::real[],
+    $12::float8[], $13::float8[], $14::int8[], $15::int8[], $16::int4[])
   ON CONFLICT DO NOTHING RETURNING 1
-), vms AS (
+"#;
+/// Parameters of [`INSERT_PROCESSES`].
+const PROCESS_PARAMETERS: usize = 16;
+
+/// The rows of `vm_process_metrics`, from the arrays `$1` to `$17`.
+const INSERT_VMS: &str = r#"
   INSERT INTO vm_process_metrics ("timestamp", host, pid, start_time, process_name, command_line,
     pod_namespace, pod_name, pod_uid, container_id, container_name, cpu_usage_percent,
     cpu_peak_percent, cpu_limit_percent, memory_usage_mb, disk_read_bytes, disk_write_bytes)
-  SELECT * FROM UNNEST($37::timestamptz[], $38::text[], $39::int4[], $40::timestamptz[],
-    $41::text[], $42::text[], $43::text[], $44::text[], $45::text[], $46::text[], $47::text[],
-    $48::real[], $49::real[], $50::real[], $51::float8[], $52::int8[], $53::int8[])
+  SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::int4[], $4::timestamptz[],
+    $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+    $12::real[], $13::real[], $14::real[], $15::float8[], $16::int8[], $17::int8[])
   ON CONFLICT DO NOTHING RETURNING 1
-)
-SELECT (SELECT count(*) FROM hosts), (SELECT count(*) FROM processes), (SELECT count(*) FROM vms)
 "#;
 
-/// Inserts a batch in one round trip; returns the rows each table gained.
-pub async fn insert(pool: &PgPool, batch: &Batch) -> Result<Inserted, sqlx::Error> {
-    let h = &batch.hosts;
-    let p = &batch.processes;
-    let v = &batch.vms;
-    fn col<T, U>(rows: &[T], f: impl Fn(&T) -> U) -> Vec<U> {
-        rows.iter().map(f).collect()
-    }
+/// `insert` with its parameters numbered from `$1 + offset` on.
+fn shifted(insert: &str, offset: usize) -> String {
+    static PARAMETER: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\$(\d+)").expect("a valid pattern"));
+    PARAMETER
+        .replace_all(insert, |captures: &regex::Captures| {
+            let number: usize = captures[1].parse().expect("digits");
+            format!("${}", number + offset)
+        })
+        .into_owned()
+}
+
+/// All three tables in one statement: the host arrays first, then the process arrays, then
+/// the pod process arrays.
+static INSERT_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH hosts AS ({}), processes AS ({}), vms AS ({})\n\
+         SELECT (SELECT count(*) FROM hosts), (SELECT count(*) FROM processes), \
+         (SELECT count(*) FROM vms)",
+        INSERT_HOSTS,
+        shifted(INSERT_PROCESSES, HOST_PARAMETERS),
+        shifted(INSERT_VMS, HOST_PARAMETERS + PROCESS_PARAMETERS),
+    )
+});
+
+/// One table's insert alone, returning the rows it added.
+fn alone(insert: &str) -> String {
+    format!("WITH inserted AS ({insert}) SELECT count(*) FROM inserted")
+}
+
+static INSERT_HOSTS_ALONE: LazyLock<String> = LazyLock::new(|| alone(INSERT_HOSTS));
+static INSERT_PROCESSES_ALONE: LazyLock<String> = LazyLock::new(|| alone(INSERT_PROCESSES));
+static INSERT_VMS_ALONE: LazyLock<String> = LazyLock::new(|| alone(INSERT_VMS));
+
+/// A statement being bound, whatever it returns.
+type Insert<O> = QueryAs<'static, Postgres, O, PgArguments>;
+
+fn col<T, U>(rows: &[T], f: impl Fn(&T) -> U) -> Vec<U> {
+    rows.iter().map(f).collect()
+}
+
+/// Binds the arrays of [`INSERT_HOSTS`], in order.
+fn bind_hosts<O>(query: Insert<O>, h: &[HostRow]) -> Insert<O> {
     let cores = col(h, |r| {
         let values: Vec<String> = r.cpu_per_core_percent.iter().map(f32::to_string).collect();
         format!("{{{}}}", values.join(","))
     });
-    let (hosts, processes, vms): (i64, i64, i64) = sqlx::query_as(INSERT_BATCH)
+    query
         .bind(col(h, |r| r.timestamp))
         .bind(col(h, |r| r.host.clone()))
         .bind(col(h, |r| r.cpu_usage_percent))
@@ -82,6 +134,11 @@ pub async fn insert(pool: &PgPool, batch: &Batch) -> Result<Inserted, sqlx::Erro
         .bind(col(h, |r| r.network_tx_bytes))
         .bind(col(h, |r| r.uptime_seconds))
         .bind(col(h, |r| r.process_count))
+}
+
+/// Binds the arrays of [`INSERT_PROCESSES`], in order.
+fn bind_processes<O>(query: Insert<O>, p: &[ProcessRow]) -> Insert<O> {
+    query
         .bind(col(p, |r| r.timestamp))
         .bind(col(p, |r| r.host.clone()))
         .bind(col(p, |r| r.pid))
@@ -98,6 +155,11 @@ pub async fn insert(pool: &PgPool, batch: &Batch) -> Result<Inserted, sqlx::Erro
         .bind(col(p, |r| r.disk_read_bytes))
         .bind(col(p, |r| r.disk_write_bytes))
         .bind(col(p, |r| r.threads))
+}
+
+/// Binds the arrays of [`INSERT_VMS`], in order.
+fn bind_vms<O>(query: Insert<O>, v: &[VmRow]) -> Insert<O> {
+    query
         .bind(col(v, |r| r.timestamp))
         .bind(col(v, |r| r.host.clone()))
         .bind(col(v, |r| r.pid))
@@ -115,11 +177,96 @@ pub async fn insert(pool: &PgPool, batch: &Batch) -> Result<Inserted, sqlx::Erro
         .bind(col(v, |r| r.memory_usage_mb))
         .bind(col(v, |r| r.disk_read_bytes))
         .bind(col(v, |r| r.disk_write_bytes))
-        .fetch_one(pool)
-        .await?;
+}
+
+/// Inserts a batch in one round trip; returns the rows each table gained.
+pub async fn insert(pool: &PgPool, batch: &Batch) -> Result<Inserted, sqlx::Error> {
+    let query = sqlx::query_as(INSERT_BATCH.as_str());
+    let query = bind_vms(
+        bind_processes(bind_hosts(query, &batch.hosts), &batch.processes),
+        &batch.vms,
+    );
+    let (hosts, processes, vms): (i64, i64, i64) = query.fetch_one(pool).await?;
     Ok(Inserted {
         hosts,
         processes,
         vms,
     })
+}
+
+/// Inserts the rows a batch holds for one table, in a statement that names no other table
+/// (so that a table that refuses them fails this statement alone); returns the rows added.
+pub async fn insert_into(pool: &PgPool, table: Table, batch: &Batch) -> Result<i64, sqlx::Error> {
+    let query = match table {
+        Table::Hosts => bind_hosts(sqlx::query_as(INSERT_HOSTS_ALONE.as_str()), &batch.hosts),
+        Table::Processes => bind_processes(
+            sqlx::query_as(INSERT_PROCESSES_ALONE.as_str()),
+            &batch.processes,
+        ),
+        Table::Vms => bind_vms(sqlx::query_as(INSERT_VMS_ALONE.as_str()), &batch.vms),
+    };
+    let (inserted,): (i64,) = query.fetch_one(pool).await?;
+    Ok(inserted)
+}
+
+/// Whether a failed write may succeed when tried again as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The database (or the way to it) is away, overloaded or busy: the batch waits.
+    Transient,
+    /// The database refuses these rows themselves (a constraint, a type, a column the table
+    /// no longer has): trying again will not help.
+    Permanent,
+}
+
+/// Classifies a failed write by its SQLSTATE. Permanent: class 22 (data exception), 23
+/// (integrity constraint violation), 42 (syntax error or access rule violation: an
+/// undefined column, a datatype mismatch), 0A (feature not supported) and 54 (program limit
+/// exceeded). Two codes of class 42 say that the environment is not ready rather than that
+/// the rows are wrong, and are transient like everything else: 42P01 (undefined table: the
+/// operator has not created the schema yet) and 42501 (insufficient privilege: a grant is
+/// pending). Connection errors, pool timeouts and the classes 08, 53, 57, 40 and 55 are
+/// transient.
+pub fn classify(error: &sqlx::Error) -> Failure {
+    match error {
+        sqlx::Error::Encode(_) => Failure::Permanent,
+        sqlx::Error::Database(error) => match error.code().as_deref() {
+            Some("42P01" | "42501") => Failure::Transient,
+            Some(code)
+                if ["22", "23", "42", "0A", "54"]
+                    .iter()
+                    .any(|c| code.starts_with(c)) =>
+            {
+                Failure::Permanent
+            }
+            _ => Failure::Transient,
+        },
+        _ => Failure::Transient,
+    }
+}
+
+/// The SQLSTATE of an error the database returned.
+pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Database(error) => error.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_statement_numbers_the_parameters_of_the_three_tables_one_after_another() {
+        for n in 1..=53 {
+            assert!(
+                INSERT_BATCH.contains(&format!("${n}::")),
+                "${n} in {}",
+                *INSERT_BATCH
+            );
+        }
+        assert!(!INSERT_BATCH.contains("$54"));
+        assert!(shifted("UNNEST($1::int4[], $12::text[])", 20).contains("$21::int4[], $32::"));
+    }
 }

@@ -3,17 +3,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use metricsstack_collector::metrics::Metrics;
 use metricsstack_collector::pods::{self, PodIndex};
-use metricsstack_collector::rows::Batch;
 use metricsstack_collector::sample::Sampler;
 use metricsstack_collector::spool::Spool;
-use metricsstack_collector::writer::Writer;
+use metricsstack_collector::writer::{Writer, spool_sample};
 use metricsstack_common::access::AccessPolicy;
 use metricsstack_common::admin::{self, Readiness};
 use metricsstack_common::config::{CollectorConfig, SETTINGS};
@@ -138,9 +137,24 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
         statement_timeout: None,
     };
     let pool = session.connect_lazy(config.database.connect_options(database), &config.pool);
-    let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)
+    let spool_dir = config.spool_dir.clone();
+    let max_bytes = config.spool_max_bytes;
+    let spool = tokio::task::spawn_blocking(move || Spool::open(&spool_dir, max_bytes))
+        .await
+        .context("opening the spool")?
         .with_context(|| format!("opening the spool {}", config.spool_dir.display()))?;
-    let mut writer = Writer::new(pool, spool, metrics.clone(), config.batch_size as usize);
+    metrics.spool_bytes.set(spool.bytes());
+    if spool.leftovers_removed() > 0 {
+        metrics
+            .spool_leftovers_removed
+            .inc_by(spool.leftovers_removed());
+        tracing::warn!(
+            files = spool.leftovers_removed(),
+            "removed the half-written spool files an interrupted run left"
+        );
+    }
+    let spool = Arc::new(Mutex::new(spool));
+    let writer = Writer::new(pool, spool.clone(), metrics.clone());
 
     let node = std::env::var("NODE_NAME")
         .ok()
@@ -163,17 +177,14 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
     };
     let mut sampler = Sampler::new(&node, &config.processes, config.proc_root.clone())?;
 
-    // Samples wait here for the writer; bounded, so memory stays bounded whatever happens.
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Batch>(64);
-    let writer_task = tokio::spawn(
-        async move {
-            while let Some(batch) = receiver.recv().await {
-                writer.submit(batch).await;
-            }
-            writer.flush().await;
-        }
-        .in_current_span(),
-    );
+    // Every sample is synced to the spool (off this thread) before the next one is taken,
+    // and the writer sends the spool to the database: a SIGKILL loses at most the sample
+    // being written, and the disk never holds up the 1 s reads.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (stop_writer, writer_stopped) = tokio::sync::oneshot::channel();
+    let writer_task = tokio::spawn(writer.run(wake.clone(), writer_stopped).in_current_span());
+    let batch_size = config.batch_size as usize;
+    let mut spooling: Option<tokio::task::JoinHandle<()>> = None;
 
     let interval = config.interval();
     let tick = Duration::from_secs(1).min(interval);
@@ -188,29 +199,45 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
             _ = ticks.tick() => {}
             () = &mut shutdown => break,
         }
-        if tokio::time::Instant::now() < next_sample {
+        metrics.peak_reads.inc();
+        tracing::trace!("peak read");
+        let spooled = spooling.as_ref().is_none_or(|task| task.is_finished());
+        if tokio::time::Instant::now() < next_sample || !spooled {
+            // Not due, or the disk still syncs the last sample: the sample waits (in
+            // order, its time kept) rather than queue up in memory.
             sampler.tick();
             continue;
+        }
+        if let Some(task) = spooling.take() {
+            task.await.context("spooling a sample")?;
         }
         next_sample += interval;
         let index = pod_store
             .as_ref()
             .map(|store| PodIndex::from_pods(store.state().iter().map(|p| &**p)));
-        let batch = sampler.sample(chrono::Utc::now(), index.as_ref());
+        let now = chrono::Utc::now();
+        let batch = sampler.sample(now, index.as_ref());
+        tracing::debug!(timestamp = now.to_rfc3339(), "sample taken");
         metrics.samples.inc();
         readiness.set_ready();
-        let rows = batch.len();
-        if sender.try_send(batch).is_err() {
-            metrics.rows_dropped.inc_by(rows as u64);
-            tracing::error!(rows, "the writer is too far behind: a sample was dropped");
-        }
+        let (spool, metrics, wake) = (spool.clone(), metrics.clone(), wake.clone());
+        let span = tracing::Span::current();
+        spooling = Some(tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
+            spool_sample(&spool, &metrics, batch, batch_size);
+            wake.notify_one();
+        }));
     }
     tracing::info!("stopping: flushing what the collector holds");
-    drop(sender);
+    if let Some(task) = spooling.take() {
+        task.await.context("spooling a sample")?;
+    }
+    let _ = stop_writer.send(());
     writer_task.await.context("the writer task")?;
     tracing::info!(
         samples = metrics.samples.get(),
         rows_dropped = metrics.rows_dropped.get(),
+        rows_dead_lettered = metrics.rows_dead_lettered_total(),
         spool_bytes = metrics.spool_bytes.get(),
         "stopped"
     );

@@ -136,6 +136,31 @@ pub struct Batch {
     pub vms: Vec<VmRow>,
 }
 
+/// One of the metric tables the collector writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// `host_overall_metrics`.
+    Hosts,
+    /// `host_process_metrics`.
+    Processes,
+    /// `vm_process_metrics`.
+    Vms,
+}
+
+impl Table {
+    /// Every table, in the order a batch is written.
+    pub const ALL: [Table; 3] = [Table::Hosts, Table::Processes, Table::Vms];
+
+    /// The table's name in the database.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Hosts => "host_overall_metrics",
+            Table::Processes => "host_process_metrics",
+            Table::Vms => "vm_process_metrics",
+        }
+    }
+}
+
 /// Moves up to `room` rows out of `from`, counting them off `room`.
 fn take<T>(from: &mut Vec<T>, room: &mut usize) -> Vec<T> {
     let n = from.len().min(*room);
@@ -152,6 +177,24 @@ impl Batch {
     /// Whether the batch holds no rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The batch's rows of one table alone.
+    pub fn rows_of(&self, table: Table) -> Batch {
+        match table {
+            Table::Hosts => Batch {
+                hosts: self.hosts.clone(),
+                ..Batch::default()
+            },
+            Table::Processes => Batch {
+                processes: self.processes.clone(),
+                ..Batch::default()
+            },
+            Table::Vms => Batch {
+                vms: self.vms.clone(),
+                ..Batch::default()
+            },
+        }
     }
 
     /// Splits the batch into batches of at most `size` rows each.

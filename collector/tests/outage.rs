@@ -1,6 +1,8 @@
-//! The collector binary against native PostgreSQL behind a proxy that the test cuts: while
-//! the database is away the collector keeps sampling into its spool, and when it returns
-//! every sample arrives exactly once, also across a SIGKILL and restart of the collector.
+//! The collector binary against native PostgreSQL behind a proxy that the test cuts or
+//! stalls: while the database is away the collector keeps sampling into its spool, and when
+//! it returns every sample arrives exactly once, also across SIGKILLs at random moments and
+//! restarts of the collector. Rows a table refuses for good are set aside as dead letters
+//! while the rest flows on, and what a crash left in the spool is cleaned up and counted.
 //!
 //! The tests wait on what they can see, never on time passing: rows in the database,
 //! batches in the spool (read as the collector wrote them), and the number of samples the
@@ -21,68 +23,98 @@ use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// A TCP proxy to the database that the test can cut (refusing and dropping connections)
-/// and restore on the same port.
+/// What the proxy does with connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Forwards them.
+    Up,
+    /// Refuses new ones and drops the forwarded ones.
+    Down,
+    /// Accepts new ones and holds every connection open without passing a byte: a database
+    /// that hangs.
+    Stalled,
+}
+
+/// A TCP proxy to the database that the test can cut (refusing and dropping connections),
+/// stall, and restore on the same port.
 struct Proxy {
     address: SocketAddr,
-    up: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
 }
 
 impl Proxy {
     async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let address = listener.local_addr().expect("bound");
-        let (up, state) = watch::channel(true);
+        let (mode, state) = watch::channel(Mode::Up);
         tokio::spawn(serve(listener, address, target, state));
-        Self { address, up }
+        Self { address, mode }
     }
 
     fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
+        self.set_mode(if up { Mode::Up } else { Mode::Down });
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        self.mode.send_if_modified(|current| {
+            let changed = *current != mode;
+            *current = mode;
+            changed
+        });
     }
 }
 
 async fn serve(
-    mut listener: TcpListener,
+    listener: TcpListener,
     address: SocketAddr,
     target: SocketAddr,
-    mut state: watch::Receiver<bool>,
+    mut mode: watch::Receiver<Mode>,
 ) {
+    let mut listener = Some(listener);
     loop {
-        // Up: accept and forward until cut; every forwarded connection dies with the cut.
-        let connections = Arc::new(tokio::sync::Notify::new());
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((client, _)) = accepted else { continue };
-                    let cut = connections.clone();
-                    tokio::spawn(async move {
-                        let Ok(server) = TcpStream::connect(target).await else { return };
-                        let (mut client, mut server) = (client, server);
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                            () = cut.notified() => {}
-                        }
-                    });
-                }
-                changed = state.changed() => {
-                    if changed.is_err() { return; }
-                    if !*state.borrow() { break; }
-                }
-            }
-        }
-        connections.notify_waiters();
-        drop(listener);
         // Down: nothing listens, so connecting is refused at once.
-        while !*state.borrow() {
-            if state.changed().await.is_err() {
+        if *mode.borrow_and_update() == Mode::Down {
+            listener = None;
+        } else if listener.is_none() {
+            listener = Some(
+                TcpListener::bind(address)
+                    .await
+                    .expect("the proxy port is free again"),
+            );
+        }
+        let Some(accepting) = &listener else {
+            if mode.changed().await.is_err() {
                 return;
             }
+            continue;
+        };
+        tokio::select! {
+            accepted = accepting.accept() => {
+                if let Ok((client, _)) = accepted {
+                    tokio::spawn(forward(client, target, mode.clone()));
+                }
+            }
+            changed = mode.changed() => if changed.is_err() { return },
         }
-        listener = TcpListener::bind(address)
-            .await
-            .expect("the proxy port is free again");
     }
+}
+
+/// Forwards one connection while the proxy is up. Cut, it is dropped; stalled, it is held
+/// open without passing a byte until the stall ends, and then dropped.
+async fn forward(mut client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
+    let mut server = None;
+    if *mode.borrow_and_update() == Mode::Up {
+        let Ok(connected) = TcpStream::connect(target).await else {
+            return;
+        };
+        let server = server.insert(connected);
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, server) => return,
+            _ = mode.wait_for(|mode| *mode != Mode::Up) => {}
+        }
+    }
+    let _held = (client, server);
+    let _ = mode.wait_for(|mode| *mode != Mode::Stalled).await;
 }
 
 /// How long a condition may take to come true on a loaded machine before the test fails.
@@ -95,15 +127,49 @@ struct Collector {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How a test runs a collector.
+struct Options<'a> {
+    /// `NODE_NAME`: the host of its rows.
+    node: &'a str,
+    /// `RUST_LOG`.
+    log: &'a str,
+    /// The port of its `/metrics` (0: any).
+    metrics_port: u16,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self {
+            node: NODE,
+            log: "info",
+            metrics_port: 0,
+        }
+    }
+}
+
+/// The node name of the collector's rows unless a test says otherwise.
+const NODE: &str = "outage-node";
+
+/// What a collector said when it stopped, and every line it logged.
+struct Stopped {
+    report: serde_json::Value,
+    lines: Vec<serde_json::Value>,
+}
+
 impl Collector {
     fn start(dir: &Path, database_url: &str) -> Self {
+        Self::start_with(dir, database_url, &Options::default())
+    }
+
+    fn start_with(dir: &Path, database_url: &str, options: &Options) -> Self {
         let config = dir.join("collector.yaml");
         std::fs::write(
             &config,
             format!(
-                "intervalSeconds: 1\npodAttribution: false\nspoolDir: {}\nlistenAddress: 127.0.0.1:0\n\
+                "intervalSeconds: 1\npodAttribution: false\nspoolDir: {}\nlistenAddress: 127.0.0.1:{}\n\
                  processes: {{topByCpu: 2, topByMemory: 2}}\npool: {{maxConnections: 1, acquireTimeoutSeconds: 2}}\n",
-                dir.join("spool").display()
+                dir.join("spool").display(),
+                options.metrics_port,
             ),
         )
         .expect("the config is written");
@@ -111,8 +177,8 @@ impl Collector {
             .arg("--config")
             .arg(&config)
             .env("DATABASE_URL", database_url)
-            .env("NODE_NAME", "outage-node")
-            .env("RUST_LOG", "info")
+            .env("NODE_NAME", options.node)
+            .env("RUST_LOG", options.log)
             .stdout(Stdio::piped())
             .spawn()
             .expect("the collector starts");
@@ -133,13 +199,32 @@ impl Collector {
         }
     }
 
-    fn kill(mut self) {
+    /// The lines logged so far with this message.
+    fn logged(&self, message: &str) -> Vec<serde_json::Value> {
+        with_message(&parsed(&self.lines.lock().expect("lines")), message)
+    }
+
+    /// SIGKILL; returns every line the collector logged.
+    fn kill(mut self) -> Vec<serde_json::Value> {
         self.child.kill().expect("the collector is killed");
         self.child.wait().expect("killed");
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the output is read");
+        }
+        parsed(&self.lines.lock().expect("lines"))
     }
 
     /// Stops the collector (SIGTERM), and returns how many samples it says it took.
-    fn stop(mut self) -> u64 {
+    fn stop(self) -> u64 {
+        let stopped = self.stop_report().report;
+        assert_eq!(stopped["fields"]["rows_dropped"], 0, "{stopped}");
+        stopped["fields"]["samples"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a sample count: {stopped}"))
+    }
+
+    /// Stops the collector (SIGTERM), and returns what it said.
+    fn stop_report(mut self) -> Stopped {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -154,16 +239,48 @@ impl Collector {
             status.success(),
             "the collector exited with {status}: {lines:#?}"
         );
-        let stopped = lines
-            .iter()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .find(|line| line["fields"]["message"] == "stopped")
+        let lines = parsed(&lines);
+        let report = with_message(&lines, "stopped")
+            .pop()
             .unwrap_or_else(|| panic!("the collector says it stopped: {lines:#?}"));
-        assert_eq!(stopped["fields"]["rows_dropped"], 0, "{stopped}");
-        stopped["fields"]["samples"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("a sample count: {stopped}"))
+        Stopped { report, lines }
     }
+}
+
+/// The JSON lines among `lines`.
+fn parsed(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// The lines with this message.
+fn with_message(lines: &[serde_json::Value], message: &str) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter(|line| line["fields"]["message"] == message)
+        .cloned()
+        .collect()
+}
+
+/// A port free on loopback now, for a collector's `/metrics`.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The value of one series of the collector's `/metrics` (0 while it is not there yet).
+async fn metric(port: u16, series: &str) -> f64 {
+    let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+        return 0.0; // not listening yet
+    };
+    let body = response.text().await.expect("the metrics");
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.parse().expect("a number"))
 }
 
 impl Drop for Collector {
@@ -196,7 +313,13 @@ fn proxied_url(db: &TestDatabase, proxy: &Proxy) -> String {
 
 /// The sample times of the host rows.
 async fn sample_times(pool: &PgPool) -> BTreeSet<DateTime<Utc>> {
-    sqlx::query_scalar("SELECT \"timestamp\" FROM host_overall_metrics WHERE host = 'outage-node'")
+    sample_times_of(pool, NODE).await
+}
+
+/// The sample times of the host rows of `node`.
+async fn sample_times_of(pool: &PgPool, node: &str) -> BTreeSet<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT \"timestamp\" FROM host_overall_metrics WHERE host = $1")
+        .bind(node)
         .fetch_all(pool)
         .await
         .expect("rows")
@@ -262,7 +385,12 @@ async fn wait_for_replay(pool: &PgPool, dir: &Path, times: &BTreeSet<DateTime<Ut
 async fn every_sample_of_an_outage_arrives_exactly_once() {
     let (db, pool, proxy, dir) = setup().await;
     let spool = dir.path().join("spool");
-    let collector = Collector::start(dir.path(), &proxied_url(&db, &proxy));
+    let port = free_port();
+    let options = Options {
+        metrics_port: port,
+        ..Options::default()
+    };
+    let collector = Collector::start_with(dir.path(), &proxied_url(&db, &proxy), &options);
     wait_until("the collector writes", DEADLINE, || async {
         !sample_times(&pool).await.is_empty()
     })
@@ -270,6 +398,12 @@ async fn every_sample_of_an_outage_arrives_exactly_once() {
 
     proxy.set_up(false);
     let outage = wait_for_spooled(&spool, 4).await;
+    // The 1 s peak reads go on while batches are spooled: they do not wait for the disk.
+    let reads = metric(port, PEAK_READS).await;
+    wait_until("peak reads go on during the outage", DEADLINE, || async {
+        metric(port, PEAK_READS).await >= reads + 3.0
+    })
+    .await;
     proxy.set_up(true);
     wait_for_replay(&pool, &spool, &outage).await;
     let samples = collector.stop();
@@ -328,6 +462,269 @@ async fn spooled_samples_survive_a_sigkill_during_the_outage() {
         "every sample the second collector took is stored once: {times:?}"
     );
     assert!(spooled(&spool).is_empty(), "the spool is empty");
+}
+
+/// The series counting the collector's 1 s peak reads.
+const PEAK_READS: &str = "metricsstack_collector_peak_reads_total";
+
+/// The batches set aside in the spool's dead-letter directory.
+fn dead_letters(spool: &Path) -> Vec<Batch> {
+    let Ok(entries) = std::fs::read_dir(spool.join("dead-letter")) else {
+        return Vec::new();
+    };
+    entries
+        .map(|entry| entry.expect("a dead letter").path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "json")
+        })
+        .map(|path| {
+            let content = std::fs::read(&path).expect("readable");
+            serde_json::from_slice(&content)
+                .unwrap_or_else(|e| panic!("{} is a batch: {e}", path.display()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_a_table_refuses_for_good_are_dead_lettered_and_the_other_tables_keep_flowing() {
+    let (db, pool, proxy, dir) = setup().await;
+    let spool = dir.path().join("spool");
+    let port = free_port();
+    let options = Options {
+        metrics_port: port,
+        ..Options::default()
+    };
+    let collector = Collector::start_with(dir.path(), &proxied_url(&db, &proxy), &options);
+    wait_until("the collector writes", DEADLINE, || async {
+        !sample_times(&pool).await.is_empty()
+    })
+    .await;
+
+    // Schema drift: from now on the process table refuses every row the collector sends
+    // (SQLSTATE 23514, check_violation), for good.
+    sqlx::query(
+        "ALTER TABLE host_process_metrics ADD CONSTRAINT refuses_every_row CHECK (pid < 0) NOT VALID",
+    )
+    .execute(&pool)
+    .await
+    .expect("the constraint is added");
+    let refused_from = Utc::now();
+    wait_until("host rows keep arriving", DEADLINE, || async {
+        sample_times(&pool).await.range(refused_from..).count() >= 5
+    })
+    .await;
+    let series = "metricsstack_collector_rows_dead_lettered_total{table=\"host_process_metrics\"}";
+    wait_until("the dead letters are counted", DEADLINE, || async {
+        metric(port, series).await > 0.0
+    })
+    .await;
+    let Stopped { report, lines } = collector.stop_report();
+
+    assert_eq!(report["fields"]["rows_dropped"], 0, "{report}");
+    let times = sample_times(&pool).await;
+    assert_eq!(
+        report["fields"]["samples"].as_u64(),
+        Some(times.len() as u64),
+        "every host row is stored once: {report}"
+    );
+    let dead = dead_letters(&spool);
+    assert!(!dead.is_empty(), "the refused rows are set aside");
+    assert!(
+        dead.iter()
+            .all(|batch| batch.hosts.is_empty() && batch.vms.is_empty()),
+        "only the refused table's rows are set aside"
+    );
+    let dead_rows: usize = dead.iter().map(|batch| batch.processes.len()).sum();
+    assert_eq!(
+        report["fields"]["rows_dead_lettered"].as_u64(),
+        Some(dead_rows as u64),
+        "{report}"
+    );
+    assert!(
+        spooled(&spool).is_empty(),
+        "nothing waits behind the refused rows"
+    );
+    // Nothing else is lost: every sample's process rows are in the table or set aside.
+    let stored: BTreeSet<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT DISTINCT \"timestamp\" FROM host_process_metrics WHERE host = $1",
+    )
+    .bind(NODE)
+    .fetch_all(&pool)
+    .await
+    .expect("rows")
+    .into_iter()
+    .collect();
+    let set_aside: BTreeSet<DateTime<Utc>> = dead
+        .iter()
+        .flat_map(|batch| {
+            batch
+                .processes
+                .iter()
+                .map(|row| row.timestamp.trunc_subsecs(6))
+        })
+        .collect();
+    let missing: Vec<_> = times
+        .iter()
+        .filter(|time| !stored.contains(time) && !set_aside.contains(time))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "process rows of these samples are lost: {missing:?}"
+    );
+    // Each dead letter is logged once, naming the table and the SQLSTATE.
+    let logged: Vec<_> = lines
+        .iter()
+        .filter(|line| line["fields"]["table"] == "host_process_metrics")
+        .filter(|line| line["fields"]["sqlstate"] == "23514")
+        .filter(|line| line["level"] == "ERROR")
+        .collect();
+    assert_eq!(logged.len(), dead.len(), "{logged:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_crash_left_in_the_spool_is_cleaned_and_a_corrupt_batch_counted_as_dropped() {
+    let (db, pool, proxy, dir) = setup().await;
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).expect("the spool directory");
+    // A batch half-written when the disk filled up, and one that rotted on disk.
+    let half_written = spool.join("00000000000000000003-7.tmp");
+    std::fs::write(&half_written, b"{\"hosts\":[").expect("written");
+    let corrupt = spool.join("00000000000000000004-5.json");
+    std::fs::write(&corrupt, b"{\"hosts\":[{\"timest").expect("written");
+    let port = free_port();
+    let options = Options {
+        metrics_port: port,
+        ..Options::default()
+    };
+    let collector = Collector::start_with(dir.path(), &proxied_url(&db, &proxy), &options);
+    wait_until("the collector writes", DEADLINE, || async {
+        !sample_times(&pool).await.is_empty() && spooled_paths(&spool).is_empty()
+    })
+    .await;
+    assert!(!half_written.exists(), "the half-written batch is removed");
+    assert!(!corrupt.exists(), "the corrupt batch is removed");
+    assert_eq!(
+        metric(port, "metricsstack_collector_spool_leftovers_removed_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            port,
+            "metricsstack_collector_spool_unreadable_batches_total"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(port, "metricsstack_collector_rows_dropped_total").await,
+        5.0
+    );
+    let Stopped { report, .. } = collector.stop_report();
+    assert_eq!(report["fields"]["rows_dropped"], 5, "{report}");
+}
+
+/// The `.json` entries of the spool `dir`.
+fn spooled_paths(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|entry| entry.expect("an entry").path())
+                .filter(|path| {
+                    path.extension()
+                        .is_some_and(|extension| extension == "json")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A random number from the standard library's hasher keys.
+fn random(below: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % below
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigkill_at_a_random_moment_loses_at_most_the_sample_being_taken() {
+    const KILLS: usize = 51;
+    let (db, pool, proxy, dir) = setup().await;
+    let spool = dir.path().join("spool");
+    let url = proxied_url(&db, &proxy);
+    let modes = [Mode::Up, Mode::Down, Mode::Stalled];
+    let mut runs = Vec::new();
+    for kill in 0..KILLS {
+        proxy.set_mode(Mode::Up);
+        let node = format!("kill-{kill}");
+        let options = Options {
+            node: &node,
+            log: "info,collector=debug",
+            ..Options::default()
+        };
+        let collector = Collector::start_with(dir.path(), &url, &options);
+        let mode = modes[kill % modes.len()];
+        if mode != Mode::Up {
+            // The database goes away (or hangs) once this collector is connected and writing.
+            wait_until("the collector writes", DEADLINE, || async {
+                !sample_times_of(&pool, &node).await.is_empty()
+            })
+            .await;
+            proxy.set_mode(mode);
+        }
+        wait_until("the collector samples", DEADLINE, || async {
+            !collector.logged("collecting").is_empty()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(random(3000))).await;
+        let lines = collector.kill();
+        let taken: BTreeSet<DateTime<Utc>> = with_message(&lines, "sample taken")
+            .iter()
+            .map(|line| {
+                line["fields"]["timestamp"]
+                    .as_str()
+                    .and_then(|time| time.parse::<DateTime<Utc>>().ok())
+                    .unwrap_or_else(|| panic!("a sample time: {line}"))
+                    .trunc_subsecs(6)
+            })
+            .collect();
+        runs.push((node, mode, taken));
+    }
+
+    // A last collector, the database up: it replays what the killed ones spooled.
+    proxy.set_mode(Mode::Up);
+    let last = Collector::start(dir.path(), &url);
+    wait_until("the spool is replayed", DEADLINE, || async {
+        spooled_paths(&spool).is_empty() && !sample_times(&pool).await.is_empty()
+    })
+    .await;
+    last.stop();
+
+    let mut lost_per_kill = Vec::new();
+    for (node, mode, taken) in &runs {
+        let stored = sample_times_of(&pool, node).await;
+        assert!(
+            stored.is_subset(taken),
+            "{node} stored only samples it took: {stored:?}, {taken:?}"
+        );
+        let lost = taken.len() - stored.len();
+        println!("{node} ({mode:?}): took {}, lost {lost}", taken.len());
+        lost_per_kill.push(lost);
+    }
+    let max = lost_per_kill.iter().max().copied().unwrap_or(0);
+    let mean = lost_per_kill.iter().sum::<usize>() as f64 / lost_per_kill.len() as f64;
+    let taken: usize = runs.iter().map(|(_, _, taken)| taken.len()).sum();
+    println!("{KILLS} kills, {taken} samples taken: lost per kill max {max}, mean {mean:.3}");
+    assert!(
+        taken >= KILLS,
+        "the collectors took samples before they were killed"
+    );
+    assert!(
+        max <= 1,
+        "a SIGKILL loses at most the sample being taken: {lost_per_kill:?}"
+    );
 }
 
 /// A temporary directory removed at the end of the test.
