@@ -2,88 +2,88 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "c7547952fbf4475d1e8171c2346a4a63f9245989f827254f8bff728ed104545b";
+pub(crate) const SOURCES_SHA256: &str = "942962f10d821593884992f9fa742d7400a235f5ec81fe792e89ccb2cec32daf";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
     Asset {
-        path: "/assets/chunk-52OPD3JK.js",
+        path: "/assets/chunk-A6GY2KBG.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "7bdef7f2b74a5e9c6cdc91a8d07f1c6e68adfebcc12b1d7a2f2481c8252c29d7",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-52OPD3JK.js")),
+        sha256: "95d898ed8d8418c039d4fbaa50b9b187f79a51df1744ab31eb25897af1bf26a4",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-A6GY2KBG.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "5a727b8a9cb8de589d304636e28caea7e1bed6bf42d41893476011806f4a73af", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-52OPD3JK.js.gz")) },
-            Variant { encoding: "br", sha256: "d8bd4ba9249ee7e3baf67f0b0fedbbd23eebb938c3d60b41fc4ab3cba9275da6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-52OPD3JK.js.br")) },
+            Variant { encoding: "gzip", sha256: "60a6b5d3fabe3f6d50cd57fb72798b2b177e2cc321afb8221102c3dc148bf62c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-A6GY2KBG.js.gz")) },
+            Variant { encoding: "br", sha256: "19121d8ba71fa77467181877c1d9f05e73163f24950879faeca9751bf2fb2b11", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-A6GY2KBG.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/chunk-JJSGUHXO.js",
+        path: "/assets/chunk-JUUCHZD5.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "4b93901e0f4d9eb748be8f0aa7ed7986e96cd2df312c2c72d44d7921f777775c",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JJSGUHXO.js")),
+        sha256: "049c22c3baf1bae7815bc59da3f0727c06c7f434a4628d26523ec24ae99b72bd",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JUUCHZD5.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "ef7e3a48f2c4ae6deaaa3f02b23734aa10f8dacd5d6e69fb31ee16b30e029594", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JJSGUHXO.js.gz")) },
-            Variant { encoding: "br", sha256: "b81d04fab2dddcf95e9a0551c1924e30e11fbef87c1dc68151f7494df33f5aff", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JJSGUHXO.js.br")) },
+            Variant { encoding: "gzip", sha256: "a49d4a2b9c90f57e72303adc516cd86d71c875cad505f04d2eb79fedc318bf84", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JUUCHZD5.js.gz")) },
+            Variant { encoding: "br", sha256: "d2c2e07de8101bed060fb4b93740af68e6239686af4dc62d851e7d2da11dee4d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JUUCHZD5.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/main-4JVU3ETE.css",
+        path: "/assets/main-F7GR7W7N.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "6cf7948f9b84390967333416569e6d71bfa2d7d10120870c410d0550f6209538",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-F7GR7W7N.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "b1cee697c198c7c98ed6fd7faa625616613a14e5fee0b0364c5ad4284763e2b7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-F7GR7W7N.js.gz")) },
+            Variant { encoding: "br", sha256: "580925f950caf50abdd6632a8cb02eed24f8076bef87955ab777f3cd203ff93b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-F7GR7W7N.js.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/main-LVFJP5PY.css",
         content_type: "text/css; charset=utf-8",
-        sha256: "e92222258222f9c4df13a8f0ba5c3aa6e75d47298e9fe7604a15be589f74995c",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-4JVU3ETE.css")),
+        sha256: "8bf15984d2c8eb0b74e68cd34852971e37a80d958125238d6fbbe749f0cd3e1d",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-LVFJP5PY.css")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "c742f68564aa401eebaa2bc45c59d8e7b3253328ba022e8804522bda1ad5ede5", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-4JVU3ETE.css.gz")) },
-            Variant { encoding: "br", sha256: "3d315e46ec68b3350d58a3cbca6e508a95b8feced357247b8bfd7001dac615e7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-4JVU3ETE.css.br")) },
+            Variant { encoding: "gzip", sha256: "67826c71aadec24f0a3485f6995130b8690bfd8614d97ffb059e088c2c28679b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-LVFJP5PY.css.gz")) },
+            Variant { encoding: "br", sha256: "e9617f7b0ab64c74c58ebed30f8a5eaebccf71e758619306bb9e78745fecd1e9", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-LVFJP5PY.css.br")) },
         ],
     },
     Asset {
-        path: "/assets/main-AATZJAHO.js",
+        path: "/assets/pods-CJXMWZEM.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "755bbdc072c7f1ede449b04eb4b216d00a81fd95221cc14c77b11a09be1c262d",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-AATZJAHO.js")),
+        sha256: "6f5569ab0817232f743c656858e9888127fca1ebe57c437273f860e5fd3db357",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-CJXMWZEM.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "35cdede4d02b9793fce4d195f04a87ac0a158cef2d089462aa5b687da8c13a86", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-AATZJAHO.js.gz")) },
-            Variant { encoding: "br", sha256: "6463c94682567ba18d58ace4032f4f82e834e67ed04a2eddde4a0f2f02bea314", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-AATZJAHO.js.br")) },
+            Variant { encoding: "gzip", sha256: "edaa061c87f687680a85321330b9e06121c00d1c7decc682efc2b5d7c03cbf1d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-CJXMWZEM.js.gz")) },
+            Variant { encoding: "br", sha256: "1918418a0a3f09d5e582ef716bc3593278a381284234ae1d9b5dbc7b8c3214a7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-CJXMWZEM.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/pods-JLAXK377.js",
+        path: "/assets/processes-CVHH3VWD.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "e6ab647bcb0947a31980c622b1d99139b569035f695590514820219920ab2c98",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-JLAXK377.js")),
+        sha256: "bf855659a76cc72fa6b981f75e5ab28837eec0f2909a2776baf824ed7744eac4",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-CVHH3VWD.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "fc56ae3dc4169b0b1ec63e5b1b38e1f26cbbca19c838462b1ae5696f86183868", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-JLAXK377.js.gz")) },
-            Variant { encoding: "br", sha256: "d19aa4aa4921d8b0604c1c909091e840aa3f98ef7084844290b6cc82e534587d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-JLAXK377.js.br")) },
+            Variant { encoding: "gzip", sha256: "df4f98cf536491b6cf366bac232ddf5e71bdd5543d836304bef205976282601e", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-CVHH3VWD.js.gz")) },
+            Variant { encoding: "br", sha256: "63ec582de82ac490e4de866152120e13899749f958e68ba0e3e22486f4e2191d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-CVHH3VWD.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/processes-QXZ53XF2.js",
+        path: "/assets/trends-ZIZE3QXA.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "cdb4b01466c7b7691cc039c525a74f848abb0602dfd0498e9fcbfa8145fc6626",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-QXZ53XF2.js")),
+        sha256: "7e3fdf1f69624e8068d87661e77941a0f72d41bd5d54c3da95cbd69105342403",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-ZIZE3QXA.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "c12a68252d87dde4c59fc4baec7e0c315416615201f85ee60fd073ac73dd6c26", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-QXZ53XF2.js.gz")) },
-            Variant { encoding: "br", sha256: "5001ef9a4e203b7f6390e9ac1da336931c92e0171e8afbdb455010dc06b5a755", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-QXZ53XF2.js.br")) },
-        ],
-    },
-    Asset {
-        path: "/assets/trends-YCSOOJTS.js",
-        content_type: "text/javascript; charset=utf-8",
-        sha256: "fd0fa72e16217a6562371c2930fa8206616fdf19cf66de4950c5b15b3e8bf5ed",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-YCSOOJTS.js")),
-        variants: &[
-            Variant { encoding: "gzip", sha256: "9946643aec9766e0e0f3b11d9aa6051b4c345f066c2ff6be8fff2cb1405e4212", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-YCSOOJTS.js.gz")) },
-            Variant { encoding: "br", sha256: "ed5b3287e9c6185eff70f718168fc8229caa2e00c5c6290b4f81512eae50369e", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-YCSOOJTS.js.br")) },
+            Variant { encoding: "gzip", sha256: "2b7385c9667cfc8b4b46450bc3308184caea352ac4703a38448322551ecd6990", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-ZIZE3QXA.js.gz")) },
+            Variant { encoding: "br", sha256: "441113dfc507140e2bba42c47b5684c19e8f4fb5387ed478897732d392228398", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-ZIZE3QXA.js.br")) },
         ],
     },
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "8e3dff1b92ad4fdc74848f4ae5fb228a10653db24ee8257fac16ffdb0617d9d5",
+        sha256: "9f1f0ac604f66a866d8d3d96be62baaa5b1314cc0bf0bc3a6ba0403a2b0eb074",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "e3522f563434e0bf04cb703f90a5ed33344c8064671e90a2669b578661750ebb", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "f574762f103d01f728d251c656a162640120af0410aef8d4fa6aeb3ee852b249", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "e8f08ade8507a030d8fce63de0e90764c6d4ae754f0287759580ae75c52acf59", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "69302e30cbd0c41f11fc4c834ba4bccdb82f5551f09ef51f3c2ccb52ce863bd3", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];
