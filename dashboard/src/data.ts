@@ -204,6 +204,8 @@ export interface HttpRequest {
   method: "GET" | "POST";
   headers: Record<string, string>;
   body?: string;
+  /** `no-store` in the baseline mode: the browser's HTTP cache is not used either. */
+  cache?: "no-store";
 }
 
 /** `fetch`, or a fake of it. */
@@ -255,6 +257,12 @@ export interface Options {
   maxEntries: number;
   /** Most answers of `get` kept, the least recently asked dropped first. */
   maxAnswers: number;
+  /**
+   * The benchmark's baseline, the performance plan's approach: the four single routes on
+   * every refresh (no batch), no `If-None-Match` and no HTTP cache, a refresh every
+   * `defaultIntervalMs` whatever the server's freshness.
+   */
+  baseline: boolean;
 }
 
 /** The defaults of [`Options`]. */
@@ -266,6 +274,7 @@ export const DEFAULT_OPTIONS: Options = {
   batchProbeMs: 300_000,
   maxEntries: 20,
   maxAnswers: 50,
+  baseline: false,
 };
 
 /** Called with an entry's state whenever it changes. */
@@ -625,7 +634,7 @@ export class DashboardData {
 
   private succeeded(entry: Entry, refreshed: Refreshed): void {
     const now = this.deps.clock.now();
-    const freshFor = refreshed.freshForMs ?? this.options.defaultIntervalMs;
+    const freshFor = (this.options.baseline ? undefined : refreshed.freshForMs) ?? this.options.defaultIntervalMs;
     const arrivedStale = freshFor === 0;
     entry.freshUntil = now + freshFor;
     if (arrivedStale) {
@@ -683,7 +692,7 @@ export class DashboardData {
 
   /** Asks the batch route, or the single routes when it fails or is missing. */
   private async load(entry: Entry): Promise<Refreshed> {
-    if (this.deps.clock.now() >= this.batchMissingUntil) {
+    if (!this.options.baseline && this.deps.clock.now() >= this.batchMissingUntil) {
       let response: HttpResponse | undefined;
       try {
         response = await this.deps.fetch(`${this.deps.baseUrl ?? ""}/api/dashboard/batch`, {
@@ -727,10 +736,10 @@ export class DashboardData {
     const previous = entry.state.data ?? {};
     const answers = await Promise.all(
       PARTS.map(async (part) => {
-        const etag = previous[part] ? entry.partEtags[part] : undefined;
+        const etag = previous[part] && !this.options.baseline ? entry.partEtags[part] : undefined;
         const response = await this.deps.fetch(
           `${this.deps.baseUrl ?? ""}${SINGLE_PATHS[part]}${query ? `?${query}` : ""}`,
-          { method: "GET", headers: this.headers(etag) },
+          this.options.baseline ? { method: "GET", headers: this.headers(etag), cache: "no-store" } : { method: "GET", headers: this.headers(etag) },
         );
         const freshFor = freshForMs(
           response.headers.get("cache-control"),
@@ -759,7 +768,7 @@ export class DashboardData {
     }
     entry.batchEtag = undefined;
     const unchanged = PARTS.every((part) => data[part] === previous[part]);
-    return { data: unchanged ? previous : data, freshForMs: freshFor, fallback: true };
+    return { data: unchanged ? previous : data, freshForMs: freshFor, fallback: !this.options.baseline };
   }
 }
 

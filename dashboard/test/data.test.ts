@@ -581,3 +581,18 @@ test("debounce runs the last call once the calls pause", async () => {
   assert.deepEqual(ran, ["java"]);
   assert.equal(queryString({ a: "x y", b: undefined, c: "", d: 3 }), "a=x%20y&d=3");
 });
+
+test("the baseline asks the four single routes every interval, without If-None-Match or the HTTP cache", async () => {
+  const { http, clock, listen, last } = setup({ baseline: true, defaultIntervalMs: 5_000 });
+  server(http);
+  listen({ window: "15m" });
+  await clock.advance(0);
+  assert.equal(http.to("/api/dashboard/batch").length, 0);
+  assert.equal(http.requests.length, 4);
+  assert.ok(http.requests.every((request) => request.init.cache === "no-store" && request.init.headers["If-None-Match"] === undefined));
+  assert.equal(last().fallback, false);
+  // The server says fresh for 5 s; the baseline asks every 5 s regardless, in full.
+  await clock.advance(5_000);
+  assert.equal(http.requests.length, 8);
+  assert.ok(http.requests.every((request) => request.init.headers["If-None-Match"] === undefined));
+});

@@ -2,18 +2,18 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "942962f10d821593884992f9fa742d7400a235f5ec81fe792e89ccb2cec32daf";
+pub(crate) const SOURCES_SHA256: &str = "38047b4ea9a1e28f750281c2ca1f5752a1fa9d79cb85a507cfca0253b197ca4a";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
     Asset {
-        path: "/assets/chunk-A6GY2KBG.js",
+        path: "/assets/chunk-C7APVR4V.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "95d898ed8d8418c039d4fbaa50b9b187f79a51df1744ab31eb25897af1bf26a4",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-A6GY2KBG.js")),
+        sha256: "7162e52f22aa9e13ba5ad53f5d5de09cbfe5c7b248c51a2f82a221eed4384050",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-C7APVR4V.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "60a6b5d3fabe3f6d50cd57fb72798b2b177e2cc321afb8221102c3dc148bf62c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-A6GY2KBG.js.gz")) },
-            Variant { encoding: "br", sha256: "19121d8ba71fa77467181877c1d9f05e73163f24950879faeca9751bf2fb2b11", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-A6GY2KBG.js.br")) },
+            Variant { encoding: "gzip", sha256: "7df62794561c47017161881ad222ecd83c320dcd4d28165139164f79e91c0354", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-C7APVR4V.js.gz")) },
+            Variant { encoding: "br", sha256: "5f37afb00c115393e0711e4cf25260c2944cc7c75a777f343c78129c3731212c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-C7APVR4V.js.br")) },
         ],
     },
     Asset {
@@ -27,13 +27,13 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-F7GR7W7N.js",
+        path: "/assets/main-BSSW3MEW.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "6cf7948f9b84390967333416569e6d71bfa2d7d10120870c410d0550f6209538",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-F7GR7W7N.js")),
+        sha256: "6d153925e1147232e20e037db16410e6d6ecba95fa2bfd7cec362087a401926f",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-BSSW3MEW.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "b1cee697c198c7c98ed6fd7faa625616613a14e5fee0b0364c5ad4284763e2b7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-F7GR7W7N.js.gz")) },
-            Variant { encoding: "br", sha256: "580925f950caf50abdd6632a8cb02eed24f8076bef87955ab777f3cd203ff93b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-F7GR7W7N.js.br")) },
+            Variant { encoding: "gzip", sha256: "c15e165a64f6eb61de0a4d64c2a24894d047e6c94ddb10b75883f89529b7ab47", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-BSSW3MEW.js.gz")) },
+            Variant { encoding: "br", sha256: "f790d37dc87fe716b4936f7f80154e555aab7a6da26d6e1c1c04577a3c3a541d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-BSSW3MEW.js.br")) },
         ],
     },
     Asset {
@@ -47,43 +47,43 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/pods-CJXMWZEM.js",
+        path: "/assets/pods-NHNFFXZQ.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "6f5569ab0817232f743c656858e9888127fca1ebe57c437273f860e5fd3db357",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-CJXMWZEM.js")),
+        sha256: "51fcb0b0f22d9a8a9091cad3e02c7c38490fd70e86d584cfd96778ecaea8a205",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-NHNFFXZQ.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "edaa061c87f687680a85321330b9e06121c00d1c7decc682efc2b5d7c03cbf1d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-CJXMWZEM.js.gz")) },
-            Variant { encoding: "br", sha256: "1918418a0a3f09d5e582ef716bc3593278a381284234ae1d9b5dbc7b8c3214a7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-CJXMWZEM.js.br")) },
+            Variant { encoding: "gzip", sha256: "ef63d6e74c7e1fb5dc657e0db2585e0493a334314dfc856dfd5b0fe7ad484905", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-NHNFFXZQ.js.gz")) },
+            Variant { encoding: "br", sha256: "666c66f2a4840177c7c0dad1db12d23d3944bb4466a5c6d54cded571d53f4ce6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-NHNFFXZQ.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/processes-CVHH3VWD.js",
+        path: "/assets/processes-PMW7MYMK.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "bf855659a76cc72fa6b981f75e5ab28837eec0f2909a2776baf824ed7744eac4",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-CVHH3VWD.js")),
+        sha256: "1e07458467724a69d7418b7f682f4c915b6f2d3d0fdd557e300bc9539a366040",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-PMW7MYMK.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "df4f98cf536491b6cf366bac232ddf5e71bdd5543d836304bef205976282601e", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-CVHH3VWD.js.gz")) },
-            Variant { encoding: "br", sha256: "63ec582de82ac490e4de866152120e13899749f958e68ba0e3e22486f4e2191d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-CVHH3VWD.js.br")) },
+            Variant { encoding: "gzip", sha256: "98b7ba2740418dfbdbebeafb6af540543fb4956cc096d555a43f1c7d80f87896", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-PMW7MYMK.js.gz")) },
+            Variant { encoding: "br", sha256: "890f9cebe5631f79e488e04499af93a4114e3758cde727954eee5cf075c314e3", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-PMW7MYMK.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/trends-ZIZE3QXA.js",
+        path: "/assets/trends-VF7DC74H.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "7e3fdf1f69624e8068d87661e77941a0f72d41bd5d54c3da95cbd69105342403",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-ZIZE3QXA.js")),
+        sha256: "02502f68fd0ab736564c11495eddc2e74afddb4333b0992f13178ad5e1c4376f",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VF7DC74H.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "2b7385c9667cfc8b4b46450bc3308184caea352ac4703a38448322551ecd6990", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-ZIZE3QXA.js.gz")) },
-            Variant { encoding: "br", sha256: "441113dfc507140e2bba42c47b5684c19e8f4fb5387ed478897732d392228398", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-ZIZE3QXA.js.br")) },
+            Variant { encoding: "gzip", sha256: "9cb2ecc2d8f55bd6e7db78dd7a5fa98de8cf4f1878ea6282dc13b884c85868cc", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VF7DC74H.js.gz")) },
+            Variant { encoding: "br", sha256: "771d1c95b4689cde5e8bca42e7b65d13f6f4e235d9971711a58a531b215a514d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VF7DC74H.js.br")) },
         ],
     },
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "9f1f0ac604f66a866d8d3d96be62baaa5b1314cc0bf0bc3a6ba0403a2b0eb074",
+        sha256: "daadcdd36d9c11b285e76b3509b38153056e583335242038783f583111bcf550",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "e8f08ade8507a030d8fce63de0e90764c6d4ae754f0287759580ae75c52acf59", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "69302e30cbd0c41f11fc4c834ba4bccdb82f5551f09ef51f3c2ccb52ce863bd3", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "1f7923d4be82efdb6e799f21a7b9804220995821042dc81704b45fb584b02f2c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "714529da8350b2a9d6e6f381d2165e308fd3e832b8f9173d59cf89e8b3f356e7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];
