@@ -182,7 +182,8 @@ pub struct PartKey {
 }
 
 impl Filters {
-    /// The cache key of `part` under these filters.
+    /// The cache key of `part` (one of [`Part::BATCH`]) under these filters. The process
+    /// search and a pod's processes have parameters of their own ([`RawSearch`], [`RawPod`]).
     pub fn key(&self, part: Part) -> PartKey {
         let limited = part != Part::HostOverallMetrics;
         PartKey {
