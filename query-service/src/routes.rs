@@ -1,8 +1,9 @@
 //! The service's routes and their handlers: the batch, the four single parts, the process
 //! search and a pod's processes answered from the cache, the OpenAPI document, the
-//! dashboard's page and assets, the common admin endpoints (`/healthz`, `/readyz`, `/metrics`) mounted beside them, and the answer to a
-//! request no route takes. Every request has a span of its own, and its answer is counted
-//! in the request metrics by endpoint and status.
+//! dashboard's page and assets, the common admin endpoints (`/healthz`, `/readyz`,
+//! `/metrics`) mounted beside them, and the answer to a request no route takes. Every
+//! request has a span of its own, and its answer is counted in the request metrics by
+//! endpoint and status.
 
 use std::convert::Infallible;
 
