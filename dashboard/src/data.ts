@@ -24,6 +24,10 @@
 //   After a 404 or 405 the batch route is not asked again for `batchProbeMs`.
 // - With a token, every request carries `Authorization: Bearer <token>`; a 401 or 403 stops
 //   the polling and asks for a (different) token, which restarts it.
+// - `get` asks a GET route once (the process search, a pod's processes): an answer still
+//   fresh is given from memory without a request, identical calls in flight share one, and
+//   a kept answer is asked again with `If-None-Match` (a 304 gives the kept body).
+//   `debounce` runs the last of a burst of calls (typing) once the calls pause.
 
 /** The filters of one dashboard request (see the query service's openapi.yaml). */
 export interface Filters {
@@ -115,6 +119,39 @@ export interface PodRow {
   memory_usage_mb: number;
 }
 
+/** A process a search found, at its latest sample (`GET /api/process-search`). */
+export interface ProcessMatchRow {
+  timestamp: string;
+  host: string;
+  pid: number;
+  start_time: string;
+  process_name: string;
+  command_line: string | null;
+  username: string | null;
+  cpu_usage_percent: number;
+  cpu_peak_percent: number;
+  memory_usage_mb: number;
+}
+
+/** One process of a pod over the window, with its container (`GET /api/pod-processes`). */
+export interface PodProcessRow {
+  container_id: string;
+  container_name: string | null;
+  host: string;
+  pid: number;
+  start_time: string;
+  process_name: string;
+  command_line: string | null;
+  avg_cpu: number;
+  max_cpu: number;
+  /** Average CPU as a percentage of the container's CPU limit; null without a limit. */
+  avg_cpu_limit_percent: number | null;
+  avg_memory_mb: number;
+  max_memory_mb: number;
+  last_seen: string;
+  samples: number;
+}
+
 /** The whole dashboard, as the batch endpoint answers it. */
 export interface Dashboard {
   host_process_metrics: Part<HostProcessRow>;
@@ -167,6 +204,8 @@ export interface HttpRequest {
   method: "GET" | "POST";
   headers: Record<string, string>;
   body?: string;
+  /** `no-store` in the baseline mode: the browser's HTTP cache is not used either. */
+  cache?: "no-store";
 }
 
 /** `fetch`, or a fake of it. */
@@ -216,6 +255,14 @@ export interface Options {
   batchProbeMs: number;
   /** Most entries kept; those without subscribers are dropped first, oldest first. */
   maxEntries: number;
+  /** Most answers of `get` kept, the least recently asked dropped first. */
+  maxAnswers: number;
+  /**
+   * The benchmark's baseline, the performance plan's approach: the four single routes on
+   * every refresh (no batch), no `If-None-Match` and no HTTP cache, a refresh every
+   * `defaultIntervalMs` whatever the server's freshness.
+   */
+  baseline: boolean;
 }
 
 /** The defaults of [`Options`]. */
@@ -226,6 +273,8 @@ export const DEFAULT_OPTIONS: Options = {
   retryMaxMs: 30_000,
   batchProbeMs: 300_000,
   maxEntries: 20,
+  maxAnswers: 50,
+  baseline: false,
 };
 
 /** Called with an entry's state whenever it changes. */
@@ -267,8 +316,8 @@ const SINGLE_PATHS: Record<PartName, string> = {
   vm_metrics: "/api/vm-metrics",
 };
 
-/** A refresh that failed, with what the state should say. */
-class RefreshFailure extends Error {
+/** A request that failed, with what the state (or the caller of `get`) should say. */
+export class RefreshFailure extends Error {
   constructor(readonly detail: DataError) {
     super(detail.message);
   }
@@ -298,9 +347,33 @@ interface Entry {
   lastUsed: number;
 }
 
+/** One answer kept by `get`. */
+interface Kept {
+  body: unknown;
+  etag?: string;
+  /** When it stops being fresh (clock ms). */
+  freshUntil: number;
+}
+
+/** A call that runs once the calls pause; `cancel` drops the one waiting. */
+export interface Debounced<T> {
+  call(value: T): void;
+  cancel(): void;
+}
+
+/** The query string of `params`: only the fields set, in the order given. */
+export function queryString(params: Record<string, string | number | undefined>): string {
+  return Object.entries(params)
+    .filter(([, value]) => value !== undefined && value !== "")
+    .map(([name, value]) => `${name}=${encodeURIComponent(String(value))}`)
+    .join("&");
+}
+
 /** The client data layer: a cache of dashboard answers shared by the page's widgets. */
 export class DashboardData {
   private readonly entries = new Map<string, Entry>();
+  private readonly answers = new Map<string, Kept>();
+  private readonly asking = new Map<string, Promise<unknown>>();
   private readonly options: Options;
   private readonly stopWatchingVisibility: () => void;
   private readonly authListeners = new Set<(error: DataError) => void>();
@@ -363,6 +436,83 @@ export class DashboardData {
     return this.refreshAll();
   }
 
+  /**
+   * The answer of `GET path?params`: from memory while fresh (the server's `max-age` minus
+   * `Age`), else asked (with `If-None-Match` when an answer is kept; a 304 gives it), one
+   * request for identical calls in flight. Throws a `RefreshFailure`; a 401 or 403 also
+   * asks for a token, as the dashboard's refreshes do.
+   */
+  get<T>(path: string, params: Record<string, string | number | undefined>): Promise<T> {
+    const query = queryString(params);
+    const url = `${this.deps.baseUrl ?? ""}${path}${query ? `?${query}` : ""}`;
+    const kept = this.answers.get(url);
+    if (kept && this.deps.clock.now() < kept.freshUntil) {
+      this.answers.delete(url);
+      this.answers.set(url, kept);
+      return Promise.resolve(kept.body as T);
+    }
+    const asking = this.asking.get(url);
+    if (asking) {
+      return asking as Promise<T>;
+    }
+    const request = this.ask(url, kept).finally(() => this.asking.delete(url));
+    this.asking.set(url, request);
+    return request as Promise<T>;
+  }
+
+  private async ask(url: string, kept: Kept | undefined): Promise<unknown> {
+    let response: HttpResponse;
+    try {
+      response = await this.deps.fetch(url, { method: "GET", headers: this.headers(kept?.etag) });
+    } catch (error) {
+      throw new RefreshFailure({ kind: "network", message: `the query service did not answer (${String(error)})` });
+    }
+    const freshFor = freshForMs(response.headers.get("cache-control"), response.headers.get("age")) ?? 0;
+    let answer: Kept;
+    if (response.status === 304 && kept) {
+      answer = { ...kept, freshUntil: this.deps.clock.now() + freshFor };
+    } else if (response.status === 200) {
+      const body = await response.json();
+      answer = { body, etag: response.headers.get("etag") ?? undefined, freshUntil: this.deps.clock.now() + freshFor };
+    } else {
+      const refused = await failure(response);
+      if (refused.detail.kind === "unauthenticated" || refused.detail.kind === "forbidden") {
+        for (const listener of [...this.authListeners]) {
+          listener(refused.detail);
+        }
+      }
+      throw refused;
+    }
+    this.answers.delete(url);
+    this.answers.set(url, answer);
+    for (const oldest of this.answers.keys()) {
+      if (this.answers.size <= this.options.maxAnswers) break;
+      this.answers.delete(oldest);
+    }
+    return answer.body;
+  }
+
+  /** `run` with the value of the last call, once `ms` pass without another call. */
+  debounce<T>(ms: number, run: (value: T) => void): Debounced<T> {
+    let timer: unknown;
+    const cancel = () => {
+      if (timer !== undefined) {
+        this.deps.clock.clearTimeout(timer);
+        timer = undefined;
+      }
+    };
+    return {
+      call: (value) => {
+        cancel();
+        timer = this.deps.clock.setTimeout(() => {
+          timer = undefined;
+          run(value);
+        }, ms);
+      },
+      cancel,
+    };
+  }
+
   /** Stops every timer and the visibility watch; the cache is dropped. */
   dispose(): void {
     this.stopWatchingVisibility();
@@ -370,6 +520,7 @@ export class DashboardData {
       this.cancelTimer(entry);
     }
     this.entries.clear();
+    this.answers.clear();
   }
 
   private entry(filters: Filters): Entry {
@@ -483,7 +634,7 @@ export class DashboardData {
 
   private succeeded(entry: Entry, refreshed: Refreshed): void {
     const now = this.deps.clock.now();
-    const freshFor = refreshed.freshForMs ?? this.options.defaultIntervalMs;
+    const freshFor = (this.options.baseline ? undefined : refreshed.freshForMs) ?? this.options.defaultIntervalMs;
     const arrivedStale = freshFor === 0;
     entry.freshUntil = now + freshFor;
     if (arrivedStale) {
@@ -541,7 +692,7 @@ export class DashboardData {
 
   /** Asks the batch route, or the single routes when it fails or is missing. */
   private async load(entry: Entry): Promise<Refreshed> {
-    if (this.deps.clock.now() >= this.batchMissingUntil) {
+    if (!this.options.baseline && this.deps.clock.now() >= this.batchMissingUntil) {
       let response: HttpResponse | undefined;
       try {
         response = await this.deps.fetch(`${this.deps.baseUrl ?? ""}/api/dashboard/batch`, {
@@ -585,10 +736,10 @@ export class DashboardData {
     const previous = entry.state.data ?? {};
     const answers = await Promise.all(
       PARTS.map(async (part) => {
-        const etag = previous[part] ? entry.partEtags[part] : undefined;
+        const etag = previous[part] && !this.options.baseline ? entry.partEtags[part] : undefined;
         const response = await this.deps.fetch(
           `${this.deps.baseUrl ?? ""}${SINGLE_PATHS[part]}${query ? `?${query}` : ""}`,
-          { method: "GET", headers: this.headers(etag) },
+          this.options.baseline ? { method: "GET", headers: this.headers(etag), cache: "no-store" } : { method: "GET", headers: this.headers(etag) },
         );
         const freshFor = freshForMs(
           response.headers.get("cache-control"),
@@ -617,7 +768,7 @@ export class DashboardData {
     }
     entry.batchEtag = undefined;
     const unchanged = PARTS.every((part) => data[part] === previous[part]);
-    return { data: unchanged ? previous : data, freshForMs: freshFor, fallback: true };
+    return { data: unchanged ? previous : data, freshForMs: freshFor, fallback: !this.options.baseline };
   }
 }
 

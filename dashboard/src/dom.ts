@@ -77,22 +77,36 @@ export function time(value: string | number): string {
   return new Date(value).toLocaleTimeString();
 }
 
-/** A table with a header row and one row per item; cells carry `data-field`. */
+/**
+ * A table with a header row and one row per item; cells carry `data-field`. With an
+ * `action`, each row ends with a button that runs it on the row.
+ */
 export function table<Row>(
   caption: string,
   columns: { label: string; field: string; cell: (row: Row) => string; numeric?: boolean }[],
   rows: Row[],
   key: (row: Row) => string,
+  action?: { label: string; run: (row: Row) => void },
 ): HTMLTableElement {
+  const width = columns.length + (action ? 1 : 0);
   return h(
     "table",
     { "aria-label": caption },
-    h("thead", {}, h("tr", {}, ...columns.map((column) => h("th", { class: column.numeric ? "num" : undefined, scope: "col" }, column.label)))),
+    h(
+      "thead",
+      {},
+      h(
+        "tr",
+        {},
+        ...columns.map((column) => h("th", { class: column.numeric ? "num" : undefined, scope: "col" }, column.label)),
+        action && h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, action.label)),
+      ),
+    ),
     h(
       "tbody",
       {},
       ...(rows.length === 0
-        ? [h("tr", {}, h("td", { colspan: columns.length, class: "empty" }, "No data in this window."))]
+        ? [h("tr", {}, h("td", { colspan: width, class: "empty" }, "No data in this window."))]
         : rows.map((row) =>
             h(
               "tr",
@@ -100,6 +114,7 @@ export function table<Row>(
               ...columns.map((column) =>
                 h("td", { class: column.numeric ? "num" : undefined, "data-field": column.field }, column.cell(row)),
               ),
+              action && h("td", {}, h("button", { type: "button", class: "row-action", onClick: () => action.run(row) }, action.label)),
             ),
           )),
     ),

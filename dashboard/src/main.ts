@@ -31,7 +31,9 @@ const data = new DashboardData({
     get: () => sessionStorage.getItem(TOKEN_KEY),
     set: (token) => (token ? sessionStorage.setItem(TOKEN_KEY, token) : sessionStorage.removeItem(TOKEN_KEY)),
   },
-});
+  // `?mode=baseline`: the performance plan's approach, which the benchmark
+  // (scripts/bench-dashboard) measures beside this page's own.
+}, { baseline: new URLSearchParams(location.search).get("mode") === "baseline" });
 
 const state = {
   view: "overview" as ViewName,

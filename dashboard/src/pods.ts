@@ -1,8 +1,59 @@
-// Pods per namespace (loaded when first opened), filtered by namespace as one types.
+// Pods per namespace (loaded when first opened), filtered by namespace as one types; and a
+// pod's drill-down: its containers and their processes, with CPU average and peak, CPU as a
+// share of the container's limit, and memory.
 
-import type { EntryState, Filters, PodRow } from "./data.js";
+import { type EntryState, type Filters, type Part, type PodProcessRow, type PodRow, RefreshFailure } from "./data.js";
 import { h, megabytes, percent, replace, table, time } from "./dom.js";
 import { type View, type ViewContext, watch } from "./views.js";
+
+/** The drill-down's window: the page's, at most the day the API allows. */
+function podWindow(window: string): string {
+  return window.endsWith("d") ? "24h" : window;
+}
+
+/** A pod's containers and their processes, drawn into `panel`. */
+function drawPod(panel: HTMLElement, pod: PodRow, window: string, rows: PodProcessRow[]): void {
+  const containers = new Map<string, PodProcessRow[]>();
+  for (const row of rows) {
+    containers.set(row.container_id, [...(containers.get(row.container_id) ?? []), row]);
+  }
+  replace(
+    panel,
+    h("h2", {}, `${pod.namespace}/${pod.pod}`, h("span", { class: "muted" }, ` on ${pod.host}, last ${window}`)),
+    h(
+      "p",
+      { class: "muted" },
+      "CPU as a share of the container's CPU limit where it has one. The collector does not record requests or memory limits yet, so no share of them is shown.",
+    ),
+    ...(rows.length === 0 ? [h("p", { class: "empty" }, "No processes of this pod in this window.")] : []),
+    ...[...containers.values()].map((processes) => {
+      const first = processes[0];
+      const limited = processes.filter((row) => row.avg_cpu_limit_percent !== null);
+      const sum = (pick: (row: PodProcessRow) => number) => processes.reduce((total, row) => total + pick(row), 0);
+      const limitShare = limited.length > 0 ? ` (${percent(limited.reduce((total, row) => total + (row.avg_cpu_limit_percent ?? 0), 0))} of its limit)` : ", no CPU limit";
+      return h(
+        "section",
+        { class: "container", "data-container": first.container_name ?? first.container_id },
+        h("h3", {}, first.container_name ?? first.container_id, h("span", { class: "muted" }, ` ${processes.length} processes, CPU ${percent(sum((row) => row.avg_cpu))}${limitShare}, memory ${megabytes(sum((row) => row.avg_memory_mb))}`)),
+        table<PodProcessRow>(
+          `Processes of ${first.container_name ?? first.container_id}`,
+          [
+            { label: "PID", field: "pid", cell: (row) => String(row.pid), numeric: true },
+            { label: "Process", field: "process_name", cell: (row) => row.process_name },
+            { label: "Command line", field: "command_line", cell: (row) => row.command_line ?? "–" },
+            { label: "CPU avg", field: "avg_cpu", cell: (row) => percent(row.avg_cpu), numeric: true },
+            { label: "CPU peak", field: "max_cpu", cell: (row) => percent(row.max_cpu), numeric: true },
+            { label: "CPU of limit", field: "avg_cpu_limit_percent", cell: (row) => (row.avg_cpu_limit_percent === null ? "–" : percent(row.avg_cpu_limit_percent)), numeric: true },
+            { label: "Memory avg", field: "avg_memory_mb", cell: (row) => megabytes(row.avg_memory_mb), numeric: true },
+            { label: "Memory peak", field: "max_memory_mb", cell: (row) => megabytes(row.max_memory_mb), numeric: true },
+          ],
+          processes,
+          (row) => `${row.pid}/${row.start_time}`,
+        ),
+      );
+    }),
+  );
+}
 
 /**
  * Pods and their processes' CPU and memory, optionally in one namespace. A new namespace is
@@ -32,7 +83,32 @@ export function pods(context: ViewContext, namespace: string, change: (namespace
       }, 300);
     },
   });
+  const detail = h("section", { id: "pod-detail", "aria-label": "Pod processes", hidden: true });
+  let opened: PodRow | undefined;
+  let asked = 0;
+  // Asked again whenever the pods are drawn (each refresh): from memory while the answer is
+  // fresh, else with If-None-Match.
+  const showPod = () => {
+    const pod = opened;
+    if (!pod) return;
+    const mine = ++asked;
+    const window = podWindow(context.window);
+    context.data.get<Part<PodProcessRow>>("/api/pod-processes", { namespace: pod.namespace, pod: pod.pod, window }).then(
+      (answer) => mine === asked && drawPod(detail, pod, window, answer.rows),
+      (error: unknown) => {
+        if (mine !== asked) return;
+        replace(detail, h("p", { class: "failed" }, `The pod's processes could not be loaded: ${error instanceof RefreshFailure ? error.detail.message : String(error)}`));
+      },
+    );
+  };
+  const open = (pod: PodRow) => {
+    opened = pod;
+    detail.hidden = false;
+    replace(detail, h("p", { class: "loading" }, "Loading…"));
+    showPod();
+  };
   const draw = (state: EntryState) => {
+    showPod();
     const rows = state.data?.vm_metrics?.rows ?? [];
     const namespaces = new Map<string, PodRow[]>();
     for (const row of rows) {
@@ -60,6 +136,7 @@ export function pods(context: ViewContext, namespace: string, change: (namespace
               ],
               pods,
               (row) => `${row.namespace}/${row.pod}`,
+              { label: "Show processes", run: open },
             ),
           ),
         ),
@@ -67,9 +144,10 @@ export function pods(context: ViewContext, namespace: string, change: (namespace
   };
   let stop = watch(context, filters(namespace), draw);
   return {
-    element: h("div", { class: "view", id: "view-pods" }, h("div", { class: "controls" }, input), body),
+    element: h("div", { class: "view", id: "view-pods" }, h("div", { class: "controls" }, input), detail, body),
     stop: () => {
       window.clearTimeout(typing);
+      asked += 1;
       stop();
     },
   };

@@ -7,7 +7,8 @@
 //   node test/browser.mjs --url URL --screenshots DIR --ttl SECONDS [--chromium PATH]
 //                         [--scenario main|outage]
 //
-// `main` goes through every view, the polling, hiding the page, typing, the lazy chunk, the
+// `main` goes through every view, the polling, hiding the page, typing (a namespace and a
+// process search), a pod's drill-down, the lazy chunk, the
 // batch route failing and the token prompt; `outage` (run once the test has cut the service
 // off its database) loads the page and reads the notice.
 
@@ -121,6 +122,16 @@ try {
   // Top processes by memory on one node.
   await page.click('[data-view="processes"]');
   await page.waitForSelector("#view-processes tbody tr[data-key]");
+  // Searching command lines: ten characters at 50 ms a key, one request once typing pauses.
+  mark = requests.length;
+  await page.type("#process-search", "bin/proc-5", { delay: 50 });
+  await page.waitForFunction(() => document.querySelector("#search-results h2")?.textContent?.includes("bin/proc-5"));
+  result.phases.search = {
+    requests: since(mark).filter((request) => request.path === "/api/process-search"),
+    rows: await page.$$eval("#search-results tbody tr[data-key]", (rows) =>
+      rows.map((row) => Object.fromEntries([...row.querySelectorAll("td[data-field]")].map((cell) => [cell.getAttribute("data-field"), cell.textContent]))),
+    ),
+  };
   await page.screenshot({ path: join(values.screenshots, "processes.png"), fullPage: true });
   // Pods.
   await page.click('[data-view="pods"]');
@@ -140,6 +151,24 @@ try {
     requests: since(mark),
     focused: await page.evaluate(() => document.activeElement?.id ?? null),
   };
+  // A pod's drill-down: its containers and their processes.
+  const pod = await page.$eval('#view-pods [data-namespace="web"] tbody tr[data-key]', (row) => row.getAttribute("data-key"));
+  mark = requests.length;
+  await page.click('#view-pods [data-namespace="web"] tbody tr[data-key] .row-action');
+  await page.waitForSelector("#pod-detail [data-container] tbody tr[data-key]");
+  result.phases.drilldown = {
+    pod,
+    requests: since(mark).filter((request) => request.path === "/api/pod-processes"),
+    containers: await page.$$eval("#pod-detail [data-container]", (sections) =>
+      sections.map((section) => ({
+        container: section.getAttribute("data-container"),
+        rows: [...section.querySelectorAll("tbody tr[data-key]")].map((row) =>
+          Object.fromEntries([...row.querySelectorAll("td[data-field]")].map((cell) => [cell.getAttribute("data-field"), cell.textContent])),
+        ),
+      })),
+    ),
+  };
+  await page.screenshot({ path: join(values.screenshots, "pod-drilldown.png"), fullPage: true });
 
   // The trends chunk is fetched only when the view is opened.
   const trendsBefore = requests.filter((request) => /\/assets\/trends-/.test(request.path)).length;

@@ -13,6 +13,8 @@ import {
   PARTS,
   filtersKey,
   freshForMs,
+  queryString,
+  RefreshFailure,
 } from "../src/data.js";
 import { FakeClock, FakeFetch, FakeTokens, FakeVisibility, type Recorded, type Reply, settle } from "./fakes.js";
 
@@ -499,4 +501,98 @@ test("an ETag is kept only with its body: a part answered in a refresh that fail
   assert.equal(third.init.headers["If-None-Match"], '"/api/host-overall-metrics-1"', "the ETag of the body kept");
   assert.equal(last().error, undefined);
   assert.equal((last().data?.host_overall_metrics as unknown as { round: number }).round, 3);
+});
+
+test("get: one request for identical calls, the answer from memory while fresh, then If-None-Match", async () => {
+  const { http, data, clock } = setup();
+  let version = 1;
+  http.handler = () => ok({ rows: [version] }, `"v${version}"`, 5, 1);
+  const [a, b] = await Promise.all([
+    data.get("/api/process-search", { q: "java", window: "15m", host: undefined }),
+    data.get("/api/process-search", { q: "java", window: "15m" }),
+  ]);
+  assert.equal(http.requests.length, 1);
+  assert.equal(http.requests[0].url, "/api/process-search?q=java&window=15m");
+  assert.equal(a, b);
+  // Fresh for max-age minus Age: 4 s.
+  await clock.advance(3_999);
+  assert.equal(await data.get("/api/process-search", { q: "java", window: "15m" }), a);
+  assert.equal(http.requests.length, 1);
+  await clock.advance(1);
+  http.handler = () => notModified('"v1"', 5, 0);
+  assert.equal(await data.get("/api/process-search", { q: "java", window: "15m" }), a);
+  assert.equal(http.requests[1].init.headers["If-None-Match"], '"v1"');
+  // A 304 renews the freshness.
+  await clock.advance(4_000);
+  assert.equal(await data.get("/api/process-search", { q: "java", window: "15m" }), a);
+  assert.equal(http.requests.length, 2);
+  await clock.advance(1_000);
+  version = 2;
+  http.handler = () => ok({ rows: [version] }, '"v2"');
+  assert.deepEqual(await data.get("/api/process-search", { q: "java", window: "15m" }), { rows: [2] });
+});
+
+test("get: failures throw what went wrong; 401 asks for a token; answers beyond the limit are dropped", async () => {
+  const { http, data } = setup({ maxAnswers: 2 }, "secret");
+  const asked: DataError[] = [];
+  data.onAuthRequired((error) => asked.push(error));
+  http.handler = () => ({ status: 400, body: { error: "q: give 1 to 200 characters", field: "q" } });
+  await assert.rejects(data.get("/api/process-search", { q: "" }), (error: unknown) => {
+    assert.ok(error instanceof RefreshFailure);
+    assert.deepEqual(error.detail, { kind: "http", status: 400, message: "q: give 1 to 200 characters" });
+    return true;
+  });
+  assert.equal(http.requests[0].init.headers["Authorization"], "Bearer secret");
+  http.handler = () => ({ status: 401, body: {} });
+  await assert.rejects(data.get("/api/pod-processes", { pod: "a" }));
+  assert.equal(asked[0]?.kind, "unauthenticated");
+  http.handler = () => {
+    throw new Error("connection refused");
+  };
+  await assert.rejects(data.get("/api/pod-processes", { pod: "a" }), (error: unknown) => (error as RefreshFailure).detail.kind === "network");
+  // Kept answers: at most two; without max-age an answer is not fresh, but kept for If-None-Match.
+  http.handler = (request) => ({ status: 200, headers: { ETag: `"${request.url}"` }, body: request.url });
+  for (const q of ["a", "b", "c"]) {
+    await data.get("/s", { q });
+  }
+  const before = http.requests.length;
+  await data.get("/s", { q: "a" });
+  assert.equal(http.requests[before].init.headers["If-None-Match"], undefined, "dropped: asked in full");
+  await data.get("/s", { q: "c" });
+  assert.equal(http.requests[before + 1].init.headers["If-None-Match"], '"/s?q=c"');
+  data.dispose();
+});
+
+test("debounce runs the last call once the calls pause", async () => {
+  const { data, clock } = setup();
+  const ran: string[] = [];
+  const search = data.debounce<string>(300, (value) => ran.push(value));
+  for (const value of ["j", "ja", "jav", "java"]) {
+    search.call(value);
+    await clock.advance(50);
+  }
+  assert.deepEqual(ran, []);
+  await clock.advance(300);
+  assert.deepEqual(ran, ["java"]);
+  search.call("x");
+  search.cancel();
+  search.cancel();
+  await clock.advance(1_000);
+  assert.deepEqual(ran, ["java"]);
+  assert.equal(queryString({ a: "x y", b: undefined, c: "", d: 3 }), "a=x%20y&d=3");
+});
+
+test("the baseline asks the four single routes every interval, without If-None-Match or the HTTP cache", async () => {
+  const { http, clock, listen, last } = setup({ baseline: true, defaultIntervalMs: 5_000 });
+  server(http);
+  listen({ window: "15m" });
+  await clock.advance(0);
+  assert.equal(http.to("/api/dashboard/batch").length, 0);
+  assert.equal(http.requests.length, 4);
+  assert.ok(http.requests.every((request) => request.init.cache === "no-store" && request.init.headers["If-None-Match"] === undefined));
+  assert.equal(last().fallback, false);
+  // The server says fresh for 5 s; the baseline asks every 5 s regardless, in full.
+  await clock.advance(5_000);
+  assert.equal(http.requests.length, 8);
+  assert.ok(http.requests.every((request) => request.init.headers["If-None-Match"] === undefined));
 });

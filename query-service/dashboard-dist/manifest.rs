@@ -2,88 +2,88 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "c7547952fbf4475d1e8171c2346a4a63f9245989f827254f8bff728ed104545b";
+pub(crate) const SOURCES_SHA256: &str = "38047b4ea9a1e28f750281c2ca1f5752a1fa9d79cb85a507cfca0253b197ca4a";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
     Asset {
-        path: "/assets/chunk-52OPD3JK.js",
+        path: "/assets/chunk-C7APVR4V.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "7bdef7f2b74a5e9c6cdc91a8d07f1c6e68adfebcc12b1d7a2f2481c8252c29d7",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-52OPD3JK.js")),
+        sha256: "7162e52f22aa9e13ba5ad53f5d5de09cbfe5c7b248c51a2f82a221eed4384050",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-C7APVR4V.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "5a727b8a9cb8de589d304636e28caea7e1bed6bf42d41893476011806f4a73af", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-52OPD3JK.js.gz")) },
-            Variant { encoding: "br", sha256: "d8bd4ba9249ee7e3baf67f0b0fedbbd23eebb938c3d60b41fc4ab3cba9275da6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-52OPD3JK.js.br")) },
+            Variant { encoding: "gzip", sha256: "7df62794561c47017161881ad222ecd83c320dcd4d28165139164f79e91c0354", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-C7APVR4V.js.gz")) },
+            Variant { encoding: "br", sha256: "5f37afb00c115393e0711e4cf25260c2944cc7c75a777f343c78129c3731212c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-C7APVR4V.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/chunk-JJSGUHXO.js",
+        path: "/assets/chunk-JUUCHZD5.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "4b93901e0f4d9eb748be8f0aa7ed7986e96cd2df312c2c72d44d7921f777775c",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JJSGUHXO.js")),
+        sha256: "049c22c3baf1bae7815bc59da3f0727c06c7f434a4628d26523ec24ae99b72bd",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JUUCHZD5.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "ef7e3a48f2c4ae6deaaa3f02b23734aa10f8dacd5d6e69fb31ee16b30e029594", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JJSGUHXO.js.gz")) },
-            Variant { encoding: "br", sha256: "b81d04fab2dddcf95e9a0551c1924e30e11fbef87c1dc68151f7494df33f5aff", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JJSGUHXO.js.br")) },
+            Variant { encoding: "gzip", sha256: "a49d4a2b9c90f57e72303adc516cd86d71c875cad505f04d2eb79fedc318bf84", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JUUCHZD5.js.gz")) },
+            Variant { encoding: "br", sha256: "d2c2e07de8101bed060fb4b93740af68e6239686af4dc62d851e7d2da11dee4d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-JUUCHZD5.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/main-4JVU3ETE.css",
+        path: "/assets/main-BSSW3MEW.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "6d153925e1147232e20e037db16410e6d6ecba95fa2bfd7cec362087a401926f",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-BSSW3MEW.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "c15e165a64f6eb61de0a4d64c2a24894d047e6c94ddb10b75883f89529b7ab47", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-BSSW3MEW.js.gz")) },
+            Variant { encoding: "br", sha256: "f790d37dc87fe716b4936f7f80154e555aab7a6da26d6e1c1c04577a3c3a541d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-BSSW3MEW.js.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/main-LVFJP5PY.css",
         content_type: "text/css; charset=utf-8",
-        sha256: "e92222258222f9c4df13a8f0ba5c3aa6e75d47298e9fe7604a15be589f74995c",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-4JVU3ETE.css")),
+        sha256: "8bf15984d2c8eb0b74e68cd34852971e37a80d958125238d6fbbe749f0cd3e1d",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-LVFJP5PY.css")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "c742f68564aa401eebaa2bc45c59d8e7b3253328ba022e8804522bda1ad5ede5", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-4JVU3ETE.css.gz")) },
-            Variant { encoding: "br", sha256: "3d315e46ec68b3350d58a3cbca6e508a95b8feced357247b8bfd7001dac615e7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-4JVU3ETE.css.br")) },
+            Variant { encoding: "gzip", sha256: "67826c71aadec24f0a3485f6995130b8690bfd8614d97ffb059e088c2c28679b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-LVFJP5PY.css.gz")) },
+            Variant { encoding: "br", sha256: "e9617f7b0ab64c74c58ebed30f8a5eaebccf71e758619306bb9e78745fecd1e9", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-LVFJP5PY.css.br")) },
         ],
     },
     Asset {
-        path: "/assets/main-AATZJAHO.js",
+        path: "/assets/pods-NHNFFXZQ.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "755bbdc072c7f1ede449b04eb4b216d00a81fd95221cc14c77b11a09be1c262d",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-AATZJAHO.js")),
+        sha256: "51fcb0b0f22d9a8a9091cad3e02c7c38490fd70e86d584cfd96778ecaea8a205",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-NHNFFXZQ.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "35cdede4d02b9793fce4d195f04a87ac0a158cef2d089462aa5b687da8c13a86", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-AATZJAHO.js.gz")) },
-            Variant { encoding: "br", sha256: "6463c94682567ba18d58ace4032f4f82e834e67ed04a2eddde4a0f2f02bea314", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-AATZJAHO.js.br")) },
+            Variant { encoding: "gzip", sha256: "ef63d6e74c7e1fb5dc657e0db2585e0493a334314dfc856dfd5b0fe7ad484905", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-NHNFFXZQ.js.gz")) },
+            Variant { encoding: "br", sha256: "666c66f2a4840177c7c0dad1db12d23d3944bb4466a5c6d54cded571d53f4ce6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-NHNFFXZQ.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/pods-JLAXK377.js",
+        path: "/assets/processes-PMW7MYMK.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "e6ab647bcb0947a31980c622b1d99139b569035f695590514820219920ab2c98",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-JLAXK377.js")),
+        sha256: "1e07458467724a69d7418b7f682f4c915b6f2d3d0fdd557e300bc9539a366040",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-PMW7MYMK.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "fc56ae3dc4169b0b1ec63e5b1b38e1f26cbbca19c838462b1ae5696f86183868", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-JLAXK377.js.gz")) },
-            Variant { encoding: "br", sha256: "d19aa4aa4921d8b0604c1c909091e840aa3f98ef7084844290b6cc82e534587d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-JLAXK377.js.br")) },
+            Variant { encoding: "gzip", sha256: "98b7ba2740418dfbdbebeafb6af540543fb4956cc096d555a43f1c7d80f87896", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-PMW7MYMK.js.gz")) },
+            Variant { encoding: "br", sha256: "890f9cebe5631f79e488e04499af93a4114e3758cde727954eee5cf075c314e3", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-PMW7MYMK.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/processes-QXZ53XF2.js",
+        path: "/assets/trends-VF7DC74H.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "cdb4b01466c7b7691cc039c525a74f848abb0602dfd0498e9fcbfa8145fc6626",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-QXZ53XF2.js")),
+        sha256: "02502f68fd0ab736564c11495eddc2e74afddb4333b0992f13178ad5e1c4376f",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VF7DC74H.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "c12a68252d87dde4c59fc4baec7e0c315416615201f85ee60fd073ac73dd6c26", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-QXZ53XF2.js.gz")) },
-            Variant { encoding: "br", sha256: "5001ef9a4e203b7f6390e9ac1da336931c92e0171e8afbdb455010dc06b5a755", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-QXZ53XF2.js.br")) },
-        ],
-    },
-    Asset {
-        path: "/assets/trends-YCSOOJTS.js",
-        content_type: "text/javascript; charset=utf-8",
-        sha256: "fd0fa72e16217a6562371c2930fa8206616fdf19cf66de4950c5b15b3e8bf5ed",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-YCSOOJTS.js")),
-        variants: &[
-            Variant { encoding: "gzip", sha256: "9946643aec9766e0e0f3b11d9aa6051b4c345f066c2ff6be8fff2cb1405e4212", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-YCSOOJTS.js.gz")) },
-            Variant { encoding: "br", sha256: "ed5b3287e9c6185eff70f718168fc8229caa2e00c5c6290b4f81512eae50369e", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-YCSOOJTS.js.br")) },
+            Variant { encoding: "gzip", sha256: "9cb2ecc2d8f55bd6e7db78dd7a5fa98de8cf4f1878ea6282dc13b884c85868cc", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VF7DC74H.js.gz")) },
+            Variant { encoding: "br", sha256: "771d1c95b4689cde5e8bca42e7b65d13f6f4e235d9971711a58a531b215a514d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VF7DC74H.js.br")) },
         ],
     },
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "8e3dff1b92ad4fdc74848f4ae5fb228a10653db24ee8257fac16ffdb0617d9d5",
+        sha256: "daadcdd36d9c11b285e76b3509b38153056e583335242038783f583111bcf550",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "e3522f563434e0bf04cb703f90a5ed33344c8064671e90a2669b578661750ebb", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "f574762f103d01f728d251c656a162640120af0410aef8d4fa6aeb3ee852b249", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "1f7923d4be82efdb6e799f21a7b9804220995821042dc81704b45fb584b02f2c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "714529da8350b2a9d6e6f381d2165e308fd3e832b8f9173d59cf89e8b3f356e7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];

@@ -42,7 +42,8 @@ impl TopMetric {
     }
 }
 
-/// The four parts of the dashboard.
+/// What the service answers from its cache: the four parts of the dashboard (its batch),
+/// the process search and a pod's processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Part {
     /// Latest sample of each host process.
@@ -53,11 +54,15 @@ pub enum Part {
     TopProcesses,
     /// Per-pod CPU and memory.
     VmMetrics,
+    /// Processes whose command line or name contains a text, at their latest sample.
+    ProcessSearch,
+    /// One pod's processes by container, over the window.
+    PodProcesses,
 }
 
 impl Part {
-    /// Every part, in the order of the batch answer.
-    pub const ALL: [Part; 4] = [
+    /// The parts of the batch answer, in its order.
+    pub const BATCH: [Part; 4] = [
         Part::HostProcessMetrics,
         Part::HostOverallMetrics,
         Part::TopProcesses,
@@ -71,6 +76,8 @@ impl Part {
             Part::HostOverallMetrics => "host_overall_metrics",
             Part::TopProcesses => "top_processes",
             Part::VmMetrics => "vm_metrics",
+            Part::ProcessSearch => "process_search",
+            Part::PodProcesses => "pod_processes",
         }
     }
 }
@@ -166,12 +173,17 @@ pub struct PartKey {
     pub window_seconds: u32,
     /// Only this host.
     pub host: Option<String>,
-    /// Only pods in this namespace, for VM metrics.
+    /// Only pods in this namespace, for VM metrics and a pod's processes.
     pub namespace: Option<String>,
+    /// The text searched for (trimmed, ASCII letters lower-cased), for the process search.
+    pub search: Option<String>,
+    /// The pod, for a pod's processes.
+    pub pod: Option<String>,
 }
 
 impl Filters {
-    /// The cache key of `part` under these filters.
+    /// The cache key of `part` (one of [`Part::BATCH`]) under these filters. The process
+    /// search and a pod's processes have parameters of their own ([`RawSearch`], [`RawPod`]).
     pub fn key(&self, part: Part) -> PartKey {
         let limited = part != Part::HostOverallMetrics;
         PartKey {
@@ -183,6 +195,8 @@ impl Filters {
             namespace: (part == Part::VmMetrics)
                 .then(|| self.namespace.clone())
                 .flatten(),
+            search: None,
+            pod: None,
         }
     }
 }
@@ -244,6 +258,135 @@ impl RawFilters {
     }
 }
 
+/// Default rows of a process search.
+pub const DEFAULT_SEARCH_LIMIT: u32 = 20;
+/// Most rows a process search may ask for.
+pub const MAX_SEARCH_LIMIT: u32 = 100;
+/// Longest text a process search may look for, in characters.
+pub const MAX_SEARCH_LENGTH: usize = 200;
+/// Default window of a process search: the processes seen in the last 15 minutes.
+pub const DEFAULT_SEARCH_WINDOW: Duration = Duration::from_secs(900);
+/// Longest window of a process search and of a pod's processes: one day, which bounds the
+/// rows either reads.
+pub const MAX_SEARCH_WINDOW: Duration = Duration::from_secs(86400);
+
+/// The parameters of `GET /api/process-search` as given. Unknown fields are rejected.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSearch {
+    /// The text a command line (or process name) must contain, case-insensitively.
+    pub q: Option<String>,
+    /// Rows, `1..=100`.
+    pub limit: Option<u32>,
+    /// Processes seen within this window: whole seconds or `<n>s|m|h|d`, at most a day.
+    pub window: Option<WindowInput>,
+    /// Only this host.
+    pub host: Option<String>,
+}
+
+impl RawSearch {
+    /// Parses a query string (without the `?`).
+    pub fn from_query(query: &str) -> Result<Self, InvalidInput> {
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map_err(|e| field_error(e, "query"))
+    }
+
+    /// Checks every field and gives the cache key of the search: the text trimmed and its
+    /// ASCII letters lower-cased (the match ignores case), so that equal searches share it.
+    pub fn validate(self) -> Result<PartKey, InvalidInput> {
+        let search = self.q.as_deref().map(str::trim).unwrap_or_default();
+        if search.is_empty() || search.chars().count() > MAX_SEARCH_LENGTH {
+            return Err(InvalidInput::new(
+                "q",
+                format!("give 1 to {MAX_SEARCH_LENGTH} characters to search for"),
+            ));
+        }
+        if search.chars().any(char::is_control) {
+            return Err(InvalidInput::new(
+                "q",
+                "must not contain control characters",
+            ));
+        }
+        let limit = self.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
+        if !(1..=MAX_SEARCH_LIMIT).contains(&limit) {
+            return Err(InvalidInput::new(
+                "limit",
+                format!("must be between 1 and {MAX_SEARCH_LIMIT}"),
+            ));
+        }
+        Ok(PartKey {
+            part: Part::ProcessSearch,
+            limit: Some(limit),
+            metric: None,
+            window_seconds: bounded_window(self.window, DEFAULT_SEARCH_WINDOW)?,
+            host: name(self.host, "host")?,
+            namespace: None,
+            search: Some(search.to_ascii_lowercase()),
+            pod: None,
+        })
+    }
+}
+
+/// The parameters of `GET /api/pod-processes` as given. Unknown fields are rejected.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPod {
+    /// The pod's namespace.
+    pub namespace: Option<String>,
+    /// The pod's name.
+    pub pod: Option<String>,
+    /// The window: whole seconds or `<n>s|m|h|d`, at most a day.
+    pub window: Option<WindowInput>,
+}
+
+impl RawPod {
+    /// Parses a query string (without the `?`).
+    pub fn from_query(query: &str) -> Result<Self, InvalidInput> {
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map_err(|e| field_error(e, "query"))
+    }
+
+    /// Checks every field and gives the cache key of the pod's processes.
+    pub fn validate(self) -> Result<PartKey, InvalidInput> {
+        let required = |value: Option<String>, field: &str| {
+            name(value, field)?
+                .ok_or_else(|| InvalidInput::new(field, format!("required: the pod's {field}")))
+        };
+        Ok(PartKey {
+            part: Part::PodProcesses,
+            limit: None,
+            metric: None,
+            window_seconds: bounded_window(self.window, DEFAULT_WINDOW)?,
+            host: None,
+            namespace: Some(required(self.namespace, "namespace")?),
+            search: None,
+            pod: Some(required(self.pod, "pod")?),
+        })
+    }
+}
+
+/// A window of at most [`MAX_SEARCH_WINDOW`], `default` when absent, in whole seconds.
+fn bounded_window(window: Option<WindowInput>, default: Duration) -> Result<u32, InvalidInput> {
+    let window = match window {
+        Some(WindowInput(text)) => parse_window(&text).ok_or_else(|| {
+            InvalidInput::new(
+                "window",
+                "expected whole seconds or a duration such as 15m, 1h or 1d",
+            )
+        })?,
+        None => default,
+    };
+    if window < MIN_WINDOW || window > MAX_SEARCH_WINDOW {
+        return Err(InvalidInput::new(
+            "window",
+            "must be between 60 seconds (1m) and one day (1d)",
+        ));
+    }
+    Ok(u32::try_from(window.as_secs()).expect("at most a day"))
+}
+
 /// Parses `3600`, `90s`, `15m`, `1h` or `7d`.
 pub fn parse_window(text: &str) -> Option<Duration> {
     let (digits, unit) = match text.char_indices().last()? {
@@ -287,7 +430,7 @@ fn field_error<E: fmt::Display>(
     error: serde_path_to_error::Error<E>,
     document: &str,
 ) -> InvalidInput {
-    const FIELDS: [&str; 5] = ["limit", "metric", "window", "host", "namespace"];
+    const FIELDS: [&str; 7] = ["limit", "metric", "window", "host", "namespace", "q", "pod"];
     let message = error.inner().to_string();
     let path = error.path().to_string();
     let field = if FIELDS.contains(&path.as_str()) {
@@ -383,6 +526,55 @@ mod tests {
         assert_eq!(field(json("[1,2]")), "body");
         assert_eq!(field(json("{\"limit\":5")), "body");
         assert_eq!(field(json("{} {}")), "body");
+    }
+
+    #[test]
+    fn a_search_is_checked_field_by_field_and_its_key_normalised() {
+        let search = |q: &str| RawSearch::from_query(q).and_then(RawSearch::validate);
+        let a = search("q=%20Postgres%20&window=1h&limit=5").unwrap();
+        let b = search("limit=5&window=3600&q=postgres").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.search.as_deref(), Some("postgres"));
+        assert_eq!(search("q=x").unwrap().window_seconds, 900);
+        assert_eq!(search("q=x").unwrap().limit, Some(DEFAULT_SEARCH_LIMIT));
+        for (query, field) in [
+            ("", "q"),
+            ("q=%20%20", "q"),
+            (&format!("q={}", "a".repeat(201)), "q"),
+            ("q=a%00b", "q"),
+            ("q=x&limit=0", "limit"),
+            ("q=x&limit=101", "limit"),
+            ("q=x&window=2d", "window"),
+            ("q=x&window=soon", "window"),
+            ("q=x&host=", "host"),
+            ("q=x&metric=cpu", "metric"),
+            ("q=x&q=y", "q"),
+        ] {
+            assert_eq!(search(query).expect_err(query).field, field, "{query}");
+        }
+    }
+
+    #[test]
+    fn a_pod_needs_its_namespace_and_name() {
+        let pod = |q: &str| RawPod::from_query(q).and_then(RawPod::validate);
+        let key = pod("namespace=web&pod=api-1").unwrap();
+        assert_eq!(
+            (
+                key.namespace.as_deref(),
+                key.pod.as_deref(),
+                key.window_seconds
+            ),
+            (Some("web"), Some("api-1"), 3600)
+        );
+        for (query, field) in [
+            ("pod=api-1", "namespace"),
+            ("namespace=web", "pod"),
+            ("namespace=web&pod=", "pod"),
+            ("namespace=web&pod=a&window=7d", "window"),
+            ("namespace=web&pod=a&limit=5", "limit"),
+        ] {
+            assert_eq!(pod(query).expect_err(query).field, field, "{query}");
+        }
     }
 
     #[test]

@@ -179,6 +179,68 @@ pub struct VmRow {
     pub memory_usage_mb: f64,
 }
 
+/// A process whose command line or name matched a search, at its latest sample in the
+/// window.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ProcessMatchRow {
+    /// The process's latest sample.
+    pub timestamp: DateTime<Utc>,
+    /// The node.
+    pub host: String,
+    /// Process id.
+    pub pid: i32,
+    /// When the process started (with the pid, it names the process).
+    pub start_time: DateTime<Utc>,
+    /// Process name.
+    pub process_name: String,
+    /// Command line.
+    pub command_line: Option<String>,
+    /// Owner.
+    pub username: Option<String>,
+    /// CPU usage over the sample's interval, percent of one core.
+    pub cpu_usage_percent: f64,
+    /// Peak CPU usage within the sample's interval.
+    pub cpu_peak_percent: f64,
+    /// Resident memory, MiB.
+    pub memory_usage_mb: f64,
+}
+
+/// One process of a pod over the window, with its container.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct PodProcessRow {
+    /// The container's id.
+    pub container_id: String,
+    /// The container's name, when the pod watch knew it.
+    pub container_name: Option<String>,
+    /// The node.
+    pub host: String,
+    /// Process id.
+    pub pid: i32,
+    /// When the process started.
+    pub start_time: DateTime<Utc>,
+    /// Process name.
+    pub process_name: String,
+    /// Command line.
+    pub command_line: Option<String>,
+    /// Average CPU usage, percent of one core.
+    pub avg_cpu: f64,
+    /// Highest CPU peak within a sample's interval.
+    pub max_cpu: f64,
+    /// Average CPU usage, percent of the container's CPU limit; None without a limit.
+    pub avg_cpu_limit_percent: Option<f64>,
+    /// Average resident memory, MiB.
+    pub avg_memory_mb: f64,
+    /// Highest resident memory, MiB.
+    pub max_memory_mb: f64,
+    /// The process's latest sample.
+    pub last_seen: DateTime<Utc>,
+    /// Samples summarised.
+    pub samples: i64,
+}
+
+/// Most processes a pod's answer holds.
+pub const MAX_POD_PROCESSES: i64 = 1000;
+
 /// The answer of one part: where its rows came from and the rows.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PartAnswer<R> {
@@ -370,6 +432,54 @@ FROM pods
 ORDER BY cpu_usage_percent DESC, namespace, pod
 LIMIT $4"#;
 
+// The search reads the latest sample of each process in the window, as HOST_PROCESSES does,
+// and matches its command line or name with ILIKE (the text's `\`, `%` and `_` escaped by
+// `like_pattern`, so they match themselves).
+const PROCESS_SEARCH: &str = r#"
+WITH latest AS (
+    SELECT host, pid, start_time, max("timestamp") AS "timestamp"
+    FROM host_process_metrics
+    WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+      AND ($2::text IS NULL OR host = $2)
+    GROUP BY host, pid, start_time
+)
+SELECT m."timestamp", m.host, m.pid, m.start_time, m.process_name, m.command_line,
+       m.username, m.cpu_usage_percent::float8 AS cpu_usage_percent,
+       m.cpu_peak_percent::float8 AS cpu_peak_percent, m.memory_usage_mb
+FROM latest
+JOIN host_process_metrics AS m USING (host, pid, start_time, "timestamp")
+WHERE m.command_line ILIKE $3 ESCAPE '\' OR m.process_name ILIKE $3 ESCAPE '\'
+ORDER BY m.cpu_usage_percent DESC, m.host, m.pid, m.start_time
+LIMIT $4"#;
+
+// One pod's rows in the window, found by the (pod_namespace, pod_name, "timestamp") index.
+const POD_PROCESSES: &str = r#"
+SELECT container_id, container_name, host, pid, start_time, process_name, command_line,
+       avg(cpu_usage_percent)::float8 AS avg_cpu, max(cpu_peak_percent)::float8 AS max_cpu,
+       avg(cpu_limit_percent)::float8 AS avg_cpu_limit_percent,
+       avg(memory_usage_mb) AS avg_memory_mb, max(memory_usage_mb) AS max_memory_mb,
+       max("timestamp") AS last_seen, count(*) AS samples
+FROM vm_process_metrics
+WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+  AND pod_namespace = $2 AND pod_name = $3
+GROUP BY container_id, container_name, host, pid, start_time, process_name, command_line
+ORDER BY container_name, container_id, avg_cpu DESC, pid, start_time
+LIMIT $4"#;
+
+/// The ILIKE pattern of a search: `text` anywhere, its `\`, `%` and `_` matching themselves.
+pub fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 /// The statement `key` runs, given the aggregates that exist.
 pub fn statement(key: &PartKey, aggregates: Aggregates) -> Statement {
     let long = u64::from(key.window_seconds) > HOURLY_THRESHOLD.as_secs();
@@ -379,7 +489,9 @@ pub fn statement(key: &PartKey, aggregates: Aggregates) -> Statement {
         (true, false) => Source::HourlyFromRaw,
     };
     let source = match key.part {
-        Part::HostProcessMetrics | Part::VmMetrics => Source::Raw,
+        Part::HostProcessMetrics | Part::VmMetrics | Part::ProcessSearch | Part::PodProcesses => {
+            Source::Raw
+        }
         Part::HostOverallMetrics => hourly(aggregates.host_overall),
         Part::TopProcesses => hourly(aggregates.host_process),
     };
@@ -459,6 +571,28 @@ pub async fn run(
                 .fetch_all(pool)
                 .await?,
         ),
+        (Part::ProcessSearch, _) => json(
+            source,
+            window_seconds,
+            sqlx::query_as::<_, ProcessMatchRow>(PROCESS_SEARCH)
+                .bind(window)
+                .bind(host)
+                .bind(like_pattern(key.search.as_deref().unwrap_or_default()))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?,
+        ),
+        (Part::PodProcesses, _) => json(
+            source,
+            window_seconds,
+            sqlx::query_as::<_, PodProcessRow>(POD_PROCESSES)
+                .bind(window)
+                .bind(key.namespace.as_deref())
+                .bind(key.pod.as_deref())
+                .bind(MAX_POD_PROCESSES)
+                .fetch_all(pool)
+                .await?,
+        ),
     })
 }
 
@@ -473,6 +607,12 @@ mod tests {
             .validate()
             .unwrap()
             .key(part)
+    }
+
+    #[test]
+    fn a_search_pattern_matches_the_text_itself_anywhere() {
+        assert_eq!(like_pattern("java"), "%java%");
+        assert_eq!(like_pattern("50%_a\\b"), "%50\\%\\_a\\\\b%");
     }
 
     #[test]

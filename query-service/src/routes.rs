@@ -1,8 +1,9 @@
-//! The service's routes and their handlers: the batch and the four single parts answered
-//! from the cache, the OpenAPI document, the dashboard's page and assets, the common admin
-//! endpoints (`/healthz`, `/readyz`, `/metrics`) mounted beside them, and the answer to a
-//! request no route takes. Every request has a span of its own, and its answer is counted
-//! in the request metrics by endpoint and status.
+//! The service's routes and their handlers: the batch, the four single parts, the process
+//! search and a pod's processes answered from the cache, the OpenAPI document, the
+//! dashboard's page and assets, the common admin endpoints (`/healthz`, `/readyz`,
+//! `/metrics`) mounted beside them, and the answer to a request no route takes. Every
+//! request has a span of its own, and its answer is counted in the request metrics by
+//! endpoint and status.
 
 use std::convert::Infallible;
 
@@ -15,7 +16,7 @@ use warp::{Filter, Reply};
 
 use crate::cache::{CacheError, Lookup};
 use crate::dashboard;
-use crate::filters::{Part, PartKey, RawFilters};
+use crate::filters::{InvalidInput, Part, PartKey, RawFilters, RawPod, RawSearch};
 use crate::http::{Answer, Freshness, bad_request, cached, error_json, read_body, unavailable};
 use crate::service::{QueryError, QueryService};
 use metricsstack_common::config::StackIdentity;
@@ -61,6 +62,37 @@ impl QueryService {
                     },
                 )
         };
+        // The process search and a pod's processes: GET, their parameters in the query
+        // string, cached like the parts.
+        let keyed = |part: Part, parse: fn(&str) -> Result<PartKey, InvalidInput>| {
+            let route = match part {
+                Part::ProcessSearch => warp::path!("api" / "process-search").boxed(),
+                _ => warp::path!("api" / "pod-processes").boxed(),
+            };
+            route
+                .and(warp::get())
+                .and(with.clone())
+                .and(authorization)
+                .and(query)
+                .and(if_none_match)
+                .then(
+                    move |service: QueryService,
+                          authorization: Option<String>,
+                          query: String,
+                          inm: Option<String>| async move {
+                        match service.authorize(authorization.as_deref()).await {
+                            Ok(()) => service.keyed(part, parse(&query), inm.as_deref()).await,
+                            Err(refused) => service.record(part.name(), refused),
+                        }
+                    },
+                )
+        };
+        let search = keyed(Part::ProcessSearch, |query| {
+            RawSearch::from_query(query).and_then(RawSearch::validate)
+        });
+        let pod = keyed(Part::PodProcesses, |query| {
+            RawPod::from_query(query).and_then(RawPod::validate)
+        });
         let batch = warp::path!("api" / "dashboard" / "batch")
             .and(warp::post())
             .and(with.clone())
@@ -137,6 +169,10 @@ impl QueryService {
             .unify()
             .or(part("vm-metrics", Part::VmMetrics))
             .unify()
+            .or(search)
+            .unify()
+            .or(pod)
+            .unify()
             .or(openapi)
             .unify()
             .or(dashboard)
@@ -169,12 +205,25 @@ impl QueryService {
         query: &str,
         if_none_match: Option<&str>,
     ) -> Response<Bytes> {
+        let key = RawFilters::from_query(query)
+            .and_then(RawFilters::validate)
+            .map(|filters| filters.key(part));
+        self.keyed(part, key, if_none_match).await
+    }
+
+    /// Answers one cached part whose parameters were parsed into `key` (or were invalid).
+    async fn keyed(
+        &self,
+        part: Part,
+        key: Result<PartKey, InvalidInput>,
+        if_none_match: Option<&str>,
+    ) -> Response<Bytes> {
         let endpoint = part.name();
-        let filters = match RawFilters::from_query(query).and_then(RawFilters::validate) {
-            Ok(filters) => filters,
+        let key = match key {
+            Ok(key) => key,
             Err(invalid) => return self.record(endpoint, bad_request(&invalid)),
         };
-        let response = match self.part(filters.key(part)).await {
+        let response = match self.part(key).await {
             Ok(lookup) => cached(
                 &lookup.value.etag,
                 lookup.value.body.clone(),
@@ -202,8 +251,8 @@ impl QueryService {
             Err(invalid) => return self.record(ENDPOINT, bad_request(&invalid)),
         };
         let lookups =
-            futures::future::join_all(Part::ALL.map(|part| self.part(filters.key(part)))).await;
-        let mut parts = Vec::with_capacity(Part::ALL.len());
+            futures::future::join_all(Part::BATCH.map(|part| self.part(filters.key(part)))).await;
+        let mut parts = Vec::with_capacity(Part::BATCH.len());
         for lookup in lookups {
             match lookup {
                 Ok(lookup) => parts.push(lookup),
@@ -212,7 +261,7 @@ impl QueryService {
         }
         let mut etag = Sha256::new();
         let mut length = 2;
-        for (part, lookup) in Part::ALL.iter().zip(&parts) {
+        for (part, lookup) in Part::BATCH.iter().zip(&parts) {
             etag.update(lookup.value.etag.as_bytes());
             length += part.name().len() + 4 + lookup.value.body.len();
         }
@@ -223,7 +272,7 @@ impl QueryService {
             .reduce(Freshness::worst)
             .expect("four parts");
         let mut composed = BytesMut::with_capacity(length);
-        for (i, (part, lookup)) in Part::ALL.iter().zip(&parts).enumerate() {
+        for (i, (part, lookup)) in Part::BATCH.iter().zip(&parts).enumerate() {
             composed.put_slice(if i == 0 { b"{\"" } else { b",\"" });
             composed.put_slice(part.name().as_bytes());
             composed.put_slice(b"\":");

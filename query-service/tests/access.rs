@@ -196,6 +196,19 @@ async fn a_token_and_an_rbac_grant_on_the_stacks_data_are_needed_and_reviews_are
         .await
         .expect("the service answers");
     assert_eq!(unauthenticated_batch.status(), StatusCode::UNAUTHORIZED);
+    // The process search and a pod's processes (command lines) need the same grant.
+    for path in [
+        "/api/process-search?q=java",
+        "/api/pod-processes?namespace=web&pod=a",
+    ] {
+        for (token, status) in [
+            (None, StatusCode::UNAUTHORIZED),
+            (Some(stranger.as_str()), StatusCode::FORBIDDEN),
+            (Some(reader.as_str()), StatusCode::OK),
+        ] {
+            assert_eq!(get(&main, path, token).await.status, status, "{path}");
+        }
+    }
     // The dashboard's page holds no data and must load to ask for a token: no token needed.
     let page = get(&main, "/", None).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);

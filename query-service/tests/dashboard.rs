@@ -1,6 +1,8 @@
 //! The web dashboard in a real browser: Debian's Chromium, driven headless through
 //! puppeteer-core by `dashboard/test/browser.mjs`, against this service on native PostgreSQL
-//! with seeded metrics (through a TCP proxy the test cuts to take the database away). The script reports what the page showed and every request it made
+//! with seeded metrics (through a TCP proxy the test cuts to take the database away). The
+//! script reports what the page showed (the views, a process search, a pod's drill-down)
+//! and every request it made
 //! (from the browser's network events); this test compares the numbers with the database
 //! and counts the requests. Screenshots of each view go to
 //! `$CARGO_TARGET_TMPDIR/dashboard-screenshots/`.
@@ -366,6 +368,93 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
             .as_str()
             .is_some_and(|b| b.contains(r#""namespace":"web""#))
     }));
+    // Searching command lines, ten characters at 50 ms a key: at most two requests, and the
+    // processes shown are those whose latest sample's command line holds the text.
+    let search = &phases["search"];
+    let searched = search["requests"].as_array().expect("requests");
+    assert!((1..=2).contains(&searched.len()), "{search}");
+    assert!(
+        searched
+            .last()
+            .and_then(|request| request["query"].as_str())
+            .is_some_and(|query| query.contains("q=bin%2Fproc-5")),
+        "{search}"
+    );
+    let matches: Vec<(String, i32, f64)> = sqlx::query_as(
+        r#"SELECT host, pid, cpu_usage_percent::float8
+           FROM (SELECT DISTINCT ON (host, pid, start_time) *
+                 FROM host_process_metrics
+                 WHERE "timestamp" >= now() - interval '15 minutes'
+                 ORDER BY host, pid, start_time, "timestamp" DESC) AS latest
+           WHERE position('bin/proc-5' IN command_line) > 0
+           ORDER BY cpu_usage_percent DESC, host, pid"#,
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("the matching processes");
+    let shown = search["rows"].as_array().expect("rows");
+    assert_eq!(shown.len(), matches.len(), "{search}");
+    assert_eq!(matches.len(), 3);
+    for (row, (host, pid, cpu)) in shown.iter().zip(matches) {
+        assert_eq!(row["host"], host.as_str(), "{row}");
+        assert_eq!(row["pid"], pid.to_string(), "{row}");
+        assert_eq!(row["command_line"], "/usr/bin/proc-5", "{row}");
+        assert!(
+            (number(&row["cpu_usage_percent"]) - cpu).abs() <= 0.05 + 1e-9,
+            "{row}"
+        );
+    }
+
+    // A pod's drill-down: its container and processes, with what the database holds.
+    let drilldown = &phases["drilldown"];
+    let (namespace, pod) = drilldown["pod"]
+        .as_str()
+        .and_then(|key| key.split_once('/'))
+        .expect("a pod's key");
+    assert_eq!(namespace, "web");
+    assert_eq!(
+        drilldown["requests"].as_array().map(Vec::len),
+        Some(1),
+        "{drilldown}"
+    );
+    let processes: Vec<(i32, f64, f64, f64, f64)> = sqlx::query_as(
+        r#"SELECT pid, avg(cpu_usage_percent)::float8, max(cpu_peak_percent)::float8,
+                  avg(memory_usage_mb), max(memory_usage_mb)
+           FROM vm_process_metrics
+           WHERE pod_namespace = $1 AND pod_name = $2
+             AND "timestamp" >= now() - interval '15 minutes'
+           GROUP BY pid ORDER BY 2 DESC, pid"#,
+    )
+    .bind(namespace)
+    .bind(pod)
+    .fetch_all(&pool)
+    .await
+    .expect("the pod's processes");
+    let containers = drilldown["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "{drilldown}");
+    assert_eq!(containers[0]["container"], "main");
+    let rows = containers[0]["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), processes.len(), "{drilldown}");
+    for (row, (pid, avg_cpu, max_cpu, avg_memory, max_memory)) in rows.iter().zip(processes) {
+        assert_eq!(row["pid"], pid.to_string(), "{row}");
+        assert_eq!(
+            row["avg_cpu_limit_percent"], "–",
+            "no CPU limit seeded: {row}"
+        );
+        for (field, expected) in [
+            ("avg_cpu", avg_cpu),
+            ("max_cpu", max_cpu),
+            ("avg_memory_mb", avg_memory),
+            ("max_memory_mb", max_memory),
+        ] {
+            let on_screen = number(&row[field]);
+            assert!(
+                (on_screen - expected).abs() <= 0.05 + 1e-9,
+                "{pod} {pid} {field}: {on_screen} on screen, {expected} in the database"
+            );
+        }
+    }
+
     // The trends chunk only once its view is opened.
     let trends = &phases["trends"];
     assert_eq!(trends["chunkBefore"], 0);

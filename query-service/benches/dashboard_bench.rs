@@ -1,0 +1,167 @@
+//! Benchmark of the web dashboard in a real browser (not a test: it asserts nothing and
+//! prints numbers): seeds a database on the test environment's native PostgreSQL, starts
+//! the query service on it, and runs `dashboard/bench/dashboard.mjs`, which drives
+//! Debian's Chromium headless (puppeteer-core) and measures the page beside the
+//! performance plan's approach (`?mode=baseline`) in the same run, reported as ratios: time
+//! from navigation to the first numbers over cold loads (p50, p95), JavaScript bytes, API
+//! requests per minute and the share answered 304, and long tasks during chart updates.
+//!
+//! ```text
+//! scripts/bench-dashboard                     # 1,000,000 process rows, 20 loads, 3 minutes
+//! scripts/bench-dashboard --rows 15600000     # the plan's size
+//! scripts/bench-dashboard --minutes 1 --loads 5
+//! ```
+//!
+//! `--rows N` is read here; every other argument goes to the browser script. The service
+//! runs with the operator's defaults (fresh for 4 s, stale-while-revalidate 30 s).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use metricsstack_common::access::{AccessPolicy, Authentication};
+use metricsstack_common::config::QueryServiceConfig;
+use metricsstack_common::database::PoolSettings;
+use metricsstack_operator::database::MIGRATOR;
+use metricsstack_query_service::QueryService;
+use metricsstack_testkit::TestDatabase;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+const HOSTS: i64 = 20;
+const PROCESSES_PER_HOST: i64 = 30;
+const PODS: i64 = 20;
+const PROCESSES_PER_POD: i64 = 3;
+
+/// Seeds `rows` process samples, one a minute per process, ending now (as
+/// `benches/benches/query_bench.rs` does), with node and pod samples over the same minutes.
+async fn seed(pool: &PgPool, rows: i64) {
+    let minutes = rows
+        .unsigned_abs()
+        .div_ceil((HOSTS * PROCESSES_PER_HOST).unsigned_abs());
+    let minutes = i64::try_from(minutes).expect("a number of minutes");
+    let started = Instant::now();
+    eprintln!(
+        "seeding {rows} host_process_metrics rows ({HOSTS} hosts x {PROCESSES_PER_HOST} \
+         processes, one sample a minute over {:.1} days) ...",
+        minutes as f64 / 1440.0
+    );
+    let statements = [
+        r#"INSERT INTO host_process_metrics ("timestamp", host, pid, start_time, parent_pid,
+               process_name, command_line, username, state, cpu_usage_percent,
+               cpu_peak_percent, memory_usage_mb, virtual_memory_mb, disk_read_bytes,
+               disk_write_bytes, threads)
+           SELECT now() - make_interval(mins => s::int), 'node-' || h, 1000 + p,
+                  TIMESTAMPTZ '2024-01-01 00:00:00+00', 1, 'process-' || (p % 12),
+                  '/usr/bin/process-' || p || ' --serve', 'app', 'S',
+                  ((h * 7919 + p * 104729 + s * 31) % 1000)::real / 10,
+                  ((h * 7919 + p * 104729 + s * 37) % 1000)::real / 8,
+                  ((h * 31 + p * 977 + s) % 4096)::float8 + 0.5, 8192,
+                  s * 4096, s * 1024, 1 + p % 16
+           FROM generate_series(0, $1 - 1) AS s, generate_series(1, $2) AS h,
+                generate_series(1, $3) AS p
+           LIMIT $4"#,
+        r#"INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent,
+               cpu_per_core_percent, load_1, load_5, load_15, memory_total_bytes,
+               memory_used_bytes, memory_usage_mb, swap_total_bytes, swap_used_bytes,
+               disk_total_bytes, disk_used_bytes, disk_read_bytes, disk_write_bytes,
+               network_rx_bytes, network_tx_bytes, uptime_seconds, process_count)
+           SELECT now() - make_interval(mins => s::int), 'node-' || h,
+                  ((h * 13 + s * 7) % 1000)::real / 10, ARRAY[10, 20]::real[],
+                  ((h + s) % 400)::float8 / 100, 1, 1, 68719476736, 34359738368,
+                  ((h * 131 + s) % 32768)::float8, 0, 0, 500000000000, 200000000000, 0, 0,
+                  6000000 + h * 1000, 3000000 + h * 100, s * 60, 300
+           FROM generate_series(0, $1 - 1) AS s, generate_series(1, $2) AS h"#,
+        r#"INSERT INTO vm_process_metrics ("timestamp", host, pid, start_time, process_name,
+               pod_namespace, pod_name, pod_uid, container_id, container_name,
+               cpu_usage_percent, cpu_peak_percent, memory_usage_mb, disk_read_bytes,
+               disk_write_bytes)
+           SELECT now() - make_interval(mins => s::int), 'node-' || (pd % $2 + 1),
+                  5000 + pd * 10 + pr, TIMESTAMPTZ '2024-01-01 00:00:00+00', 'worker-' || pr,
+                  'namespace-' || (pd % 4), 'pod-' || pd, 'uid-' || pd, 'cid-' || pd, 'main',
+                  ((pd * 17 + pr * 5 + s) % 400)::real / 4, 100,
+                  ((pd * 100 + pr * 10 + s) % 2048)::float8, 0, 0
+           FROM generate_series(0, $1 - 1) AS s, generate_series(1, $3) AS pd,
+                generate_series(1, $4) AS pr"#,
+    ];
+    for (statement, binds) in statements.into_iter().zip([
+        vec![minutes, HOSTS, PROCESSES_PER_HOST, rows],
+        vec![minutes, HOSTS],
+        vec![minutes, HOSTS, PODS, PROCESSES_PER_POD],
+    ]) {
+        let mut query = sqlx::query(statement);
+        for bind in binds {
+            query = query.bind(bind);
+        }
+        query.execute(pool).await.expect("seeding");
+    }
+    sqlx::query("ANALYZE").execute(pool).await.expect("ANALYZE");
+    eprintln!("seeded in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[tokio::main]
+async fn main() {
+    let mut rows: i64 = 1_000_000;
+    let mut passed = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rows" => {
+                rows = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--rows takes a number of rows")
+            }
+            // Cargo passes --bench to a bench target.
+            "--bench" => {}
+            _ => passed.push(arg),
+        }
+    }
+    let dashboard = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dashboard");
+    assert!(
+        dashboard.join("node_modules/puppeteer-core").exists(),
+        "dashboard/node_modules has no puppeteer-core: run scripts/build-dashboard --check"
+    );
+
+    let db = TestDatabase::create().await;
+    let pool = db.pool(2).await;
+    MIGRATOR.run(&pool).await.expect("migrations run");
+    seed(&pool, rows).await;
+    let config = QueryServiceConfig {
+        stack: Default::default(),
+        authentication: Authentication::None,
+        listen_address: "127.0.0.1:0".into(),
+        schema: "public".into(),
+        database: Default::default(),
+        pool: PoolSettings::default(),
+        fresh_ttl_seconds: 4,
+        stale_while_revalidate_seconds: 30,
+        stale_if_error_seconds: 300,
+        max_entries: 1000,
+        max_bytes: 64 * 1024 * 1024,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    let service =
+        QueryService::new(&config, &db.url(), AccessPolicy::Open).expect("the service starts");
+    tokio::spawn(service.run(listener, std::future::pending()));
+
+    let mut browser = Command::new("node");
+    browser
+        .current_dir(&dashboard)
+        .arg("bench/dashboard.mjs")
+        .args(["--url", &base])
+        .args(&passed);
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || browser.status())
+        .await
+        .expect("the browser script runs")
+        .expect("node starts");
+    assert!(status.success(), "the browser script failed: {status}");
+    eprintln!(
+        "browser half took {:.0} s on {rows} rows",
+        started.elapsed().as_secs_f64()
+    );
+    drop(pool);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
