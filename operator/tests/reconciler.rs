@@ -83,6 +83,34 @@ async fn create_secret(client: &Client, namespace: &str, uri: &str) {
         .expect("the Secret is created");
 }
 
+/// The MetricsStack `name` in `namespace`: on the Secret `db` without TLS, with test images,
+/// and `spec` merged over that (objects key by key, anything else replaced).
+fn stack_object(namespace: &str, name: &str, spec: serde_json::Value) -> MetricsStack {
+    fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+        match (base, over) {
+            (serde_json::Value::Object(base), serde_json::Value::Object(over)) => {
+                for (key, value) in over {
+                    merge(base.entry(key).or_insert(serde_json::Value::Null), value);
+                }
+            }
+            (base, over) => *base = over,
+        }
+    }
+    let mut full = json!({
+        "database": { "secretRef": { "name": "db" }, "tlsMode": "Disable" },
+        "collector": { "image": "collector:test" },
+        "queryService": { "image": "operator:test" }
+    });
+    merge(&mut full, spec);
+    serde_json::from_value(json!({
+        "apiVersion": "metricsstack.dev/v1alpha1",
+        "kind": "MetricsStack",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": full
+    }))
+    .expect("a MetricsStack")
+}
+
 async fn create_stack(client: &Client, namespace: &str, replicas: i32) -> Api<MetricsStack> {
     common::install_crd(client).await;
     let stack: MetricsStack = serde_json::from_value(json!({
@@ -734,19 +762,11 @@ async fn a_collector_pod_refused_by_pod_security_shows_why_on_the_stack() {
 async fn stack_with_database_down(client: &Client, namespace: &str) -> Api<MetricsStack> {
     common::install_crd(client).await;
     create_secret(client, namespace, "postgres://nobody@127.0.0.1:1/nothing").await;
-    let stack: MetricsStack = serde_json::from_value(json!({
-        "apiVersion": "metricsstack.dev/v1alpha1",
-        "kind": "MetricsStack",
-        "metadata": { "name": "stack", "namespace": namespace },
-        "spec": {
-            "database": { "secretRef": { "name": "db" }, "tlsMode": "Disable" },
-            "collector": { "image": "collector:test" },
-            "queryService": { "image": "operator:test" },
-            "deletionPolicy": "RemovePolicies",
-            "cleanupTimeout": "2s"
-        }
-    }))
-    .expect("a MetricsStack");
+    let stack = stack_object(
+        namespace,
+        "stack",
+        json!({ "deletionPolicy": "RemovePolicies", "cleanupTimeout": "2s" }),
+    );
     let api: Api<MetricsStack> = Api::namespaced(client.clone(), namespace);
     api.create(&PostParams::default(), &stack)
         .await
@@ -857,18 +877,12 @@ async fn a_retention_over_kept_data_waits_for_the_annotation_then_applies() {
     let _operator = Operator::start(&ns);
     create_secret(&client, &ns.name, &tsdb.url()).await;
     common::install_crd(&client).await;
-    let stack: MetricsStack = serde_json::from_value(json!({
-        "apiVersion": "metricsstack.dev/v1alpha1",
-        "kind": "MetricsStack",
-        "metadata": { "name": "stack", "namespace": ns.name },
-        "spec": {
-            "database": { "secretRef": { "name": "db" }, "tlsMode": "Disable", "schema": tsdb.schema,
-                          "pools": { "operator": { "maxConnections": 1 } } },
-            "collector": { "image": "collector:test" },
-            "queryService": { "image": "operator:test" }
-        }
-    }))
-    .expect("a MetricsStack");
+    // The test server is one session: the operator keeps to one connection.
+    let stack = stack_object(
+        &ns.name,
+        "stack",
+        json!({ "database": { "schema": tsdb.schema, "pools": { "operator": { "maxConnections": 1 } } } }),
+    );
     let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
     stacks
         .create(&PostParams::default(), &stack)
@@ -942,17 +956,11 @@ async fn a_second_stack_on_a_schema_another_manages_is_refused_naming_it() {
         let stacks = stacks.clone();
         let namespace = ns.name.clone();
         async move {
-            let stack: MetricsStack = serde_json::from_value(json!({
-                "apiVersion": "metricsstack.dev/v1alpha1",
-                "kind": "MetricsStack",
-                "metadata": { "name": name, "namespace": namespace },
-                "spec": {
-                    "database": { "secretRef": { "name": "db" }, "tlsMode": "Disable", "schema": schema },
-                    "collector": { "image": "collector:test" },
-                    "queryService": { "image": "operator:test" }
-                }
-            }))
-            .expect("a MetricsStack");
+            let stack = stack_object(
+                &namespace,
+                name,
+                json!({ "database": { "schema": schema } }),
+            );
             stacks
                 .create(&PostParams::default(), &stack)
                 .await

@@ -19,11 +19,10 @@ use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::TestDatabase;
+use metricsstack_testkit::{CuttableProxy, TestDatabase};
 use serde_json::Value;
 use sqlx::ConnectOptions as _;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpListener;
 
 /// How long an answer is fresh: short, so that polling shows within seconds.
 const TTL_SECONDS: u64 = 2;
@@ -77,42 +76,6 @@ fn number(cell: &Value) -> f64 {
     let (value, unit) = text.split_once(' ').unwrap_or((text, ""));
     let value: f64 = value.parse().unwrap_or_else(|e| panic!("{text:?}: {e}"));
     if unit == "GB" { value * 1024.0 } else { value }
-}
-
-/// A TCP proxy to the database that the test can cut: when down, it closes every open
-/// connection and every new one at once (as in `tests/service.rs`).
-struct Proxy {
-    address: SocketAddr,
-    up: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let (up, watcher) = watch::channel(true);
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut watcher = watcher.clone();
-                if !*watcher.borrow() {
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = watcher.wait_for(|up| !up) => {}
-                    }
-                });
-            }
-        });
-        Self { address, up }
-    }
 }
 
 /// Runs `dashboard/test/browser.mjs` with `scenario` against `base`; what it saw.
@@ -215,7 +178,7 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
     let upstream: SocketAddr = format!("{}:{}", db.options.get_host(), db.options.get_port())
         .parse()
         .expect("the test database listens on an IP address");
-    let proxy = Proxy::start(upstream).await;
+    let proxy = CuttableProxy::start(upstream).await;
     let through_proxy = db
         .options
         .clone()
@@ -514,7 +477,7 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
     assert_eq!(token["formHidden"], true);
 
     // The database away: the page still shows the last numbers, with a notice saying so.
-    proxy.up.send_replace(false);
+    proxy.set_up(false);
     let away = browse(&dashboard, &chromium, &base, &screenshots, "outage").await;
     let outage = &away["phases"]["outage"];
     assert_eq!(

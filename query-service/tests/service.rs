@@ -19,12 +19,11 @@ use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::TestDatabase;
+use metricsstack_testkit::{CuttableProxy, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{ConnectOptions, PgPool};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// Seeds three hosts, eight processes each (names shared by pairs), and pods in two
 /// namespaces; samples 2 to 45 minutes old (in a one-hour window), 3 hours old (in six
@@ -879,46 +878,6 @@ async fn a_matching_if_none_match_gets_304() {
     assert_eq!(batch_not_modified.status, StatusCode::NOT_MODIFIED);
 }
 
-/// A TCP proxy to the database that the test can cut: when down, it closes every open
-/// connection and every new one at once.
-struct Proxy {
-    address: SocketAddr,
-    up: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let (up, watcher) = watch::channel(true);
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut watcher = watcher.clone();
-                if !*watcher.borrow() {
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = watcher.wait_for(|up| !up) => {}
-                    }
-                });
-            }
-        });
-        Self { address, up }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
-    }
-}
-
 #[tokio::test]
 async fn while_the_database_is_down_stale_answers_or_503() {
     let (db, _pool) = seeded().await;
@@ -926,7 +885,7 @@ async fn while_the_database_is_down_stale_answers_or_503() {
     let upstream: SocketAddr = format!("{}:{}", db.options.get_host(), db.options.get_port())
         .parse()
         .expect("the test database listens on an IP address");
-    let proxy = Proxy::start(upstream).await;
+    let proxy = CuttableProxy::start(upstream).await;
     let through_proxy = db
         .options
         .clone()

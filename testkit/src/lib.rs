@@ -12,6 +12,7 @@ use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
 
 mod crd;
 mod kubernetes;
+mod proxy;
 mod real_node;
 mod timescaledb;
 
@@ -20,6 +21,7 @@ pub use kubernetes::{
     TEST_NAMESPACE_LABEL, TestNamespace, client as kube_client, grant_stack_data,
     service_account_token, wait_for_grant,
 };
+pub use proxy::CuttableProxy;
 pub use real_node::{
     REAL_NODE_TAINT, busy_pod, helm, helm_output, poll_batch, process_gone_and_sampled,
 };

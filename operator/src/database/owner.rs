@@ -16,14 +16,7 @@ pub const OWNER_TABLE: &str = "_metricsstack_owner";
 /// `owner` is only read.
 pub async fn claim(pool: &PgPool, schema: &str, owner: &str) -> Result<(), DatabaseError> {
     let table = qualified(schema, OWNER_TABLE);
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(&table)
-        .fetch_one(pool)
-        .await
-        .map_err(DatabaseError::statement(
-            "looking for the schema's owner table",
-        ))?;
-    if !exists {
+    if !exists(pool, &table).await? {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "CREATE TABLE IF NOT EXISTS {table} (\
                singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), \
@@ -65,14 +58,7 @@ pub async fn claim(pool: &PgPool, schema: &str, owner: &str) -> Result<(), Datab
 /// nothing when another stack (or none) is recorded.
 pub async fn release(pool: &PgPool, schema: &str, owner: &str) -> Result<(), DatabaseError> {
     let table = qualified(schema, OWNER_TABLE);
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(&table)
-        .fetch_one(pool)
-        .await
-        .map_err(DatabaseError::statement(
-            "looking for the schema's owner table",
-        ))?;
-    if exists {
+    if exists(pool, &table).await? {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE stack = $1"
         )))
@@ -82,4 +68,15 @@ pub async fn release(pool: &PgPool, schema: &str, owner: &str) -> Result<(), Dat
         .map_err(DatabaseError::statement("forgetting the schema's owner"))?;
     }
     Ok(())
+}
+
+/// Whether the owner table `table` (schema-qualified) exists.
+async fn exists(pool: &PgPool, table: &str) -> Result<bool, DatabaseError> {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .map_err(DatabaseError::statement(
+            "looking for the schema's owner table",
+        ))
 }
