@@ -160,7 +160,9 @@ impl QueryService {
         );
         let rejections = self.clone();
         let stack = self.stack.clone();
-        batch
+        // Boxed: a filter type nested this deep overflows the compiler's recursion limit
+        // in release builds.
+        let api = batch
             .or(part("host-process-metrics", Part::HostProcessMetrics))
             .unify()
             .or(part("host-overall-metrics", Part::HostOverallMetrics))
@@ -173,7 +175,8 @@ impl QueryService {
             .unify()
             .or(pod)
             .unify()
-            .or(openapi)
+            .boxed();
+        api.or(openapi)
             .unify()
             .or(dashboard)
             .unify()
