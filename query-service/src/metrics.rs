@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -47,6 +48,7 @@ pub struct Metrics {
     coalesced: Counter,
     queries: Family<OutcomeLabels, Counter>,
     query_duration: Family<QueryLabels, Histogram>,
+    database_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -84,7 +86,14 @@ impl Default for Metrics {
             "Time one database query took, by part and source",
             query_duration.clone(),
         );
+        let database_up = Gauge::default();
+        registry.register(
+            "database_up",
+            "Whether the database answered the last readiness probe (1) or not (0)",
+            database_up.clone(),
+        );
         Self {
+            database_up,
             registry: Mutex::new(registry),
             requests,
             lookups,
@@ -99,6 +108,11 @@ impl Metrics {
     /// Adds the API-server reviews `access` sends to what `/metrics` shows.
     pub fn register_access(&self, access: &KubernetesAccess) {
         access.register(&mut self.registry.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Records whether the database answered the readiness probe.
+    pub fn database_up(&self, up: bool) {
+        self.database_up.set(i64::from(up));
     }
 
     /// Records an answered request.

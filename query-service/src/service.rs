@@ -32,7 +32,8 @@ use metricsstack_common::database::{SearchPath, Session};
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `/readyz` waits for the database.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
-/// What `/readyz` answers when the database does not; the error itself is logged.
+/// What `/readyz` answers when the database does not and nothing is cached to serve; the
+/// error itself is logged.
 pub const DATABASE_UNREACHABLE: &str = "database unreachable";
 /// How often the hourly aggregates are looked up again.
 pub const AGGREGATE_RECHECK: Duration = Duration::from_secs(300);
@@ -125,24 +126,39 @@ impl Database {
     }
 }
 
-/// `/readyz`: the database answers a trivial query within [`READY_TIMEOUT`].
-impl ReadinessCheck for Database {
+/// `/readyz`: the service can answer, from the database or from what it has cached: a
+/// replica serving stale answers while the database is away stays in the Service, so that
+/// stale-if-error reaches the clients. Only a replica that has neither is not ready. The
+/// database's own health is the metric `database_up`, set by the same probe.
+struct CanAnswer {
+    database: Arc<Database>,
+    cache: Cache<PartKey, Answer, QueryError>,
+}
+
+impl ReadinessCheck for CanAnswer {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let probe = sqlx::query("SELECT 1").execute(&self.pool);
-            match tokio::time::timeout(READY_TIMEOUT, probe).await {
-                Ok(Ok(_)) => Ok(()),
+            let probe = sqlx::query("SELECT 1").execute(&self.database.pool);
+            let up = match tokio::time::timeout(READY_TIMEOUT, probe).await {
+                Ok(Ok(_)) => true,
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, "not ready: the database query failed");
-                    Err(DATABASE_UNREACHABLE.to_owned())
+                    tracing::warn!(%error, "the database query of the readiness probe failed");
+                    false
                 }
                 Err(_) => {
                     tracing::warn!(
                         timeout = ?READY_TIMEOUT,
-                        "not ready: the database did not answer in time"
+                        "the database did not answer the readiness probe in time"
                     );
-                    Err(DATABASE_UNREACHABLE.to_owned())
+                    false
                 }
+            };
+            self.database.metrics.database_up(up);
+            let (cached, _) = self.cache.usage();
+            if up || cached > 0 {
+                Ok(())
+            } else {
+                Err(DATABASE_UNREACHABLE.to_owned())
             }
         })
     }
@@ -217,8 +233,12 @@ impl QueryService {
     /// `/healthz`, `/readyz` (the database answers in time) and `/metrics` (the service's
     /// metrics), as every MetricsStack program serves them.
     pub(crate) fn admin_routes(&self) -> BoxedFilter<(Response<Bytes>,)> {
+        let can_answer = CanAnswer {
+            database: self.database.clone(),
+            cache: self.cache.clone(),
+        };
         admin::routes(
-            self.database.clone(),
+            Arc::new(can_answer),
             self.database.metrics.clone(),
             self.access.clone(),
         )

@@ -926,12 +926,15 @@ async fn while_the_database_is_down_stale_answers_or_503() {
     );
     let batch = client.batch("{}").await;
     assert_eq!(batch.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        client.text("/readyz").await.0,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    // Serving stale is answering: the replica stays ready (and in the Service), and the
+    // database's health is a metric of its own.
+    assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
     // The failure is counted under its kind, one of a fixed few: the label stays bounded.
     let (_, metrics) = client.text("/metrics").await;
+    assert!(
+        metrics.contains("metricsstack_query_service_database_up 0"),
+        "{metrics}"
+    );
     let failure_kinds = ["connection", "pool_timeout"]
         .map(|kind| format!("part=\"host_overall_metrics\",source=\"raw\",outcome=\"{kind}\""));
     assert!(
@@ -946,6 +949,11 @@ async fn while_the_database_is_down_stale_answers_or_503() {
     assert_eq!(back.status, StatusCode::OK, "{}", back.body);
     assert_eq!(back.header("x-cache"), "MISS");
     assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
+    let (_, metrics) = client.text("/metrics").await;
+    assert!(
+        metrics.contains("metricsstack_query_service_database_up 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
