@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use bytes::{BufMut as _, Bytes, BytesMut};
 use sha2::{Digest as _, Sha256};
 use tracing::Span;
+use warp::filters::BoxedFilter;
 use warp::http::{Method, Response, StatusCode, header};
 use warp::path::FullPath;
 use warp::{Filter, Reply};
@@ -20,6 +21,9 @@ use crate::filters::{InvalidInput, Part, PartKey, RawFilters, RawPod, RawSearch}
 use crate::http::{Answer, Freshness, bad_request, cached, error_json, read_body, unavailable};
 use crate::service::{QueryError, QueryService};
 use metricsstack_common::config::StackIdentity;
+
+/// Parses a GET part's query string into its cache key, or says which parameter is wrong.
+type ParseKey = fn(&str, Part) -> Result<PartKey, InvalidInput>;
 
 /// The OpenAPI 3 document of this service.
 pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");
@@ -36,39 +40,9 @@ impl QueryService {
         let query = warp::query::raw().or(warp::any().map(String::new)).unify();
         let if_none_match = warp::header::optional::<String>("if-none-match");
         let authorization = warp::header::optional::<String>("authorization");
-        let part = |segments: &'static str, part: Part| {
-            let route = match segments {
-                "host-process-metrics" => warp::path!("api" / "host-process-metrics").boxed(),
-                "host-overall-metrics" => warp::path!("api" / "host-overall-metrics").boxed(),
-                "top-processes" => warp::path!("api" / "dashboard" / "top-processes").boxed(),
-                _ => warp::path!("api" / "vm-metrics").boxed(),
-            };
-            route
-                .and(warp::get())
-                .and(with.clone())
-                .and(authorization)
-                .and(query)
-                .and(if_none_match)
-                .then(
-                    move |service: QueryService,
-                          authorization: Option<String>,
-                          query: String,
-                          inm: Option<String>| async move {
-                        let endpoint = part.name();
-                        match service.authorize(authorization.as_deref()).await {
-                            Ok(()) => service.single(part, &query, inm.as_deref()).await,
-                            Err(refused) => service.record(endpoint, refused),
-                        }
-                    },
-                )
-        };
-        // The process search and a pod's processes: GET, their parameters in the query
-        // string, cached like the parts.
-        let keyed = |part: Part, parse: fn(&str) -> Result<PartKey, InvalidInput>| {
-            let route = match part {
-                Part::ProcessSearch => warp::path!("api" / "process-search").boxed(),
-                _ => warp::path!("api" / "pod-processes").boxed(),
-            };
+        // Every GET part: its parameters in the query string, parsed into a cache key by
+        // `parse`, answered from the cache like the batch's parts.
+        let get_part = |route: BoxedFilter<()>, part: Part, parse: ParseKey| {
             route
                 .and(warp::get())
                 .and(with.clone())
@@ -81,18 +55,24 @@ impl QueryService {
                           query: String,
                           inm: Option<String>| async move {
                         match service.authorize(authorization.as_deref()).await {
-                            Ok(()) => service.keyed(part, parse(&query), inm.as_deref()).await,
+                            Ok(()) => {
+                                service
+                                    .keyed(part, parse(&query, part), inm.as_deref())
+                                    .await
+                            }
                             Err(refused) => service.record(part.name(), refused),
                         }
                     },
                 )
         };
-        let search = keyed(Part::ProcessSearch, |query| {
-            RawSearch::from_query(query).and_then(RawSearch::validate)
-        });
-        let pod = keyed(Part::PodProcesses, |query| {
-            RawPod::from_query(query).and_then(RawPod::validate)
-        });
+        let filtered: ParseKey = |query, part| {
+            RawFilters::from_query(query)
+                .and_then(RawFilters::validate)
+                .map(|filters| filters.key(part))
+        };
+        let search: ParseKey =
+            |query, _| RawSearch::from_query(query).and_then(RawSearch::validate);
+        let pod: ParseKey = |query, _| RawPod::from_query(query).and_then(RawPod::validate);
         let batch = warp::path!("api" / "dashboard" / "batch")
             .and(warp::post())
             .and(with.clone())
@@ -163,17 +143,41 @@ impl QueryService {
         // Boxed: a filter type nested this deep overflows the compiler's recursion limit
         // in release builds.
         let api = batch
-            .or(part("host-process-metrics", Part::HostProcessMetrics))
+            .or(get_part(
+                warp::path!("api" / "host-process-metrics").boxed(),
+                Part::HostProcessMetrics,
+                filtered,
+            ))
             .unify()
-            .or(part("host-overall-metrics", Part::HostOverallMetrics))
+            .or(get_part(
+                warp::path!("api" / "host-overall-metrics").boxed(),
+                Part::HostOverallMetrics,
+                filtered,
+            ))
             .unify()
-            .or(part("top-processes", Part::TopProcesses))
+            .or(get_part(
+                warp::path!("api" / "dashboard" / "top-processes").boxed(),
+                Part::TopProcesses,
+                filtered,
+            ))
             .unify()
-            .or(part("vm-metrics", Part::VmMetrics))
+            .or(get_part(
+                warp::path!("api" / "vm-metrics").boxed(),
+                Part::VmMetrics,
+                filtered,
+            ))
             .unify()
-            .or(search)
+            .or(get_part(
+                warp::path!("api" / "process-search").boxed(),
+                Part::ProcessSearch,
+                search,
+            ))
             .unify()
-            .or(pod)
+            .or(get_part(
+                warp::path!("api" / "pod-processes").boxed(),
+                Part::PodProcesses,
+                pod,
+            ))
             .unify()
             .boxed();
         api.or(openapi)
@@ -199,19 +203,6 @@ impl QueryService {
             .check(authorization, &self.data_access)
             .await
             .map_err(|refusal| refusal.response())
-    }
-
-    /// Answers one part: `GET /api/...` with the filters as query parameters.
-    async fn single(
-        &self,
-        part: Part,
-        query: &str,
-        if_none_match: Option<&str>,
-    ) -> Response<Bytes> {
-        let key = RawFilters::from_query(query)
-            .and_then(RawFilters::validate)
-            .map(|filters| filters.key(part));
-        self.keyed(part, key, if_none_match).await
     }
 
     /// Answers one cached part whose parameters were parsed into `key` (or were invalid).

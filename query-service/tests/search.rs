@@ -5,7 +5,6 @@
 //! processes is searched; the time the first search took is printed, never asserted.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use metricsstack_common::access::{AccessPolicy, Authentication};
@@ -197,13 +196,9 @@ async fn the_search_finds_what_position_finds_with_percent_and_underscore_taken_
     sqlx::raw_sql(SEED).execute(&pool).await.expect("seeding");
     let client = start(&db.url()).await;
 
-    // Over 10,000 processes: the first search reads the database.
-    let started = Instant::now();
+    // Over 10,000 processes: the first search reads the database. (Its time is the
+    // benchmark's business, scripts/bench-dashboard, not this test's.)
     let first = client.get("/api/process-search?q=app-12&limit=100").await;
-    eprintln!(
-        "search over 10,000 processes (23,333 samples, 20,000 in the 15-minute window): {} ms, first request",
-        started.elapsed().as_millis()
-    );
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
     assert_eq!(first.headers["x-cache"], "MISS");
     let expected = expected_search(&pool, "app-12", "15 minutes", 100).await;
