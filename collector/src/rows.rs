@@ -117,6 +117,16 @@ pub struct VmRow {
     pub cpu_peak_percent: f32,
     /// CPU used over the interval, percent of the container's CPU limit (if it has one).
     pub cpu_limit_percent: Option<f32>,
+    /// CPU used over the interval, percent of the container's CPU request (if it has one).
+    /// Absent from batches spooled before the column existed.
+    #[serde(default)]
+    pub cpu_request_percent: Option<f32>,
+    /// Resident memory, percent of the container's memory limit (if it has one).
+    #[serde(default)]
+    pub memory_limit_percent: Option<f32>,
+    /// Resident memory, percent of the container's memory request (if it has one).
+    #[serde(default)]
+    pub memory_request_percent: Option<f32>,
     /// Resident memory, MiB.
     pub memory_usage_mb: f64,
     /// Bytes read during the interval.
