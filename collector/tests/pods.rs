@@ -1,6 +1,7 @@
 //! The pod watch against the test API server: it learns the pods bound to its node, with their
 //! containers as the pod status names them and their requests and limits as the API server
-//! stored them, never a pod of another node, and forgets a pod once it is deleted.
+//! stored them, never a pod of another node, and forgets a pod once it is deleted. The shares
+//! of those requests and limits a process takes reach the database's columns.
 //!
 //! The test API server runs no scheduler and no kubelet: pods created with `spec.nodeName`
 //! stay Pending, and the test writes their container statuses itself. It registers the two
@@ -15,8 +16,10 @@ use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
+use metricsstack_collector::ingest;
 use metricsstack_collector::pods::{self, ContainerShares, KnownContainer, PodIndex};
-use metricsstack_testkit::{TestNamespace, unique_name};
+use metricsstack_collector::rows::{Batch, VmRow};
+use metricsstack_testkit::{TestDatabase, TestNamespace, unique_name};
 use serde_json::json;
 
 /// How long the API server and the watch get to show a change on a loaded machine.
@@ -104,6 +107,60 @@ async fn wait_for_default_service_account(ns: &TestNamespace) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Writes a row of a process in `container` using `cpu` percent of a core and `memory` MiB
+/// into a fresh database, and reads its shares back: (CPU request, CPU limit, memory
+/// request, memory limit).
+async fn written_shares(
+    container: &KnownContainer,
+    cpu: f32,
+    memory: f64,
+) -> (Option<f32>, Option<f32>, Option<f32>, Option<f32>) {
+    let db = TestDatabase::create().await;
+    let pool = db.pool(1).await;
+    sqlx::migrate!("../migrations")
+        .run(&pool)
+        .await
+        .expect("the schema applies");
+    let shares = container.shares(cpu, memory);
+    let row = VmRow {
+        timestamp: chrono::Utc::now(),
+        host: "node".into(),
+        pid: 1,
+        start_time: chrono::DateTime::UNIX_EPOCH,
+        process_name: "app".into(),
+        command_line: None,
+        pod_namespace: Some(container.namespace.clone()),
+        pod_name: Some(container.pod_name.clone()),
+        pod_uid: container.pod_uid.clone(),
+        container_id: "id".into(),
+        container_name: Some(container.container_name.clone()),
+        cpu_usage_percent: cpu,
+        cpu_peak_percent: cpu,
+        cpu_limit_percent: shares.cpu_limit_percent,
+        cpu_request_percent: shares.cpu_request_percent,
+        memory_limit_percent: shares.memory_limit_percent,
+        memory_request_percent: shares.memory_request_percent,
+        memory_usage_mb: memory,
+        disk_read_bytes: 0,
+        disk_write_bytes: 0,
+    };
+    let batch = Batch {
+        vms: vec![row],
+        ..Batch::default()
+    };
+    let inserted = ingest::insert(&pool, &batch).await.expect("written");
+    assert_eq!(inserted.vms, 1);
+    let stored = sqlx::query_as(
+        "SELECT cpu_request_percent, cpu_limit_percent, memory_request_percent, \
+         memory_limit_percent FROM vm_process_metrics",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("read back");
+    pool.close().await;
+    stored
 }
 
 /// Polls the watch's store until `done` holds of the index built from it, checking at every
@@ -278,6 +335,12 @@ async fn the_watch_knows_the_pods_of_its_node_only_and_forgets_deleted_ones() {
         })
     );
     assert_eq!(shares(&web_sidecar), Some(ContainerShares::default()));
+    let app = index.container(&web_app).expect("the app container");
+    assert_eq!(
+        written_shares(app, 25.0, 64.0).await,
+        (Some(100.0), Some(50.0), Some(50.0), Some(25.0)),
+        "(CPU request, CPU limit, memory request, memory limit) as stored"
+    );
     assert_eq!(
         shares(&worker),
         Some(ContainerShares {

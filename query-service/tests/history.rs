@@ -176,6 +176,24 @@ async fn a_process_is_followed_by_its_command_across_a_restart_with_both_incarna
     .await;
     assert_eq!(unknown["rows"], serde_json::json!([]));
 
+    // Documented, with its required parameters.
+    let document = reqwest::get(format!("{base}/openapi.yaml"))
+        .await
+        .expect("answered")
+        .text()
+        .await
+        .expect("text");
+    let document: serde_yaml::Value = serde_yaml::from_str(&document).expect("YAML");
+    let parameters = document["paths"]["/api/process-history"]["get"]["parameters"]
+        .as_sequence()
+        .expect("documented parameters");
+    let required: Vec<&str> = parameters
+        .iter()
+        .filter(|p| p["required"].as_bool() == Some(true))
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(required, ["namespace", "pod", "container", "command"]);
+
     for (query, field) in [
         ("pod=web-0&container=app&command=x", "namespace"),
         ("namespace=shop&container=app&command=x", "pod"),
