@@ -43,6 +43,33 @@ function restartMarkers(series: HistorySeries): uPlot.Plugin {
   };
 }
 
+/**
+ * The chart's data: the series with an empty point just before each restart, so that the
+ * lines break there rather than join one incarnation to the next.
+ */
+function chartData(series: HistorySeries): uPlot.AlignedData {
+  const columns: (number | null)[][] = [[], [], [], []];
+  let next = 0;
+  series.times.forEach((at, i) => {
+    const restart = series.restarts[next];
+    if (restart && restart.at === at) {
+      next += 1;
+      if (i > 0) {
+        // Between the last bucket of one incarnation and the first of the next.
+        columns[0].push((series.times[i - 1] + at) / 2);
+        columns[1].push(null);
+        columns[2].push(null);
+        columns[3].push(null);
+      }
+    }
+    columns[0].push(at);
+    columns[1].push(series.avgCpu[i]);
+    columns[2].push(series.maxCpu[i]);
+    columns[3].push(series.avgMemory[i]);
+  });
+  return columns as uPlot.AlignedData;
+}
+
 /** The chart, the restarts and the incarnations of `rows`, drawn into `panel`. */
 function draw(panel: HTMLElement, target: HistoryTarget, window: string, rows: ProcessHistoryRow[]): uPlot | undefined {
   const series = historySeries(rows);
@@ -103,7 +130,7 @@ function draw(panel: HTMLElement, target: HistoryTarget, window: string, rows: P
         { stroke: "currentColor", size: 72, scale: "mb", side: 1, grid: { show: false }, values: (_, ticks) => ticks.map((tick) => `${tick} MB`) },
       ],
     },
-    [series.times, series.avgCpu, series.maxCpu, series.avgMemory],
+    chartData(series),
     chartBox,
   );
 }

@@ -237,6 +237,12 @@ try {
   await page.click("#pod-detail [data-container] tbody tr[data-key] .row-action");
   await page.waitForSelector("#history-chart .uplot", { timeout: 60_000 });
   await page.screenshot({ path: join(values.screenshots, "history-dark.png"), fullPage: true });
+  await page.click('[data-view="processes"]');
+  await page.waitForSelector("#view-processes tbody tr[data-key]");
+  await page.screenshot({ path: join(values.screenshots, "processes-dark.png"), fullPage: true });
+  await page.click('[data-view="trends"]');
+  await page.waitForSelector("#view-trends .uplot");
+  await page.screenshot({ path: join(values.screenshots, "trends-dark.png"), fullPage: true });
   await page.click("#theme");
 
   // The batch route failing: the page falls back to the four single routes.

@@ -2,7 +2,7 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "581c2ec5cf97afb00d836c5b72956f2c38e90cc9f68decf6cbc7c4bdeafaf8e9";
+pub(crate) const SOURCES_SHA256: &str = "8faeacd626205f4c5c683cc6383ad8b3dd837ecc66e8f95458ca79656c563517";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
@@ -47,13 +47,13 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/history-LVPOMVUI.js",
+        path: "/assets/history-BUGBDT5G.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "10da9dc4f8311af5bf25ea07c57e67468e4830d819622b893a4d3382b82a387c",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-LVPOMVUI.js")),
+        sha256: "158005747a9803ada0ca9ef7a2bf7fc3d06794295b7eb500d15eaa440eaf55e8",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-BUGBDT5G.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "8a58e223e97a160bb4ba1dd2e15b679579d097131614dd717aa628c88c2e28a0", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-LVPOMVUI.js.gz")) },
-            Variant { encoding: "br", sha256: "d34fad3ed7a9a22521deeddad36bb78a55d391a14f66b05ac504e8e60c48dc46", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-LVPOMVUI.js.br")) },
+            Variant { encoding: "gzip", sha256: "4ff746fb0aaf818333ef9f949f7b472dfa17d86f04797cdbe87e2cfaa629fa53", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-BUGBDT5G.js.gz")) },
+            Variant { encoding: "br", sha256: "56de108219b33131f53088afc69191ac3933bb911a72a219579798b5a2c5456a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-BUGBDT5G.js.br")) },
         ],
     },
     Asset {
@@ -67,13 +67,13 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-HFE4RZAG.js",
+        path: "/assets/main-EDVSMNIS.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "12011d91c263bc4999b49477070b8ec9f5ddb64bb93a6256c41df87e9c7667be",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-HFE4RZAG.js")),
+        sha256: "a85cf104ef6941908b487dad988c031f1d6c5b39996eccf54d84fa61050523f1",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EDVSMNIS.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "5425e3fdfa2aacaa55429503c9acedf48eca2dbc5cd1bdfff7a970c21d52e6d7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-HFE4RZAG.js.gz")) },
-            Variant { encoding: "br", sha256: "b37f8bb3004575ee27cca98d23a925c4fc05252d9500fd5c7ee9f6fd9bc9d272", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-HFE4RZAG.js.br")) },
+            Variant { encoding: "gzip", sha256: "66325d3b1133bb355c1e14a1c125f1b1f6aa9286bbc91be5aa287668b87e41bf", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EDVSMNIS.js.gz")) },
+            Variant { encoding: "br", sha256: "5c86e584b7735245d03255c7b576ff774268ca583b6e019ab41ccf6d2ad7646b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EDVSMNIS.js.br")) },
         ],
     },
     Asset {
@@ -119,11 +119,11 @@ pub(crate) const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "893fb3537a7a51b4241198b01a6fd8e52950bdb9c8a83c5915b47dea2902b2c2",
+        sha256: "788da1c0097aab16b0b0cbeccf768ae6dc57629d82761e88ab90c42efef3481a",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "b8018105b7d58be57d7a522c1d681096c722fad3d42fb32fd801ceae1cf6707c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "5290474abcd30e1f4c9ceddce3fec43ad99262d8c391e580c23a8e579f896608", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "8aadbcb6261cfbf23fc1734380838f2ff1a2935661fb1a4b9a42337c2547964a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "fccaa1b2a49ff01061e8df4df10fae27831f35d8d13432ba6a6569c14f220811", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];
