@@ -1,5 +1,5 @@
-// `npm run build`: bundles the dashboard with esbuild (hashed file names, the trends view and
-// uPlot in a chunk of their own), writes index.html pointing at the hashed names,
+// `npm run build`: bundles the dashboard with esbuild (hashed file names, each lazy view and
+// uPlot in chunks of their own), writes index.html pointing at the hashed names,
 // precompresses every file (gzip, brotli), and writes `manifest.rs`, which the query
 // service includes to embed them all. Deterministic: the same sources give the same bytes.
 //
@@ -66,7 +66,7 @@ const main = Object.entries(result.metafile.outputs).find(([, output]) => output
 const script = `/${relative(out, resolve(main[0]))}`;
 const style = `/${relative(out, resolve(main[1].cssBundle))}`;
 // What the page loads before it shows anything: index.html, the entry, its static imports
-// and its CSS (the trends chunk comes only when opened).
+// and its CSS (the lazy views' chunks come only when opened).
 const initial = new Set([
   "index.html",
   relative(out, resolve(main[0])),

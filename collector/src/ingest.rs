@@ -55,14 +55,16 @@ const INSERT_PROCESSES: &str = r#"
 /// Parameters of [`INSERT_PROCESSES`].
 const PROCESS_PARAMETERS: usize = 16;
 
-/// The rows of `vm_process_metrics`, from the arrays `$1` to `$17`.
+/// The rows of `vm_process_metrics`, from the arrays `$1` to `$20`.
 const INSERT_VMS: &str = r#"
   INSERT INTO vm_process_metrics ("timestamp", host, pid, start_time, process_name, command_line,
     pod_namespace, pod_name, pod_uid, container_id, container_name, cpu_usage_percent,
-    cpu_peak_percent, cpu_limit_percent, memory_usage_mb, disk_read_bytes, disk_write_bytes)
+    cpu_peak_percent, cpu_limit_percent, memory_usage_mb, disk_read_bytes, disk_write_bytes,
+    cpu_request_percent, memory_limit_percent, memory_request_percent)
   SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::int4[], $4::timestamptz[],
     $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-    $12::real[], $13::real[], $14::real[], $15::float8[], $16::int8[], $17::int8[])
+    $12::real[], $13::real[], $14::real[], $15::float8[], $16::int8[], $17::int8[],
+    $18::real[], $19::real[], $20::real[])
   ON CONFLICT DO NOTHING RETURNING 1
 "#;
 
@@ -177,6 +179,9 @@ fn bind_vms<O>(query: Insert<O>, v: &[VmRow]) -> Insert<O> {
         .bind(col(v, |r| r.memory_usage_mb))
         .bind(col(v, |r| r.disk_read_bytes))
         .bind(col(v, |r| r.disk_write_bytes))
+        .bind(col(v, |r| r.cpu_request_percent))
+        .bind(col(v, |r| r.memory_limit_percent))
+        .bind(col(v, |r| r.memory_request_percent))
 }
 
 /// Inserts a batch in one round trip; returns the rows each table gained.
@@ -259,14 +264,14 @@ mod tests {
 
     #[test]
     fn the_statement_numbers_the_parameters_of_the_three_tables_one_after_another() {
-        for n in 1..=53 {
+        for n in 1..=56 {
             assert!(
                 INSERT_BATCH.contains(&format!("${n}::")),
                 "${n} in {}",
                 *INSERT_BATCH
             );
         }
-        assert!(!INSERT_BATCH.contains("$54"));
+        assert!(!INSERT_BATCH.contains("$57"));
         assert!(shifted("UNNEST($1::int4[], $12::text[])", 20).contains("$21::int4[], $32::"));
     }
 }

@@ -117,6 +117,16 @@ pub struct VmRow {
     pub cpu_peak_percent: f32,
     /// CPU used over the interval, percent of the container's CPU limit (if it has one).
     pub cpu_limit_percent: Option<f32>,
+    /// CPU used over the interval, percent of the container's CPU request (if it has one).
+    /// Absent from batches spooled before the column existed.
+    #[serde(default)]
+    pub cpu_request_percent: Option<f32>,
+    /// Resident memory, percent of the container's memory limit (if it has one).
+    #[serde(default)]
+    pub memory_limit_percent: Option<f32>,
+    /// Resident memory, percent of the container's memory request (if it has one).
+    #[serde(default)]
+    pub memory_request_percent: Option<f32>,
     /// Resident memory, MiB.
     pub memory_usage_mb: f64,
     /// Bytes read during the interval.
@@ -236,6 +246,28 @@ mod tests {
             disk_write_bytes: 0,
             threads: None,
         }
+    }
+
+    #[test]
+    fn a_pod_process_spooled_before_the_request_shares_existed_still_decodes() {
+        let spooled = serde_json::json!({
+            "timestamp": "2026-01-01T00:00:00Z", "host": "node", "pid": 7,
+            "start_time": "2026-01-01T00:00:00Z", "process_name": "app", "command_line": null,
+            "pod_namespace": "shop", "pod_name": "web-0", "pod_uid": "uid",
+            "container_id": "id", "container_name": "app", "cpu_usage_percent": 10.0,
+            "cpu_peak_percent": 20.0, "cpu_limit_percent": 5.0, "memory_usage_mb": 64.0,
+            "disk_read_bytes": 0, "disk_write_bytes": 0
+        });
+        let row: VmRow = serde_json::from_value(spooled).expect("an older row decodes");
+        assert_eq!(row.cpu_limit_percent, Some(5.0));
+        assert_eq!(
+            (
+                row.cpu_request_percent,
+                row.memory_limit_percent,
+                row.memory_request_percent
+            ),
+            (None, None, None)
+        );
     }
 
     #[test]

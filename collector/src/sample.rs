@@ -32,7 +32,7 @@ use crate::cgroup::{self, ContainerRef};
 use crate::command_line;
 use crate::cpu_clock;
 use crate::network::NetworkTraffic;
-use crate::pods::PodIndex;
+use crate::pods::{ContainerShares, PodIndex};
 use crate::procfs::{Io, ProcFs, Stat, Units};
 use crate::rows::{Batch, HostRow, ProcessRow, VmRow};
 use metricsstack_common::config::ProcessConfig;
@@ -552,10 +552,14 @@ impl Sampler {
         let pod_uid = container
             .pod_uid
             .or_else(|| known.map(|k| k.pod_uid.clone()))?;
-        let cpu_limit_percent = known
-            .and_then(|k| k.cpu_limit_millicores)
-            .filter(|m| *m > 0)
-            .map(|m| row.cpu_usage_percent * 1000.0 / m as f32);
+        let ContainerShares {
+            cpu_request_percent,
+            cpu_limit_percent,
+            memory_request_percent,
+            memory_limit_percent,
+        } = known
+            .map(|k| k.shares(row.cpu_usage_percent, row.memory_usage_mb))
+            .unwrap_or_default();
         Some(VmRow {
             timestamp: row.timestamp,
             host: row.host.clone(),
@@ -571,6 +575,9 @@ impl Sampler {
             cpu_usage_percent: row.cpu_usage_percent,
             cpu_peak_percent: row.cpu_peak_percent,
             cpu_limit_percent,
+            cpu_request_percent,
+            memory_limit_percent,
+            memory_request_percent,
             memory_usage_mb: row.memory_usage_mb,
             disk_read_bytes: row.disk_read_bytes,
             disk_write_bytes: row.disk_write_bytes,

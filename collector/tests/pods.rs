@@ -1,6 +1,7 @@
 //! The pod watch against the test API server: it learns the pods bound to its node, with their
-//! containers as the pod status names them, never a pod of another node, and forgets a pod
-//! once it is deleted.
+//! containers as the pod status names them and their requests and limits as the API server
+//! stored them, never a pod of another node, and forgets a pod once it is deleted. The shares
+//! of those requests and limits a process takes reach the database's columns.
 //!
 //! The test API server runs no scheduler and no kubelet: pods created with `spec.nodeName`
 //! stay Pending, and the test writes their container statuses itself. It registers the two
@@ -15,8 +16,11 @@ use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
-use metricsstack_collector::pods::{self, KnownContainer, PodIndex};
-use metricsstack_testkit::{TestNamespace, unique_name};
+use metricsstack_collector::ingest;
+use metricsstack_collector::pods::{self, ContainerShares, KnownContainer, PodIndex};
+use metricsstack_collector::rows::{Batch, VmRow};
+use metricsstack_testkit::{TestDatabase, TestNamespace, unique_name};
+use serde_json::json;
 
 /// How long the API server and the watch get to show a change on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -26,13 +30,12 @@ fn container_id(digit: char) -> String {
     std::iter::repeat_n(digit, 64).collect()
 }
 
-/// A pod bound to `node` with the containers `(name, cpu limit)`.
-fn pod(name: &str, node: &str, containers: &[(&str, Option<&str>)]) -> Pod {
+/// A pod bound to `node` with the containers `(name, resources)`.
+fn pod(name: &str, node: &str, containers: &[(&str, serde_json::Value)]) -> Pod {
     let containers: Vec<serde_json::Value> = containers
         .iter()
-        .map(|(name, cpu)| {
-            let limits = cpu.map(|cpu| serde_json::json!({ "limits": { "cpu": cpu } }));
-            serde_json::json!({ "name": name, "image": "registry.invalid/app:1", "resources": limits })
+        .map(|(name, resources)| {
+            serde_json::json!({ "name": name, "image": "registry.invalid/app:1", "resources": resources })
         })
         .collect();
     serde_json::from_value(serde_json::json!({
@@ -106,6 +109,60 @@ async fn wait_for_default_service_account(ns: &TestNamespace) {
     }
 }
 
+/// Writes a row of a process in `container` using `cpu` percent of a core and `memory` MiB
+/// into a fresh database, and reads its shares back: (CPU request, CPU limit, memory
+/// request, memory limit).
+async fn written_shares(
+    container: &KnownContainer,
+    cpu: f32,
+    memory: f64,
+) -> (Option<f32>, Option<f32>, Option<f32>, Option<f32>) {
+    let db = TestDatabase::create().await;
+    let pool = db.pool(1).await;
+    sqlx::migrate!("../migrations")
+        .run(&pool)
+        .await
+        .expect("the schema applies");
+    let shares = container.shares(cpu, memory);
+    let row = VmRow {
+        timestamp: chrono::Utc::now(),
+        host: "node".into(),
+        pid: 1,
+        start_time: chrono::DateTime::UNIX_EPOCH,
+        process_name: "app".into(),
+        command_line: None,
+        pod_namespace: Some(container.namespace.clone()),
+        pod_name: Some(container.pod_name.clone()),
+        pod_uid: container.pod_uid.clone(),
+        container_id: "id".into(),
+        container_name: Some(container.container_name.clone()),
+        cpu_usage_percent: cpu,
+        cpu_peak_percent: cpu,
+        cpu_limit_percent: shares.cpu_limit_percent,
+        cpu_request_percent: shares.cpu_request_percent,
+        memory_limit_percent: shares.memory_limit_percent,
+        memory_request_percent: shares.memory_request_percent,
+        memory_usage_mb: memory,
+        disk_read_bytes: 0,
+        disk_write_bytes: 0,
+    };
+    let batch = Batch {
+        vms: vec![row],
+        ..Batch::default()
+    };
+    let inserted = ingest::insert(&pool, &batch).await.expect("written");
+    assert_eq!(inserted.vms, 1);
+    let stored = sqlx::query_as(
+        "SELECT cpu_request_percent, cpu_limit_percent, memory_request_percent, \
+         memory_limit_percent FROM vm_process_metrics",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("read back");
+    pool.close().await;
+    stored
+}
+
 /// Polls the watch's store until `done` holds of the index built from it, checking at every
 /// poll that the store holds only pods of `node`.
 async fn wait_until(store: &Store<Pod>, node: &str, what: &str, done: impl Fn(&PodIndex) -> bool) {
@@ -154,7 +211,20 @@ async fn the_watch_knows_the_pods_of_its_node_only_and_forgets_deleted_ones() {
     // Before the watch starts: one pod on each node, both running.
     let web_uid = create(
         &pods,
-        &pod("web", &node_a, &[("app", Some("500m")), ("sidecar", None)]),
+        &pod(
+            "web",
+            &node_a,
+            &[
+                (
+                    "app",
+                    json!({
+                        "limits": { "cpu": "500m", "memory": "256Mi" },
+                        "requests": { "cpu": "250m", "memory": "128Mi" },
+                    }),
+                ),
+                ("sidecar", json!(null)),
+            ],
+        ),
     )
     .await;
     set_running(
@@ -163,31 +233,78 @@ async fn the_watch_knows_the_pods_of_its_node_only_and_forgets_deleted_ones() {
         &[("app", &web_app), ("sidecar", &web_sidecar)],
     )
     .await;
-    create(&pods, &pod("elsewhere", &node_b, &[("app", Some("1"))])).await;
+    create(
+        &pods,
+        &pod(
+            "elsewhere",
+            &node_b,
+            &[("app", json!({ "limits": { "cpu": "1" } }))],
+        ),
+    )
+    .await;
     set_running(&pods, "elsewhere", &[("app", &other)]).await;
 
     let (store, watch) = pods::watch(ns.client.clone(), &node_a);
     let watch = tokio::spawn(watch);
 
     // After it started: one more pod on each node, whose containers start later.
-    let worker_uid = create(&pods, &pod("worker", &node_a, &[("main", Some("2"))])).await;
-    create(&pods, &pod("elsewhere-too", &node_b, &[("app", None)])).await;
+    // Limits alone: the API server sets the requests to the limits.
+    let worker_uid = create(
+        &pods,
+        &pod(
+            "worker",
+            &node_a,
+            &[("main", json!({ "limits": { "cpu": "2", "memory": "1Gi" } }))],
+        ),
+    )
+    .await;
+    create(
+        &pods,
+        &pod("elsewhere-too", &node_b, &[("app", json!(null))]),
+    )
+    .await;
     set_running(&pods, "elsewhere-too", &[("app", &container_id('e'))]).await;
     set_running(&pods, "worker", &[("main", &worker)]).await;
 
-    let known = |pod_name: &str, uid: &str, container_name: &str, cpu: Option<i64>| {
+    // (CPU request, CPU limit, memory request, memory limit).
+    type Bounds = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+    let known = |pod_name: &str, uid: &str, container_name: &str, bounds: Bounds| {
+        let (cpu_request, cpu_limit, memory_request, memory_limit) = bounds;
         Some(KnownContainer {
             namespace: ns.name.clone(),
             pod_name: pod_name.into(),
             pod_uid: uid.into(),
             container_name: container_name.into(),
-            cpu_limit_millicores: cpu,
+            cpu_limit_millicores: cpu_limit,
+            cpu_request_millicores: cpu_request,
+            memory_limit_bytes: memory_limit,
+            memory_request_bytes: memory_request,
         })
     };
+    const MI: i64 = 1 << 20;
     let expected = [
-        (&web_app, known("web", &web_uid, "app", Some(500))),
-        (&web_sidecar, known("web", &web_uid, "sidecar", None)),
-        (&worker, known("worker", &worker_uid, "main", Some(2000))),
+        (
+            &web_app,
+            known(
+                "web",
+                &web_uid,
+                "app",
+                (Some(250), Some(500), Some(128 * MI), Some(256 * MI)),
+            ),
+        ),
+        (
+            &web_sidecar,
+            known("web", &web_uid, "sidecar", (None, None, None, None)),
+        ),
+        (
+            &worker,
+            known(
+                "worker",
+                &worker_uid,
+                "main",
+                (Some(2000), Some(2000), Some(1024 * MI), Some(1024 * MI)),
+            ),
+        ),
     ];
     wait_until(&store, &node_a, "both pods of node A are known", |index| {
         expected
@@ -202,6 +319,37 @@ async fn the_watch_knows_the_pods_of_its_node_only_and_forgets_deleted_ones() {
     for id in [other, container_id('e')] {
         assert_eq!(index.container(&id), None, "a container of node B is known");
     }
+    // A process using a quarter of a core and 64 MiB, in each container.
+    let shares = |id: &str| {
+        index
+            .container(id)
+            .map(|container| container.shares(25.0, 64.0))
+    };
+    assert_eq!(
+        shares(&web_app),
+        Some(ContainerShares {
+            cpu_request_percent: Some(100.0),
+            cpu_limit_percent: Some(50.0),
+            memory_request_percent: Some(50.0),
+            memory_limit_percent: Some(25.0),
+        })
+    );
+    assert_eq!(shares(&web_sidecar), Some(ContainerShares::default()));
+    let app = index.container(&web_app).expect("the app container");
+    assert_eq!(
+        written_shares(app, 25.0, 64.0).await,
+        (Some(100.0), Some(50.0), Some(50.0), Some(25.0)),
+        "(CPU request, CPU limit, memory request, memory limit) as stored"
+    );
+    assert_eq!(
+        shares(&worker),
+        Some(ContainerShares {
+            cpu_request_percent: Some(12.5),
+            cpu_limit_percent: Some(12.5),
+            memory_request_percent: Some(6.25),
+            memory_limit_percent: Some(6.25),
+        })
+    );
 
     pods.delete(
         "web",

@@ -146,10 +146,128 @@ export interface PodProcessRow {
   max_cpu: number;
   /** Average CPU as a percentage of the container's CPU limit; null without a limit. */
   avg_cpu_limit_percent: number | null;
+  /** Average CPU as a percentage of the container's CPU request; null without a request. */
+  avg_cpu_request_percent: number | null;
+  /** Average memory as a percentage of the container's memory limit; null without a limit. */
+  avg_memory_limit_percent: number | null;
+  /** Average memory as a percentage of the container's memory request; null without one. */
+  avg_memory_request_percent: number | null;
   avg_memory_mb: number;
   max_memory_mb: number;
   last_seen: string;
   samples: number;
+}
+
+/**
+ * One incarnation of a followed process over one bucket of its history
+ * (`GET /api/process-history`).
+ */
+export interface ProcessHistoryRow {
+  /** The bucket's start. */
+  timestamp: string;
+  host: string;
+  container_id: string;
+  pid: number;
+  start_time: string;
+  avg_cpu: number;
+  max_cpu: number;
+  avg_memory_mb: number;
+  max_memory_mb: number;
+  avg_cpu_limit_percent: number | null;
+  avg_cpu_request_percent: number | null;
+  avg_memory_limit_percent: number | null;
+  avg_memory_request_percent: number | null;
+  samples: number;
+}
+
+/** One incarnation of a followed process: a pid and start time in one container. */
+export interface Incarnation {
+  host: string;
+  containerId: string;
+  pid: number;
+  startTime: string;
+  /** Its first and last bucket (seconds since the epoch). */
+  firstSeen: number;
+  lastSeen: number;
+  samples: number;
+}
+
+/** Where the followed process restarted: the incarnation that began, in which container. */
+export interface Restart {
+  /** The new incarnation's first bucket (seconds since the epoch). */
+  at: number;
+  pid: number;
+  startTime: string;
+  /** The container restarted too (a new container id). */
+  containerRestarted: boolean;
+}
+
+/** A process's history as chart series, one point per bucket, and its restarts. */
+export interface HistorySeries {
+  /** Bucket starts, seconds since the epoch, ascending. */
+  times: number[];
+  /** CPU average per bucket, percent of one core (incarnations sharing a bucket weighted by samples). */
+  avgCpu: number[];
+  /** Highest CPU peak per bucket. */
+  maxCpu: number[];
+  /** Memory average per bucket, MB. */
+  avgMemory: number[];
+  /** The incarnations, in the order they first appear. */
+  incarnations: Incarnation[];
+  /** Every incarnation after the first. */
+  restarts: Restart[];
+}
+
+/**
+ * The chart series of a process's history (rows as the API orders them: by bucket, then
+ * start time): one point per bucket, and a restart wherever an incarnation begins after
+ * the first.
+ */
+export function historySeries(rows: ProcessHistoryRow[]): HistorySeries {
+  const series: HistorySeries = { times: [], avgCpu: [], maxCpu: [], avgMemory: [], incarnations: [], restarts: [] };
+  const byKey = new Map<string, Incarnation>();
+  let samples = 0;
+  for (const row of rows) {
+    const at = Date.parse(row.timestamp) / 1000;
+    const last = series.times.length - 1;
+    if (last < 0 || series.times[last] !== at) {
+      series.times.push(at);
+      series.avgCpu.push(row.avg_cpu);
+      series.maxCpu.push(row.max_cpu);
+      series.avgMemory.push(row.avg_memory_mb);
+      samples = row.samples;
+    } else {
+      // Two incarnations in one bucket: averages weighted by their samples.
+      const total = samples + row.samples;
+      series.avgCpu[last] = (series.avgCpu[last] * samples + row.avg_cpu * row.samples) / total;
+      series.avgMemory[last] = (series.avgMemory[last] * samples + row.avg_memory_mb * row.samples) / total;
+      series.maxCpu[last] = Math.max(series.maxCpu[last], row.max_cpu);
+      samples = total;
+    }
+    const key = `${row.host}|${row.container_id}|${row.pid}|${row.start_time}`;
+    const known = byKey.get(key);
+    if (known) {
+      known.lastSeen = at;
+      known.samples += row.samples;
+      continue;
+    }
+    const incarnation: Incarnation = {
+      host: row.host,
+      containerId: row.container_id,
+      pid: row.pid,
+      startTime: row.start_time,
+      firstSeen: at,
+      lastSeen: at,
+      samples: row.samples,
+    };
+    const previous = series.incarnations[series.incarnations.length - 1];
+    if (previous) {
+      series.restarts.push({ at, pid: row.pid, startTime: row.start_time, containerRestarted: previous.containerId !== row.container_id });
+    }
+    byKey.set(key, incarnation);
+    series.incarnations.push(incarnation);
+  }
+  return series;
 }
 
 /** The whole dashboard, as the batch endpoint answers it. */

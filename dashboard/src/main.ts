@@ -1,17 +1,23 @@
 // The page: header (views, window, theme, token), the notice that tells when data is stale
-// or a refresh failed, and the view on screen. The trends view is loaded on first use.
+// or a refresh failed, and the view on screen. Every view but the overview is loaded on first
+// use; a process's history is opened from a pod's drill-down.
 
 import "./style.css";
 import { DashboardData, type DataError, type EntryState } from "./data.js";
 import { h, replace, time } from "./dom.js";
 import { overview } from "./overview.js";
-import type { View, ViewContext } from "./views.js";
+import type { HistoryTarget, View, ViewContext } from "./views.js";
 
 const TOKEN_KEY = "metricsstack.token";
 const THEME_KEY = "metricsstack.theme";
-const WINDOWS = ["15m", "1h", "6h", "24h", "7d"];
-const VIEWS = ["overview", "processes", "pods", "trends"] as const;
+// Windows over 6 hours are answered from hourly buckets.
+const WINDOWS = ["15m", "1h", "6h", "24h", "7d", "30d"];
+/** The views with a tab of their own. */
+const TABS = ["overview", "processes", "pods", "trends"] as const;
+const VIEWS = [...TABS, "history"] as const;
 type ViewName = (typeof VIEWS)[number];
+/** The hash parameters that name a process's history. */
+const HISTORY_FIELDS = ["namespace", "pod", "container", "command"] as const;
 
 const data = new DashboardData({
   fetch: (url, init) => window.fetch(url, { ...init, credentials: "same-origin" }),
@@ -41,6 +47,7 @@ const state = {
   metric: "cpu" as "cpu" | "memory",
   host: "",
   namespace: "",
+  history: undefined as HistoryTarget | undefined,
 };
 const context: ViewContext = { data, window: state.window, nodes: new Set(), report: (entry) => showNotice(entry) };
 let current: View | undefined;
@@ -61,6 +68,9 @@ function readHash(): void {
   state.metric = params.get("metric") === "memory" ? "memory" : "cpu";
   state.host = params.get("host") ?? "";
   state.namespace = params.get("namespace") ?? "";
+  const [namespace, pod, container, command] = HISTORY_FIELDS.map((field) => params.get(field));
+  state.history =
+    state.view === "history" && namespace && pod && container && command ? { namespace, pod, container, command } : undefined;
 }
 
 function writeHash(): void {
@@ -71,6 +81,11 @@ function writeHash(): void {
   }
   if (state.view === "pods" && state.namespace) {
     params.set("namespace", state.namespace);
+  }
+  if (state.view === "history" && state.history) {
+    for (const field of HISTORY_FIELDS) {
+      params.set(field, state.history[field]);
+    }
   }
   history.replaceState(null, "", `#${params}`);
 }
@@ -108,10 +123,25 @@ async function show(): Promise<void> {
     case "pods": {
       const module = await lazy(() => import("./pods.js"));
       if (!module) return;
-      view = module.pods(context, state.namespace, (namespace) => {
-        state.namespace = namespace;
-        writeHash();
-      });
+      view = module.pods(
+        context,
+        state.namespace,
+        (namespace) => {
+          state.namespace = namespace;
+          writeHash();
+        },
+        (target) => {
+          state.view = "history";
+          state.history = target;
+          void show();
+        },
+      );
+      break;
+    }
+    case "history": {
+      const module = await lazy(() => import("./history.js"));
+      if (!module) return;
+      view = module.history(context, state.history);
       break;
     }
     case "trends": {
@@ -215,7 +245,7 @@ function header(): HTMLElement {
     h(
       "nav",
       { "aria-label": "Views" },
-      ...VIEWS.map((view) =>
+      ...TABS.map((view) =>
         h(
           "button",
           {

@@ -1,4 +1,6 @@
-// The fleet overview: a summary of every node, one row per node, and when the data changed.
+// The fleet overview: a summary of every node, one row per node, and when the data changed;
+// for windows answered from hourly buckets (over 6 hours), a chart of them per node, whose
+// module (with uPlot) is loaded only then.
 
 import type { Filters, HostOverallRow } from "./data.js";
 import { bytes, h, load, megabytes, percent, rate, replace, table, time } from "./dom.js";
@@ -10,6 +12,10 @@ export function overview(context: ViewContext): View {
   const summary = h("section", { class: "cards", "aria-label": "Fleet summary" });
   const freshness = h("p", { class: "muted", id: "freshness" });
   const nodes = h("section", { "aria-label": "Nodes" }, h("p", { class: "loading" }, "Loading…"));
+  const chartBox = h("section", { class: "charts", id: "overview-chart", "aria-label": "Nodes over the window", hidden: true });
+  let chart: { destroy(): void } | undefined;
+  /** The answer the chart should show (the latest), or undefined once stopped. */
+  let charted: unknown;
   // Three widgets on one key: one request (the data layer shares the entry).
   const stops = [
     watch(context, filters, (state) => {
@@ -31,6 +37,19 @@ export function overview(context: ViewContext): View {
         card("Network in now", rate(rows.reduce((sum, row) => sum + (row.network_rx_bytes_per_second ?? 0), 0)), "network-in"),
         card("Network out now", rate(rows.reduce((sum, row) => sum + (row.network_tx_bytes_per_second ?? 0), 0)), "network-out"),
       );
+    }),
+    watch(context, filters, (state) => {
+      const part = state.data?.host_overall_metrics;
+      const hourly = part !== undefined && part.source !== "raw" && part.rows.length > 0;
+      chartBox.hidden = !hourly;
+      charted = hourly ? part : undefined;
+      if (!hourly) return;
+      void import("./hourly.js").then(({ hourlyChart }) => {
+        if (charted !== part) return;
+        chart?.destroy();
+        replace(chartBox);
+        chart = hourlyChart(chartBox, part.rows, context.window);
+      });
     }),
     watch(context, filters, (state) => {
       const rows = state.data?.host_overall_metrics?.rows ?? [];
@@ -66,8 +85,12 @@ export function overview(context: ViewContext): View {
     }),
   ];
   return {
-    element: h("div", { class: "view", id: "view-overview" }, summary, nodes, freshness),
-    stop: () => stops.forEach((stop) => stop()),
+    element: h("div", { class: "view", id: "view-overview" }, summary, chartBox, nodes, freshness),
+    stop: () => {
+      charted = undefined;
+      stops.forEach((stop) => stop());
+      chart?.destroy();
+    },
   };
 }
 

@@ -1,6 +1,6 @@
 // What every view shares: the context the page gives it, what it gives back, and how it
-// watches its data. Each view (overview.ts in the initial bundle; processes.ts, pods.ts and
-// trends.ts loaded when first opened) subscribes to the data layer for what it shows, and
+// watches its data. Each view (overview.ts in the initial bundle; processes.ts, pods.ts,
+// history.ts and trends.ts loaded when first opened) subscribes to the data layer for what it shows, and
 // draws again only when its answer changed (a 304 keeps the same object: nothing is drawn).
 
 import type { DashboardData, EntryState, Filters } from "./data.js";
@@ -13,6 +13,15 @@ export interface ViewContext {
   nodes: Set<string>;
   /** Told every state of the view's data, for the page's notice. */
   report(state: EntryState): void;
+}
+
+/** A process followed across restarts: its pod, its container's name and its command. */
+export interface HistoryTarget {
+  namespace: string;
+  pod: string;
+  container: string;
+  /** The command line as recorded, or the process name where none is. */
+  command: string;
 }
 
 /** A view on screen: its element and what removes it (unsubscribing). */

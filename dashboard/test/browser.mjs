@@ -8,8 +8,9 @@
 //                         [--scenario main|outage]
 //
 // `main` goes through every view, the polling, hiding the page, typing (a namespace and a
-// process search), a pod's drill-down, the lazy chunk, the
-// batch route failing and the token prompt; `outage` (run once the test has cut the service
+// process search), a pod's drill-down, a process's history across restarts, the lazy
+// chunks, a 30-day window, both themes, the batch route failing and the token prompt, with
+// a screenshot of each; `outage` (run once the test has cut the service
 // off its database) loads the page and reads the notice.
 
 import { mkdirSync } from "node:fs";
@@ -170,6 +171,30 @@ try {
   };
   await page.screenshot({ path: join(values.screenshots, "pod-drilldown.png"), fullPage: true });
 
+  // A process's history across restarts, opened from the drill-down's first process.
+  const followed = await page.$eval("#pod-detail [data-container] tbody tr[data-key]", (row) => ({
+    key: row.getAttribute("data-key"),
+    ...Object.fromEntries([...row.querySelectorAll("td[data-field]")].map((cell) => [cell.getAttribute("data-field"), cell.textContent])),
+  }));
+  const historyBefore = requests.filter((request) => /\/assets\/history-/.test(request.path)).length;
+  mark = requests.length;
+  await page.click("#pod-detail [data-container] tbody tr[data-key] .row-action");
+  await page.waitForSelector("#history-chart .uplot", { timeout: 60_000 });
+  result.phases.history = {
+    followed,
+    chunkBefore: historyBefore,
+    requests: since(mark),
+    hash: await page.evaluate(() => location.hash),
+    incarnations: await page.$$eval("#history tbody tr[data-key]", (rows) =>
+      rows.map((row) => ({
+        key: row.getAttribute("data-key"),
+        ...Object.fromEntries([...row.querySelectorAll("td[data-field]")].map((cell) => [cell.getAttribute("data-field"), cell.textContent])),
+      })),
+    ),
+    restarts: await page.$$eval("#restarts [data-restart]", (items) => items.map((item) => item.getAttribute("data-restart"))),
+  };
+  await page.screenshot({ path: join(values.screenshots, "history.png"), fullPage: true });
+
   // The trends chunk is fetched only when the view is opened.
   const trendsBefore = requests.filter((request) => /\/assets\/trends-/.test(request.path)).length;
   mark = requests.length;
@@ -179,11 +204,46 @@ try {
   result.phases.trends = { chunkBefore: trendsBefore, requests: since(mark) };
   await page.screenshot({ path: join(values.screenshots, "trends.png"), fullPage: true });
 
-  // Dark theme.
+  // A long window: 30 days, answered from hourly buckets and charted per node (the chart's
+  // chunk fetched only then).
   await page.click('[data-view="overview"]');
   await page.waitForSelector("#view-overview tbody tr[data-key]");
+  const hourlyBefore = requests.filter((request) => /\/assets\/hourly-/.test(request.path)).length;
+  mark = requests.length;
+  await page.select("#window", "30d");
+  await page.waitForSelector("#overview-chart:not([hidden]) .uplot", { timeout: 60_000 });
+  await page.waitForFunction(() => document.querySelector("#freshness")?.textContent?.includes("hourly"));
+  result.phases.longWindow = {
+    windows: await page.$$eval("#window option", (options) => options.map((option) => option.value)),
+    chunkBefore: hourlyBefore,
+    requests: since(mark),
+    overview: await overviewCells(),
+    freshness: await page.$eval("#freshness", (element) => element.textContent),
+  };
+  await page.screenshot({ path: join(values.screenshots, "overview-30d.png"), fullPage: true });
+
+  // Dark theme: the 30-day overview, then the pods' drill-down and the history again.
   await page.click("#theme");
+  result.phases.dark = { theme: await page.evaluate(() => document.documentElement.dataset.theme) };
+  await page.screenshot({ path: join(values.screenshots, "overview-30d-dark.png"), fullPage: true });
+  await page.select("#window", "15m");
+  await page.waitForFunction(() => document.querySelector("#freshness")?.textContent?.includes("raw"));
   await page.screenshot({ path: join(values.screenshots, "overview-dark.png"), fullPage: true });
+  await page.click('[data-view="pods"]');
+  await page.waitForSelector('#view-pods [data-namespace="web"] tbody tr[data-key] .row-action');
+  await page.click('#view-pods [data-namespace="web"] tbody tr[data-key] .row-action');
+  await page.waitForSelector("#pod-detail [data-container] tbody tr[data-key]");
+  await page.screenshot({ path: join(values.screenshots, "pod-drilldown-dark.png"), fullPage: true });
+  await page.click("#pod-detail [data-container] tbody tr[data-key] .row-action");
+  await page.waitForSelector("#history-chart .uplot", { timeout: 60_000 });
+  await page.screenshot({ path: join(values.screenshots, "history-dark.png"), fullPage: true });
+  await page.click('[data-view="processes"]');
+  await page.waitForSelector("#view-processes tbody tr[data-key]");
+  await page.screenshot({ path: join(values.screenshots, "processes-dark.png"), fullPage: true });
+  await page.click('[data-view="trends"]');
+  await page.waitForSelector("#view-trends .uplot");
+  await page.screenshot({ path: join(values.screenshots, "trends-dark.png"), fullPage: true });
+  await page.click("#theme");
 
   // The batch route failing: the page falls back to the four single routes.
   const fallbackPage = await browser.newPage();

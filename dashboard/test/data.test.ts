@@ -13,6 +13,8 @@ import {
   PARTS,
   filtersKey,
   freshForMs,
+  historySeries,
+  type ProcessHistoryRow,
   queryString,
   RefreshFailure,
 } from "../src/data.js";
@@ -595,4 +597,58 @@ test("the baseline asks the four single routes every interval, without If-None-M
   await clock.advance(5_000);
   assert.equal(http.requests.length, 8);
   assert.ok(http.requests.every((request) => request.init.headers["If-None-Match"] === undefined));
+});
+
+/** A bucket of a process's history. */
+function bucket(timestamp: string, pid: number, startTime: string, cpu: number, memory: number, samples = 1, containerId = "cid-1"): ProcessHistoryRow {
+  return {
+    timestamp,
+    host: "node-1",
+    container_id: containerId,
+    pid,
+    start_time: startTime,
+    avg_cpu: cpu,
+    max_cpu: cpu + 10,
+    avg_memory_mb: memory,
+    max_memory_mb: memory,
+    avg_cpu_limit_percent: null,
+    avg_cpu_request_percent: null,
+    avg_memory_limit_percent: null,
+    avg_memory_request_percent: null,
+    samples,
+  };
+}
+
+test("a history has one point per bucket and a restart where a new incarnation begins", () => {
+  const first = "2026-01-01T00:00:00Z";
+  const second = "2026-01-01T00:05:00Z";
+  const third = "2026-01-01T00:09:00Z";
+  const series = historySeries([
+    bucket("2026-01-01T00:01:00Z", 100, first, 10, 200),
+    bucket("2026-01-01T00:02:00Z", 100, first, 20, 210, 3),
+    // The restart falls inside a bucket: the two incarnations' averages are weighted.
+    bucket("2026-01-01T00:05:00Z", 100, first, 30, 220, 1),
+    bucket("2026-01-01T00:05:00Z", 7, second, 60, 100, 2),
+    bucket("2026-01-01T00:06:00Z", 7, second, 50, 110),
+    // The container restarts as well.
+    bucket("2026-01-01T00:09:00Z", 8, third, 5, 90, 1, "cid-2"),
+  ]);
+  const seconds = (iso: string) => Date.parse(iso) / 1000;
+  assert.deepEqual(series.times, ["00:01", "00:02", "00:05", "00:06", "00:09"].map((t) => seconds(`2026-01-01T${t}:00Z`)));
+  assert.deepEqual(series.avgCpu, [10, 20, 50, 50, 5]);
+  assert.deepEqual(series.maxCpu, [20, 30, 70, 60, 15]);
+  assert.deepEqual(series.avgMemory, [200, 210, (220 + 200) / 3, 110, 90]);
+  assert.deepEqual(
+    series.incarnations.map((i) => [i.pid, i.startTime, i.containerId, i.samples, i.firstSeen, i.lastSeen]),
+    [
+      [100, first, "cid-1", 5, seconds("2026-01-01T00:01:00Z"), seconds("2026-01-01T00:05:00Z")],
+      [7, second, "cid-1", 3, seconds("2026-01-01T00:05:00Z"), seconds("2026-01-01T00:06:00Z")],
+      [8, third, "cid-2", 1, seconds(third), seconds(third)],
+    ],
+  );
+  assert.deepEqual(series.restarts, [
+    { at: seconds(second), pid: 7, startTime: second, containerRestarted: false },
+    { at: seconds(third), pid: 8, startTime: third, containerRestarted: true },
+  ]);
+  assert.deepEqual(historySeries([]), { times: [], avgCpu: [], maxCpu: [], avgMemory: [], incarnations: [], restarts: [] });
 });

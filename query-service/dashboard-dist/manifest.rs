@@ -2,18 +2,28 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "38047b4ea9a1e28f750281c2ca1f5752a1fa9d79cb85a507cfca0253b197ca4a";
+pub(crate) const SOURCES_SHA256: &str = "8faeacd626205f4c5c683cc6383ad8b3dd837ecc66e8f95458ca79656c563517";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
     Asset {
-        path: "/assets/chunk-C7APVR4V.js",
+        path: "/assets/chunk-FJ4VZYYP.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "7162e52f22aa9e13ba5ad53f5d5de09cbfe5c7b248c51a2f82a221eed4384050",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-C7APVR4V.js")),
+        sha256: "76ff0e788bd6dfe9afe854e732e458d8cf006e1280b4e61e66f683212d6e01a4",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-FJ4VZYYP.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "7df62794561c47017161881ad222ecd83c320dcd4d28165139164f79e91c0354", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-C7APVR4V.js.gz")) },
-            Variant { encoding: "br", sha256: "5f37afb00c115393e0711e4cf25260c2944cc7c75a777f343c78129c3731212c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-C7APVR4V.js.br")) },
+            Variant { encoding: "gzip", sha256: "e4c2716a78b4c35453c3ab273db77dee30594acd54d00c0702a3c8ed9958541a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-FJ4VZYYP.js.gz")) },
+            Variant { encoding: "br", sha256: "75668847dbd3e188bdadd2954edb974c725dd82738cd50b27c50727a70313c06", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-FJ4VZYYP.js.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/chunk-HONBNZS6.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "6e1677fd174610143d7387545e4f9f6dbdb860eada0db43f991d9ee3360797d5",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-HONBNZS6.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "1b75f1b04b9a10ad30fd933afed41af908ae99ace6d3f520835ae88d262e7e6b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-HONBNZS6.js.gz")) },
+            Variant { encoding: "br", sha256: "16368f0f0413e2edc0f77127b4e280ab0df561b3175a4be0bad3586f58ac7588", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-HONBNZS6.js.br")) },
         ],
     },
     Asset {
@@ -27,63 +37,93 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-BSSW3MEW.js",
+        path: "/assets/chunk-YMGNRDEZ.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "6d153925e1147232e20e037db16410e6d6ecba95fa2bfd7cec362087a401926f",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-BSSW3MEW.js")),
+        sha256: "2e593ba6007e4e3813bc7b80997c53035a1ce9e2c831cc1ae0a687a9beb7fca8",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-YMGNRDEZ.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "c15e165a64f6eb61de0a4d64c2a24894d047e6c94ddb10b75883f89529b7ab47", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-BSSW3MEW.js.gz")) },
-            Variant { encoding: "br", sha256: "f790d37dc87fe716b4936f7f80154e555aab7a6da26d6e1c1c04577a3c3a541d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-BSSW3MEW.js.br")) },
+            Variant { encoding: "gzip", sha256: "1bde68010d1a05eaf40ad7807e6168bc93a239da883bc80f3a2856b979e305b2", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-YMGNRDEZ.js.gz")) },
+            Variant { encoding: "br", sha256: "e5b056c81dc042632bbccbf6c52ea800e4087970efc07f0edf457e68ae1f92f0", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-YMGNRDEZ.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/main-LVFJP5PY.css",
+        path: "/assets/history-BUGBDT5G.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "158005747a9803ada0ca9ef7a2bf7fc3d06794295b7eb500d15eaa440eaf55e8",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-BUGBDT5G.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "4ff746fb0aaf818333ef9f949f7b472dfa17d86f04797cdbe87e2cfaa629fa53", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-BUGBDT5G.js.gz")) },
+            Variant { encoding: "br", sha256: "56de108219b33131f53088afc69191ac3933bb911a72a219579798b5a2c5456a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-BUGBDT5G.js.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/hourly-23DSNWUZ.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "3ad8110f57f676360f6da4512f5fa8da31ee7737e79ceee273c91b98523d3027",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/hourly-23DSNWUZ.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "5edb0fb807e8e8bca193a44d9f18ed3d5fb1131e852f4787aed4d7052abbba99", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/hourly-23DSNWUZ.js.gz")) },
+            Variant { encoding: "br", sha256: "ad5d8a1d2bf16e36ec9be972bba8e9e7a0dc5caaba062f7a6115cfd7209c5dd8", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/hourly-23DSNWUZ.js.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/main-EDVSMNIS.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "a85cf104ef6941908b487dad988c031f1d6c5b39996eccf54d84fa61050523f1",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EDVSMNIS.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "66325d3b1133bb355c1e14a1c125f1b1f6aa9286bbc91be5aa287668b87e41bf", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EDVSMNIS.js.gz")) },
+            Variant { encoding: "br", sha256: "5c86e584b7735245d03255c7b576ff774268ca583b6e019ab41ccf6d2ad7646b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EDVSMNIS.js.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/main-Q4GJCTUM.css",
         content_type: "text/css; charset=utf-8",
-        sha256: "8bf15984d2c8eb0b74e68cd34852971e37a80d958125238d6fbbe749f0cd3e1d",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-LVFJP5PY.css")),
+        sha256: "7faef28698c6117163d17a2d174dea989de856e4e53ae10eaa24b384778463f3",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-Q4GJCTUM.css")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "67826c71aadec24f0a3485f6995130b8690bfd8614d97ffb059e088c2c28679b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-LVFJP5PY.css.gz")) },
-            Variant { encoding: "br", sha256: "e9617f7b0ab64c74c58ebed30f8a5eaebccf71e758619306bb9e78745fecd1e9", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-LVFJP5PY.css.br")) },
+            Variant { encoding: "gzip", sha256: "76906e8f009cd86a313bef89f658a53dca5f50656a3cddf1390c657a177c6e55", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-Q4GJCTUM.css.gz")) },
+            Variant { encoding: "br", sha256: "f1b6416e4595161aacba503644a4a8400151b17f1f97cfa574d4edf459209a5b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-Q4GJCTUM.css.br")) },
         ],
     },
     Asset {
-        path: "/assets/pods-NHNFFXZQ.js",
+        path: "/assets/pods-MWIS3DXC.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "51fcb0b0f22d9a8a9091cad3e02c7c38490fd70e86d584cfd96778ecaea8a205",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-NHNFFXZQ.js")),
+        sha256: "52ac3cf4f0a4acff44cd00567dfa3f7cacc71b94ec8c6a9a41a17b8111ccfd5b",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-MWIS3DXC.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "ef63d6e74c7e1fb5dc657e0db2585e0493a334314dfc856dfd5b0fe7ad484905", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-NHNFFXZQ.js.gz")) },
-            Variant { encoding: "br", sha256: "666c66f2a4840177c7c0dad1db12d23d3944bb4466a5c6d54cded571d53f4ce6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-NHNFFXZQ.js.br")) },
+            Variant { encoding: "gzip", sha256: "7e1f006909414bd3d27897682be05ce2c9ec45089e8856344eee80398f36ceff", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-MWIS3DXC.js.gz")) },
+            Variant { encoding: "br", sha256: "134c4e4eae29e830c263e3f9e2340c6b0ddcb5631e0d2341216268c3398da43d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-MWIS3DXC.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/processes-PMW7MYMK.js",
+        path: "/assets/processes-HU2F7GKP.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "1e07458467724a69d7418b7f682f4c915b6f2d3d0fdd557e300bc9539a366040",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-PMW7MYMK.js")),
+        sha256: "58b5fb9152b461dd555c743b4219ad380dcde09f82a593982a5280d59618b23c",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-HU2F7GKP.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "98b7ba2740418dfbdbebeafb6af540543fb4956cc096d555a43f1c7d80f87896", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-PMW7MYMK.js.gz")) },
-            Variant { encoding: "br", sha256: "890f9cebe5631f79e488e04499af93a4114e3758cde727954eee5cf075c314e3", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-PMW7MYMK.js.br")) },
+            Variant { encoding: "gzip", sha256: "5eaad2496544d6ea8c10d48acc7f4b17a536139feeca462fa1b8f5878e05e2e0", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-HU2F7GKP.js.gz")) },
+            Variant { encoding: "br", sha256: "014f2cc0b7605969e92e705a775c62a4af7f470d6653028546314cb8e5100509", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-HU2F7GKP.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/trends-VF7DC74H.js",
+        path: "/assets/trends-DNHMQYJJ.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "02502f68fd0ab736564c11495eddc2e74afddb4333b0992f13178ad5e1c4376f",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VF7DC74H.js")),
+        sha256: "513350aa18f65a11a5c7b499918ff2deb1a38515de08e793f384264a050f0050",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-DNHMQYJJ.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "9cb2ecc2d8f55bd6e7db78dd7a5fa98de8cf4f1878ea6282dc13b884c85868cc", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VF7DC74H.js.gz")) },
-            Variant { encoding: "br", sha256: "771d1c95b4689cde5e8bca42e7b65d13f6f4e235d9971711a58a531b215a514d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-VF7DC74H.js.br")) },
+            Variant { encoding: "gzip", sha256: "1817d4a5bcf4dbd504472ccd8f32049e44feb026d5172f8390dc387e9dde0ea2", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-DNHMQYJJ.js.gz")) },
+            Variant { encoding: "br", sha256: "05e06863a405dd202c2843f1761c80449e01087422ffa23b7c01b9d6dd7fed40", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-DNHMQYJJ.js.br")) },
         ],
     },
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "daadcdd36d9c11b285e76b3509b38153056e583335242038783f583111bcf550",
+        sha256: "788da1c0097aab16b0b0cbeccf768ae6dc57629d82761e88ab90c42efef3481a",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "1f7923d4be82efdb6e799f21a7b9804220995821042dc81704b45fb584b02f2c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "714529da8350b2a9d6e6f381d2165e308fd3e832b8f9173d59cf89e8b3f356e7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "8aadbcb6261cfbf23fc1734380838f2ff1a2935661fb1a4b9a42337c2547964a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "fccaa1b2a49ff01061e8df4df10fae27831f35d8d13432ba6a6569c14f220811", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];

@@ -58,6 +58,8 @@ pub enum Part {
     ProcessSearch,
     /// One pod's processes by container, over the window.
     PodProcesses,
+    /// One process of a pod's container, followed by its command across restarts.
+    ProcessHistory,
 }
 
 impl Part {
@@ -78,6 +80,7 @@ impl Part {
             Part::VmMetrics => "vm_metrics",
             Part::ProcessSearch => "process_search",
             Part::PodProcesses => "pod_processes",
+            Part::ProcessHistory => "process_history",
         }
     }
 }
@@ -177,8 +180,12 @@ pub struct PartKey {
     pub namespace: Option<String>,
     /// The text searched for (trimmed, ASCII letters lower-cased), for the process search.
     pub search: Option<String>,
-    /// The pod, for a pod's processes.
+    /// The pod, for a pod's processes and a process's history.
     pub pod: Option<String>,
+    /// The container's name, for a process's history.
+    pub container: Option<String>,
+    /// The command followed, for a process's history.
+    pub command: Option<String>,
 }
 
 impl Filters {
@@ -197,6 +204,8 @@ impl Filters {
                 .flatten(),
             search: None,
             pod: None,
+            container: None,
+            command: None,
         }
     }
 }
@@ -324,6 +333,8 @@ impl RawSearch {
             namespace: None,
             search: Some(search.to_ascii_lowercase()),
             pod: None,
+            container: None,
+            command: None,
         })
     }
 }
@@ -363,6 +374,95 @@ impl RawPod {
             namespace: Some(required(self.namespace, "namespace")?),
             search: None,
             pod: Some(required(self.pod, "pod")?),
+            container: None,
+            command: None,
+        })
+    }
+}
+
+/// Longest command a process's history may follow, in characters (the collector's longest
+/// stored command line).
+pub const MAX_COMMAND_LENGTH: usize = 4096;
+
+/// The parameters of `GET /api/process-history` as given. Unknown fields are rejected.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHistory {
+    /// The pod's namespace.
+    pub namespace: Option<String>,
+    /// The pod's name.
+    pub pod: Option<String>,
+    /// The container's name.
+    pub container: Option<String>,
+    /// The process's command line as recorded (its name when no command line is).
+    pub command: Option<String>,
+    /// The window: whole seconds or `<n>s|m|h|d`, at most 30 days.
+    pub window: Option<WindowInput>,
+}
+
+impl RawHistory {
+    /// Parses a query string (without the `?`).
+    pub fn from_query(query: &str) -> Result<Self, InvalidInput> {
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map_err(|e| field_error(e, "query"))
+    }
+
+    /// Checks every field and gives the cache key of the history.
+    pub fn validate(self) -> Result<PartKey, InvalidInput> {
+        let required = |value: Option<String>, field: &str, what: &str| {
+            name(value, field)?
+                .ok_or_else(|| InvalidInput::new(field, format!("required: the {what}")))
+        };
+        let command = match self.command {
+            Some(c) if c.is_empty() || c.chars().count() > MAX_COMMAND_LENGTH => {
+                return Err(InvalidInput::new(
+                    "command",
+                    format!(
+                        "give the command line as recorded, 1 to {MAX_COMMAND_LENGTH} characters"
+                    ),
+                ));
+            }
+            Some(c) if c.chars().any(char::is_control) => {
+                return Err(InvalidInput::new(
+                    "command",
+                    "must not contain control characters",
+                ));
+            }
+            Some(c) => c,
+            None => {
+                return Err(InvalidInput::new(
+                    "command",
+                    "required: the process's command line as recorded (its name when none is)",
+                ));
+            }
+        };
+        let window = match self.window {
+            Some(WindowInput(text)) => parse_window(&text).ok_or_else(|| {
+                InvalidInput::new(
+                    "window",
+                    "expected whole seconds or a duration such as 15m, 1h or 7d",
+                )
+            })?,
+            None => DEFAULT_WINDOW,
+        };
+        if window < MIN_WINDOW || window > MAX_WINDOW {
+            return Err(InvalidInput::new(
+                "window",
+                "must be between 60 seconds (1m) and 30 days (30d)",
+            ));
+        }
+        Ok(PartKey {
+            part: Part::ProcessHistory,
+            limit: None,
+            metric: None,
+            window_seconds: u32::try_from(window.as_secs()).expect("at most 30 days"),
+            host: None,
+            namespace: Some(required(self.namespace, "namespace", "pod's namespace")?),
+            search: None,
+            pod: Some(required(self.pod, "pod", "pod's name")?),
+            container: Some(required(self.container, "container", "container's name")?),
+            command: Some(command),
         })
     }
 }
@@ -430,7 +530,17 @@ fn field_error<E: fmt::Display>(
     error: serde_path_to_error::Error<E>,
     document: &str,
 ) -> InvalidInput {
-    const FIELDS: [&str; 7] = ["limit", "metric", "window", "host", "namespace", "q", "pod"];
+    const FIELDS: [&str; 9] = [
+        "limit",
+        "metric",
+        "window",
+        "host",
+        "namespace",
+        "q",
+        "pod",
+        "container",
+        "command",
+    ];
     let message = error.inner().to_string();
     let path = error.path().to_string();
     let field = if FIELDS.contains(&path.as_str()) {
@@ -574,6 +684,56 @@ mod tests {
             ("namespace=web&pod=a&limit=5", "limit"),
         ] {
             assert_eq!(pod(query).expect_err(query).field, field, "{query}");
+        }
+    }
+
+    #[test]
+    fn a_history_needs_the_pod_the_container_and_the_command() {
+        let history = |q: &str| RawHistory::from_query(q).and_then(RawHistory::validate);
+        let key = history(
+            "namespace=web&pod=api-1&container=app&command=java%20-jar%20app.jar&window=30d",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                key.part,
+                key.namespace.as_deref(),
+                key.pod.as_deref(),
+                key.container.as_deref(),
+                key.command.as_deref(),
+                key.window_seconds
+            ),
+            (
+                Part::ProcessHistory,
+                Some("web"),
+                Some("api-1"),
+                Some("app"),
+                Some("java -jar app.jar"),
+                2_592_000
+            )
+        );
+        let base = "namespace=web&pod=api-1&container=app";
+        assert_eq!(
+            history(&format!("{base}&command=x"))
+                .unwrap()
+                .window_seconds,
+            3600
+        );
+        for (query, field) in [
+            ("pod=a&container=app&command=x", "namespace"),
+            ("namespace=web&container=app&command=x", "pod"),
+            ("namespace=web&pod=a&command=x", "container"),
+            ("namespace=web&pod=a&container=&command=x", "container"),
+            (base, "command"),
+            (&format!("{base}&command="), "command"),
+            (&format!("{base}&command=a%0Ab"), "command"),
+            (&format!("{base}&command={}", "a".repeat(4097)), "command"),
+            (&format!("{base}&command=x&window=31d"), "window"),
+            (&format!("{base}&command=x&window=soon"), "window"),
+            (&format!("{base}&command=x&pid=5"), "pid"),
+            (&format!("{base}&command=x&command=y"), "command"),
+        ] {
+            assert_eq!(history(query).expect_err(query).field, field, "{query}");
         }
     }
 

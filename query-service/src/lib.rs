@@ -1,8 +1,8 @@
 //! The cached query service that answers dashboards from the metric tables: one batch
 //! request for the whole dashboard (and the four parts on their own; a process search over
-//! command lines and a pod's processes beside them), answered from a
-//! bounded, single-flight, refresh-ahead cache so that database load does not grow with the
-//! viewers.
+//! command lines, a pod's processes and a process's history across restarts beside them),
+//! answered from a bounded, single-flight, refresh-ahead cache so that database load does not
+//! grow with the viewers.
 //! The API is written down in `openapi.yaml`, served at `/openapi.yaml`; the web dashboard
 //! that reads it is served at `/` (`dashboard`).
 //!

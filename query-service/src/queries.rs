@@ -228,6 +228,12 @@ pub struct PodProcessRow {
     pub max_cpu: f64,
     /// Average CPU usage, percent of the container's CPU limit; None without a limit.
     pub avg_cpu_limit_percent: Option<f64>,
+    /// Average CPU usage, percent of the container's CPU request; None without a request.
+    pub avg_cpu_request_percent: Option<f64>,
+    /// Average resident memory, percent of the container's memory limit; None without one.
+    pub avg_memory_limit_percent: Option<f64>,
+    /// Average resident memory, percent of the container's memory request; None without one.
+    pub avg_memory_request_percent: Option<f64>,
     /// Average resident memory, MiB.
     pub avg_memory_mb: f64,
     /// Highest resident memory, MiB.
@@ -240,6 +246,52 @@ pub struct PodProcessRow {
 
 /// Most processes a pod's answer holds.
 pub const MAX_POD_PROCESSES: i64 = 1000;
+
+/// One incarnation of a followed process (host, container id, pid, start time) over one
+/// bucket of its history.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ProcessHistoryRow {
+    /// The bucket's start.
+    pub timestamp: DateTime<Utc>,
+    /// The node.
+    pub host: String,
+    /// The container's id (a new one after the container restarts).
+    pub container_id: String,
+    /// Process id.
+    pub pid: i32,
+    /// When the process started (with the pid, it names the incarnation).
+    pub start_time: DateTime<Utc>,
+    /// Average CPU usage, percent of one core.
+    pub avg_cpu: f64,
+    /// Highest CPU peak within a sample's interval.
+    pub max_cpu: f64,
+    /// Average resident memory, MiB.
+    pub avg_memory_mb: f64,
+    /// Highest resident memory, MiB.
+    pub max_memory_mb: f64,
+    /// Average CPU usage, percent of the container's CPU limit; None without a limit.
+    pub avg_cpu_limit_percent: Option<f64>,
+    /// Average CPU usage, percent of the container's CPU request; None without a request.
+    pub avg_cpu_request_percent: Option<f64>,
+    /// Average resident memory, percent of the container's memory limit; None without one.
+    pub avg_memory_limit_percent: Option<f64>,
+    /// Average resident memory, percent of the container's memory request; None without one.
+    pub avg_memory_request_percent: Option<f64>,
+    /// Samples summarised.
+    pub samples: i64,
+}
+
+/// Buckets a process's history is cut into, at most (one more when the window does not
+/// start on a bucket boundary).
+pub const HISTORY_BUCKETS: u32 = 360;
+
+/// Most rows a process's history holds (buckets times incarnations).
+pub const MAX_HISTORY_ROWS: i64 = 5000;
+
+/// The length of one bucket of a process's history over `window_seconds`, in whole seconds.
+pub fn history_bucket_seconds(window_seconds: u32) -> u32 {
+    window_seconds.div_ceil(HISTORY_BUCKETS).max(1)
+}
 
 /// The answer of one part: where its rows came from and the rows.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -457,6 +509,9 @@ const POD_PROCESSES: &str = r#"
 SELECT container_id, container_name, host, pid, start_time, process_name, command_line,
        avg(cpu_usage_percent)::float8 AS avg_cpu, max(cpu_peak_percent)::float8 AS max_cpu,
        avg(cpu_limit_percent)::float8 AS avg_cpu_limit_percent,
+       avg(cpu_request_percent)::float8 AS avg_cpu_request_percent,
+       avg(memory_limit_percent)::float8 AS avg_memory_limit_percent,
+       avg(memory_request_percent)::float8 AS avg_memory_request_percent,
        avg(memory_usage_mb) AS avg_memory_mb, max(memory_usage_mb) AS max_memory_mb,
        max("timestamp") AS last_seen, count(*) AS samples
 FROM vm_process_metrics
@@ -465,6 +520,29 @@ WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
 GROUP BY container_id, container_name, host, pid, start_time, process_name, command_line
 ORDER BY container_name, container_id, avg_cpu DESC, pid, start_time
 LIMIT $4"#;
+
+// A process followed by its pod, container name and command (the command line as recorded,
+// else the process name) rather than by pid, in buckets of $5 seconds (whole multiples from
+// the epoch), one row per incarnation and bucket. Found by the
+// (pod_namespace, pod_name, "timestamp") index.
+const PROCESS_HISTORY: &str = r#"
+SELECT date_bin(make_interval(secs => $5::float8), "timestamp", TIMESTAMPTZ 'epoch')
+           AS "timestamp",
+       host, container_id, pid, start_time,
+       avg(cpu_usage_percent)::float8 AS avg_cpu, max(cpu_peak_percent)::float8 AS max_cpu,
+       avg(memory_usage_mb) AS avg_memory_mb, max(memory_usage_mb) AS max_memory_mb,
+       avg(cpu_limit_percent)::float8 AS avg_cpu_limit_percent,
+       avg(cpu_request_percent)::float8 AS avg_cpu_request_percent,
+       avg(memory_limit_percent)::float8 AS avg_memory_limit_percent,
+       avg(memory_request_percent)::float8 AS avg_memory_request_percent,
+       count(*) AS samples
+FROM vm_process_metrics
+WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+  AND pod_namespace = $2 AND pod_name = $3 AND container_name = $4
+  AND coalesce(command_line, process_name) = $6
+GROUP BY 1, host, container_id, pid, start_time
+ORDER BY 1, start_time, pid, host, container_id
+LIMIT $7"#;
 
 /// The ILIKE pattern of a search: `text` anywhere, its `\`, `%` and `_` matching themselves.
 pub fn like_pattern(text: &str) -> String {
@@ -489,9 +567,11 @@ pub fn statement(key: &PartKey, aggregates: Aggregates) -> Statement {
         (true, false) => Source::HourlyFromRaw,
     };
     let source = match key.part {
-        Part::HostProcessMetrics | Part::VmMetrics | Part::ProcessSearch | Part::PodProcesses => {
-            Source::Raw
-        }
+        Part::HostProcessMetrics
+        | Part::VmMetrics
+        | Part::ProcessSearch
+        | Part::PodProcesses
+        | Part::ProcessHistory => Source::Raw,
         Part::HostOverallMetrics => hourly(aggregates.host_overall),
         Part::TopProcesses => hourly(aggregates.host_process),
     };
@@ -593,6 +673,20 @@ pub async fn run(
                 .fetch_all(pool)
                 .await?,
         ),
+        (Part::ProcessHistory, _) => json(
+            source,
+            window_seconds,
+            sqlx::query_as::<_, ProcessHistoryRow>(PROCESS_HISTORY)
+                .bind(window)
+                .bind(key.namespace.as_deref())
+                .bind(key.pod.as_deref())
+                .bind(key.container.as_deref())
+                .bind(f64::from(history_bucket_seconds(key.window_seconds)))
+                .bind(key.command.as_deref())
+                .bind(MAX_HISTORY_ROWS)
+                .fetch_all(pool)
+                .await?,
+        ),
     })
 }
 
@@ -613,6 +707,14 @@ mod tests {
     fn a_search_pattern_matches_the_text_itself_anywhere() {
         assert_eq!(like_pattern("java"), "%java%");
         assert_eq!(like_pattern("50%_a\\b"), "%50\\%\\_a\\\\b%");
+    }
+
+    #[test]
+    fn a_history_has_at_most_its_bucket_count_of_whole_second_buckets() {
+        assert_eq!(history_bucket_seconds(60), 1);
+        assert_eq!(history_bucket_seconds(3600), 10);
+        assert_eq!(history_bucket_seconds(3601), 11);
+        assert_eq!(history_bucket_seconds(30 * 86400), 7200);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The service's routes and their handlers: the batch, the four single parts, the process
-//! search and a pod's processes answered from the cache, the OpenAPI document, the
+//! search, a pod's processes and a process's history answered from the cache, the OpenAPI document, the
 //! dashboard's page and assets, the common admin endpoints (`/healthz`, `/readyz`,
 //! `/metrics`) mounted beside them, and the answer to a request no route takes. Every
 //! request has a span of its own, and its answer is counted in the request metrics by
@@ -17,7 +17,7 @@ use warp::{Filter, Reply};
 
 use crate::cache::{CacheError, Lookup};
 use crate::dashboard;
-use crate::filters::{InvalidInput, Part, PartKey, RawFilters, RawPod, RawSearch};
+use crate::filters::{InvalidInput, Part, PartKey, RawFilters, RawHistory, RawPod, RawSearch};
 use crate::http::{Answer, Freshness, bad_request, cached, error_json, read_body, unavailable};
 use crate::service::{QueryError, QueryService};
 use metricsstack_common::config::StackIdentity;
@@ -73,6 +73,8 @@ impl QueryService {
         let search: ParseKey =
             |query, _| RawSearch::from_query(query).and_then(RawSearch::validate);
         let pod: ParseKey = |query, _| RawPod::from_query(query).and_then(RawPod::validate);
+        let history: ParseKey =
+            |query, _| RawHistory::from_query(query).and_then(RawHistory::validate);
         let batch = warp::path!("api" / "dashboard" / "batch")
             .and(warp::post())
             .and(with.clone())
@@ -177,6 +179,12 @@ impl QueryService {
                 warp::path!("api" / "pod-processes").boxed(),
                 Part::PodProcesses,
                 pod,
+            ))
+            .unify()
+            .or(get_part(
+                warp::path!("api" / "process-history").boxed(),
+                Part::ProcessHistory,
+                history,
             ))
             .unify()
             .boxed();

@@ -1,8 +1,9 @@
 //! The web dashboard in a real browser: Debian's Chromium, driven headless through
 //! puppeteer-core by `dashboard/test/browser.mjs`, against this service on native PostgreSQL
 //! with seeded metrics (through a TCP proxy the test cuts to take the database away). The
-//! script reports what the page showed (the views, a process search, a pod's drill-down)
-//! and every request it made
+//! script reports what the page showed (the views, a process search, a pod's drill-down
+//! with the containers' request and limit shares, a process's history across a restart, a
+//! 30-day window from hourly buckets) and every request it made
 //! (from the browser's network events); this test compares the numbers with the database
 //! and counts the requests. Screenshots of each view go to
 //! `$CARGO_TARGET_TMPDIR/dashboard-screenshots/`.
@@ -29,7 +30,9 @@ const TTL_SECONDS: u64 = 2;
 
 /// Three nodes sampled every minute for the last 10 minutes and once 30 minutes ago (outside
 /// the page's default 15-minute window), receiving and sending some tens of KB a minute;
-/// processes on each; pods in two namespaces.
+/// processes on each; pods in two namespaces, whose processes each restarted once (a new pid
+/// and start time after samples 14 and 12 minutes ago), with shares of their container's CPU
+/// request and limit and memory limit (no memory request).
 const SEED: &str = r#"
 INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent, cpu_per_core_percent,
     load_1, load_5, load_15, memory_total_bytes, memory_used_bytes, memory_usage_mb,
@@ -56,11 +59,18 @@ INSERT INTO vm_process_metrics ("timestamp", host, pid, start_time, process_name
     command_line, pod_namespace, pod_name, pod_uid, container_id, container_name,
     cpu_usage_percent, cpu_peak_percent, cpu_limit_percent, memory_usage_mb,
     disk_read_bytes, disk_write_bytes)
-SELECT now() - make_interval(mins => m), 'node-' || (pd % 3 + 1), 1000 + pd * 10 + pr,
-       TIMESTAMPTZ '2024-01-01 00:00:00+00', 'worker-' || pr, NULL,
+SELECT now() - make_interval(mins => m), 'node-' || (pd % 3 + 1),
+       CASE WHEN m > 10 THEN 5000 ELSE 1000 END + pd * 10 + pr,
+       CASE WHEN m > 10 THEN TIMESTAMPTZ '2023-12-31 00:00:00+00'
+            ELSE TIMESTAMPTZ '2024-01-01 00:00:00+00' END,
+       'worker-' || pr, NULL,
        (ARRAY['web', 'db'])[pd % 2 + 1], 'pod-' || pd, 'uid-' || pd, 'cid-' || pd, 'main',
-       ((pd * 17 + pr * 5 + m) % 60)::real, 99, NULL, (pd * 100 + pr * 10 + m)::float8, 0, 0
-FROM generate_series(1, 5) AS pd, generate_series(1, 3) AS pr, unnest(ARRAY[2, 6]) AS m;
+       ((pd * 17 + pr * 5 + m) % 60)::real, 99, ((pd * 17 + pr * 5 + m) % 60)::real / 2,
+       (pd * 100 + pr * 10 + m)::float8, 0, 0
+FROM generate_series(1, 5) AS pd, generate_series(1, 3) AS pr, unnest(ARRAY[2, 6, 12, 14]) AS m;
+
+UPDATE vm_process_metrics SET cpu_request_percent = cpu_usage_percent * 2,
+                              memory_limit_percent = memory_usage_mb / 10;
 "#;
 
 /// A node as the database sees it over the last 15 minutes: host, CPU average and peak,
@@ -288,7 +298,7 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
         .iter()
         .filter_map(|request| request["path"].as_str())
         .filter(|path| {
-            ["processes-", "pods-", "trends-"]
+            ["processes-", "pods-", "trends-", "history-", "hourly-"]
                 .iter()
                 .any(|view| path.contains(view))
         })
@@ -380,9 +390,25 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
         Some(1),
         "{drilldown}"
     );
-    let processes: Vec<(i32, f64, f64, f64, f64)> = sqlx::query_as(
+    type Shares = (Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+    let processes: Vec<(i32, f64, f64, f64, f64, Shares)> = sqlx::query_as::<
+        _,
+        (
+            i32,
+            f64,
+            f64,
+            f64,
+            f64,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+        ),
+    >(
         r#"SELECT pid, avg(cpu_usage_percent)::float8, max(cpu_peak_percent)::float8,
-                  avg(memory_usage_mb), max(memory_usage_mb)
+                  avg(memory_usage_mb), max(memory_usage_mb),
+                  avg(cpu_request_percent)::float8, avg(cpu_limit_percent)::float8,
+                  avg(memory_request_percent)::float8, avg(memory_limit_percent)::float8
            FROM vm_process_metrics
            WHERE pod_namespace = $1 AND pod_name = $2
              AND "timestamp" >= now() - interval '15 minutes'
@@ -392,18 +418,37 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
     .bind(pod)
     .fetch_all(&pool)
     .await
-    .expect("the pod's processes");
+    .expect("the pod's processes")
+    .into_iter()
+    .map(|(pid, a, b, c, d, e, f, g, i)| (pid, a, b, c, d, (e, f, g, i)))
+    .collect();
     let containers = drilldown["containers"].as_array().expect("containers");
     assert_eq!(containers.len(), 1, "{drilldown}");
     assert_eq!(containers[0]["container"], "main");
     let rows = containers[0]["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), processes.len(), "{drilldown}");
-    for (row, (pid, avg_cpu, max_cpu, avg_memory, max_memory)) in rows.iter().zip(processes) {
+    for (row, (pid, avg_cpu, max_cpu, avg_memory, max_memory, shares)) in rows.iter().zip(processes)
+    {
         assert_eq!(row["pid"], pid.to_string(), "{row}");
-        assert_eq!(
-            row["avg_cpu_limit_percent"], "–",
-            "no CPU limit seeded: {row}"
-        );
+        let (cpu_request, cpu_limit, memory_request, memory_limit) = shares;
+        assert_eq!(memory_request, None, "no memory request seeded");
+        for (field, expected) in [
+            ("avg_cpu_request_percent", cpu_request),
+            ("avg_cpu_limit_percent", cpu_limit),
+            ("avg_memory_request_percent", memory_request),
+            ("avg_memory_limit_percent", memory_limit),
+        ] {
+            match expected {
+                Some(expected) => {
+                    let on_screen = number(&row[field]);
+                    assert!(
+                        (on_screen - expected).abs() <= 0.05 + 1e-9,
+                        "{pod} {pid} {field}: {on_screen} on screen, {expected} in the database"
+                    );
+                }
+                None => assert_eq!(row[field], "–", "{field}: {row}"),
+            }
+        }
         for (field, expected) in [
             ("avg_cpu", avg_cpu),
             ("max_cpu", max_cpu),
@@ -417,6 +462,113 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
             );
         }
     }
+
+    // A process's history, opened from the drill-down's first process: followed by pod,
+    // container and command (the process name: no command line is seeded) through its two
+    // incarnations, the restart marked, from one request, its chunk fetched only then.
+    let history = &phases["history"];
+    let followed = &history["followed"];
+    let command = followed["process_name"].as_str().expect("a process name");
+    assert_eq!(followed["command_line"], "–", "{followed}");
+    assert_eq!(history["chunkBefore"], 0);
+    let asked = paths(&history["requests"], "/api/process-history");
+    assert_eq!(asked.len(), 1, "{history}");
+    let query = asked[0]["query"].as_str().expect("a query");
+    for part in [
+        format!("namespace={namespace}"),
+        format!("pod={pod}"),
+        "container=main".to_owned(),
+        format!("command={command}"),
+        "window=15m".to_owned(),
+    ] {
+        assert!(query.contains(&part), "{part} in {query}");
+    }
+    assert!(
+        history["hash"]
+            .as_str()
+            .is_some_and(|h| h.contains("view=history")),
+        "{history}"
+    );
+    let incarnations: Vec<(i32, i64)> = sqlx::query_as(
+        r#"SELECT pid, count(*)
+           FROM vm_process_metrics
+           WHERE pod_namespace = $1 AND pod_name = $2 AND container_name = 'main'
+             AND coalesce(command_line, process_name) = $3
+             AND "timestamp" >= now() - interval '15 minutes'
+           GROUP BY pid, start_time ORDER BY min("timestamp")"#,
+    )
+    .bind(namespace)
+    .bind(pod)
+    .bind(command)
+    .fetch_all(&pool)
+    .await
+    .expect("the incarnations");
+    assert_eq!(incarnations.len(), 2, "one restart seeded");
+    let shown = history["incarnations"].as_array().expect("incarnations");
+    assert_eq!(shown.len(), incarnations.len(), "{history}");
+    for (row, (pid, samples)) in shown.iter().zip(&incarnations) {
+        assert_eq!(row["pid"], pid.to_string(), "{row}");
+        assert_eq!(row["samples"], samples.to_string(), "{row}");
+    }
+    let restarts = history["restarts"].as_array().expect("restarts");
+    assert_eq!(restarts.len(), 1, "{history}");
+    assert!(
+        restarts[0]
+            .as_str()
+            .is_some_and(|r| r.starts_with(&format!("{}/", incarnations[1].0))),
+        "the restart is the second incarnation's start: {history}"
+    );
+
+    // Thirty days: every sample of each node (the one 30 minutes ago too), from hourly
+    // buckets, charted; the chart's chunk fetched only then.
+    let long = &phases["longWindow"];
+    assert_eq!(
+        long["windows"],
+        serde_json::json!(["15m", "1h", "6h", "24h", "7d", "30d"])
+    );
+    assert!(
+        long["freshness"]
+            .as_str()
+            .is_some_and(|f| f.contains("hourly buckets")),
+        "{long}"
+    );
+    assert_eq!(long["chunkBefore"], 0);
+    assert!(
+        long["requests"]
+            .as_array()
+            .expect("requests")
+            .iter()
+            .any(|r| r["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/assets/hourly-"))),
+        "{long}"
+    );
+    assert!(
+        paths(&long["requests"], "/api/dashboard/batch")
+            .iter()
+            .any(|r| r["body"]
+                .as_str()
+                .is_some_and(|b| b.contains(r#""window":"30d""#))),
+        "{long}"
+    );
+    let month: Vec<(String, f64, i64)> = sqlx::query_as(
+        r#"SELECT host, avg(cpu_usage_percent)::float8, count(*)
+           FROM host_overall_metrics GROUP BY host ORDER BY host"#,
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("the nodes over 30 days");
+    for (host, avg_cpu, samples) in month {
+        let row = &long["overview"][&host];
+        assert_eq!(samples, 11);
+        assert_eq!(row["samples"], samples.to_string(), "{host}: {row}");
+        let on_screen = number(&row["avg_cpu"]);
+        assert!(
+            (on_screen - avg_cpu).abs() <= 0.05 + 1e-9,
+            "{host} avg_cpu over 30 days: {on_screen} on screen, {avg_cpu} in the database"
+        );
+    }
+    assert_eq!(phases["dark"]["theme"], "dark");
 
     // The trends chunk only once its view is opened.
     let trends = &phases["trends"];

@@ -123,6 +123,9 @@ pub fn table_columns(table: MetricTable) -> &'static [&'static str] {
         "memory_usage_mb",
         "disk_read_bytes",
         "disk_write_bytes",
+        "cpu_request_percent",
+        "memory_limit_percent",
+        "memory_request_percent",
     ];
     match table {
         MetricTable::HostProcessMetrics => PROCESS,
