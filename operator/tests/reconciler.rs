@@ -1011,3 +1011,125 @@ async fn a_second_stack_on_a_schema_another_manages_is_refused_naming_it() {
     )
     .await;
 }
+
+/// The notes of the stack's events with `reason`.
+async fn event_notes(client: &Client, namespace: &str, reason: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.note.unwrap_or_default())
+        .collect()
+}
+
+/// The policy jobs of `schema`: procedure, relation and schedule in seconds.
+async fn jobs(conn: &mut sqlx::PgConnection, schema: &str) -> Vec<(String, String, i64)> {
+    sqlx::query_as(
+        "SELECT proc_name::text, hypertable_name::text, \
+                EXTRACT(EPOCH FROM schedule_interval)::bigint \
+         FROM timescaledb_information.jobs WHERE hypertable_schema = $1 \
+         ORDER BY 1, 2",
+    )
+    .bind(schema)
+    .fetch_all(conn)
+    .await
+    .expect("jobs")
+}
+
+#[tokio::test]
+async fn a_policy_removed_and_a_schedule_altered_behind_the_operators_back_are_restored() {
+    simulated_nodes();
+    let tsdb = TimescaleSchema::create().await;
+    let ns = TestNamespace::create().await;
+    let client = ns.client.clone();
+    let _operator = Operator::start(&ns);
+    create_secret(&client, &ns.name, &tsdb.url()).await;
+    common::install_crd(&client).await;
+    // The test server is one session: the operator keeps to one connection and lets it go
+    // when idle, so that the test can connect between two checks.
+    let stack = stack_object(
+        &ns.name,
+        "stack",
+        json!({
+            "database": { "schema": tsdb.schema, "pools": { "operator": {
+                "maxConnections": 1, "idleTimeout": "1s" } } },
+            "driftCheckInterval": "10s"
+        }),
+    );
+    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
+    stacks
+        .create(&PostParams::default(), &stack)
+        .await
+        .expect("created");
+    wait_for(&stacks, "the stack is Ready with its 10 policies", |s| {
+        is_ready(s)
+            && s.status
+                .as_ref()
+                .and_then(|st| st.database.as_ref())
+                .is_some_and(|d| d.policies == 10)
+    })
+    .await;
+    assert_eq!(
+        event_notes(&client, &ns.name, "DriftCorrected").await,
+        Vec::<String>::new(),
+        "creating the stack's storage is no drift"
+    );
+
+    let mut conn = tsdb.connect().await;
+    let converged = jobs(&mut conn, &tsdb.schema).await;
+    let (_, aggregate, schedule) = converged
+        .iter()
+        .find(|(proc, ..)| proc == "policy_refresh_continuous_aggregate")
+        .cloned()
+        .expect("a refresh policy");
+    sqlx::query("SELECT remove_retention_policy($1::regclass)")
+        .bind(format!("{}.host_process_metrics", tsdb.schema))
+        .execute(&mut conn)
+        .await
+        .expect("the retention policy is removed");
+    sqlx::query(
+        "SELECT alter_job(job_id, schedule_interval => interval '5 hours') \
+         FROM timescaledb_information.jobs \
+         WHERE hypertable_schema = $1 AND hypertable_name = $2 \
+           AND proc_name = 'policy_refresh_continuous_aggregate'",
+    )
+    .bind(&tsdb.schema)
+    .bind(&aggregate)
+    .execute(&mut conn)
+    .await
+    .expect("the refresh schedule is altered");
+    assert_ne!(
+        jobs(&mut conn, &tsdb.schema).await,
+        converged,
+        "the database drifted"
+    );
+    sqlx::Connection::close(conn).await.expect("closed");
+
+    // Restored on the next check: an event names both corrections.
+    wait_until(
+        "a DriftCorrected event names both corrections",
+        WAIT,
+        || async {
+            let notes = event_notes(&client, &ns.name, "DriftCorrected")
+                .await
+                .join("\n");
+            notes.contains("add retention policy on host_process_metrics")
+                && notes.contains("refresh policy (job")
+                && notes.contains(&format!("on {aggregate}:"))
+                && notes.contains("(was every 5h)")
+        },
+    )
+    .await;
+    let mut conn = tsdb.connect().await;
+    assert_eq!(
+        jobs(&mut conn, &tsdb.schema).await,
+        converged,
+        "every job is back, on its schedule ({schedule} s for {aggregate}'s refresh)"
+    );
+    sqlx::Connection::close(conn).await.expect("closed");
+}

@@ -87,6 +87,9 @@ pub struct DatabaseOutcome {
     pub status: Option<DatabaseStatus>,
     /// A transient error to retry with backoff.
     pub retry: Option<DatabaseError>,
+    /// What was restored in a database that had drifted from a plan it already matched,
+    /// for the `DriftCorrected` event.
+    pub drift_corrected: Option<String>,
 }
 
 impl DatabaseOutcome {
@@ -100,6 +103,7 @@ impl DatabaseOutcome {
             ),
             status: None,
             retry,
+            drift_corrected: None,
         }
     }
 }
@@ -158,6 +162,7 @@ pub async fn reconcile_database(
                 ),
                 status: None,
                 retry: None,
+                drift_corrected: None,
             });
         }
         Err(error) => {
@@ -170,6 +175,7 @@ pub async fn reconcile_database(
                 ),
                 status: None,
                 retry: Some(error),
+                drift_corrected: None,
             });
         }
     };
@@ -178,7 +184,34 @@ pub async fn reconcile_database(
         policies: policies_outcome(&convergence),
         status: Some(database_status(stack, &convergence)),
         retry: None,
+        drift_corrected: drift_corrected(stack, &convergence),
     })
+}
+
+/// What the convergence restored, when the database had already matched this generation
+/// of the spec (`PoliciesApplied` held for it): then every step applied undoes a change
+/// made behind the operator's back. `None` when nothing was applied or the spec changed.
+fn drift_corrected(stack: &MetricsStack, convergence: &Convergence) -> Option<String> {
+    let generation = stack.metadata.generation;
+    let matched_before = (stack.status.as_ref()).is_some_and(|status| {
+        status.conditions.iter().any(|c| {
+            c.type_ == ConditionType::PoliciesApplied.as_str()
+                && c.status == "True"
+                && c.observed_generation == generation
+        })
+    });
+    if !matched_before || convergence.applied.is_empty() {
+        return None;
+    }
+    let steps: Vec<String> = convergence
+        .applied
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Some(format!(
+        "the database had drifted from the spec; restored: {}",
+        steps.join("; ")
+    ))
 }
 
 /// How many applied revisions the status keeps.

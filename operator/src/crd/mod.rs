@@ -69,10 +69,26 @@ pub struct MetricsStackSpec {
     #[serde(default = "default_cleanup_timeout")]
     #[x_kube(validation = kube::core::Rule::new(cleanup_timeout_rule()).message("cleanupTimeout must be between 0s and 24h"))]
     pub cleanup_timeout: Duration,
+    /// How often the operator compares the live database with the plan (hypertables,
+    /// compression settings, policies and their schedules, continuous aggregates and their
+    /// definitions) and restores what was changed behind its back, with an event
+    /// `DriftCorrected` naming what it changed. Between 10s and 24h.
+    #[serde(default = "default_drift_check_interval")]
+    #[x_kube(validation = kube::core::Rule::new(drift_check_interval_rule()).message("driftCheckInterval must be between 10s and 24h"))]
+    pub drift_check_interval: Duration,
 }
 
 fn default_cleanup_timeout() -> Duration {
     Duration::parse("5m").expect("valid default")
+}
+
+fn default_drift_check_interval() -> Duration {
+    Duration::parse("1m").expect("valid default")
+}
+
+fn drift_check_interval_rule() -> String {
+    let seconds = cel_seconds("self");
+    format!("{seconds} >= 10 && {seconds} <= 86400")
 }
 
 fn cleanup_timeout_rule() -> String {

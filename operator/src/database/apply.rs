@@ -134,31 +134,34 @@ async fn run(
             kind,
             relation,
             after,
+            schedule,
             refresh,
         } => {
             let relation = qualified(schema, relation);
             let query = match kind {
-                JobKind::Compression if state.columnstore_api => {
-                    sqlx::query("CALL add_columnstore_policy($1::regclass, after => $2::interval)")
-                }
-                JobKind::Compression => {
-                    sqlx::query("SELECT add_compression_policy($1::regclass, $2::interval)")
-                }
-                JobKind::Retention => {
-                    sqlx::query("SELECT add_retention_policy($1::regclass, $2::interval)")
-                }
+                JobKind::Compression if state.columnstore_api => sqlx::query(
+                    "CALL add_columnstore_policy($1::regclass, after => $2::interval, \
+                     schedule_interval => $4::interval)",
+                ),
+                JobKind::Compression => sqlx::query(
+                    "SELECT add_compression_policy($1::regclass, $2::interval, \
+                     schedule_interval => $4::interval)",
+                ),
+                JobKind::Retention => sqlx::query(
+                    "SELECT add_retention_policy($1::regclass, $2::interval, \
+                     schedule_interval => $4::interval)",
+                ),
                 JobKind::Refresh => sqlx::query(
                     "SELECT add_continuous_aggregate_policy($1::regclass, \
                      start_offset => $2::interval, end_offset => $3::interval, \
                      schedule_interval => $4::interval)",
                 ),
             };
-            let refresh = refresh_parameters(refresh);
             query
                 .bind(relation)
                 .bind(interval(*after))
-                .bind(refresh.0)
-                .bind(refresh.1)
+                .bind(end_offset(refresh))
+                .bind(interval(*schedule))
                 .execute(conn)
                 .await?;
         }
@@ -166,6 +169,7 @@ async fn run(
             job_id,
             kind,
             after,
+            schedule,
             refresh,
             ..
         } => {
@@ -174,12 +178,11 @@ async fn run(
                 JobKind::Retention => "drop_after",
                 JobKind::Refresh => "start_offset",
             };
-            let refresh = refresh_parameters(refresh);
-            // The job's config is changed in place (same job id); a refresh also gets its
-            // end offset and schedule.
+            // The job's config and schedule are changed in place (same job id); a refresh
+            // also gets its end offset.
             sqlx::query(
                 "SELECT alter_job(job_id, \
-                   schedule_interval => COALESCE($5::interval, schedule_interval), \
+                   schedule_interval => $5::interval, \
                    config => CASE WHEN $4 \
                      THEN jsonb_set(jsonb_set(config, ARRAY[$2], to_jsonb($3::interval::text)), \
                                     '{end_offset}', COALESCE(to_jsonb($6::interval::text), 'null'::jsonb)) \
@@ -190,8 +193,8 @@ async fn run(
             .bind(key)
             .bind(interval(*after))
             .bind(*kind == JobKind::Refresh)
-            .bind(refresh.1)
-            .bind(refresh.0)
+            .bind(interval(*schedule))
+            .bind(end_offset(refresh))
             .execute(conn)
             .await?;
         }
@@ -234,12 +237,9 @@ async fn run(
     Ok(())
 }
 
-/// A refresh's `(end_offset, schedule)` as interval parameters (`NULL` where absent).
-fn refresh_parameters(refresh: &Option<DesiredRefresh>) -> (Option<String>, Option<String>) {
-    match refresh {
-        Some(r) => (r.end_offset.map(interval), Some(interval(r.schedule))),
-        None => (None, None),
-    }
+/// A refresh's `end_offset` as an interval parameter (`NULL` where absent: up to now).
+fn end_offset(refresh: &Option<DesiredRefresh>) -> Option<String> {
+    refresh.and_then(|r| r.end_offset).map(interval)
 }
 
 /// What a step would delete: right now, and from when on.

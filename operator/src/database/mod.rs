@@ -10,6 +10,8 @@ mod introspect;
 mod owner;
 mod plan;
 
+use std::collections::BTreeSet;
+
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
@@ -63,7 +65,8 @@ pub fn plan_hash(steps: &[Step]) -> String {
 
 /// Brings the schema up to date and the storage policies in line with `desired`. Steps that
 /// would ever delete data the current policies keep (now, or later: a retention shortened
-/// over young data) run only when `acknowledged` is their [`plan_hash`].
+/// over young data) run only when `acknowledged` is their [`plan_hash`]; so do the steps
+/// that recreate an aggregate whose drop is held back.
 ///
 /// The schema is claimed for `owner` (the stack's `namespace/name`) first: a schema another
 /// stack manages is left alone ([`DatabaseError::Conflict`]), so that two stacks never drop
@@ -89,7 +92,13 @@ pub async fn converge(
     let mut safe = Vec::new();
     let mut risky = Vec::new();
     let mut loss = Loss::default();
+    // Aggregates whose drop is held back: the steps that recreate them wait with it.
+    let mut held = BTreeSet::new();
     for step in steps {
+        if held.contains(step.relation()) {
+            risky.push(step);
+            continue;
+        }
         let would_lose = if step.can_drop_data() {
             measure_loss(pool, schema, &state, &step).await?
         } else {
@@ -97,6 +106,9 @@ pub async fn converge(
         };
         if would_lose.deletes_kept_data() {
             loss = loss.and(would_lose);
+            if let Step::DropAggregate { name } = &step {
+                held.insert(name.clone());
+            }
             risky.push(step);
         } else {
             safe.push(step);
