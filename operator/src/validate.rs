@@ -4,7 +4,7 @@
 
 use metricsstack_common::access::Authentication;
 use metricsstack_common::config::{
-    CollectorConfig, CommandLinePolicy, DatabaseConfig, ProcessConfig, TlsConfig,
+    CollectorConfig, CommandLinePolicy, DatabaseConfig, ProcessConfig, TlsConfig, limits,
 };
 use metricsstack_common::database::PoolSettings;
 
@@ -313,6 +313,26 @@ fn pool_settings(pool: &PoolSpec, field: &str) -> Result<PoolSettings, SpecError
             format!("{field}.minConnections"),
             "must not exceed maxConnections",
         ));
+    }
+    // The components' own bounds (a stored object may predate the CRD's).
+    for (name, bounds, value) in [
+        (
+            "maxConnections",
+            limits::POOL_MAX_CONNECTIONS,
+            pool.max_connections,
+        ),
+        (
+            "minConnections",
+            limits::POOL_MIN_CONNECTIONS,
+            pool.min_connections,
+        ),
+    ] {
+        if !bounds.contains(value.into()) {
+            return Err(SpecError::new(
+                format!("{field}.{name}"),
+                format!("{value} is outside {}..{}", bounds.min, bounds.max),
+            ));
+        }
     }
     let optional = |d: &Option<Duration>, name: &str| {
         d.as_ref()
