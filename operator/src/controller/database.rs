@@ -20,7 +20,7 @@ use super::secret::{Connection, SecretError};
 use crate::crd::{
     AppliedRevision, ConditionReason, ConditionType, DatabaseStatus, MetricsStack, PendingPlan,
 };
-use crate::database::{self, Convergence, DatabaseError};
+use crate::database::{self, Convergence, DatabaseError, Loss};
 use crate::validate::ValidSpec;
 use metricsstack_common::database::{CaCertificate, DatabaseTls};
 
@@ -147,7 +147,16 @@ pub async fn reconcile_database(
         .map(String::as_str);
     let schema = &stack.spec.database.schema;
     let owner = stack_owner(stack);
-    let converged = database::converge(&pool, schema, &owner, &valid.storage, acknowledged).await;
+    let measured = measured_plan(stack);
+    let converged = database::converge_measured(
+        &pool,
+        schema,
+        &owner,
+        &valid.storage,
+        acknowledged,
+        measured.as_ref().map(|(hash, loss)| (hash.as_str(), *loss)),
+    )
+    .await;
     let convergence = match converged {
         Ok(convergence) => convergence,
         // Nothing to retry: the spec or the other stack must change (a periodic check and
@@ -211,6 +220,34 @@ fn drift_corrected(stack: &MetricsStack, convergence: &Convergence) -> Option<St
     Some(format!(
         "the database had drifted from the spec; restored: {}",
         steps.join("; ")
+    ))
+}
+
+/// The hash and loss of the plan the status shows held back, so that an unchanged plan is
+/// not counted again; `None` when there is none or its deletion time does not parse.
+fn measured_plan(stack: &MetricsStack) -> Option<(String, Loss)> {
+    let pending = stack
+        .status
+        .as_ref()?
+        .database
+        .as_ref()?
+        .pending_plan
+        .as_ref()?;
+    let earliest_deletion = match &pending.earliest_deletion {
+        Some(at) => Some(
+            chrono::DateTime::parse_from_rfc3339(at)
+                .ok()?
+                .with_timezone(&chrono::Utc),
+        ),
+        None => None,
+    };
+    Some((
+        pending.hash.clone(),
+        Loss {
+            chunks: pending.chunks_to_drop,
+            rows: pending.rows_to_drop,
+            earliest_deletion,
+        },
     ))
 }
 

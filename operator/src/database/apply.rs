@@ -242,6 +242,16 @@ fn end_offset(refresh: &Option<DesiredRefresh>) -> Option<String> {
     refresh.and_then(|r| r.end_offset).map(interval)
 }
 
+/// How much of a step's loss [`measure_loss`] measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    /// Only when deleting would start: enough to tell whether the step must wait for
+    /// acknowledgement.
+    DeletionStart,
+    /// Also the chunks and rows it would drop now (counting rows).
+    Everything,
+}
+
 /// What a step would delete: right now, and from when on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Loss {
@@ -279,11 +289,15 @@ impl Loss {
 /// relations that do not exist yet). A retention shortened, or added where there was none,
 /// deletes data the current policy keeps as soon as the relation holds any, even when none
 /// is old enough yet: the data goes later, and [`Loss::earliest_deletion`] says when.
+///
+/// With [`Measure::DeletionStart`] only when deleting starts is read (from the oldest row,
+/// an index lookup), and the counts are left at zero.
 pub async fn measure_loss(
     pool: &PgPool,
     schema: &str,
     state: &DatabaseState,
     step: &Step,
+    measure: Measure,
 ) -> Result<Loss, DatabaseError> {
     let context = || DatabaseError::statement(format!("measuring what \"{step}\" would delete"));
     let (relation, older_than, time_column) = match step {
@@ -310,6 +324,23 @@ pub async fn measure_loss(
         return Ok(Loss::default());
     }
     let target = qualified(schema, relation);
+    // The oldest row ages past the new retention at min(time) + retention (an index scan).
+    let earliest_deletion: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT greatest(oldest + coalesce($1::interval, interval '0'), now()) \
+             FROM (SELECT min(\"{time_column}\") AS oldest FROM {target}) AS o \
+             WHERE oldest IS NOT NULL"
+        )))
+        .bind(&older_than)
+        .fetch_optional(pool)
+        .await
+        .map_err(context())?;
+    if measure == Measure::DeletionStart || earliest_deletion.is_none() {
+        return Ok(Loss {
+            earliest_deletion,
+            ..Loss::default()
+        });
+    }
     // A metric table that is no hypertable yet has rows but no chunks.
     let chunks: i64 = if is_hypertable {
         sqlx::query_scalar(
@@ -330,17 +361,6 @@ pub async fn measure_loss(
     .fetch_one(pool)
     .await
     .map_err(context())?;
-    // The oldest row ages past the new retention at min(time) + retention (an index scan).
-    let earliest_deletion: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT greatest(oldest + coalesce($1::interval, interval '0'), now()) \
-             FROM (SELECT min(\"{time_column}\") AS oldest FROM {target}) AS o \
-             WHERE oldest IS NOT NULL"
-        )))
-        .bind(&older_than)
-        .fetch_optional(pool)
-        .await
-        .map_err(context())?;
     Ok(Loss {
         chunks,
         rows,

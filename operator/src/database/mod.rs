@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 pub use apply::{
-    DDL_LOCK_TIMEOUT, DDL_STATEMENT_TIMEOUT, Loss, apply_steps, interval, measure_loss, qualified,
+    DDL_LOCK_TIMEOUT, DDL_STATEMENT_TIMEOUT, Loss, Measure, apply_steps, interval, measure_loss,
+    qualified,
 };
 pub use connection::{DatabaseError, DatabaseInfo, MIGRATOR, connect, migrate, probe};
 pub use desired::{
@@ -78,6 +79,22 @@ pub async fn converge(
     desired: &DesiredStorage,
     acknowledged: Option<&str>,
 ) -> Result<Convergence, DatabaseError> {
+    converge_measured(pool, schema, owner, desired, acknowledged, None).await
+}
+
+/// As [`converge`], given what the plan held back last time would delete (`measured`: its
+/// [`plan_hash`] and [`Loss`], from the stack's status). A held plan with that hash is not
+/// counted again, and its loss is reported unchanged: rows are counted once per plan, not
+/// on every check (counting is a scan, and a count that moves as rows age would rewrite
+/// the status on every check).
+pub async fn converge_measured(
+    pool: &PgPool,
+    schema: &str,
+    owner: &str,
+    desired: &DesiredStorage,
+    acknowledged: Option<&str>,
+    measured: Option<(&str, Loss)>,
+) -> Result<Convergence, DatabaseError> {
     ensure_schema(pool, schema).await?;
     owner::claim(pool, schema, owner).await?;
     migrate(pool, schema).await?;
@@ -91,7 +108,6 @@ pub async fn converge(
     let steps = plan(desired, &state);
     let mut safe = Vec::new();
     let mut risky = Vec::new();
-    let mut loss = Loss::default();
     // Aggregates whose drop is held back: the steps that recreate them wait with it.
     let mut held = BTreeSet::new();
     for step in steps {
@@ -100,12 +116,11 @@ pub async fn converge(
             continue;
         }
         let would_lose = if step.can_drop_data() {
-            measure_loss(pool, schema, &state, &step).await?
+            measure_loss(pool, schema, &state, &step, Measure::DeletionStart).await?
         } else {
             Loss::default()
         };
         if would_lose.deletes_kept_data() {
-            loss = loss.and(would_lose);
             if let Step::DropAggregate { name } = &step {
                 held.insert(name.clone());
             }
@@ -119,6 +134,24 @@ pub async fn converge(
         safe.append(&mut risky);
         None
     } else {
+        let loss = match measured {
+            Some((measured_hash, loss)) if measured_hash == hash => loss,
+            _ => {
+                let mut loss = Loss::default();
+                // A recreated aggregate's new policies lose what its drop loses already.
+                let measurable = |step: &&Step| {
+                    step.can_drop_data()
+                        && (matches!(step, Step::DropAggregate { .. })
+                            || !held.contains(step.relation()))
+                };
+                for step in risky.iter().filter(measurable) {
+                    let step_loss =
+                        measure_loss(pool, schema, &state, step, Measure::Everything).await?;
+                    loss = loss.and(step_loss);
+                }
+                loss
+            }
+        };
         Some(PendingSteps {
             hash,
             steps: risky,
