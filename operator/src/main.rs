@@ -183,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", config.display()))?;
             let config: QueryServiceConfig = serde_yaml::from_str(&text)
                 .with_context(|| format!("parsing {}", config.display()))?;
-            config.database.validate()?;
+            config.validate()?;
             let access = AccessPolicy::for_authentication(config.authentication)
                 .await
                 .context("connecting to the Kubernetes API server, which checks API callers")?;

@@ -4,7 +4,7 @@
 
 use metricsstack_common::access::Authentication;
 use metricsstack_common::config::{
-    CollectorConfig, CommandLinePolicy, DatabaseConfig, ProcessConfig, TlsConfig,
+    CollectorConfig, CommandLinePolicy, DatabaseConfig, ProcessConfig, TlsConfig, limits,
 };
 use metricsstack_common::database::PoolSettings;
 
@@ -60,6 +60,8 @@ pub struct ValidSpec {
     pub operator_pool: PoolSettings,
     /// The storage the database should have.
     pub storage: DesiredStorage,
+    /// How often the live database is compared with the plan.
+    pub drift_check_interval: std::time::Duration,
 }
 
 /// Checks the spec and derives each component's settings.
@@ -141,7 +143,24 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
         query_service,
         operator_pool: pool_settings(&pools.operator, "database.pools.operator")?,
         storage: desired_storage(&spec.storage, &identifier)?,
+        drift_check_interval: drift_check_interval(&spec.drift_check_interval)?,
     })
+}
+
+/// The interval of the drift check, between 10 seconds and a day (as the CRD's rule says;
+/// checked again for objects stored before the rule existed).
+fn drift_check_interval(interval: &Duration) -> Result<std::time::Duration, SpecError> {
+    const FIELD: &str = "driftCheckInterval";
+    let seconds = seconds(interval, FIELD)?;
+    if !(10..=86_400).contains(&seconds) {
+        return Err(SpecError::new(
+            FIELD,
+            format!(
+                "{interval} is outside 10s..24h: the database is compared with the plan this often"
+            ),
+        ));
+    }
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 /// TLS towards the database as the components' configuration states it: the stack's mode,
@@ -295,6 +314,26 @@ fn pool_settings(pool: &PoolSpec, field: &str) -> Result<PoolSettings, SpecError
             "must not exceed maxConnections",
         ));
     }
+    // The components' own bounds (a stored object may predate the CRD's).
+    for (name, bounds, value) in [
+        (
+            "maxConnections",
+            limits::POOL_MAX_CONNECTIONS,
+            pool.max_connections,
+        ),
+        (
+            "minConnections",
+            limits::POOL_MIN_CONNECTIONS,
+            pool.min_connections,
+        ),
+    ] {
+        if !bounds.contains(value.into()) {
+            return Err(SpecError::new(
+                format!("{field}.{name}"),
+                format!("{value} is outside {}..{}", bounds.min, bounds.max),
+            ));
+        }
+    }
     let optional = |d: &Option<Duration>, name: &str| {
         d.as_ref()
             .map(|d| seconds(d, &format!("{field}.{name}")))
@@ -338,6 +377,21 @@ mod tests {
         assert_eq!(valid.query_service.fresh_ttl_seconds, 4);
         assert_eq!(valid.query_service.listen_address, "0.0.0.0:8080");
         assert_eq!(valid.operator_pool.max_connections, 2);
+    }
+
+    #[test]
+    fn the_drift_check_runs_every_minute_unless_the_spec_says_otherwise_within_bounds() {
+        let mut spec = spec(include_str!("../tests/fixtures/minimal.yaml"));
+        let interval = |spec: &MetricsStackSpec| validate(spec).map(|v| v.drift_check_interval);
+        assert_eq!(interval(&spec), Ok(std::time::Duration::from_secs(60)));
+        spec.drift_check_interval = Duration::parse("10s").expect("a duration");
+        assert_eq!(interval(&spec), Ok(std::time::Duration::from_secs(10)));
+        spec.drift_check_interval = Duration::parse("5s").expect("a duration");
+        let error = interval(&spec).expect_err("5s is too often");
+        assert!(
+            error.to_string().starts_with("spec.driftCheckInterval:"),
+            "{error}"
+        );
     }
 
     #[test]

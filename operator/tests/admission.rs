@@ -255,6 +255,11 @@ async fn invalid_resources_are_refused_with_the_field_named() {
             "spec.cleanupTimeout",
         ),
         (
+            "a drift check more often than every 10 seconds",
+            json!({ "driftCheckInterval": "5s" }),
+            "spec.driftCheckInterval",
+        ),
+        (
             "too many top processes",
             json!({ "collector": { "processes": { "topByCpu": 5000 } } }),
             "spec.collector.processes.topByCpu",

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -835,43 +836,46 @@ async fn deletion_ends_when_the_database_policies_cannot_be_removed() {
     .await;
 }
 
+/// Migrates the test schema and inserts one day-old row into `host_process_metrics`.
+async fn insert_day_old_row(tsdb: &TimescaleSchema) {
+    let pool = metricsstack_operator::database::connect(
+        &tsdb.url(),
+        // The test server speaks no TLS, and PGlite's socket does not answer a TLS request.
+        &metricsstack_common::database::DatabaseTls {
+            mode: metricsstack_common::database::TlsMode::Disable,
+            ca: None,
+        },
+        &metricsstack_common::database::PoolSettings {
+            max_connections: 1,
+            ..Default::default()
+        },
+        &tsdb.schema,
+    )
+    .await
+    .expect("connects");
+    metricsstack_operator::database::migrate(&pool, &tsdb.schema)
+        .await
+        .expect("migrated");
+    sqlx::query(
+        "INSERT INTO host_process_metrics (\"timestamp\", host, pid, start_time, \
+           process_name, cpu_usage_percent, cpu_peak_percent, memory_usage_mb, \
+           virtual_memory_mb, disk_read_bytes, disk_write_bytes) \
+         VALUES (now() - interval '1 day', 'node-a', 1, now() - interval '2 days', \
+                 'postgres', 1, 1, 1, 1, 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .expect("a row");
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn a_retention_over_kept_data_waits_for_the_annotation_then_applies() {
     simulated_nodes();
     let tsdb = TimescaleSchema::create().await;
     // The stack adopts a table that already holds a day-old row: a retention deletes
     // nothing now, but it will delete what no policy deleted so far.
-    {
-        let pool = metricsstack_operator::database::connect(
-            &tsdb.url(),
-            // The test server speaks no TLS, and PGlite's socket does not answer a TLS request.
-            &metricsstack_common::database::DatabaseTls {
-                mode: metricsstack_common::database::TlsMode::Disable,
-                ca: None,
-            },
-            &metricsstack_common::database::PoolSettings {
-                max_connections: 1,
-                ..Default::default()
-            },
-            &tsdb.schema,
-        )
-        .await
-        .expect("connects");
-        metricsstack_operator::database::migrate(&pool, &tsdb.schema)
-            .await
-            .expect("migrated");
-        sqlx::query(
-            "INSERT INTO host_process_metrics (\"timestamp\", host, pid, start_time, \
-               process_name, cpu_usage_percent, cpu_peak_percent, memory_usage_mb, \
-               virtual_memory_mb, disk_read_bytes, disk_write_bytes) \
-             VALUES (now() - interval '1 day', 'node-a', 1, now() - interval '2 days', \
-                     'postgres', 1, 1, 1, 1, 0, 0)",
-        )
-        .execute(&pool)
-        .await
-        .expect("a row");
-        pool.close().await;
-    }
+    insert_day_old_row(&tsdb).await;
     let ns = TestNamespace::create().await;
     let client = ns.client.clone();
     let _operator = Operator::start(&ns);
@@ -1010,4 +1014,266 @@ async fn a_second_stack_on_a_schema_another_manages_is_refused_naming_it() {
         },
     )
     .await;
+}
+
+/// The notes of the stack's events with `reason`.
+async fn event_notes(client: &Client, namespace: &str, reason: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.note.unwrap_or_default())
+        .collect()
+}
+
+/// The policy jobs of `schema`: procedure, relation and schedule in seconds.
+async fn jobs(conn: &mut sqlx::PgConnection, schema: &str) -> Vec<(String, String, i64)> {
+    sqlx::query_as(
+        "SELECT proc_name::text, hypertable_name::text, \
+                EXTRACT(EPOCH FROM schedule_interval)::bigint \
+         FROM timescaledb_information.jobs WHERE hypertable_schema = $1 \
+         ORDER BY 1, 2",
+    )
+    .bind(schema)
+    .fetch_all(conn)
+    .await
+    .expect("jobs")
+}
+
+#[tokio::test]
+async fn a_policy_removed_and_a_schedule_altered_behind_the_operators_back_are_restored() {
+    simulated_nodes();
+    let tsdb = TimescaleSchema::create().await;
+    let ns = TestNamespace::create().await;
+    let client = ns.client.clone();
+    let _operator = Operator::start(&ns);
+    create_secret(&client, &ns.name, &tsdb.url()).await;
+    common::install_crd(&client).await;
+    // The test server is one session: the operator keeps to one connection and lets it go
+    // when idle, so that the test can connect between two checks.
+    let stack = stack_object(
+        &ns.name,
+        "stack",
+        json!({
+            "database": { "schema": tsdb.schema, "pools": { "operator": {
+                "maxConnections": 1, "idleTimeout": "1s" } } },
+            "driftCheckInterval": "10s"
+        }),
+    );
+    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
+    stacks
+        .create(&PostParams::default(), &stack)
+        .await
+        .expect("created");
+    wait_for(&stacks, "the stack is Ready with its 10 policies", |s| {
+        is_ready(s)
+            && s.status
+                .as_ref()
+                .and_then(|st| st.database.as_ref())
+                .is_some_and(|d| d.policies == 10)
+    })
+    .await;
+    assert_eq!(
+        event_notes(&client, &ns.name, "DriftCorrected").await,
+        Vec::<String>::new(),
+        "creating the stack's storage is no drift"
+    );
+
+    let mut conn = tsdb.connect().await;
+    let converged = jobs(&mut conn, &tsdb.schema).await;
+    let (_, aggregate, schedule) = converged
+        .iter()
+        .find(|(proc, ..)| proc == "policy_refresh_continuous_aggregate")
+        .cloned()
+        .expect("a refresh policy");
+    sqlx::query("SELECT remove_retention_policy($1::regclass)")
+        .bind(format!("{}.host_process_metrics", tsdb.schema))
+        .execute(&mut conn)
+        .await
+        .expect("the retention policy is removed");
+    sqlx::query(
+        "SELECT alter_job(job_id, schedule_interval => interval '5 hours') \
+         FROM timescaledb_information.jobs \
+         WHERE hypertable_schema = $1 AND hypertable_name = $2 \
+           AND proc_name = 'policy_refresh_continuous_aggregate'",
+    )
+    .bind(&tsdb.schema)
+    .bind(&aggregate)
+    .execute(&mut conn)
+    .await
+    .expect("the refresh schedule is altered");
+    assert_ne!(
+        jobs(&mut conn, &tsdb.schema).await,
+        converged,
+        "the database drifted"
+    );
+    sqlx::Connection::close(conn).await.expect("closed");
+
+    // Restored on the next check: an event names both corrections.
+    wait_until(
+        "a DriftCorrected event names both corrections",
+        WAIT,
+        || async {
+            let notes = event_notes(&client, &ns.name, "DriftCorrected")
+                .await
+                .join("\n");
+            notes.contains("add retention policy on host_process_metrics")
+                && notes.contains("refresh policy (job")
+                && notes.contains(&format!("on {aggregate}:"))
+                && notes.contains("(was every 5h)")
+        },
+    )
+    .await;
+    let mut conn = tsdb.connect().await;
+    assert_eq!(
+        jobs(&mut conn, &tsdb.schema).await,
+        converged,
+        "every job is back, on its schedule ({schedule} s for {aggregate}'s refresh)"
+    );
+    sqlx::Connection::close(conn).await.expect("closed");
+}
+
+/// Records the SQL statements sqlx runs while armed, on the thread it is the default
+/// subscriber of: a test's runtime runs the in-process operator on the test's own thread.
+#[derive(Clone, Default)]
+struct Statements {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Statements {
+    fn arm(&self, armed: bool) {
+        self.armed.store(armed, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+}
+
+impl tracing::Subscriber for Statements {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target() == "sqlx::query"
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if matches!(field.name(), "summary" | "db.statement") {
+                    self.0.push_str(&format!("{value:?} "));
+                }
+            }
+        }
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            self.seen.lock().expect("not poisoned").push(text.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn a_pending_plan_is_checked_on_schedule_without_rewriting_the_status_or_recounting() {
+    // The operator runs on this test's (single-threaded) runtime: its statements are seen.
+    let statements = Statements::default();
+    let _subscriber = tracing::subscriber::set_default(statements.clone());
+    simulated_nodes();
+    let tsdb = TimescaleSchema::create().await;
+    insert_day_old_row(&tsdb).await;
+    let ns = TestNamespace::create().await;
+    let client = ns.client.clone();
+    let operator = Operator::start(&ns);
+    create_secret(&client, &ns.name, &tsdb.url()).await;
+    common::install_crd(&client).await;
+    let stack = stack_object(
+        &ns.name,
+        "stack",
+        json!({
+            "database": { "schema": tsdb.schema, "pools": { "operator": {
+                "maxConnections": 1, "idleTimeout": "1s" } } },
+            "driftCheckInterval": "10s"
+        }),
+    );
+    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
+    stacks
+        .create(&PostParams::default(), &stack)
+        .await
+        .expect("created");
+    let held = wait_for(&stacks, "the retention waits for acknowledgement", |s| {
+        condition(s, "PoliciesApplied").is_some_and(|c| c.reason == "DataLossNotAcknowledged")
+            && condition(s, "CollectorsReady").is_some_and(|c| c.status == "True")
+    })
+    .await;
+
+    // Observe one minute: the stack's writes (watch events) and the operator's statements.
+    const WINDOW: Duration = Duration::from_secs(60);
+    const DRIFT_CHECK: u64 = 10;
+    let version = held.resource_version().expect("a resourceVersion");
+    let reconciles_before = operator.reconciles();
+    statements.arm(true);
+    let mut watch = stacks
+        .watch(
+            &kube::api::WatchParams::default()
+                .fields("metadata.name=stack")
+                .timeout(WINDOW.as_secs() as u32 + 30),
+            &version,
+        )
+        .await
+        .expect("watching the stack")
+        .boxed();
+    let mut writes = Vec::new();
+    let _window_over = tokio::time::timeout(WINDOW, async {
+        while let Some(event) = watch.next().await {
+            if let Ok(kube::api::WatchEvent::Modified(stack)) = event {
+                writes.push(stack.status);
+            }
+        }
+    })
+    .await;
+    statements.arm(false);
+    let reconciles = operator.reconciles() - reconciles_before;
+    let seen = statements.seen();
+    let counts: Vec<&String> = seen
+        .iter()
+        .filter(|s| s.contains("count(*) FROM"))
+        .collect();
+    println!(
+        "in {WINDOW:?}: {reconciles} reconciles, {} status writes, {} statements",
+        writes.len(),
+        seen.len()
+    );
+    assert!(
+        reconciles >= 2,
+        "the database is checked every driftCheckInterval ({DRIFT_CHECK}s): {reconciles} checks in {WINDOW:?}"
+    );
+    assert!(
+        reconciles <= WINDOW.as_secs() / DRIFT_CHECK + 2,
+        "{reconciles} reconciles in {WINDOW:?}: a loop"
+    );
+    assert!(
+        writes.len() <= 1,
+        "the status was rewritten {} times: {writes:#?}",
+        writes.len()
+    );
+    assert!(
+        counts.is_empty(),
+        "the held plan's loss was counted again: {counts:#?}"
+    );
+    assert!(
+        seen.len() as u64 <= 30 * reconciles,
+        "{} statements in {reconciles} checks: {seen:#?}",
+        seen.len()
+    );
 }

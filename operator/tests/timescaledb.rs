@@ -451,3 +451,58 @@ async fn a_shorter_retention_over_young_data_is_held_too_and_says_when_deleting_
     assert!(applied.pending.is_none());
     pool.close().await;
 }
+
+#[tokio::test]
+async fn an_aggregate_redefined_behind_the_operators_back_is_recreated_as_the_spec_says() {
+    let tsdb = TimescaleSchema::create().await;
+    let pool = pool(&tsdb.url(), &tsdb.schema).await;
+    let desired = production();
+    converge(&pool, &tsdb.schema, OWNER, &desired, None)
+        .await
+        .expect("converges");
+    let first = read_state(&pool, &tsdb.schema).await.expect("state");
+    let aggregate = &desired.aggregates[0];
+    let read = &first.aggregates[&aggregate.name];
+    assert_eq!(
+        read.bucket,
+        Some(aggregate.bucket),
+        "the bucket is read back"
+    );
+    assert_eq!(read.columns.first().map(String::as_str), Some("bucket"));
+
+    // Someone recreates the view with twice the bucket width (and the operator's comment).
+    let view = database::qualified(&tsdb.schema, &aggregate.name);
+    let source = database::qualified(&tsdb.schema, aggregate.source.table_name());
+    let (select, group) = database::rollup(aggregate.source);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP MATERIALIZED VIEW {view}; \
+         CREATE MATERIALIZED VIEW {view} WITH (timescaledb.continuous) AS \
+         SELECT time_bucket(INTERVAL '{} seconds', \"timestamp\") AS bucket, {select} \
+         FROM {source} GROUP BY bucket, {group} WITH NO DATA; \
+         COMMENT ON VIEW {view} IS '{}'",
+        2 * aggregate.bucket,
+        database::MANAGED_COMMENT
+    )))
+    .execute(&pool)
+    .await
+    .expect("the view is redefined");
+    let redefined = read_state(&pool, &tsdb.schema).await.expect("state");
+    assert_eq!(
+        redefined.aggregates[&aggregate.name].bucket,
+        Some(2 * aggregate.bucket)
+    );
+
+    // It holds no data: recreating it loses nothing, and happens at once.
+    let restored = converge(&pool, &tsdb.schema, OWNER, &desired, None)
+        .await
+        .expect("converges");
+    let steps: Vec<String> = restored.applied.iter().map(ToString::to_string).collect();
+    assert!(
+        steps[0] == format!("drop continuous aggregate {}", aggregate.name)
+            && steps[1].starts_with(&format!("create continuous aggregate {}", aggregate.name)),
+        "{steps:?}"
+    );
+    let after = read_state(&pool, &tsdb.schema).await.expect("state");
+    assert_eq!(shape(&after), shape(&first));
+    pool.close().await;
+}

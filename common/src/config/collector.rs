@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DatabaseConfig, StackIdentity};
+use super::{DatabaseConfig, StackIdentity, limits};
 use crate::database::PoolSettings;
 
 /// The collector's settings.
@@ -205,7 +205,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "spoolMaxBytes",
         "COLLECTOR_SPOOL_MAX_BYTES",
-        "most bytes spooled, at least 1048576 (default 256 MiB)",
+        "most bytes spooled, 1 MiB to 100 GiB (default 256 MiB)",
     ),
     (
         "pool.maxConnections",
@@ -332,28 +332,14 @@ impl CollectorConfig {
 
     /// Checks every setting's range and form.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(1..=3600).contains(&self.interval_seconds) {
-            return Err(invalid(
-                "intervalSeconds",
-                "a whole number of seconds from 1 to 3600",
-                self.interval_seconds,
-            ));
-        }
+        limits::COLLECTOR_INTERVAL_SECONDS.check(
+            "intervalSeconds",
+            "a whole number of seconds",
+            self.interval_seconds,
+        )?;
         let p = &self.processes;
-        if p.top_by_cpu > 1000 {
-            return Err(invalid(
-                "processes.topByCpu",
-                "a count from 0 to 1000",
-                p.top_by_cpu,
-            ));
-        }
-        if p.top_by_memory > 1000 {
-            return Err(invalid(
-                "processes.topByMemory",
-                "a count from 0 to 1000",
-                p.top_by_memory,
-            ));
-        }
+        limits::TOP_PROCESSES.check("processes.topByCpu", "a count", p.top_by_cpu.into())?;
+        limits::TOP_PROCESSES.check("processes.topByMemory", "a count", p.top_by_memory.into())?;
         for (list, patterns) in [("include", &p.include), ("exclude", &p.exclude)] {
             for (i, pattern) in patterns.iter().enumerate() {
                 if let Err(e) = regex::Regex::new(pattern) {
@@ -366,13 +352,11 @@ impl CollectorConfig {
                 }
             }
         }
-        if !(16..=8192).contains(&p.command_line_max_length) {
-            return Err(invalid(
-                "processes.commandLineMaxLength",
-                "a length from 16 to 8192",
-                p.command_line_max_length,
-            ));
-        }
+        limits::COMMAND_LINE_LENGTH.check(
+            "processes.commandLineMaxLength",
+            "a length",
+            p.command_line_max_length.into(),
+        )?;
         let identifier = regex::Regex::new("^[a-z_][a-z0-9_]{0,62}$").expect("a valid pattern");
         if !identifier.is_match(&self.schema) {
             return Err(invalid(
@@ -381,34 +365,13 @@ impl CollectorConfig {
                 format!("{:?}", self.schema),
             ));
         }
-        if !(1..=50_000).contains(&self.batch_size) {
-            return Err(invalid(
-                "batchSize",
-                "a row count from 1 to 50000",
-                self.batch_size,
-            ));
-        }
-        if self.spool_max_bytes < 1024 * 1024 {
-            return Err(invalid(
-                "spoolMaxBytes",
-                "at least 1048576 bytes",
-                self.spool_max_bytes,
-            ));
-        }
-        if !(1..=100).contains(&self.pool.max_connections) {
-            return Err(invalid(
-                "pool.maxConnections",
-                "a count from 1 to 100",
-                self.pool.max_connections,
-            ));
-        }
-        if self.pool.min_connections > self.pool.max_connections {
-            return Err(invalid(
-                "pool.minConnections",
-                "at most pool.maxConnections",
-                self.pool.min_connections,
-            ));
-        }
+        limits::BATCH_ROWS.check("batchSize", "a row count", self.batch_size.into())?;
+        limits::check_megabytes(
+            "spoolMaxBytes",
+            limits::SPOOL_MEGABYTES,
+            self.spool_max_bytes,
+        )?;
+        limits::check_pool("pool", &self.pool)?;
         self.database.validate()?;
         if self.listen_address.parse::<SocketAddr>().is_err() {
             return Err(invalid(

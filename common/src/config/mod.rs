@@ -3,6 +3,7 @@
 //! compile against this one definition, so the file format cannot drift.
 
 pub mod collector;
+pub mod limits;
 pub mod query_service;
 
 pub use collector::{CollectorConfig, CommandLinePolicy, ConfigError, ProcessConfig, SETTINGS};

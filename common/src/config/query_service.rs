@@ -1,6 +1,6 @@
 //! The query service's configuration file (YAML), rendered by the operator into a ConfigMap.
 
-use super::{DatabaseConfig, StackIdentity};
+use super::{ConfigError, DatabaseConfig, StackIdentity, limits};
 use crate::access::Authentication;
 use crate::database::PoolSettings;
 use serde::{Deserialize, Serialize};
@@ -35,4 +35,15 @@ pub struct QueryServiceConfig {
     pub max_entries: u32,
     /// Most bytes of cached answers.
     pub max_bytes: u64,
+}
+
+impl QueryServiceConfig {
+    /// Checks every setting against what the query service accepts, naming the first one
+    /// that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        limits::check_pool("pool", &self.pool)?;
+        limits::CACHE_ENTRIES.check("maxEntries", "a count", self.max_entries.into())?;
+        limits::check_megabytes("maxBytes", limits::CACHE_MEGABYTES, self.max_bytes)?;
+        self.database.validate()
+    }
 }

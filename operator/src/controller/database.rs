@@ -20,7 +20,7 @@ use super::secret::{Connection, SecretError};
 use crate::crd::{
     AppliedRevision, ConditionReason, ConditionType, DatabaseStatus, MetricsStack, PendingPlan,
 };
-use crate::database::{self, Convergence, DatabaseError};
+use crate::database::{self, Convergence, DatabaseError, Loss};
 use crate::validate::ValidSpec;
 use metricsstack_common::database::{CaCertificate, DatabaseTls};
 
@@ -87,6 +87,9 @@ pub struct DatabaseOutcome {
     pub status: Option<DatabaseStatus>,
     /// A transient error to retry with backoff.
     pub retry: Option<DatabaseError>,
+    /// What was restored in a database that had drifted from a plan it already matched,
+    /// for the `DriftCorrected` event.
+    pub drift_corrected: Option<String>,
 }
 
 impl DatabaseOutcome {
@@ -100,6 +103,7 @@ impl DatabaseOutcome {
             ),
             status: None,
             retry,
+            drift_corrected: None,
         }
     }
 }
@@ -143,7 +147,16 @@ pub async fn reconcile_database(
         .map(String::as_str);
     let schema = &stack.spec.database.schema;
     let owner = stack_owner(stack);
-    let converged = database::converge(&pool, schema, &owner, &valid.storage, acknowledged).await;
+    let measured = measured_plan(stack);
+    let converged = database::converge_measured(
+        &pool,
+        schema,
+        &owner,
+        &valid.storage,
+        acknowledged,
+        measured.as_ref().map(|(hash, loss)| (hash.as_str(), *loss)),
+    )
+    .await;
     let convergence = match converged {
         Ok(convergence) => convergence,
         // Nothing to retry: the spec or the other stack must change (a periodic check and
@@ -158,6 +171,7 @@ pub async fn reconcile_database(
                 ),
                 status: None,
                 retry: None,
+                drift_corrected: None,
             });
         }
         Err(error) => {
@@ -170,6 +184,7 @@ pub async fn reconcile_database(
                 ),
                 status: None,
                 retry: Some(error),
+                drift_corrected: None,
             });
         }
     };
@@ -178,7 +193,62 @@ pub async fn reconcile_database(
         policies: policies_outcome(&convergence),
         status: Some(database_status(stack, &convergence)),
         retry: None,
+        drift_corrected: drift_corrected(stack, &convergence),
     })
+}
+
+/// What the convergence restored, when the database had already matched this generation
+/// of the spec (`PoliciesApplied` held for it): then every step applied undoes a change
+/// made behind the operator's back. `None` when nothing was applied or the spec changed.
+fn drift_corrected(stack: &MetricsStack, convergence: &Convergence) -> Option<String> {
+    let generation = stack.metadata.generation;
+    let matched_before = (stack.status.as_ref()).is_some_and(|status| {
+        status.conditions.iter().any(|c| {
+            c.type_ == ConditionType::PoliciesApplied.as_str()
+                && c.status == "True"
+                && c.observed_generation == generation
+        })
+    });
+    if !matched_before || convergence.applied.is_empty() {
+        return None;
+    }
+    let steps: Vec<String> = convergence
+        .applied
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Some(format!(
+        "the database had drifted from the spec; restored: {}",
+        steps.join("; ")
+    ))
+}
+
+/// The hash and loss of the plan the status shows held back, so that an unchanged plan is
+/// not counted again; `None` when there is none or its deletion time does not parse.
+fn measured_plan(stack: &MetricsStack) -> Option<(String, Loss)> {
+    let pending = stack
+        .status
+        .as_ref()?
+        .database
+        .as_ref()?
+        .pending_plan
+        .as_ref()?;
+    let earliest_deletion = match &pending.earliest_deletion {
+        Some(at) => Some(
+            chrono::DateTime::parse_from_rfc3339(at)
+                .ok()?
+                .with_timezone(&chrono::Utc),
+        ),
+        None => None,
+    };
+    Some((
+        pending.hash.clone(),
+        Loss {
+            chunks: pending.chunks_to_drop,
+            rows: pending.rows_to_drop,
+            earliest_deletion,
+        },
+    ))
 }
 
 /// How many applied revisions the status keeps.

@@ -37,7 +37,8 @@ use crate::validate::{SpecError, ValidSpec, validate};
 pub const FINALIZER: &str = "metricsstack.dev/cleanup";
 /// Annotation acknowledging a plan that drops data, by its hash.
 pub const ACKNOWLEDGE_ANNOTATION: &str = "metricsstack.dev/acknowledge-data-loss";
-/// How often a converged stack is checked again for drift made outside Kubernetes.
+/// How often a converged stack is checked again for changes made outside Kubernetes (the
+/// database is checked more often, every `spec.driftCheckInterval`).
 pub(super) const RESYNC: Duration = Duration::from_secs(300);
 /// How often a converged stack is checked again when the operator does not watch Secrets
 /// (cluster-wide, where it may only `get` them): the longest a rotated database Secret
@@ -138,8 +139,22 @@ async fn apply(
     );
     let applied = apply_objects(ctx, stack, namespace, &desired).await?;
     let database = reconcile_database(&ctx.pools, stack, &valid, secret).await?;
+    if let Some(note) = &database.drift_corrected {
+        publish(
+            ctx,
+            stack,
+            EventType::Normal,
+            "DriftCorrected",
+            note.clone(),
+        )
+        .await;
+    }
     let converged = write_status(ctx, stack, &applied, &database).await?;
-    next_action(converged, database.retry, converged_requeue)
+    next_action(
+        converged,
+        database.retry,
+        converged_requeue.min(valid.drift_check_interval),
+    )
 }
 
 /// Checks the spec and converts it to the settings the later steps use (pure).
@@ -265,7 +280,7 @@ fn authentication_outcome(authentication: QueryAuthentication) -> Outcome {
 }
 
 /// Retries a transient database failure with backoff; otherwise checks again soon while
-/// the stack converges, and after `converged_requeue` once it has.
+/// the stack converges, and after `converged_requeue` once it has (never later than that).
 fn next_action(
     converged: bool,
     retry: Option<DatabaseError>,
@@ -274,7 +289,7 @@ fn next_action(
     match retry {
         Some(error) => Err(error.into()),
         None if converged => Ok(Action::requeue(converged_requeue)),
-        None => Ok(Action::requeue(PROGRESS_CHECK)),
+        None => Ok(Action::requeue(PROGRESS_CHECK.min(converged_requeue))),
     }
 }
 

@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::DaemonSetUpdateStrategy;
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use kube::{CustomResource, KubeSchema};
+use metricsstack_common::config::limits;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{DURATION_PATTERN, Duration, InvalidDuration, cel_seconds};
@@ -69,10 +70,26 @@ pub struct MetricsStackSpec {
     #[serde(default = "default_cleanup_timeout")]
     #[x_kube(validation = kube::core::Rule::new(cleanup_timeout_rule()).message("cleanupTimeout must be between 0s and 24h"))]
     pub cleanup_timeout: Duration,
+    /// How often the operator compares the live database with the plan (hypertables,
+    /// compression settings, policies and their schedules, continuous aggregates and their
+    /// definitions) and restores what was changed behind its back, with an event
+    /// `DriftCorrected` naming what it changed. Between 10s and 24h.
+    #[serde(default = "default_drift_check_interval")]
+    #[x_kube(validation = kube::core::Rule::new(drift_check_interval_rule()).message("driftCheckInterval must be between 10s and 24h"))]
+    pub drift_check_interval: Duration,
 }
 
 fn default_cleanup_timeout() -> Duration {
     Duration::parse("5m").expect("valid default")
+}
+
+fn default_drift_check_interval() -> Duration {
+    Duration::parse("1m").expect("valid default")
+}
+
+fn drift_check_interval_rule() -> String {
+    let seconds = cel_seconds("self");
+    format!("{seconds} >= 10 && {seconds} <= 86400")
 }
 
 fn cleanup_timeout_rule() -> String {
@@ -297,11 +314,11 @@ impl Default for PoolsSpec {
 #[x_kube(validation = kube::core::Rule::new("self.minConnections <= self.maxConnections").message("minConnections must not exceed maxConnections").field_path(".minConnections"))]
 pub struct PoolSpec {
     /// Most connections open at once.
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = limits::POOL_MAX_CONNECTIONS.min, max = limits::POOL_MAX_CONNECTIONS.max))]
     pub max_connections: u32,
     /// Connections kept open even when idle.
     #[serde(default)]
-    #[schemars(range(max = 1000))]
+    #[schemars(range(min = limits::POOL_MIN_CONNECTIONS.min, max = limits::POOL_MIN_CONNECTIONS.max))]
     pub min_connections: u32,
     /// How long to wait for a free connection before failing.
     #[serde(default = "default_acquire_timeout")]
@@ -370,12 +387,12 @@ pub struct CollectorSpec {
     pub pod_attribution: bool,
     /// Most rows sent to the database in one batch.
     #[serde(default = "default_batch_size")]
-    #[schemars(range(min = 1, max = 50000))]
+    #[schemars(range(min = limits::BATCH_ROWS.min, max = limits::BATCH_ROWS.max))]
     pub batch_size: u32,
     /// Most bytes of unsent batches kept on the node's disk while the database is away;
     /// beyond it the oldest are dropped (and counted).
     #[serde(default = "default_spool_megabytes")]
-    #[schemars(range(min = 1, max = 102400))]
+    #[schemars(range(min = limits::SPOOL_MEGABYTES.min, max = limits::SPOOL_MEGABYTES.max))]
     pub spool_megabytes: u32,
     /// Compute resources of the collector container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -396,7 +413,8 @@ pub struct CollectorSpec {
 
 fn interval_rule() -> String {
     let seconds = cel_seconds("self");
-    format!("{seconds} >= 1 && {seconds} <= 3600")
+    let bounds = limits::COLLECTOR_INTERVAL_SECONDS;
+    format!("{seconds} >= {} && {seconds} <= {}", bounds.min, bounds.max)
 }
 
 fn default_interval() -> Duration {
@@ -476,11 +494,11 @@ const REGULAR_EXPRESSIONS_MESSAGE: &str =
 pub struct ProcessSelection {
     /// How many of the busiest processes by CPU to record.
     #[serde(default = "default_top")]
-    #[schemars(range(max = 1000))]
+    #[schemars(range(min = limits::TOP_PROCESSES.min, max = limits::TOP_PROCESSES.max))]
     pub top_by_cpu: u32,
     /// How many of the largest processes by resident memory to record.
     #[serde(default = "default_top")]
-    #[schemars(range(max = 1000))]
+    #[schemars(range(min = limits::TOP_PROCESSES.min, max = limits::TOP_PROCESSES.max))]
     pub top_by_memory: u32,
     /// Regular expressions (Rust `regex` syntax) on the process name; matches are always
     /// recorded.
@@ -496,7 +514,7 @@ pub struct ProcessSelection {
     /// Longest command line stored, in characters. A redacted command line is cut after
     /// redaction.
     #[serde(default = "default_command_line_length")]
-    #[schemars(range(min = 16, max = 8192))]
+    #[schemars(range(min = limits::COMMAND_LINE_LENGTH.min, max = limits::COMMAND_LINE_LENGTH.max))]
     pub command_line_max_length: u32,
     /// How much of each command line is stored, decided on the node before anything is
     /// written or spooled: `Full`, `Redacted` (the default: the values of arguments that look
@@ -950,11 +968,11 @@ pub struct CacheSpec {
     pub stale_if_error: Duration,
     /// Most cached answers.
     #[serde(default = "default_max_entries")]
-    #[schemars(range(min = 1, max = 1000000))]
+    #[schemars(range(min = limits::CACHE_ENTRIES.min, max = limits::CACHE_ENTRIES.max))]
     pub max_entries: u32,
     /// Most bytes of cached answers, in megabytes.
     #[serde(default = "default_cache_megabytes")]
-    #[schemars(range(min = 1, max = 16384))]
+    #[schemars(range(min = limits::CACHE_MEGABYTES.min, max = limits::CACHE_MEGABYTES.max))]
     pub max_megabytes: u32,
 }
 

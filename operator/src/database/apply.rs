@@ -134,31 +134,34 @@ async fn run(
             kind,
             relation,
             after,
+            schedule,
             refresh,
         } => {
             let relation = qualified(schema, relation);
             let query = match kind {
-                JobKind::Compression if state.columnstore_api => {
-                    sqlx::query("CALL add_columnstore_policy($1::regclass, after => $2::interval)")
-                }
-                JobKind::Compression => {
-                    sqlx::query("SELECT add_compression_policy($1::regclass, $2::interval)")
-                }
-                JobKind::Retention => {
-                    sqlx::query("SELECT add_retention_policy($1::regclass, $2::interval)")
-                }
+                JobKind::Compression if state.columnstore_api => sqlx::query(
+                    "CALL add_columnstore_policy($1::regclass, after => $2::interval, \
+                     schedule_interval => $4::interval)",
+                ),
+                JobKind::Compression => sqlx::query(
+                    "SELECT add_compression_policy($1::regclass, $2::interval, \
+                     schedule_interval => $4::interval)",
+                ),
+                JobKind::Retention => sqlx::query(
+                    "SELECT add_retention_policy($1::regclass, $2::interval, \
+                     schedule_interval => $4::interval)",
+                ),
                 JobKind::Refresh => sqlx::query(
                     "SELECT add_continuous_aggregate_policy($1::regclass, \
                      start_offset => $2::interval, end_offset => $3::interval, \
                      schedule_interval => $4::interval)",
                 ),
             };
-            let refresh = refresh_parameters(refresh);
             query
                 .bind(relation)
                 .bind(interval(*after))
-                .bind(refresh.0)
-                .bind(refresh.1)
+                .bind(end_offset(refresh))
+                .bind(interval(*schedule))
                 .execute(conn)
                 .await?;
         }
@@ -166,6 +169,7 @@ async fn run(
             job_id,
             kind,
             after,
+            schedule,
             refresh,
             ..
         } => {
@@ -174,12 +178,11 @@ async fn run(
                 JobKind::Retention => "drop_after",
                 JobKind::Refresh => "start_offset",
             };
-            let refresh = refresh_parameters(refresh);
-            // The job's config is changed in place (same job id); a refresh also gets its
-            // end offset and schedule.
+            // The job's config and schedule are changed in place (same job id); a refresh
+            // also gets its end offset.
             sqlx::query(
                 "SELECT alter_job(job_id, \
-                   schedule_interval => COALESCE($5::interval, schedule_interval), \
+                   schedule_interval => $5::interval, \
                    config => CASE WHEN $4 \
                      THEN jsonb_set(jsonb_set(config, ARRAY[$2], to_jsonb($3::interval::text)), \
                                     '{end_offset}', COALESCE(to_jsonb($6::interval::text), 'null'::jsonb)) \
@@ -190,8 +193,8 @@ async fn run(
             .bind(key)
             .bind(interval(*after))
             .bind(*kind == JobKind::Refresh)
-            .bind(refresh.1)
-            .bind(refresh.0)
+            .bind(interval(*schedule))
+            .bind(end_offset(refresh))
             .execute(conn)
             .await?;
         }
@@ -234,12 +237,19 @@ async fn run(
     Ok(())
 }
 
-/// A refresh's `(end_offset, schedule)` as interval parameters (`NULL` where absent).
-fn refresh_parameters(refresh: &Option<DesiredRefresh>) -> (Option<String>, Option<String>) {
-    match refresh {
-        Some(r) => (r.end_offset.map(interval), Some(interval(r.schedule))),
-        None => (None, None),
-    }
+/// A refresh's `end_offset` as an interval parameter (`NULL` where absent: up to now).
+fn end_offset(refresh: &Option<DesiredRefresh>) -> Option<String> {
+    refresh.and_then(|r| r.end_offset).map(interval)
+}
+
+/// How much of a step's loss [`measure_loss`] measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    /// Only when deleting would start: enough to tell whether the step must wait for
+    /// acknowledgement.
+    DeletionStart,
+    /// Also the chunks and rows it would drop now (counting rows).
+    Everything,
 }
 
 /// What a step would delete: right now, and from when on.
@@ -279,11 +289,15 @@ impl Loss {
 /// relations that do not exist yet). A retention shortened, or added where there was none,
 /// deletes data the current policy keeps as soon as the relation holds any, even when none
 /// is old enough yet: the data goes later, and [`Loss::earliest_deletion`] says when.
+///
+/// With [`Measure::DeletionStart`] only when deleting starts is read (from the oldest row,
+/// an index lookup), and the counts are left at zero.
 pub async fn measure_loss(
     pool: &PgPool,
     schema: &str,
     state: &DatabaseState,
     step: &Step,
+    measure: Measure,
 ) -> Result<Loss, DatabaseError> {
     let context = || DatabaseError::statement(format!("measuring what \"{step}\" would delete"));
     let (relation, older_than, time_column) = match step {
@@ -310,6 +324,23 @@ pub async fn measure_loss(
         return Ok(Loss::default());
     }
     let target = qualified(schema, relation);
+    // The oldest row ages past the new retention at min(time) + retention (an index scan).
+    let earliest_deletion: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT greatest(oldest + coalesce($1::interval, interval '0'), now()) \
+             FROM (SELECT min(\"{time_column}\") AS oldest FROM {target}) AS o \
+             WHERE oldest IS NOT NULL"
+        )))
+        .bind(&older_than)
+        .fetch_optional(pool)
+        .await
+        .map_err(context())?;
+    if measure == Measure::DeletionStart || earliest_deletion.is_none() {
+        return Ok(Loss {
+            earliest_deletion,
+            ..Loss::default()
+        });
+    }
     // A metric table that is no hypertable yet has rows but no chunks.
     let chunks: i64 = if is_hypertable {
         sqlx::query_scalar(
@@ -330,17 +361,6 @@ pub async fn measure_loss(
     .fetch_one(pool)
     .await
     .map_err(context())?;
-    // The oldest row ages past the new retention at min(time) + retention (an index scan).
-    let earliest_deletion: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT greatest(oldest + coalesce($1::interval, interval '0'), now()) \
-             FROM (SELECT min(\"{time_column}\") AS oldest FROM {target}) AS o \
-             WHERE oldest IS NOT NULL"
-        )))
-        .bind(&older_than)
-        .fetch_optional(pool)
-        .await
-        .map_err(context())?;
     Ok(Loss {
         chunks,
         rows,

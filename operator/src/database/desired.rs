@@ -158,3 +158,74 @@ pub fn rollup(source: MetricTable) -> (&'static str, &'static str) {
         ),
     }
 }
+
+/// How often a retention policy runs, in seconds: TimescaleDB's default, made explicit so
+/// that a schedule changed behind the operator's back is seen and restored.
+pub const RETENTION_SCHEDULE: i64 = 86_400;
+
+/// How often the compression policy of a table with chunks of `chunk_interval` seconds
+/// runs: every half chunk, at most every 12 hours (TimescaleDB's default, made explicit so
+/// that a changed schedule is seen and restored).
+pub fn compression_schedule(chunk_interval: i64) -> i64 {
+    (chunk_interval / 2).clamp(1, 43_200)
+}
+
+/// The columns of an aggregate of `source`, in order: `bucket`, then each entry of the
+/// [`rollup`]'s select list by its alias (or its name when it has none).
+pub fn rollup_columns(source: MetricTable) -> Vec<String> {
+    let (select, _) = rollup(source);
+    let mut entries = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (at, character) in select.char_indices() {
+        match character {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                entries.push(&select[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    entries.push(&select[start..]);
+    std::iter::once("bucket".to_owned())
+        .chain(entries.into_iter().map(|entry| {
+            let entry = entry.trim();
+            let name = match entry.rsplit_once(" AS ") {
+                Some((_, alias)) => alias,
+                None => entry,
+            };
+            name.trim().to_owned()
+        }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_aggregates_columns_are_the_bucket_then_the_rollups_names() {
+        assert_eq!(
+            rollup_columns(MetricTable::HostOverallMetrics),
+            [
+                "bucket",
+                "host",
+                "avg_cpu",
+                "max_cpu",
+                "avg_memory_mb",
+                "max_memory_mb",
+                "avg_load_1",
+                "samples"
+            ]
+        );
+    }
+
+    #[test]
+    fn compression_runs_every_half_chunk_at_most_every_twelve_hours() {
+        assert_eq!(compression_schedule(86_400), 43_200);
+        assert_eq!(compression_schedule(7 * 86_400), 43_200);
+        assert_eq!(compression_schedule(3_600), 1_800);
+    }
+}

@@ -45,11 +45,16 @@ pub struct CompressionSettings {
     pub order_by: Vec<String>,
 }
 
-/// A managed continuous aggregate.
+/// A managed continuous aggregate, with what its definition says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AggregateState {
     /// The table it rolls up.
     pub source: String,
+    /// Its bucket width in seconds, read from the view's definition; `None` when the
+    /// definition does not show it (then it is not compared).
+    pub bucket: Option<i64>,
+    /// The view's columns, in order.
+    pub columns: Vec<String>,
 }
 
 /// The kinds of policy job the operator manages.
@@ -146,8 +151,16 @@ pub async fn read_state(pool: &PgPool, schema: &str) -> Result<DatabaseState, Da
     }
 
     let mut aggregates = BTreeMap::new();
+    // The bucket width is the literal interval of the definition's `time_bucket` call
+    // (PostgreSQL prints it as `time_bucket('01:00:00'::interval, ...)`).
     let rows = sqlx::query(
-        "SELECT view_name, hypertable_name FROM timescaledb_information.continuous_aggregates \
+        "SELECT view_name, hypertable_name, \
+                EXTRACT(EPOCH FROM substring(view_definition \
+                  FROM 'time_bucket\\(''([^'']+)''::interval')::interval)::bigint AS bucket, \
+                ARRAY(SELECT attname::text FROM pg_attribute \
+                      WHERE attrelid = format('%I.%I', view_schema, view_name)::regclass \
+                        AND attnum > 0 AND NOT attisdropped ORDER BY attnum) AS columns \
+         FROM timescaledb_information.continuous_aggregates \
          WHERE view_schema = $1 \
            AND obj_description(format('%I.%I', view_schema, view_name)::regclass, 'pg_class') = $2",
     )
@@ -163,6 +176,8 @@ pub async fn read_state(pool: &PgPool, schema: &str) -> Result<DatabaseState, Da
             row.get::<String, _>("view_name"),
             AggregateState {
                 source: row.get("hypertable_name"),
+                bucket: row.get("bucket"),
+                columns: row.get("columns"),
             },
         );
     }

@@ -10,11 +10,14 @@ mod introspect;
 mod owner;
 mod plan;
 
+use std::collections::BTreeSet;
+
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 pub use apply::{
-    DDL_LOCK_TIMEOUT, DDL_STATEMENT_TIMEOUT, Loss, apply_steps, interval, measure_loss, qualified,
+    DDL_LOCK_TIMEOUT, DDL_STATEMENT_TIMEOUT, Loss, Measure, apply_steps, interval, measure_loss,
+    qualified,
 };
 pub use connection::{DatabaseError, DatabaseInfo, MIGRATOR, connect, migrate, probe};
 pub use desired::{
@@ -63,7 +66,8 @@ pub fn plan_hash(steps: &[Step]) -> String {
 
 /// Brings the schema up to date and the storage policies in line with `desired`. Steps that
 /// would ever delete data the current policies keep (now, or later: a retention shortened
-/// over young data) run only when `acknowledged` is their [`plan_hash`].
+/// over young data) run only when `acknowledged` is their [`plan_hash`]; so do the steps
+/// that recreate an aggregate whose drop is held back.
 ///
 /// The schema is claimed for `owner` (the stack's `namespace/name`) first: a schema another
 /// stack manages is left alone ([`DatabaseError::Conflict`]), so that two stacks never drop
@@ -74,6 +78,22 @@ pub async fn converge(
     owner: &str,
     desired: &DesiredStorage,
     acknowledged: Option<&str>,
+) -> Result<Convergence, DatabaseError> {
+    converge_measured(pool, schema, owner, desired, acknowledged, None).await
+}
+
+/// As [`converge`], given what the plan held back last time would delete (`measured`: its
+/// [`plan_hash`] and [`Loss`], from the stack's status). A held plan with that hash is not
+/// counted again, and its loss is reported unchanged: rows are counted once per plan, not
+/// on every check (counting is a scan, and a count that moves as rows age would rewrite
+/// the status on every check).
+pub async fn converge_measured(
+    pool: &PgPool,
+    schema: &str,
+    owner: &str,
+    desired: &DesiredStorage,
+    acknowledged: Option<&str>,
+    measured: Option<(&str, Loss)>,
 ) -> Result<Convergence, DatabaseError> {
     ensure_schema(pool, schema).await?;
     owner::claim(pool, schema, owner).await?;
@@ -88,15 +108,22 @@ pub async fn converge(
     let steps = plan(desired, &state);
     let mut safe = Vec::new();
     let mut risky = Vec::new();
-    let mut loss = Loss::default();
+    // Aggregates whose drop is held back: the steps that recreate them wait with it.
+    let mut held = BTreeSet::new();
     for step in steps {
+        if held.contains(step.relation()) {
+            risky.push(step);
+            continue;
+        }
         let would_lose = if step.can_drop_data() {
-            measure_loss(pool, schema, &state, &step).await?
+            measure_loss(pool, schema, &state, &step, Measure::DeletionStart).await?
         } else {
             Loss::default()
         };
         if would_lose.deletes_kept_data() {
-            loss = loss.and(would_lose);
+            if let Step::DropAggregate { name } = &step {
+                held.insert(name.clone());
+            }
             risky.push(step);
         } else {
             safe.push(step);
@@ -107,6 +134,24 @@ pub async fn converge(
         safe.append(&mut risky);
         None
     } else {
+        let loss = match measured {
+            Some((measured_hash, loss)) if measured_hash == hash => loss,
+            _ => {
+                let mut loss = Loss::default();
+                // A recreated aggregate's new policies lose what its drop loses already.
+                let measurable = |step: &&Step| {
+                    step.can_drop_data()
+                        && (matches!(step, Step::DropAggregate { .. })
+                            || !held.contains(step.relation()))
+                };
+                for step in risky.iter().filter(measurable) {
+                    let step_loss =
+                        measure_loss(pool, schema, &state, step, Measure::Everything).await?;
+                    loss = loss.and(step_loss);
+                }
+                loss
+            }
+        };
         Some(PendingSteps {
             hash,
             steps: risky,

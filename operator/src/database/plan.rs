@@ -3,8 +3,11 @@
 
 use std::fmt;
 
-use super::desired::{DesiredAggregate, DesiredRefresh, DesiredStorage};
-use super::introspect::{DatabaseState, JobKind};
+use super::desired::{
+    DesiredAggregate, DesiredRefresh, DesiredStorage, RETENTION_SCHEDULE, compression_schedule,
+    rollup_columns,
+};
+use super::introspect::{AggregateState, DatabaseState, Job, JobKind};
 use crate::crd::MetricTable;
 
 /// One change to the database.
@@ -41,6 +44,8 @@ pub enum Step {
         relation: String,
         /// `compress_after`, `drop_after` or a refresh's `start_offset`, in seconds.
         after: i64,
+        /// How often the job runs, in seconds.
+        schedule: i64,
         /// A refresh's `end_offset` and schedule.
         refresh: Option<DesiredRefresh>,
     },
@@ -56,6 +61,10 @@ pub enum Step {
         after: i64,
         /// The value it replaces.
         before: Option<i64>,
+        /// How often the job runs from now on, in seconds.
+        schedule: i64,
+        /// How often it ran so far, in seconds.
+        schedule_before: i64,
         /// A refresh's new `end_offset` and schedule.
         refresh: Option<DesiredRefresh>,
     },
@@ -77,7 +86,8 @@ pub enum Step {
         /// Bucket width in seconds.
         bucket: i64,
     },
-    /// Drop a managed continuous aggregate and its data.
+    /// Drop a managed continuous aggregate and its data (also to recreate one whose
+    /// definition was changed behind the operator's back).
     DropAggregate {
         /// The view's name.
         name: String,
@@ -98,6 +108,19 @@ impl Step {
             } => *kind == JobKind::Retention && before.is_none_or(|b| *after < b),
             Self::DropAggregate { .. } => true,
             _ => false,
+        }
+    }
+
+    /// The table or aggregate the step works on.
+    pub fn relation(&self) -> &str {
+        match self {
+            Self::CreateHypertable { table, .. }
+            | Self::SetChunkInterval { table, .. }
+            | Self::ConfigureCompression { table, .. } => table.table_name(),
+            Self::AddPolicy { relation, .. }
+            | Self::AlterPolicy { relation, .. }
+            | Self::RemovePolicy { relation, .. } => relation,
+            Self::CreateAggregate { name, .. } | Self::DropAggregate { name } => name,
         }
     }
 }
@@ -121,10 +144,9 @@ impl fmt::Display for Step {
         };
         let refresh = |r: &Option<DesiredRefresh>| match r {
             Some(r) => format!(
-                " to {}, every {}",
+                " to {}",
                 r.end_offset
                     .map_or("now".into(), |e| format!("{} ago", human(e))),
-                human(r.schedule)
             ),
             None => String::new(),
         };
@@ -162,13 +184,15 @@ impl fmt::Display for Step {
                 kind,
                 relation,
                 after,
+                schedule,
                 refresh: r,
             } => write!(
                 f,
-                "add {} policy on {relation}: {}{}",
+                "add {} policy on {relation}: {}{}, every {}",
                 kind_name(kind),
                 human(*after),
-                refresh(r)
+                refresh(r),
+                human(*schedule)
             ),
             Self::AlterPolicy {
                 job_id,
@@ -176,15 +200,24 @@ impl fmt::Display for Step {
                 relation,
                 after,
                 before,
+                schedule,
+                schedule_before,
                 refresh: r,
-            } => write!(
-                f,
-                "alter {} policy (job {job_id}) on {relation}: {} -> {}{}",
-                kind_name(kind),
-                before.map_or("none".into(), human),
-                human(*after),
-                refresh(r)
-            ),
+            } => {
+                write!(
+                    f,
+                    "alter {} policy (job {job_id}) on {relation}: {} -> {}{}, every {}",
+                    kind_name(kind),
+                    before.map_or("none".into(), human),
+                    human(*after),
+                    refresh(r),
+                    human(*schedule)
+                )?;
+                if schedule != schedule_before {
+                    write!(f, " (was every {})", human(*schedule_before))?;
+                }
+                Ok(())
+            }
             Self::RemovePolicy {
                 job_id,
                 kind,
@@ -254,18 +287,21 @@ pub fn plan(desired: &DesiredStorage, state: &DatabaseState) -> Vec<Step> {
         }
         policy(
             &mut steps,
-            state,
+            state.job(JobKind::Compression, name),
             JobKind::Compression,
             name,
-            table.compression.as_ref().map(|c| c.after),
+            table
+                .compression
+                .as_ref()
+                .map(|c| (c.after, compression_schedule(table.chunk_interval))),
             None,
         );
         policy(
             &mut steps,
-            state,
+            state.job(JobKind::Retention, name),
             JobKind::Retention,
             name,
-            table.retention,
+            table.retention.map(|after| (after, RETENTION_SCHEDULE)),
             None,
         );
     }
@@ -273,7 +309,8 @@ pub fn plan(desired: &DesiredStorage, state: &DatabaseState) -> Vec<Step> {
     for table in MetricTable::ALL {
         if !desired.tables.iter().any(|t| t.table == table) {
             for kind in [JobKind::Compression, JobKind::Retention] {
-                policy(&mut steps, state, kind, table.table_name(), None, None);
+                let name = table.table_name();
+                policy(&mut steps, state.job(kind, name), kind, name, None, None);
             }
         }
     }
@@ -302,49 +339,68 @@ pub fn removal(state: &DatabaseState) -> Vec<Step> {
         .collect()
 }
 
+/// Creates a missing aggregate, and recreates one whose definition (source, bucket width,
+/// columns) differs from the spec's; its policies follow.
 fn aggregate_steps(steps: &mut Vec<Step>, state: &DatabaseState, aggregate: &DesiredAggregate) {
-    if !state.aggregates.contains_key(&aggregate.name) {
+    let name = &aggregate.name;
+    let existing = state.aggregates.get(name);
+    let redefined = existing.is_some_and(|a| !defined_as(a, aggregate));
+    if existing.is_none() || redefined {
+        if redefined {
+            steps.push(Step::DropAggregate { name: name.clone() });
+        }
         steps.push(Step::CreateAggregate {
-            name: aggregate.name.clone(),
+            name: name.clone(),
             source: aggregate.source,
             bucket: aggregate.bucket,
         });
     }
+    // A recreated aggregate's jobs went with the old view.
+    let job = |kind| state.job(kind, name).filter(|_| !redefined);
     let refresh = aggregate.refresh;
     policy(
         steps,
-        state,
+        job(JobKind::Refresh),
         JobKind::Refresh,
-        &aggregate.name,
-        Some(refresh.start_offset),
+        name,
+        Some((refresh.start_offset, refresh.schedule)),
         Some(refresh),
     );
     policy(
         steps,
-        state,
+        job(JobKind::Retention),
         JobKind::Retention,
-        &aggregate.name,
-        aggregate.retention,
+        name,
+        aggregate.retention.map(|after| (after, RETENTION_SCHEDULE)),
         None,
     );
 }
 
-/// Adds, alters or removes one policy so that `relation` has `want` (or none).
+/// Whether the aggregate in the database is the one the spec describes: the same source,
+/// bucket width (when its definition shows it) and columns.
+fn defined_as(state: &AggregateState, aggregate: &DesiredAggregate) -> bool {
+    state.source == aggregate.source.table_name()
+        && state.bucket.is_none_or(|bucket| bucket == aggregate.bucket)
+        && state.columns == rollup_columns(aggregate.source)
+}
+
+/// Adds, alters or removes one policy so that `relation` has `want` (or none): its `after`
+/// value and schedule, in seconds. `job` is the policy's job in the database, if any.
 fn policy(
     steps: &mut Vec<Step>,
-    state: &DatabaseState,
+    job: Option<&Job>,
     kind: JobKind,
     relation: &str,
-    want: Option<i64>,
+    want: Option<(i64, i64)>,
     refresh: Option<DesiredRefresh>,
 ) {
-    let job = state.job(kind, relation);
     match (job, want) {
         (None, None) => {}
-        (None, Some(after)) => steps.push(Step::AddPolicy {
+        (None, Some((after, schedule))) => steps.push(Step::AddPolicy {
             kind,
             relation: relation.into(),
             after,
+            schedule,
             refresh,
         }),
         (Some(job), None) => steps.push(Step::RemovePolicy {
@@ -352,16 +408,17 @@ fn policy(
             kind,
             relation: relation.into(),
         }),
-        (Some(job), Some(after)) => {
-            let refresh_differs = refresh
-                .is_some_and(|r| r.end_offset != job.end_offset || r.schedule != job.schedule);
-            if job.after != Some(after) || refresh_differs {
+        (Some(job), Some((after, schedule))) => {
+            let end_differs = refresh.is_some_and(|r| r.end_offset != job.end_offset);
+            if job.after != Some(after) || job.schedule != schedule || end_differs {
                 steps.push(Step::AlterPolicy {
                     job_id: job.id,
                     kind,
                     relation: relation.into(),
                     after,
                     before: job.after,
+                    schedule,
+                    schedule_before: job.schedule,
                     refresh,
                 });
             }
@@ -446,6 +503,8 @@ mod tests {
                 "hourly".into(),
                 AggregateState {
                     source: "host_process_metrics".into(),
+                    bucket: Some(HOUR),
+                    columns: rollup_columns(MetricTable::HostProcessMetrics),
                 },
             )]),
             jobs: vec![
@@ -479,8 +538,8 @@ mod tests {
             [
                 "create hypertable host_process_metrics (chunks of 1d)",
                 "configure compression of host_process_metrics (segment by [host], order by [timestamp DESC])",
-                "add compression policy on host_process_metrics: 7d",
-                "add retention policy on host_process_metrics: 90d",
+                "add compression policy on host_process_metrics: 7d, every 12h",
+                "add retention policy on host_process_metrics: 90d, every 1d",
                 "create continuous aggregate hourly of host_process_metrics (1h buckets)",
                 "add refresh policy on hourly: 3h to 1h ago, every 1h",
             ]
@@ -508,9 +567,75 @@ mod tests {
                 relation: "host_process_metrics".into(),
                 after: 3 * DAY,
                 before: Some(7 * DAY),
+                schedule: 12 * HOUR,
+                schedule_before: 12 * HOUR,
                 refresh: None,
             }]
         );
+    }
+
+    #[test]
+    fn a_schedule_changed_behind_the_operators_back_is_restored() {
+        let mut state = converged();
+        state.jobs[1].schedule = 2 * HOUR;
+        state.jobs[2].schedule = 5 * HOUR;
+        let steps = plan(&desired(Some(90)), &state);
+        let described: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            described,
+            [
+                "alter retention policy (job 1001) on host_process_metrics: 90d -> 90d, every 1d \
+                 (was every 2h)",
+                "alter refresh policy (job 1002) on hourly: 3h -> 3h to 1h ago, every 1h \
+                 (was every 5h)",
+            ]
+        );
+        assert!(steps.iter().all(|s| !s.can_drop_data()), "{steps:?}");
+    }
+
+    #[test]
+    fn a_removed_policy_is_added_again() {
+        let mut state = converged();
+        state.jobs.remove(1);
+        assert_eq!(
+            plan(&desired(Some(90)), &state),
+            [Step::AddPolicy {
+                kind: JobKind::Retention,
+                relation: "host_process_metrics".into(),
+                after: 90 * DAY,
+                schedule: DAY,
+                refresh: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn an_aggregate_redefined_behind_the_operators_back_is_recreated_with_its_policies() {
+        for redefine in [
+            (|a: &mut AggregateState| a.bucket = Some(DAY)) as fn(&mut AggregateState),
+            |a| {
+                a.columns.pop();
+            },
+        ] {
+            let mut state = converged();
+            redefine(state.aggregates.get_mut("hourly").expect("hourly"));
+            let described: Vec<String> = plan(&desired(Some(90)), &state)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(
+                described,
+                [
+                    "drop continuous aggregate hourly",
+                    "create continuous aggregate hourly of host_process_metrics (1h buckets)",
+                    "add refresh policy on hourly: 3h to 1h ago, every 1h",
+                ]
+            );
+        }
+        // A definition that does not show its bucket is not taken for a change.
+        let mut state = converged();
+        state.aggregates.get_mut("hourly").expect("hourly").bucket = None;
+        assert_eq!(plan(&desired(Some(90)), &state), []);
     }
 
     #[test]
