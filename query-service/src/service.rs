@@ -35,6 +35,11 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// What `/readyz` answers when the database does not and nothing is cached to serve; the
 /// error itself is logged.
 pub const DATABASE_UNREACHABLE: &str = "database unreachable";
+/// Database queries of answers that may run (or wait for a connection) at once, per
+/// connection of the pool: a request needing one more is shed with `503` and `Retry-After`
+/// (unless a stale answer stands in), so that the pool's queue stays short instead of
+/// growing with hostile or bursting load until requests time out in it.
+pub const QUERIES_PER_CONNECTION: usize = 2;
 /// How often the hourly aggregates are looked up again.
 pub const AGGREGATE_RECHECK: Duration = Duration::from_secs(300);
 /// How soon a failed look-up of the aggregates is retried.
@@ -111,9 +116,11 @@ impl Database {
             source = statement.source.as_str(),
         );
         let started = Instant::now();
+        self.metrics.query_running(true);
         let result = queries::run(&self.pool, statement, &key)
             .instrument(span)
             .await;
+        self.metrics.query_running(false);
         let outcome = result.as_ref().map_or_else(failure_kind, |_| "ok");
         self.metrics.query(statement, started.elapsed(), outcome);
         match result {
@@ -201,6 +208,8 @@ impl QueryService {
             stale_if_error: Duration::from_secs(config.stale_if_error_seconds),
             max_entries: usize::try_from(config.max_entries).unwrap_or(usize::MAX),
             max_bytes: config.max_bytes,
+            max_fetches: QUERIES_PER_CONNECTION
+                * usize::try_from(config.pool.max_connections.max(1)).unwrap_or(usize::MAX),
         };
         let metrics = Metrics::default();
         if let AccessPolicy::Kubernetes(kubernetes) = &access {
