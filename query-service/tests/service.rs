@@ -935,9 +935,15 @@ async fn while_the_database_is_down_stale_answers_or_503() {
     );
     let batch = client.batch("{}").await;
     assert_eq!(batch.status, StatusCode::SERVICE_UNAVAILABLE);
-    // Serving stale is answering: the replica stays ready (and in the Service), and the
-    // database's health is a metric of its own.
-    assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
+    // Serving stale is answering: the replica stays ready (and in the Service), says why
+    // its answers may be stale, and the database's health is a metric of its own.
+    assert_eq!(
+        client.text("/readyz").await,
+        (
+            StatusCode::OK,
+            metricsstack_query_service::service::SERVING_CACHED.to_owned()
+        )
+    );
     // The failure is counted under its kind, one of a fixed few: the label stays bounded.
     let (_, metrics) = client.text("/metrics").await;
     assert!(
@@ -957,7 +963,10 @@ async fn while_the_database_is_down_stale_answers_or_503() {
     let back = client.get("/api/host-overall-metrics?host=node-1").await;
     assert_eq!(back.status, StatusCode::OK, "{}", back.body);
     assert_eq!(back.header("x-cache"), "MISS");
-    assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
+    assert_eq!(
+        client.text("/readyz").await,
+        (StatusCode::OK, "ready".to_owned())
+    );
     let (_, metrics) = client.text("/metrics").await;
     assert!(
         metrics.contains("metricsstack_query_service_database_up 1"),
