@@ -5,6 +5,12 @@ use crate::access::Authentication;
 use crate::database::PoolSettings;
 use serde::{Deserialize, Serialize};
 
+/// Most cached answers a query service may be configured with (the CRD's bound on
+/// `spec.queryService.cache.maxEntries`): each answer costs bookkeeping beyond its bytes
+/// (its key in the map and the eviction and expiry indexes, up to about 1 KiB with the
+/// longest names), so a million would cost up to a gigabyte that `maxBytes` does not count.
+pub const MAX_CACHE_ENTRIES: u32 = 100_000;
+
 /// The query service's settings.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -31,7 +37,7 @@ pub struct QueryServiceConfig {
     pub stale_while_revalidate_seconds: u64,
     /// Seconds a stale answer may be served while the database is failing.
     pub stale_if_error_seconds: u64,
-    /// Most cached answers.
+    /// Most cached answers, at most [`MAX_CACHE_ENTRIES`].
     pub max_entries: u32,
     /// Most bytes of cached answers.
     pub max_bytes: u64,

@@ -948,9 +948,9 @@ pub struct CacheSpec {
     /// How long a stale answer may be served while the database is failing.
     #[serde(default = "default_stale_if_error")]
     pub stale_if_error: Duration,
-    /// Most cached answers.
+    /// Most cached answers (at most 100000: each costs bookkeeping beyond its bytes).
     #[serde(default = "default_max_entries")]
-    #[schemars(range(min = 1, max = 1000000))]
+    #[schemars(range(min = 1, max = 100000))]
     pub max_entries: u32,
     /// Most bytes of cached answers, in megabytes.
     #[serde(default = "default_cache_megabytes")]
