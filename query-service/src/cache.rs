@@ -1,18 +1,26 @@
 //! A bounded, single-flight, refresh-ahead cache of answers with HTTP-style freshness.
 //!
-//! An answer is fresh for `Policy::fresh`. While a key is being read (it was read within
-//! the last `stale_while_revalidate`), the cache refreshes it in the background on its own
-//! schedule, when the answer reaches nine tenths of `fresh`, so readers keep getting fresh
-//! answers and the source is asked about a key at a rate that depends on the key alone, not
-//! on how many callers read it or how often. A key nobody reads is no longer refreshed: its
-//! answer turns stale and is then served at once while one refresh runs (for
+//! An answer is fresh for `Policy::fresh`. A key whose answer is read again after it was
+//! fetched (by another client, or by the same one within `fresh`) is refreshed in the
+//! background when the answer reaches nine tenths of `fresh`, as long as it keeps being read
+//! and was read within the last `stale_while_revalidate`: so readers keep getting fresh
+//! answers, and the source is asked about a key at most once a refresh period however many
+//! callers read it, and never more often than the key is read (one client polling less often
+//! than `fresh` costs one fetch a poll, as it would without the cache). A key not read again
+//! turns stale and is then served at once while one refresh runs (for
 //! `stale_while_revalidate`), or else waited for; once too old to be served at all, it is
 //! dropped. Concurrent fetches of a key are one fetch. While the source fails, an answer is
-//! served stale within `stale_if_error`. Entries and bytes are bounded, the least recently
-//! read evicted first. Generic over key, value and error; it knows nothing of HTTP. Time is
-//! Tokio's clock, so tests drive it with `tokio::time::pause()`.
+//! served stale within `stale_if_error`.
+//!
+//! Memory and work are bounded: answers by number and bytes, fetches in flight by
+//! `Policy::max_fetches` (a miss beyond it is shed with [`CacheError::Overloaded`] unless a
+//! stale answer can stand in), and so the keys held. Eviction is segmented
+//! least-recently-read, O(log n): answers read only once (a scan of one-off keys) are evicted
+//! before answers read again, which a burst of one-off keys cannot push out. Generic over key,
+//! value and error; it knows nothing of HTTP. Time is Tokio's clock, so tests drive it with
+//! `tokio::time::pause()`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -22,15 +30,15 @@ use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
-/// How long answers stay fresh, how long stale ones may still be served, and how many are
-/// kept.
+/// How long answers stay fresh, how long stale ones may still be served, how many are kept
+/// and how many fetches may run at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// An answer younger than this is served without asking the source.
     pub fresh: Duration,
     /// After `fresh`, for this long, the stale answer is served at once and one refresh runs
-    /// in the background. A key read within this long is refreshed ahead (when both this and
-    /// `fresh` are above zero).
+    /// in the background. A key read again within this long is refreshed ahead (when both
+    /// this and `fresh` are above zero).
     pub stale_while_revalidate: Duration,
     /// After `fresh`, for this long, the stale answer is served when the source fails.
     pub stale_if_error: Duration,
@@ -38,6 +46,8 @@ pub struct Policy {
     pub max_entries: usize,
     /// Most bytes of answers kept (as [`Weigh::weight`] counts them).
     pub max_bytes: u64,
+    /// Most fetches running at once; a miss beyond them is shed.
+    pub max_fetches: usize,
 }
 
 impl Policy {
@@ -56,6 +66,12 @@ impl Policy {
     fn expires_after(&self) -> Duration {
         self.fresh + self.stale_while_revalidate.max(self.stale_if_error)
     }
+
+    /// Most answers in the protected segment (read again): four fifths of the entries, so
+    /// that new keys always have room to prove themselves.
+    fn max_protected(&self) -> usize {
+        (self.max_entries - self.max_entries / 5).max(1)
+    }
 }
 
 /// A value that knows how many bytes it holds, for the cache's byte bound.
@@ -69,7 +85,8 @@ pub trait Weigh {
 pub enum Status {
     /// A fresh answer from the cache.
     Hit,
-    /// A stale answer from the cache (while revalidating, or because the source failed).
+    /// A stale answer from the cache (while revalidating, or because the source failed or
+    /// too many fetches were running).
     Stale,
     /// A new answer from the source.
     Miss,
@@ -108,6 +125,10 @@ pub enum CacheError<E> {
     /// The fetch panicked.
     #[error("the fetch panicked")]
     Panicked,
+    /// `Policy::max_fetches` fetches were running, and no answer within `stale_if_error`
+    /// was kept: the caller should come back shortly.
+    #[error("too many fetches are running")]
+    Overloaded,
 }
 
 /// Asks the source for the answer of a key.
@@ -119,6 +140,8 @@ struct Stored<V> {
     value: V,
     at: Instant,
     weight: u64,
+    /// The tick it was stored at: its place in the expiry order.
+    order: u64,
 }
 
 struct Entry<V, E> {
@@ -126,8 +149,12 @@ struct Entry<V, E> {
     flight: Option<Flight<V, E>>,
     /// When the key was last read.
     read: Instant,
-    /// The tick of that read, for least-recently-read eviction.
+    /// The tick of that read: the entry's place in its eviction segment.
     recency: u64,
+    /// Read while it held an answer: in the protected segment, evicted after the others.
+    proven: bool,
+    /// Read since its answer was stored: a refresh ahead would be read.
+    read_since_stored: bool,
     /// The id of the task refreshing this key ahead, if one does.
     refresher: Option<u64>,
 }
@@ -139,28 +166,144 @@ impl<V, E> Entry<V, E> {
             flight: None,
             read: now,
             recency: tick,
+            proven: false,
+            read_since_stored: false,
             refresher: None,
         }
     }
 }
 
+/// The entries and their indexes. Every entry holding an answer is in exactly one segment
+/// (`probation` if not `proven`, else `protected`) under its `recency`, and in `by_age`
+/// under its answer's `order`; an entry holds an answer, or a fetch, or is removed.
 struct State<K, V, E> {
     entries: HashMap<K, Entry<V, E>>,
+    /// Answers not read since they were first stored, by recency.
+    probation: BTreeMap<u64, K>,
+    /// Answers read again, by recency.
+    protected: BTreeMap<u64, K>,
+    /// Answers by when they were stored, oldest first: the order they expire in.
+    by_age: BTreeMap<u64, K>,
     stored: usize,
     bytes: u64,
     tick: u64,
+    /// Fetches running.
+    fetches: usize,
+}
+
+impl<K: Eq + Hash + Clone, V, E> State<K, V, E> {
+    fn segment(&mut self, proven: bool) -> &mut BTreeMap<u64, K> {
+        if proven {
+            &mut self.protected
+        } else {
+            &mut self.probation
+        }
+    }
+
+    /// Keeps `stored` as the answer of `key`, whose entry exists and holds none.
+    fn store(&mut self, key: &K, stored: Stored<V>) {
+        let entry = self.entries.get_mut(key).expect("the entry exists");
+        let (recency, proven, order) = (entry.recency, entry.proven, stored.order);
+        self.stored += 1;
+        self.bytes += stored.weight;
+        entry.stored = Some(stored);
+        self.by_age.insert(order, key.clone());
+        self.segment(proven).insert(recency, key.clone());
+    }
+
+    /// Takes the answer of `key` out of the cache, leaving its entry.
+    fn unstore(&mut self, key: &K) -> Option<Stored<V>> {
+        let entry = self.entries.get_mut(key)?;
+        let stored = entry.stored.take()?;
+        let (recency, proven) = (entry.recency, entry.proven);
+        self.segment(proven).remove(&recency);
+        self.by_age.remove(&stored.order);
+        self.stored -= 1;
+        self.bytes -= stored.weight;
+        Some(stored)
+    }
+
+    /// Drops the answer of `key`, and its entry unless a fetch runs for it.
+    fn drop_answer(&mut self, key: &K) {
+        self.unstore(key);
+        if self
+            .entries
+            .get(key)
+            .is_some_and(|entry| entry.flight.is_none())
+        {
+            self.entries.remove(key);
+        }
+    }
+
+    /// Records a read of `key` at `tick`: an entry holding an answer moves to the newest
+    /// place of the protected segment, demoting the protected segment's oldest beyond its
+    /// bound to probation.
+    fn read(&mut self, key: &K, now: Instant, tick: u64, policy: &Policy) {
+        let entry = self
+            .entries
+            .entry(key.clone())
+            .or_insert_with(|| Entry::new(now, tick));
+        entry.read = now;
+        let previous = std::mem::replace(&mut entry.recency, tick);
+        if entry.stored.is_none() {
+            return;
+        }
+        let was_proven = std::mem::replace(&mut entry.proven, true);
+        entry.read_since_stored = true;
+        self.segment(was_proven).remove(&previous);
+        self.protected.insert(tick, key.clone());
+        while self.protected.len() > policy.max_protected() {
+            let (recency, demoted) = self.protected.pop_first().expect("not empty");
+            if let Some(entry) = self.entries.get_mut(&demoted) {
+                entry.proven = false;
+            }
+            self.probation.insert(recency, demoted);
+        }
+    }
+
+    /// Evicts answers beyond the bounds: the least recently read of probation first, then
+    /// of the protected segment.
+    fn evict(&mut self, policy: &Policy) {
+        while self.stored > policy.max_entries || self.bytes > policy.max_bytes {
+            let oldest = self
+                .probation
+                .first_key_value()
+                .or_else(|| self.protected.first_key_value())
+                .map(|(_, key)| key.clone());
+            let Some(oldest) = oldest else {
+                break;
+            };
+            self.drop_answer(&oldest);
+        }
+    }
+
+    /// Drops the answers too old to be served.
+    fn purge(&mut self, now: Instant, expires_after: Duration) {
+        while let Some((_, key)) = self.by_age.first_key_value() {
+            let key = key.clone();
+            let at = self.entries[&key]
+                .stored
+                .as_ref()
+                .expect("an indexed entry holds an answer")
+                .at;
+            if now.saturating_duration_since(at) < expires_after {
+                break;
+            }
+            self.drop_answer(&key);
+        }
+    }
 }
 
 /// What a key's refresher does next.
 enum Step<V, E> {
-    /// The key is gone or another task refreshes it.
+    /// The key is gone, no longer read, or another task refreshes it.
     Stop,
     /// Nothing until then.
     Wait(Instant),
     /// Wait for this fetch of the key.
     Refresh(Flight<V, E>),
-    /// Nobody reads the key: drop its answer at this instant unless it is read again.
-    Expire(Instant),
+    /// Too many fetches run: count this as an attempt and try again a period later.
+    Skip,
 }
 
 /// The cache. Cloning it gives another handle on the same entries.
@@ -203,9 +346,13 @@ where
             fetch: Arc::new(fetch),
             state: Arc::new(Mutex::new(State {
                 entries: HashMap::new(),
+                probation: BTreeMap::new(),
+                protected: BTreeMap::new(),
+                by_age: BTreeMap::new(),
                 stored: 0,
                 bytes: 0,
                 tick: 0,
+                fetches: 0,
             })),
         }
     }
@@ -215,57 +362,81 @@ where
         self.policy
     }
 
-    /// Number of answers kept and their bytes.
+    /// Number of answers kept that may still be served, and their bytes.
     pub fn usage(&self) -> (usize, u64) {
-        let state = self.lock();
+        let mut state = self.lock();
+        state.purge(Instant::now(), self.policy.expires_after());
         (state.stored, state.bytes)
     }
 
     /// The answer for `key`: fresh from the cache; or stale from the cache while one
     /// background fetch refreshes it; or from a fetch, shared with every concurrent caller
-    /// of the same key. When the fetch fails, an answer within `stale_if_error` is served
-    /// stale instead. Fetches run in their own tasks, so they complete (and fill the cache)
-    /// even if the caller goes away.
+    /// of the same key. When the fetch fails, or `max_fetches` run already, an answer within
+    /// `stale_if_error` is served stale instead. Fetches run in their own tasks, so they
+    /// complete (and fill the cache) even if the caller goes away.
     pub async fn get(&self, key: K) -> Result<Lookup<V>, CacheError<E>> {
         let policy = self.policy;
         let (flight, coalesced) = {
             let now = Instant::now();
-            let mut state = self.lock();
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            state.purge(now, policy.expires_after());
             state.tick += 1;
             let tick = state.tick;
-            let entry = state
-                .entries
-                .entry(key.clone())
-                .or_insert_with(|| Entry::new(now, tick));
-            entry.read = now;
-            entry.recency = tick;
-            let kept = entry.stored.as_ref().and_then(|stored| {
-                let age = now.saturating_duration_since(stored.at);
-                (age < policy.fresh + policy.stale_while_revalidate)
-                    .then(|| (stored.value.clone(), age))
+            state.read(&key, now, tick, &policy);
+            let room = state.fetches < policy.max_fetches;
+            let entry = state.entries.get_mut(&key).expect("just read");
+            let kept = entry.stored.as_ref().map(|stored| {
+                (
+                    stored.value.clone(),
+                    now.saturating_duration_since(stored.at),
+                )
             });
-            if let Some((value, age)) = kept {
-                let status = if age < policy.fresh {
-                    Status::Hit
-                } else {
-                    if entry.flight.is_none() {
-                        entry.flight = Some(self.start(key));
-                    }
-                    Status::Stale
-                };
-                return Ok(Lookup {
-                    value,
-                    status,
-                    age,
-                    coalesced: false,
-                });
+            let running = entry.flight.clone();
+            let servable = kept
+                .as_ref()
+                .is_some_and(|(_, age)| *age < policy.fresh + policy.stale_while_revalidate);
+            if servable && policy.refreshes_ahead() && entry.refresher.is_none() {
+                entry.refresher = Some(tick);
+                tokio::spawn(self.downgrade().refresh_ahead(key.clone(), tick));
             }
-            match &entry.flight {
-                Some(flight) => (flight.clone(), true),
-                None => {
-                    let flight = self.start(key.clone());
-                    entry.flight = Some(flight.clone());
-                    (flight, false)
+            match (kept, running, room) {
+                (Some((value, age)), running, room) if servable => {
+                    let status = if age < policy.fresh {
+                        Status::Hit
+                    } else {
+                        if running.is_none() && room {
+                            // It runs in its own task; this reader does not wait for it.
+                            drop(self.launch(state, &key));
+                        }
+                        Status::Stale
+                    };
+                    return Ok(Lookup {
+                        value,
+                        status,
+                        age,
+                        coalesced: false,
+                    });
+                }
+                (_, Some(flight), _) => (flight, true),
+                (_, None, true) => (self.launch(state, &key), false),
+                (kept, None, false) => {
+                    // Shed: an answer within stale-if-error stands in, or the caller is
+                    // told to come back.
+                    let Some((value, age)) =
+                        kept.filter(|(_, age)| *age < policy.fresh + policy.stale_if_error)
+                    else {
+                        if state.entries.get(&key).is_some_and(|e| e.stored.is_none()) {
+                            state.entries.remove(&key);
+                        }
+                        return Err(CacheError::Overloaded);
+                    };
+                    return Ok(Lookup {
+                        value,
+                        status: Status::Stale,
+                        age,
+                        coalesced: false,
+                    });
                 }
             }
         };
@@ -300,6 +471,15 @@ where
         }
     }
 
+    /// Starts a fetch of `key` (whose entry exists and has none running), counted among the
+    /// fetches running until it ends.
+    fn launch(&self, state: &mut State<K, V, E>, key: &K) -> Flight<V, E> {
+        let flight = self.start(key.clone());
+        state.fetches += 1;
+        state.entries.get_mut(key).expect("the entry exists").flight = Some(flight.clone());
+        flight
+    }
+
     /// Starts a fetch of `key` in its own task, which stores its answer when it succeeds.
     fn start(&self, key: K) -> Flight<V, E> {
         let cache = self.clone();
@@ -318,13 +498,14 @@ where
             .shared()
     }
 
-    /// Ends the fetch of `key`: keeps its answer (if any), starts refreshing the key ahead
-    /// if nothing does yet, and evicts the least recently read answers beyond the bounds.
+    /// Ends the fetch of `key`: keeps its answer (if any) and evicts the least recently
+    /// read answers beyond the bounds.
     fn finish(&self, key: K, result: &Result<V, CacheError<E>>) {
         let policy = self.policy;
         let now = Instant::now();
         let mut guard = self.lock();
         let state = &mut *guard;
+        state.fetches -= 1;
         state.tick += 1;
         let tick = state.tick;
         let entry = state
@@ -332,26 +513,19 @@ where
             .entry(key.clone())
             .or_insert_with(|| Entry::new(now, tick));
         entry.flight = None;
-        let mut refresher = None;
         match result {
             Ok(value) => {
+                entry.read_since_stored = false;
+                state.unstore(&key);
                 let weight = value.weight();
-                if let Some(old) = entry.stored.take() {
-                    state.stored -= 1;
-                    state.bytes -= old.weight;
-                }
                 if weight <= policy.max_bytes && policy.max_entries > 0 {
-                    entry.stored = Some(Stored {
+                    let stored = Stored {
                         value: value.clone(),
                         at: now,
                         weight,
-                    });
-                    state.stored += 1;
-                    state.bytes += weight;
-                    if policy.refreshes_ahead() && entry.refresher.is_none() {
-                        entry.refresher = Some(tick);
-                        refresher = Some(tick);
-                    }
+                        order: tick,
+                    };
+                    state.store(&key, stored);
                 } else {
                     state.entries.remove(&key);
                 }
@@ -362,44 +536,20 @@ where
                 }
             }
         }
-        while state.stored > policy.max_entries || state.bytes > policy.max_bytes {
-            let Some(oldest) = state
-                .entries
-                .iter()
-                .filter(|(_, entry)| entry.stored.is_some())
-                .min_by_key(|(_, entry)| entry.recency)
-                .map(|(key, _)| key.clone())
-            else {
-                break;
-            };
-            let entry = state
-                .entries
-                .get_mut(&oldest)
-                .expect("the oldest entry exists");
-            let stored = entry
-                .stored
-                .take()
-                .expect("the oldest entry holds an answer");
-            state.stored -= 1;
-            state.bytes -= stored.weight;
-            if entry.flight.is_none() {
-                state.entries.remove(&oldest);
-            }
-        }
-        drop(guard);
-        if let Some(id) = refresher {
-            tokio::spawn(self.downgrade().refresh_ahead(key, id));
-        }
+        state.evict(&policy);
     }
 
     /// What the refresher `id` of `key` does next, given when it last asked for a refresh:
     /// waits until the answer is due for a refresh (nine tenths of `fresh` after it was
     /// fetched, or after the last attempt when that failed); then refreshes it if the key
-    /// was read within `stale_while_revalidate`, or else stops refreshing it.
+    /// was read since the answer was stored and within `stale_while_revalidate`, or else
+    /// stops refreshing it.
     fn next_step(&self, key: &K, id: u64, attempted: Option<Instant>) -> Step<V, E> {
         let policy = self.policy;
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let room = state.fetches < policy.max_fetches;
         let Some(entry) = state.entries.get_mut(key) else {
             return Step::Stop;
         };
@@ -414,40 +564,16 @@ where
         if now < due {
             return Step::Wait(due);
         }
-        if now.saturating_duration_since(entry.read) >= policy.stale_while_revalidate {
+        let read_recently =
+            now.saturating_duration_since(entry.read) < policy.stale_while_revalidate;
+        if !entry.read_since_stored || !read_recently {
             entry.refresher = None;
-            return Step::Expire(at + policy.expires_after());
+            return Step::Stop;
         }
-        let flight = match &entry.flight {
-            Some(flight) => flight.clone(),
-            None => {
-                let flight = self.start(key.clone());
-                entry.flight = Some(flight.clone());
-                flight
-            }
-        };
-        Step::Refresh(flight)
-    }
-
-    /// Drops the answer of `key` if it is too old to be served and nothing refreshes it.
-    fn expire(&self, key: &K) {
-        let now = Instant::now();
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let Some(entry) = state.entries.get(key) else {
-            return;
-        };
-        let expired = entry.stored.as_ref().is_some_and(|stored| {
-            now.saturating_duration_since(stored.at) >= self.policy.expires_after()
-        });
-        if expired && entry.flight.is_none() && entry.refresher.is_none() {
-            let stored = state
-                .entries
-                .remove(key)
-                .and_then(|entry| entry.stored)
-                .expect("the expired entry holds an answer");
-            state.stored -= 1;
-            state.bytes -= stored.weight;
+        match (entry.flight.clone(), room) {
+            (Some(flight), _) => Step::Refresh(flight),
+            (None, true) => Step::Refresh(self.launch(state, key)),
+            (None, false) => Step::Skip,
         }
     }
 
@@ -480,8 +606,8 @@ where
         })
     }
 
-    /// Keeps `key` fresh while it is read, then drops its answer once it expires unless it
-    /// is read again. Ends early when the cache is dropped.
+    /// Keeps `key` fresh while it is read again. Ends when it is not, or when the cache is
+    /// dropped.
     async fn refresh_ahead(self, key: K, id: u64) {
         let mut attempted = None;
         loop {
@@ -498,13 +624,7 @@ where
                     // Its outcome is in the cache; a failure is retried on the schedule.
                     let _ = flight.await;
                 }
-                Step::Expire(at) => {
-                    tokio::time::sleep_until(at).await;
-                    if let Some(cache) = self.upgrade() {
-                        cache.expire(&key);
-                    }
-                    return;
-                }
+                Step::Skip => attempted = Some(Instant::now()),
             }
         }
     }
@@ -527,6 +647,14 @@ mod tests {
 
     type TestCache = Cache<&'static str, Text, String>;
 
+    impl TestCache {
+        /// Keys held (with an answer or a fetch running) and fetches running.
+        fn held(&self) -> (usize, usize) {
+            let state = self.lock();
+            (state.entries.len(), state.fetches)
+        }
+    }
+
     /// Fresh 4 s (refreshed at 3.6 s), stale-while-revalidate 10 s, stale-if-error 60 s.
     fn policy() -> Policy {
         Policy {
@@ -535,6 +663,7 @@ mod tests {
             stale_if_error: Duration::from_secs(60),
             max_entries: 100,
             max_bytes: 1 << 20,
+            max_fetches: 100,
         }
     }
 
@@ -631,7 +760,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_source_is_asked_as_often_for_one_reader_as_for_a_hundred() {
+    async fn a_lone_poller_costs_one_fetch_a_poll_and_many_readers_no_more_than_ten() {
         let minute = Duration::from_secs(60);
         let mut calls = Vec::new();
         for readers in [1, 10, 100] {
@@ -639,14 +768,22 @@ mod tests {
             let cache = source.cache(policy());
             let statuses = poll(&cache, readers, Duration::from_secs(5), minute).await;
             assert_eq!(statuses[0], Status::Miss);
+            // Alone, every poll finds the answer past its freshness (4 s) and revalidates
+            // it: refreshing ahead would ask the source about 17 times a minute for its 12
+            // polls. Read by several, it is refreshed ahead and always fresh.
+            let expected = if readers == 1 {
+                Status::Stale
+            } else {
+                Status::Hit
+            };
             assert!(
-                statuses[1..].iter().all(|s| *s == Status::Hit),
+                statuses[1..].iter().all(|s| *s == expected),
                 "{readers} readers: {statuses:?}"
             );
             calls.push(source.calls());
         }
-        // A miss, then a refresh every 3.6 s + 10 ms: 1 + 16.
-        assert_eq!(calls, [17, 17, 17]);
+        // One a poll; or a miss, then a refresh every 3.6 s + 10 ms: 1 + 16.
+        assert_eq!(calls, [12, 17, 17]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -654,16 +791,19 @@ mod tests {
         let source = Source::default();
         let cache = source.cache(policy());
         get(&cache, "a").await;
-        // Refreshed at about 3.6 s and 7.2 s (read within 10 s), not at 10.8 s.
+        get(&cache, "a").await;
+        // Read again at 0 s: refreshed at about 3.6 s; not read since, not refreshed again.
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(source.calls(), 3);
-        // Kept while it may still be served (stale-if-error: 4 + 60 s after 7.2 s) ...
+        assert_eq!(source.calls(), 2);
+        // Kept while it may still be served (stale-if-error: 4 + 60 s after 3.6 s) ...
         assert_eq!(cache.usage(), (1, 3));
+        assert_eq!(cache.held(), (1, 0));
         // ... and dropped after.
-        tokio::time::sleep(Duration::from_secs(42)).await;
+        tokio::time::sleep(Duration::from_secs(38)).await;
         assert_eq!(cache.usage(), (0, 0));
-        assert_eq!(source.calls(), 3);
-        assert_eq!(seen(&get(&cache, "a").await), (Status::Miss, "a 4"));
+        assert_eq!(cache.held(), (0, 0));
+        assert_eq!(source.calls(), 2);
+        assert_eq!(seen(&get(&cache, "a").await), (Status::Miss, "a 3"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -671,19 +811,19 @@ mod tests {
         let source = Source::default();
         let cache = source.cache(policy());
         get(&cache, "a").await;
-        // No longer refreshed after 10.8 s; its answer (from 7.2 s) stale from 11.2 s.
+        // Not read again, not refreshed: its answer (from 0 s) is stale from 4 s.
         tokio::time::sleep(Duration::from_secs(12)).await;
         for _ in 0..5 {
             let stale = get(&cache, "a").await;
-            assert_eq!(seen(&stale), (Status::Stale, "a 3"));
-            assert_eq!(stale.age.as_millis() / 100, 47, "{stale:?}");
+            assert_eq!(seen(&stale), (Status::Stale, "a 1"));
+            assert_eq!(stale.age.as_secs(), 12, "{stale:?}");
         }
         settle().await;
-        assert_eq!(source.calls(), 4, "one refresh for five stale reads");
-        assert_eq!(seen(&get(&cache, "a").await), (Status::Hit, "a 4"));
+        assert_eq!(source.calls(), 2, "one refresh for five stale reads");
+        assert_eq!(seen(&get(&cache, "a").await), (Status::Hit, "a 2"));
         // Being read again, it is refreshed ahead again.
         tokio::time::sleep(Duration::from_secs(4)).await;
-        assert_eq!(seen(&get(&cache, "a").await), (Status::Hit, "a 5"));
+        assert_eq!(seen(&get(&cache, "a").await), (Status::Hit, "a 3"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -691,9 +831,10 @@ mod tests {
         let source = Source::default();
         let cache = source.cache(policy());
         get(&cache, "a").await;
+        get(&cache, "a").await;
         tokio::time::sleep(Duration::from_secs(30)).await;
         let again = get(&cache, "a").await;
-        assert_eq!(seen(&again), (Status::Miss, "a 4"));
+        assert_eq!(seen(&again), (Status::Miss, "a 3"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -739,8 +880,9 @@ mod tests {
         let source = Source::default();
         let cache = source.cache(policy());
         get(&cache, "a").await;
+        get(&cache, "a").await;
         source.fail(true);
-        // The refreshes at 3.6 s and 7.2 s fail; the answer is kept.
+        // The refreshes at 3.6 s and 7.2 s (read within 10 s) fail; the answer is kept.
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert_eq!(source.calls(), 3);
         let stale = get(&cache, "a").await;
@@ -762,7 +904,9 @@ mod tests {
         let cache = source.cache(policy());
         get(&cache, "a").await;
         source.fail(true);
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        get(&cache, "a").await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(source.calls(), 2, "the refresh at 3.6 s failed");
         assert_eq!(seen(&get(&cache, "a").await), (Status::Stale, "a 1"));
         settle().await;
@@ -810,19 +954,100 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refreshes_ahead_do_not_count_as_reads_for_eviction() {
         let source = Source::default();
+        // Four answers read again are protected; a fifth demotes the least recently read.
         let cache = source.cache(Policy {
-            max_entries: 2,
+            max_entries: 5,
             ..policy()
         });
-        get(&cache, "a").await;
-        get(&cache, "b").await;
-        // b is refreshed at 3.6 s, after a's refresh, but a was read last.
+        let twice = |key| {
+            let cache = cache.clone();
+            async move {
+                get(&cache, key).await;
+                get(&cache, key).await;
+            }
+        };
+        twice("a").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        twice("b").await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         get(&cache, "a").await;
+        // a is refreshed at 3.6 s and b at 4.6 s, but a was read last.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        get(&cache, "c").await;
+        assert_eq!(source.calls(), 4);
+        for key in ["c", "d", "e"] {
+            twice(key).await;
+        }
+        get(&cache, "f").await;
+        assert_eq!(cache.usage().0, 5);
         assert_eq!(get(&cache, "a").await.status, Status::Hit);
         assert_eq!(get(&cache, "b").await.status, Status::Miss);
+    }
+
+    /// A key of its own that lives as long as the test, for many distinct keys.
+    fn key(i: usize) -> &'static str {
+        Box::leak(format!("k{i}").into_boxed_str())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_one_off_keys_stay_within_the_bounds_and_do_not_push_out_keys_read_again()
+    {
+        let source = Source::default();
+        let cache = source.cache(Policy {
+            fresh: Duration::from_secs(3600),
+            max_entries: 100,
+            ..policy()
+        });
+        for key in ["a", "b"] {
+            get(&cache, key).await;
+            get(&cache, key).await;
+        }
+        let mut most = 0;
+        for i in 0..10_000 {
+            assert_eq!(get(&cache, key(i)).await.status, Status::Miss);
+            most = most.max(cache.held().0);
+        }
+        assert_eq!(source.calls(), 10_002);
+        assert_eq!(most, 100, "keys held at most");
+        assert_eq!(cache.usage().0, 100);
+        assert_eq!(get(&cache, "a").await.status, Status::Hit);
+        assert_eq!(get(&cache, "b").await.status, Status::Hit);
+        // One-off keys start no refreshes ahead (nor do a and b, not read within 10 s of
+        // their refresh being due).
+        tokio::time::sleep(Duration::from_secs(7200)).await;
+        assert_eq!(source.calls(), 10_002);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beyond_max_fetches_a_miss_is_shed_unless_a_stale_answer_stands_in() {
+        let source = Source::default();
+        let cache = source.cache(Policy {
+            max_fetches: 2,
+            ..policy()
+        });
+        get(&cache, "kept").await;
+        // Past fresh and stale-while-revalidate (14 s), within stale-if-error (64 s).
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let (a, b, again, c, kept) = futures::join!(
+            cache.get("a"),
+            cache.get("b"),
+            cache.get("a"),
+            cache.get("c"),
+            async {
+                assert_eq!(cache.held(), (3, 2), "a, b and kept; two fetches");
+                cache.get("kept").await
+            },
+        );
+        assert_eq!(seen(&a.expect("fetched")), (Status::Miss, "a 2"));
+        assert_eq!(seen(&b.expect("fetched")), (Status::Miss, "b 3"));
+        let again = again.expect("waited for the running fetch");
+        assert!(again.coalesced, "{again:?}");
+        assert!(matches!(c, Err(CacheError::Overloaded)), "{c:?}");
+        let kept = kept.expect("the stale answer stands in");
+        assert_eq!(seen(&kept), (Status::Stale, "kept 1"));
+        assert_eq!(source.calls(), 3);
+        // Nothing is held for the shed key; once the fetches end, it is fetched.
+        assert_eq!(cache.held(), (3, 0));
+        assert_eq!(seen(&get(&cache, "c").await), (Status::Miss, "c 4"));
     }
 
     #[tokio::test(start_paused = true)]

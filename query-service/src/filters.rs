@@ -18,8 +18,23 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
 pub const MIN_WINDOW: Duration = Duration::from_secs(60);
 /// Longest time window: 30 days.
 pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Longest host or namespace name (a DNS subdomain).
+/// Longest host or pod name (a DNS subdomain).
 pub const MAX_NAME_LENGTH: usize = 253;
+/// Longest namespace name (a DNS label).
+pub const MAX_NAMESPACE_LENGTH: usize = 63;
+/// The steps a window is rounded to: the longest of them at most a twelfth of the window,
+/// so that a window moves by at most 1/24 of itself and the windows between one minute and
+/// 30 days are a few hundred cache keys, not millions.
+pub const WINDOW_STEPS: [Duration; 8] = [
+    Duration::from_secs(5),
+    Duration::from_secs(15),
+    Duration::from_secs(60),
+    Duration::from_secs(300),
+    Duration::from_secs(900),
+    Duration::from_secs(3600),
+    Duration::from_secs(6 * 3600),
+    Duration::from_secs(86400),
+];
 
 /// The metric top processes are ranked by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -238,9 +253,9 @@ impl RawFilters {
         Ok(Filters {
             limit,
             metric: self.metric.unwrap_or_default(),
-            window_seconds: u32::try_from(window.as_secs()).expect("at most 30 days"),
-            host: name(self.host, "host")?,
-            namespace: name(self.namespace, "namespace")?,
+            window_seconds: u32::try_from(aligned(window).as_secs()).expect("at most 30 days"),
+            host: host(self.host)?,
+            namespace: namespace(self.namespace)?,
         })
     }
 
@@ -329,7 +344,7 @@ impl RawSearch {
             limit: Some(limit),
             metric: None,
             window_seconds: bounded_window(self.window, DEFAULT_SEARCH_WINDOW)?,
-            host: name(self.host, "host")?,
+            host: host(self.host)?,
             namespace: None,
             search: Some(search.to_ascii_lowercase()),
             pod: None,
@@ -362,18 +377,19 @@ impl RawPod {
     /// Checks every field and gives the cache key of the pod's processes.
     pub fn validate(self) -> Result<PartKey, InvalidInput> {
         let required = |value: Option<String>, field: &str| {
-            name(value, field)?
-                .ok_or_else(|| InvalidInput::new(field, format!("required: the pod's {field}")))
+            value.ok_or_else(|| InvalidInput::new(field, format!("required: the pod's {field}")))
         };
+        let namespace = namespace(Some(required(self.namespace, "namespace")?))?;
+        let pod = pod(Some(required(self.pod, "pod")?))?;
         Ok(PartKey {
             part: Part::PodProcesses,
             limit: None,
             metric: None,
             window_seconds: bounded_window(self.window, DEFAULT_WINDOW)?,
             host: None,
-            namespace: Some(required(self.namespace, "namespace")?),
+            namespace,
             search: None,
-            pod: Some(required(self.pod, "pod")?),
+            pod,
             container: None,
             command: None,
         })
@@ -411,8 +427,7 @@ impl RawHistory {
     /// Checks every field and gives the cache key of the history.
     pub fn validate(self) -> Result<PartKey, InvalidInput> {
         let required = |value: Option<String>, field: &str, what: &str| {
-            name(value, field)?
-                .ok_or_else(|| InvalidInput::new(field, format!("required: the {what}")))
+            value.ok_or_else(|| InvalidInput::new(field, format!("required: the {what}")))
         };
         let command = match self.command {
             Some(c) if c.is_empty() || c.chars().count() > MAX_COMMAND_LENGTH => {
@@ -456,12 +471,16 @@ impl RawHistory {
             part: Part::ProcessHistory,
             limit: None,
             metric: None,
-            window_seconds: u32::try_from(window.as_secs()).expect("at most 30 days"),
+            window_seconds: u32::try_from(aligned(window).as_secs()).expect("at most 30 days"),
             host: None,
-            namespace: Some(required(self.namespace, "namespace", "pod's namespace")?),
+            namespace: namespace(Some(required(self.namespace, "namespace", "pod's namespace")?))?,
             search: None,
-            pod: Some(required(self.pod, "pod", "pod's name")?),
-            container: Some(required(self.container, "container", "container's name")?),
+            pod: pod(Some(required(self.pod, "pod", "pod's name")?))?,
+            container: container(Some(required(
+                self.container,
+                "container",
+                "container's name",
+            )?))?,
             command: Some(command),
         })
     }
@@ -484,7 +503,22 @@ fn bounded_window(window: Option<WindowInput>, default: Duration) -> Result<u32,
             "must be between 60 seconds (1m) and one day (1d)",
         ));
     }
-    Ok(u32::try_from(window.as_secs()).expect("at most a day"))
+    Ok(u32::try_from(aligned(window).as_secs()).expect("at most a day"))
+}
+
+/// `window` rounded to the nearest multiple of its step in [`WINDOW_STEPS`] (halves
+/// upwards): equal dashboards asking for nearly equal windows share one cache key, and a
+/// client sweeping windows second by second finds a few hundred keys. Windows from one
+/// minute to 30 days stay within those bounds.
+pub fn aligned(window: Duration) -> Duration {
+    let step = WINDOW_STEPS
+        .iter()
+        .rev()
+        .find(|step| **step * 12 <= window)
+        .unwrap_or(&WINDOW_STEPS[0])
+        .as_secs();
+    let seconds = window.as_secs();
+    Duration::from_secs((seconds + step / 2) / step * step)
 }
 
 /// Parses `3600`, `90s`, `15m`, `1h` or `7d`.
@@ -507,18 +541,75 @@ pub fn parse_window(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(n * unit))
 }
 
-/// A host or namespace filter: absent, or 1 to 253 printable characters.
-fn name(value: Option<String>, field: &str) -> Result<Option<String>, InvalidInput> {
+/// A host filter: absent, or a host name (a Kubernetes node name or the collector's host
+/// name): 1 to 253 ASCII letters, digits, `-`, `.` and `_`.
+fn host(value: Option<String>) -> Result<Option<String>, InvalidInput> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    checked(
+        value,
+        "host",
+        MAX_NAME_LENGTH,
+        valid,
+        "ASCII letters, digits, '-', '.' and '_'",
+    )
+}
+
+/// A namespace filter: absent, or a Kubernetes namespace name (a DNS label): 1 to 63
+/// lower-case letters, digits and `-`.
+fn namespace(value: Option<String>) -> Result<Option<String>, InvalidInput> {
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    checked(
+        value,
+        "namespace",
+        MAX_NAMESPACE_LENGTH,
+        valid,
+        "lower-case letters, digits and '-'",
+    )
+}
+
+/// A pod name (a DNS subdomain): 1 to 253 lower-case letters, digits, `-` and `.`.
+fn pod(value: Option<String>) -> Result<Option<String>, InvalidInput> {
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.');
+    checked(
+        value,
+        "pod",
+        MAX_NAME_LENGTH,
+        valid,
+        "lower-case letters, digits, '-' and '.'",
+    )
+}
+
+/// A container name (a DNS label): 1 to 63 lower-case letters, digits and `-`.
+fn container(value: Option<String>) -> Result<Option<String>, InvalidInput> {
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    checked(
+        value,
+        "container",
+        MAX_NAMESPACE_LENGTH,
+        valid,
+        "lower-case letters, digits and '-'",
+    )
+}
+
+/// A name of at most `max` characters each `valid` (`allowed` says which, for the error):
+/// names outside what Kubernetes and the collector write never reach the cache or the
+/// database.
+fn checked(
+    value: Option<String>,
+    field: &str,
+    max: usize,
+    valid: impl Fn(char) -> bool,
+    allowed: &str,
+) -> Result<Option<String>, InvalidInput> {
     match value {
         None => Ok(None),
-        Some(v) if v.is_empty() || v.len() > MAX_NAME_LENGTH => Err(InvalidInput::new(
+        Some(v) if v.is_empty() || v.len() > max => Err(InvalidInput::new(
             field,
-            format!("must be 1 to {MAX_NAME_LENGTH} characters"),
+            format!("must be 1 to {max} characters"),
         )),
-        Some(v) if v.chars().any(char::is_control) => Err(InvalidInput::new(
-            field,
-            "must not contain control characters",
-        )),
+        Some(v) if !v.chars().all(valid) => {
+            Err(InvalidInput::new(field, format!("may hold only {allowed}")))
+        }
         Some(v) => Ok(Some(v)),
     }
 }
@@ -735,6 +826,77 @@ mod tests {
         ] {
             assert_eq!(history(query).expect_err(query).field, field, "{query}");
         }
+    }
+
+    #[test]
+    fn windows_are_rounded_to_a_step_of_at_most_a_twelfth_of_them() {
+        let window = |q: &str| query(q).unwrap().window_seconds;
+        assert_eq!(window("window=60"), 60);
+        assert_eq!(window("window=62"), 60);
+        assert_eq!(window("window=63"), 65);
+        assert_eq!(window("window=90s"), 90);
+        assert_eq!(window("window=3599"), 3600);
+        assert_eq!(window("window=3751"), 3900);
+        assert_eq!(window("window=1h"), 3600);
+        assert_eq!(window("window=7h"), 25_200);
+        assert_eq!(window("window=100000"), 100_800);
+        assert_eq!(window("window=30d"), 2_592_000);
+        let search = |q: &str| RawSearch::from_query(q).and_then(RawSearch::validate);
+        assert_eq!(search("q=x&window=86399").unwrap().window_seconds, 86400);
+        for seconds in MIN_WINDOW.as_secs()..=MAX_WINDOW.as_secs() {
+            let rounded = aligned(Duration::from_secs(seconds)).as_secs();
+            assert!((MIN_WINDOW.as_secs()..=MAX_WINDOW.as_secs()).contains(&rounded));
+            assert!(
+                rounded.abs_diff(seconds) * 24 <= seconds,
+                "{seconds} to {rounded}"
+            );
+        }
+    }
+
+    #[test]
+    fn ten_thousand_distinct_windows_are_a_few_hundred_keys() {
+        // Ten thousand distinct windows spread over the whole range.
+        let keys: std::collections::HashSet<_> = (0..10_000u64)
+            .map(|i| {
+                let filters = query(&format!("window={}", 60 + i * 259)).unwrap();
+                filters.key(Part::TopProcesses)
+            })
+            .collect();
+        let all: std::collections::HashSet<_> = (MIN_WINDOW.as_secs()..=MAX_WINDOW.as_secs())
+            .map(|s| aligned(Duration::from_secs(s)))
+            .collect();
+        assert!(keys.len() <= all.len(), "{} keys", keys.len());
+        assert!(all.len() < 300, "{} windows in all", all.len());
+    }
+
+    #[test]
+    fn names_are_what_kubernetes_and_the_collector_write() {
+        let host = |h: &str| query(&format!("host={h}")).map(|f| f.host);
+        assert_eq!(
+            host("node-1.example_A").unwrap().as_deref(),
+            Some("node-1.example_A")
+        );
+        for bad in ["a%20b", "a/b", "%C3%A9t%C3%A9", "a%27--"] {
+            assert_eq!(host(bad).expect_err(bad).field, "host", "{bad}");
+        }
+        let namespace = |n: &str| query(&format!("namespace={n}")).map(|f| f.namespace);
+        assert_eq!(
+            namespace("kube-system").unwrap().as_deref(),
+            Some("kube-system")
+        );
+        for bad in ["Web", "a.b", "a_b", &"a".repeat(64)] {
+            assert_eq!(namespace(bad).expect_err(bad).field, "namespace", "{bad}");
+        }
+        let pod = |q: &str| RawPod::from_query(q).and_then(RawPod::validate);
+        assert!(pod("namespace=web&pod=api-1.x").is_ok());
+        assert_eq!(
+            pod("namespace=web&pod=API").expect_err("upper").field,
+            "pod"
+        );
+        assert_eq!(
+            pod("namespace=Web&pod=api").expect_err("upper").field,
+            "namespace"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use futures::{Stream, StreamExt as _};
 use sha2::{Digest as _, Sha256};
 use warp::http::{HeaderValue, Response, StatusCode, header};
 
-use crate::cache::{Lookup, Policy, Status, Weigh};
+use crate::cache::{CacheError, Lookup, Policy, Status, Weigh};
 use crate::filters::InvalidInput;
 use metricsstack_common::http::error_response;
 
@@ -196,6 +196,35 @@ pub(crate) fn unavailable() -> Response<Bytes> {
     response
 }
 
+/// What a client is told when its request was shed: too many database queries were running
+/// (or waiting for a connection) and no cached answer could stand in.
+pub const OVERLOADED: &str = "too many database queries are running and no cached answer can stand in; retry after the Retry-After seconds";
+
+/// The seconds a shed client is asked to wait (`Retry-After`).
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// `503 Service Unavailable` with `Retry-After` for a request shed under load: never cached.
+pub(crate) fn overloaded() -> Response<Bytes> {
+    let mut response = error_json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        OVERLOADED,
+        None,
+    );
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
+}
+
+/// The answer to a part that could not be looked up: shed under load, or unavailable.
+pub(crate) fn failed<E>(error: &CacheError<E>) -> Response<Bytes> {
+    match error {
+        CacheError::Overloaded => overloaded(),
+        CacheError::Fetch(_) | CacheError::Panicked => unavailable(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +291,7 @@ mod tests {
             stale_if_error: Duration::from_secs(300),
             max_entries: 1,
             max_bytes: 1,
+            max_fetches: 1,
         };
         let freshness = Freshness {
             status: Status::Hit,

@@ -49,6 +49,7 @@ pub struct Metrics {
     queries: Family<OutcomeLabels, Counter>,
     query_duration: Family<QueryLabels, Histogram>,
     database_up: Gauge,
+    queries_running: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,8 +93,15 @@ impl Default for Metrics {
             "Whether the database answered the last readiness probe (1) or not (0)",
             database_up.clone(),
         );
+        let queries_running = Gauge::default();
+        registry.register(
+            "database_queries_running",
+            "Database queries of answers running or waiting for a connection; at the limit, requests needing one more are shed",
+            queries_running.clone(),
+        );
         Self {
             database_up,
+            queries_running,
             registry: Mutex::new(registry),
             requests,
             lookups,
@@ -113,6 +121,15 @@ impl Metrics {
     /// Records whether the database answered the readiness probe.
     pub fn database_up(&self, up: bool) {
         self.database_up.set(i64::from(up));
+    }
+
+    /// Records that a database query of an answer starts (`true`) or ends (`false`).
+    pub fn query_running(&self, running: bool) {
+        if running {
+            self.queries_running.inc();
+        } else {
+            self.queries_running.dec();
+        }
     }
 
     /// Records an answered request.

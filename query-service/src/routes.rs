@@ -18,7 +18,7 @@ use warp::{Filter, Reply};
 use crate::cache::{CacheError, Lookup};
 use crate::dashboard;
 use crate::filters::{InvalidInput, Part, PartKey, RawFilters, RawHistory, RawPod, RawSearch};
-use crate::http::{Answer, Freshness, bad_request, cached, error_json, read_body, unavailable};
+use crate::http::{Answer, Freshness, bad_request, cached, error_json, failed, read_body};
 use crate::service::{QueryError, QueryService};
 use metricsstack_common::config::StackIdentity;
 
@@ -233,7 +233,7 @@ impl QueryService {
                 self.cache.policy(),
                 if_none_match,
             ),
-            Err(_) => unavailable(),
+            Err(error) => failed(&error),
         };
         self.record(endpoint, response)
     }
@@ -258,7 +258,7 @@ impl QueryService {
         for lookup in lookups {
             match lookup {
                 Ok(lookup) => parts.push(lookup),
-                Err(_) => return self.record(ENDPOINT, unavailable()),
+                Err(error) => return self.record(ENDPOINT, failed(&error)),
             }
         }
         let mut etag = Sha256::new();

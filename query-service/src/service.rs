@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,10 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
+use warp::Filter as _;
 use warp::filters::BoxedFilter;
-use warp::http::Response;
+use warp::http::{Response, StatusCode};
+use warp::path::FullPath;
 
 use crate::cache::{Cache, Policy};
 use crate::filters::PartKey;
@@ -35,6 +38,14 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// What `/readyz` answers when the database does not and nothing is cached to serve; the
 /// error itself is logged.
 pub const DATABASE_UNREACHABLE: &str = "database unreachable";
+/// What `/readyz` answers (200) when the database does not but cached answers stand in:
+/// ready, and saying why the answers may be stale.
+pub const SERVING_CACHED: &str = "ready: serving cached answers, the database is unreachable";
+/// Database queries of answers that may run (or wait for a connection) at once, per
+/// connection of the pool: a request needing one more is shed with `503` and `Retry-After`
+/// (unless a stale answer stands in), so that the pool's queue stays short instead of
+/// growing with hostile or bursting load until requests time out in it.
+pub const QUERIES_PER_CONNECTION: usize = 2;
 /// How often the hourly aggregates are looked up again.
 pub const AGGREGATE_RECHECK: Duration = Duration::from_secs(300);
 /// How soon a failed look-up of the aggregates is retried.
@@ -95,6 +106,8 @@ struct Database {
     pool: PgPool,
     aggregates: RwLock<Aggregates>,
     metrics: Arc<Metrics>,
+    /// The database answered the last readiness probe (true until one says otherwise).
+    up: AtomicBool,
 }
 
 impl Database {
@@ -111,9 +124,11 @@ impl Database {
             source = statement.source.as_str(),
         );
         let started = Instant::now();
+        self.metrics.query_running(true);
         let result = queries::run(&self.pool, statement, &key)
             .instrument(span)
             .await;
+        self.metrics.query_running(false);
         let outcome = result.as_ref().map_or_else(failure_kind, |_| "ok");
         self.metrics.query(statement, started.elapsed(), outcome);
         match result {
@@ -154,6 +169,7 @@ impl ReadinessCheck for CanAnswer {
                 }
             };
             self.database.metrics.database_up(up);
+            self.database.up.store(up, Ordering::Relaxed);
             let (cached, _) = self.cache.usage();
             if up || cached > 0 {
                 Ok(())
@@ -201,6 +217,8 @@ impl QueryService {
             stale_if_error: Duration::from_secs(config.stale_if_error_seconds),
             max_entries: usize::try_from(config.max_entries).unwrap_or(usize::MAX),
             max_bytes: config.max_bytes,
+            max_fetches: QUERIES_PER_CONNECTION
+                * usize::try_from(config.pool.max_connections.max(1)).unwrap_or(usize::MAX),
         };
         let metrics = Metrics::default();
         if let AccessPolicy::Kubernetes(kubernetes) = &access {
@@ -210,6 +228,7 @@ impl QueryService {
             pool,
             aggregates: RwLock::new(Aggregates::default()),
             metrics: Arc::new(metrics),
+            up: AtomicBool::new(true),
         });
         let source = database.clone();
         let cache = Cache::new(policy, move |key: &PartKey| {
@@ -225,23 +244,41 @@ impl QueryService {
         })
     }
 
+    /// The answers cached (that may still be served) and their bytes.
+    pub fn cache_usage(&self) -> (usize, u64) {
+        self.cache.usage()
+    }
+
     /// The service's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.database.metrics
     }
 
-    /// `/healthz`, `/readyz` (the database answers in time) and `/metrics` (the service's
-    /// metrics), as every MetricsStack program serves them.
+    /// `/healthz`, `/readyz` (the service can answer: 200 `ready` with the database,
+    /// 200 [`SERVING_CACHED`] without it, 503 [`DATABASE_UNREACHABLE`] with neither) and
+    /// `/metrics` (the service's metrics), as every MetricsStack program serves them.
     pub(crate) fn admin_routes(&self) -> BoxedFilter<(Response<Bytes>,)> {
         let can_answer = CanAnswer {
             database: self.database.clone(),
             cache: self.cache.clone(),
         };
-        admin::routes(
-            Arc::new(can_answer),
-            self.database.metrics.clone(),
-            self.access.clone(),
-        )
+        let database = self.database.clone();
+        warp::path::full()
+            .and(admin::routes(
+                Arc::new(can_answer),
+                self.database.metrics.clone(),
+                self.access.clone(),
+            ))
+            .map(move |path: FullPath, mut response: Response<Bytes>| {
+                let serving_cached = path.as_str() == "/readyz"
+                    && response.status() == StatusCode::OK
+                    && !database.up.load(Ordering::Relaxed);
+                if serving_cached {
+                    *response.body_mut() = Bytes::from_static(SERVING_CACHED.as_bytes());
+                }
+                response
+            })
+            .boxed()
     }
 
     /// The hourly aggregates the long windows read, as last looked up.

@@ -736,20 +736,18 @@ async fn answers_are_refreshed_ahead_while_read_stale_while_a_refresh_waits_then
     assert_eq!(new.body["rows"][0]["host"], "node-1");
     assert_eq!(new.body["rows"][0]["process_name"], "proc-1");
 
-    // Last read at 2 s, its answer from 2 s: refreshed when due at 2.9 s and 3.85 s (read
-    // within 2 s), not at 4.8 s; from 6.9 s the answer of 3.9 s is too old to be served (3 s),
-    // and the next request waits for the database.
+    // Last read at 2 s, its answer from 2 s: refreshed when due at 2.9 s (read since it was
+    // stored), not at 3.85 s (the answer of 2.95 s was not read); from 5.95 s that answer is
+    // too old to be served (3 s), and the next request waits for the database.
     clock.to(2950).await;
     wait_for_metric(&client, &queries, 4).await;
-    clock.to(3900).await;
-    wait_for_metric(&client, &queries, 5).await;
     clock.to(6950).await;
     let not_refreshed = metric(&client, &queries).await;
-    assert_eq!(not_refreshed, 5, "no refresh without readers");
+    assert_eq!(not_refreshed, 4, "no refresh without readers");
     let missed = client.get(path).await;
     assert_eq!(missed.header("x-cache"), "MISS");
     assert_eq!(missed.header("age"), "0");
-    assert_eq!(metric(&client, &queries).await, 6);
+    assert_eq!(metric(&client, &queries).await, 5);
 }
 
 /// The dashboard, requested at once by those of `clients` clients whose turn it is at
@@ -766,7 +764,7 @@ async fn poll_dashboard(client: &Client, clients: u32, step: u32) -> Vec<String>
 }
 
 #[tokio::test]
-async fn database_queries_do_not_grow_with_the_number_of_polling_clients() {
+async fn a_lone_poller_costs_a_query_a_poll_and_twenty_pollers_no_more_than_refreshes_ahead() {
     // Two databases, so that the database counts each service's queries apart: one client
     // on one, twenty on the other, over the same 8.64 s.
     let mut databases = Vec::new();
@@ -804,27 +802,38 @@ async fn database_queries_do_not_grow_with_the_number_of_polling_clients() {
         for (service, (clients, requests)) in services.iter().zip(clients.iter().zip(&mut requests))
         {
             let answers = poll_dashboard(service, *clients, step).await;
+            // Alone, the client finds its answer of the last poll (2.88 s ago) stale, gets
+            // it at once and the service revalidates it: refreshing ahead would have asked
+            // the database three times between two polls. Twenty find it refreshed ahead.
+            let between = if *clients == 1 { "STALE" } else { "HIT" };
             assert!(
                 answers
                     .iter()
-                    .all(|a| a == "HIT" || step == 0 && a == "MISS"),
+                    .all(|a| a == between || step == 0 && a == "MISS"),
                 "{clients} clients at step {step}: {answers:?}"
             );
             *requests += answers.len();
             if step % 3 == 0 {
-                // The first fetch, then a refresh each third step: one query per part each time.
-                wait_for_metric(service, QUERIES, 4 * (u64::from(step) / 3 + 1)).await;
+                // The first fetch, then one query per part a poll (alone) or a refresh
+                // each third step (twenty).
+                let fetches = if *clients == 1 { step / 9 } else { step / 3 };
+                wait_for_metric(service, QUERIES, 4 * (u64::from(fetches) + 1)).await;
             }
         }
     }
     assert_eq!(requests, [4, 63]);
     let one = metric_statement_calls(&databases[0].1).await;
     let twenty = metric_statement_calls(&databases[1].1).await;
-    assert_eq!(one.len(), 4, "one statement per part: {one:#?}");
-    for (query, calls) in &one {
-        assert_eq!(*calls, 10, "a fetch and nine refreshes: {query}");
+    for (calls_by_statement, clients, expected) in [(&one, 1, 4), (&twenty, 20, 10)] {
+        assert_eq!(
+            calls_by_statement.len(),
+            4,
+            "one statement per part: {calls_by_statement:#?}"
+        );
+        for (query, calls) in calls_by_statement {
+            assert_eq!(*calls, expected, "{clients} clients: {query}");
+        }
     }
-    assert_eq!(one, twenty, "as many queries for twenty clients as for one");
 }
 
 #[tokio::test]
@@ -926,9 +935,15 @@ async fn while_the_database_is_down_stale_answers_or_503() {
     );
     let batch = client.batch("{}").await;
     assert_eq!(batch.status, StatusCode::SERVICE_UNAVAILABLE);
-    // Serving stale is answering: the replica stays ready (and in the Service), and the
-    // database's health is a metric of its own.
-    assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
+    // Serving stale is answering: the replica stays ready (and in the Service), says why
+    // its answers may be stale, and the database's health is a metric of its own.
+    assert_eq!(
+        client.text("/readyz").await,
+        (
+            StatusCode::OK,
+            metricsstack_query_service::service::SERVING_CACHED.to_owned()
+        )
+    );
     // The failure is counted under its kind, one of a fixed few: the label stays bounded.
     let (_, metrics) = client.text("/metrics").await;
     assert!(
@@ -948,12 +963,74 @@ async fn while_the_database_is_down_stale_answers_or_503() {
     let back = client.get("/api/host-overall-metrics?host=node-1").await;
     assert_eq!(back.status, StatusCode::OK, "{}", back.body);
     assert_eq!(back.header("x-cache"), "MISS");
-    assert_eq!(client.text("/readyz").await.0, StatusCode::OK);
+    assert_eq!(
+        client.text("/readyz").await,
+        (StatusCode::OK, "ready".to_owned())
+    );
     let (_, metrics) = client.text("/metrics").await;
     assert!(
         metrics.contains("metricsstack_query_service_database_up 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn beyond_the_query_limit_requests_are_shed_with_503_and_retry_after() {
+    let (db, pool) = seeded().await;
+    // One connection: two queries may run or wait for it.
+    let mut config = config(60, 60, 60);
+    config.pool.max_connections = 1;
+    let client = start(&config, &db.url()).await;
+    let cached = client.get("/api/host-overall-metrics?window=5m").await;
+    assert_eq!(cached.status, StatusCode::OK);
+
+    let mut lock = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE host_overall_metrics IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let running = "metricsstack_query_service_database_queries_running";
+    let (held, ()) = futures::future::join(
+        futures::future::join_all(
+            [
+                "/api/host-overall-metrics?window=1h",
+                "/api/host-overall-metrics?window=2h",
+            ]
+            .map(|path| client.get(path)),
+        ),
+        async {
+            eventually("two queries run or wait for the connection", || async {
+                metric(&client, running).await == 2
+            })
+            .await;
+            let shed = client.get("/api/host-overall-metrics?window=3h").await;
+            assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(shed.header("retry-after"), "1");
+            assert_eq!(shed.header("cache-control"), "no-store");
+            assert_eq!(
+                shed.body,
+                json!({
+                    "code": "overloaded",
+                    "error": metricsstack_query_service::http::OVERLOADED,
+                })
+            );
+            let batch = client.batch(r#"{"window": "4h"}"#).await;
+            assert_eq!(batch.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(batch.body["code"], "overloaded");
+            // A fresh answer needs no query: served as ever.
+            let hit = client.get("/api/host-overall-metrics?window=5m").await;
+            assert_eq!(hit.status, StatusCode::OK);
+            assert_eq!(hit.header("x-cache"), "HIT");
+            lock.commit().await.expect("commit");
+        },
+    )
+    .await;
+    for answer in held {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    let after = client.get("/api/host-overall-metrics?window=3h").await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(metric(&client, running).await, 0);
 }
 
 #[tokio::test]
@@ -971,6 +1048,8 @@ async fn every_kind_of_bad_input_gets_400_naming_the_field() {
         ("/api/vm-metrics?namespace=", "namespace"),
         ("/api/vm-metrics?namespace=web&since=1h", "since"),
         ("/api/vm-metrics?host=a&host=b", "host"),
+        ("/api/vm-metrics?host=node%201", "host"),
+        ("/api/vm-metrics?namespace=Web", "namespace"),
     ];
     for (path, field) in queries {
         let answer = client.get(path).await;

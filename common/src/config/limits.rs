@@ -53,8 +53,10 @@ pub const SPOOL_MEGABYTES: Bounds = Bounds::new(1, 102_400);
 pub const POOL_MAX_CONNECTIONS: Bounds = Bounds::new(1, 100);
 /// A connection pool's connections kept open when idle (also at most its maximum).
 pub const POOL_MIN_CONNECTIONS: Bounds = Bounds::new(0, 100);
-/// Most answers in the query service's cache.
-pub const CACHE_ENTRIES: Bounds = Bounds::new(1, 1_000_000);
+/// Most answers in the query service's cache: each costs bookkeeping beyond its bytes (its
+/// key in the map and the eviction and expiry indexes, up to about 1 KiB with the longest
+/// names), which `maxBytes` does not count, so a million would cost up to a gigabyte more.
+pub const CACHE_ENTRIES: Bounds = Bounds::new(1, 100_000);
 /// Most megabytes of answers in the query service's cache.
 pub const CACHE_MEGABYTES: Bounds = Bounds::new(1, 16_384);
 

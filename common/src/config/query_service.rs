@@ -31,7 +31,7 @@ pub struct QueryServiceConfig {
     pub stale_while_revalidate_seconds: u64,
     /// Seconds a stale answer may be served while the database is failing.
     pub stale_if_error_seconds: u64,
-    /// Most cached answers.
+    /// Most cached answers, within [`limits::CACHE_ENTRIES`].
     pub max_entries: u32,
     /// Most bytes of cached answers.
     pub max_bytes: u64,

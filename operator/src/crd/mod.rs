@@ -966,7 +966,7 @@ pub struct CacheSpec {
     /// How long a stale answer may be served while the database is failing.
     #[serde(default = "default_stale_if_error")]
     pub stale_if_error: Duration,
-    /// Most cached answers.
+    /// Most cached answers (at most 100000: each costs bookkeeping beyond its bytes).
     #[serde(default = "default_max_entries")]
     #[schemars(range(min = limits::CACHE_ENTRIES.min, max = limits::CACHE_ENTRIES.max))]
     pub max_entries: u32,
