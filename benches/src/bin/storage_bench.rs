@@ -1236,6 +1236,13 @@ impl Fleet {
                     cpu_usage_percent: cpu as f32,
                     cpu_peak_percent: peak as f32,
                     cpu_limit_percent: (k.cpu > 1.0).then(|| (cpu / 2.0) as f32),
+                    // Containers with a limit of 2 cores also request one, and 1 GiB of
+                    // memory limit with half of it requested.
+                    cpu_request_percent: (k.cpu > 1.0).then_some(cpu as f32),
+                    memory_limit_percent: (k.cpu > 1.0)
+                        .then(|| (memory_usage_mb / 1024.0 * 100.0) as f32),
+                    memory_request_percent: (k.cpu > 1.0)
+                        .then(|| (memory_usage_mb / 512.0 * 100.0) as f32),
                     memory_usage_mb,
                     disk_read_bytes,
                     disk_write_bytes,
