@@ -6,7 +6,7 @@ use metricsstack_common::access::Authentication;
 use metricsstack_common::config::{
     CollectorConfig, CommandLinePolicy, DatabaseConfig, ProcessConfig, TlsConfig,
 };
-use metricsstack_common::database::PoolSettings;
+use metricsstack_common::database::{PoolSettings, Pooler};
 
 use crate::crd::{
     CA_NEEDS_VERIFICATION, CA_REF_EXACTLY_ONE, CommandLines, DatabaseSpec, Duration,
@@ -160,6 +160,7 @@ fn database_config(database: &DatabaseSpec) -> Result<DatabaseConfig, SpecError>
     };
     Ok(DatabaseConfig {
         tls: Some(TlsConfig { mode, ca_file }),
+        pooler: Pooler::None,
     })
 }
 

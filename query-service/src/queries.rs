@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::PgExecutor;
 
 use crate::filters::{Part, PartKey, TopMetric};
 
@@ -33,12 +33,14 @@ pub struct Aggregates {
 }
 
 /// Looks the hourly aggregates up in the schema on the connection's `search_path`.
-pub async fn detect_aggregates(pool: &PgPool) -> Result<Aggregates, sqlx::Error> {
+pub async fn detect_aggregates<'c>(
+    executor: impl PgExecutor<'c>,
+) -> Result<Aggregates, sqlx::Error> {
     let (host_process, host_overall): (bool, bool) =
         sqlx::query_as("SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL")
             .bind(HOST_PROCESS_AGGREGATE)
             .bind(HOST_OVERALL_AGGREGATE)
-            .fetch_one(pool)
+            .fetch_one(executor)
             .await?;
     Ok(Aggregates {
         host_process,
@@ -502,8 +504,8 @@ pub fn statement(key: &PartKey, aggregates: Aggregates) -> Statement {
 }
 
 /// Runs `statement` for `key` and serialises its answer as JSON.
-pub async fn run(
-    pool: &PgPool,
+pub async fn run<'c>(
+    executor: impl PgExecutor<'c>,
     statement: Statement,
     key: &PartKey,
 ) -> Result<Vec<u8>, sqlx::Error> {
@@ -528,7 +530,7 @@ pub async fn run(
                 .bind(window)
                 .bind(host)
                 .bind(limit)
-                .fetch_all(pool)
+                .fetch_all(executor)
                 .await?,
         ),
         (Part::HostOverallMetrics, source) => json(
@@ -542,7 +544,7 @@ pub async fn run(
             .bind(window)
             .bind(host)
             .bind(NOW_LOOKBACK.as_secs_f64())
-            .fetch_all(pool)
+            .fetch_all(executor)
             .await?,
         ),
         (Part::TopProcesses, source) => json(
@@ -557,7 +559,7 @@ pub async fn run(
             .bind(host)
             .bind(metric)
             .bind(limit)
-            .fetch_all(pool)
+            .fetch_all(executor)
             .await?,
         ),
         (Part::VmMetrics, _) => json(
@@ -568,7 +570,7 @@ pub async fn run(
                 .bind(host)
                 .bind(key.namespace.as_deref())
                 .bind(limit)
-                .fetch_all(pool)
+                .fetch_all(executor)
                 .await?,
         ),
         (Part::ProcessSearch, _) => json(
@@ -579,7 +581,7 @@ pub async fn run(
                 .bind(host)
                 .bind(like_pattern(key.search.as_deref().unwrap_or_default()))
                 .bind(limit)
-                .fetch_all(pool)
+                .fetch_all(executor)
                 .await?,
         ),
         (Part::PodProcesses, _) => json(
@@ -590,7 +592,7 @@ pub async fn run(
                 .bind(key.namespace.as_deref())
                 .bind(key.pod.as_deref())
                 .bind(MAX_POD_PROCESSES)
-                .fetch_all(pool)
+                .fetch_all(executor)
                 .await?,
         ),
     })

@@ -89,10 +89,11 @@ pub enum ServiceError {
     },
 }
 
-/// The database side of the service: the pool, the hourly aggregates last found, and the
-/// metrics.
+/// The database side of the service: the pool, the session its queries run as, the hourly
+/// aggregates last found, and the metrics.
 struct Database {
     pool: PgPool,
+    session: Session,
     aggregates: RwLock<Aggregates>,
     metrics: Arc<Metrics>,
 }
@@ -100,6 +101,19 @@ struct Database {
 impl Database {
     fn aggregates(&self) -> Aggregates {
         *self.aggregates.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `statement` for `key` in a transaction of its own (behind PgBouncer in
+    /// transaction mode, the statement's round trips stay on one server connection).
+    async fn query(
+        &self,
+        statement: queries::Statement,
+        key: &PartKey,
+    ) -> Result<Vec<u8>, sqlx::Error> {
+        let mut transaction = self.session.begin(&self.pool).await?;
+        let body = queries::run(&mut *transaction, statement, key).await?;
+        transaction.commit().await?;
+        Ok(body)
     }
 
     /// Queries one part: the cache's source.
@@ -111,9 +125,7 @@ impl Database {
             source = statement.source.as_str(),
         );
         let started = Instant::now();
-        let result = queries::run(&self.pool, statement, &key)
-            .instrument(span)
-            .await;
+        let result = self.query(statement, &key).instrument(span).await;
         let outcome = result.as_ref().map_or_else(failure_kind, |_| "ok");
         self.metrics.query(statement, started.elapsed(), outcome);
         match result {
@@ -138,7 +150,8 @@ struct CanAnswer {
 impl ReadinessCheck for CanAnswer {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let probe = sqlx::query("SELECT 1").execute(&self.database.pool);
+            // A simple query: no prepared statement, fit for a transaction-mode pooler too.
+            let probe = sqlx::raw_sql("SELECT 1").execute(&self.database.pool);
             let up = match tokio::time::timeout(READY_TIMEOUT, probe).await {
                 Ok(Ok(_)) => true,
                 Ok(Err(error)) => {
@@ -192,6 +205,7 @@ impl QueryService {
             schema: config.schema.clone(),
             search_path: SearchPath::StackSchema,
             statement_timeout: Some(STATEMENT_TIMEOUT),
+            pooler: config.database.pooler,
         };
         let options = config.database.connect_options(options);
         let pool = session.connect_lazy(options, &config.pool);
@@ -208,6 +222,7 @@ impl QueryService {
         }
         let database = Arc::new(Database {
             pool,
+            session,
             aggregates: RwLock::new(Aggregates::default()),
             metrics: Arc::new(metrics),
         });
@@ -251,7 +266,10 @@ impl QueryService {
 
     /// Looks the hourly aggregates up again.
     pub async fn refresh_aggregates(&self) -> Result<Aggregates, sqlx::Error> {
-        let found = queries::detect_aggregates(&self.database.pool).await?;
+        let database = &self.database;
+        let mut transaction = database.session.begin(&database.pool).await?;
+        let found = queries::detect_aggregates(&mut *transaction).await?;
+        transaction.commit().await?;
         *self
             .database
             .aggregates

@@ -248,6 +248,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "PEM file of the database server's CA, with VerifyCa or VerifyFull",
     ),
     (
+        "database.pooler",
+        "",
+        "None, or PgBouncerTransaction when DATABASE_URL is a PgBouncer in transaction mode",
+    ),
+    (
         "listenAddress",
         "COLLECTOR_LISTEN_ADDRESS",
         "address of /metrics, /healthz, /readyz (default 0.0.0.0:9464)",
