@@ -120,6 +120,39 @@ pub struct DatabaseSpec {
     /// Connection-pool settings, separately for each client of the database.
     #[serde(default)]
     pub pools: PoolsSpec,
+    /// A connection pooler the collectors and the query service connect through; absent:
+    /// they connect through `secretRef`, as the operator does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooler: Option<PoolerSpec>,
+}
+
+/// A pooler in front of the database for the collectors and the query service. The
+/// operator keeps the direct connection of `secretRef`: its advisory locks, session settings
+/// and migrations need a session of their own.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolerSpec {
+    /// The kind of pooler.
+    pub kind: PoolerKind,
+    /// The Secret (in the resource's namespace) holding the pooler's connection URI,
+    /// `postgres://user:password@pgbouncer:6432/database`. The pods read it when they start.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// Kinds of connection pooler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+pub enum PoolerKind {
+    /// PgBouncer in transaction mode (any version): every query and write runs in a
+    /// transaction that sets itself up, and no prepared statement outlives it.
+    PgBouncerTransaction,
+}
+
+impl From<PoolerKind> for metricsstack_common::database::Pooler {
+    fn from(kind: PoolerKind) -> Self {
+        match kind {
+            PoolerKind::PgBouncerTransaction => Self::PgBouncerTransaction,
+        }
+    }
 }
 
 fn default_schema() -> String {
