@@ -306,7 +306,9 @@ pub struct PoolsSpec {
     /// The operator's own connections (schema and policy management).
     #[serde(default = "PoolSpec::operator_default")]
     pub operator: PoolSpec,
-    /// Each collector's connections (batched inserts).
+    /// Each collector's connections (batched inserts). The writer sends one batch at a
+    /// time, so one connection (the default) is all it uses; it is held between samples
+    /// rather than opened every interval.
     #[serde(default = "PoolSpec::collector_default")]
     pub collector: PoolSpec,
     /// Each query service replica's connections.
@@ -369,7 +371,7 @@ impl PoolSpec {
         Self::with_max(2)
     }
     fn collector_default() -> Self {
-        Self::with_max(2)
+        Self::with_max(1)
     }
     fn query_service_default() -> Self {
         Self::with_max(10)
