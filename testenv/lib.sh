@@ -31,6 +31,17 @@ ensure_postgres() {
   [ -x "$(postgres_bin_dir)/postgres" ] || die "postgresql-$POSTGRES_MAJOR did not install $(postgres_bin_dir)/postgres"
 }
 
+# Debian's PgBouncer, the connection pooler the data plane is tested through (transaction
+# mode, in front of the native PostgreSQL), installed from the package repository when
+# missing.
+ensure_pgbouncer() {
+  if [ -x /usr/sbin/pgbouncer ]; then return; fi
+  log "installing Debian's pgbouncer"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq pgbouncer >/dev/null
+  [ -x /usr/sbin/pgbouncer ] || die "pgbouncer did not install /usr/sbin/pgbouncer"
+}
+
 # Debian's Chromium, which the dashboard's browser test drives headless
 # (query-service/tests/dashboard.rs), installed from the package repository when missing.
 ensure_chromium() {

@@ -1,4 +1,4 @@
-//! Writing a batch to the database in one round trip: one statement whose three
+//! Writing a batch to the database in one statement whose three
 //! `INSERT ... SELECT FROM UNNEST(arrays)` parts fill the three metric tables. Each table has a
 //! natural key, and `ON CONFLICT DO NOTHING` makes a replayed batch insert nothing twice.
 //! Each table's part also runs alone, to find which table refuses a batch, and errors are
@@ -8,10 +8,9 @@
 use std::sync::LazyLock;
 
 use regex::Regex;
-use sqlx::PgPool;
-use sqlx::Postgres;
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
+use sqlx::{PgExecutor, Postgres};
 
 use crate::rows::{Batch, HostRow, ProcessRow, Table, VmRow};
 
@@ -184,14 +183,17 @@ fn bind_vms<O>(query: Insert<O>, v: &[VmRow]) -> Insert<O> {
         .bind(col(v, |r| r.memory_request_percent))
 }
 
-/// Inserts a batch in one round trip; returns the rows each table gained.
-pub async fn insert(pool: &PgPool, batch: &Batch) -> Result<Inserted, sqlx::Error> {
+/// Inserts a batch in one statement; returns the rows each table gained.
+pub async fn insert<'c>(
+    executor: impl PgExecutor<'c>,
+    batch: &Batch,
+) -> Result<Inserted, sqlx::Error> {
     let query = sqlx::query_as(INSERT_BATCH.as_str());
     let query = bind_vms(
         bind_processes(bind_hosts(query, &batch.hosts), &batch.processes),
         &batch.vms,
     );
-    let (hosts, processes, vms): (i64, i64, i64) = query.fetch_one(pool).await?;
+    let (hosts, processes, vms): (i64, i64, i64) = query.fetch_one(executor).await?;
     Ok(Inserted {
         hosts,
         processes,
@@ -201,7 +203,11 @@ pub async fn insert(pool: &PgPool, batch: &Batch) -> Result<Inserted, sqlx::Erro
 
 /// Inserts the rows a batch holds for one table, in a statement that names no other table
 /// (so that a table that refuses them fails this statement alone); returns the rows added.
-pub async fn insert_into(pool: &PgPool, table: Table, batch: &Batch) -> Result<i64, sqlx::Error> {
+pub async fn insert_into<'c>(
+    executor: impl PgExecutor<'c>,
+    table: Table,
+    batch: &Batch,
+) -> Result<i64, sqlx::Error> {
     let query = match table {
         Table::Hosts => bind_hosts(sqlx::query_as(INSERT_HOSTS_ALONE.as_str()), &batch.hosts),
         Table::Processes => bind_processes(
@@ -210,7 +216,7 @@ pub async fn insert_into(pool: &PgPool, table: Table, batch: &Batch) -> Result<i
         ),
         Table::Vms => bind_vms(sqlx::query_as(INSERT_VMS_ALONE.as_str()), &batch.vms),
     };
-    let (inserted,): (i64,) = query.fetch_one(pool).await?;
+    let (inserted,): (i64,) = query.fetch_one(executor).await?;
     Ok(inserted)
 }
 

@@ -135,6 +135,7 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
         schema: config.schema.clone(),
         search_path: SearchPath::StackSchema,
         statement_timeout: None,
+        pooler: config.database.pooler,
     };
     let pool = session.connect_lazy(config.database.connect_options(database), &config.pool);
     let spool_dir = config.spool_dir.clone();
@@ -154,7 +155,7 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
         );
     }
     let spool = Arc::new(Mutex::new(spool));
-    let writer = Writer::new(pool, spool.clone(), metrics.clone());
+    let writer = Writer::new(pool, session, spool.clone(), metrics.clone());
 
     let node = std::env::var("NODE_NAME")
         .ok()

@@ -8,14 +8,19 @@
 //! constraint, a type, a column the table no longer has). A refused batch is tried
 //! [`REFUSED_ATTEMPTS`] times; then each table's rows are written alone, and the rows of a
 //! table that refuses them still are set aside as a dead letter, so that the rest flows on.
+//!
+//! Each write is a transaction of its own, begun as the stack's [`Session`] says: behind
+//! PgBouncer in transaction mode that keeps the statement's round trips on one server
+//! connection, and the rows count as written only once committed.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use metricsstack_common::database::Session;
 use sqlx::PgPool;
 use tokio::sync::{Notify, oneshot};
 
-use crate::ingest::{self, Failure};
+use crate::ingest::{self, Failure, Inserted};
 use crate::metrics::Metrics;
 use crate::rows::{Batch, Table};
 use crate::spool::{Dropped, EntryId, Spool};
@@ -108,6 +113,7 @@ struct Refused {
 /// Sends the spool to the database, oldest batch first.
 pub struct Writer {
     pool: PgPool,
+    session: Session,
     spool: Arc<Mutex<Spool>>,
     metrics: Arc<Metrics>,
     failures: u32,
@@ -116,10 +122,16 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer from `spool` to `pool`.
-    pub fn new(pool: PgPool, spool: Arc<Mutex<Spool>>, metrics: Arc<Metrics>) -> Self {
+    /// A writer from `spool` to `pool`, whose connections are set up as `session`.
+    pub fn new(
+        pool: PgPool,
+        session: Session,
+        spool: Arc<Mutex<Spool>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             pool,
+            session,
             spool,
             metrics,
             failures: 0,
@@ -215,7 +227,7 @@ impl Writer {
             return self.set_aside(id, batch).await;
         }
         let started = Instant::now();
-        match timed(ingest::insert(&self.pool, batch)).await {
+        match timed(self.insert(batch)).await {
             Ok(inserted) => {
                 self.metrics
                     .batch_latency
@@ -257,6 +269,22 @@ impl Writer {
         }
     }
 
+    /// Writes a batch in a transaction of its own.
+    async fn insert(&self, batch: &Batch) -> Result<Inserted, sqlx::Error> {
+        let mut transaction = self.session.begin(&self.pool).await?;
+        let inserted = ingest::insert(&mut *transaction, batch).await?;
+        transaction.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Writes the rows of one table in a transaction of its own.
+    async fn insert_into(&self, table: Table, part: &Batch) -> Result<i64, sqlx::Error> {
+        let mut transaction = self.session.begin(&self.pool).await?;
+        let inserted = ingest::insert_into(&mut *transaction, table, part).await?;
+        transaction.commit().await?;
+        Ok(inserted)
+    }
+
     /// Writes each table's rows of a refused batch alone, and sets aside the rows of each
     /// table that still refuses them.
     async fn set_aside(&mut self, id: EntryId, batch: &Batch) -> Delivery {
@@ -269,7 +297,7 @@ impl Writer {
             if part.is_empty() || done {
                 continue;
             }
-            match timed(ingest::insert_into(&self.pool, table, &part)).await {
+            match timed(self.insert_into(table, &part)).await {
                 Ok(inserted) => self.metrics.written(table.name(), inserted),
                 Err(failure) if failure.failure == Failure::Transient => {
                     self.back_off(&failure);

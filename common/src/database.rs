@@ -13,6 +13,14 @@
 //! - sets `statement_timeout` to the client's bound, or to none (`0`) explicitly, so that
 //!   no setting left by an earlier session applies.
 //!
+//! Through PgBouncer in transaction mode ([`Pooler::PgBouncerTransaction`]) a client
+//! connection is no session: each transaction may run on another server connection, and
+//! whatever a session sets outlives it on a server that other clients use next. There, a
+//! connection sets up nothing; every unit of work is a transaction ([`Session::begin`]) that
+//! first drops the prepared statements a server connection still holds and sets the search
+//! path and the statement timeout for itself alone (`SET LOCAL`), and sqlx keeps no statement
+//! cache (a cached statement lives on one server connection only).
+//!
 //! TLS towards the database is mapped to sqlx here, once, for every client ([`DatabaseTls`]),
 //! and a failed connection is described here in a few words fit for a status condition or
 //! a log line ([`ConnectFailure`]), never with the URI or the password.
@@ -23,7 +31,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-use sqlx::{Executor as _, PgPool};
+use sqlx::{AssertSqlSafe, Executor as _, PgPool, Postgres, Transaction};
 
 /// Connection-pool settings of one database client (sqlx `PgPoolOptions`), as the
 /// `MetricsStack` declares them for that client.
@@ -266,6 +274,26 @@ impl ConnectFailure {
     }
 }
 
+/// What stands between a client and PostgreSQL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum Pooler {
+    /// Nothing, or a pooler in session mode: each client connection is a PostgreSQL session
+    /// of its own while it is open.
+    #[default]
+    None,
+    /// PgBouncer (any version) in transaction mode: a client connection holds a server
+    /// connection only during a transaction. Connections set up nothing, every unit of work
+    /// is a transaction that sets itself up, and no prepared statement outlives it.
+    PgBouncerTransaction,
+}
+
+impl Pooler {
+    /// Whether there is no transaction-mode pooler (what an absent setting means).
+    pub fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+}
+
 /// Which schemas a client's sessions search for unqualified names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SearchPath {
@@ -286,6 +314,8 @@ pub struct Session {
     pub search_path: SearchPath,
     /// The server cancels any statement running longer; `None`: no bound.
     pub statement_timeout: Option<Duration>,
+    /// What stands between the client and PostgreSQL.
+    pub pooler: Pooler,
 }
 
 impl Session {
@@ -307,8 +337,50 @@ impl Session {
         )
     }
 
-    /// `settings` as sqlx pool options whose every new connection is set up as this session.
+    /// What begins a unit of work ([`Session::begin`]): `BEGIN`, and behind a
+    /// transaction-mode pooler also the set-up of this transaction alone.
+    pub fn begin_statement(&self) -> String {
+        match self.pooler {
+            Pooler::None => "BEGIN".to_owned(),
+            Pooler::PgBouncerTransaction => format!(
+                "BEGIN; DEALLOCATE ALL; SET LOCAL search_path TO {}; \
+                 SET LOCAL statement_timeout TO '{}'",
+                self.search_path_value(),
+                self.statement_timeout_value()
+            ),
+        }
+    }
+
+    /// Begins a unit of work on `pool`: a transaction set up as this session, in one round
+    /// trip. Behind a transaction-mode pooler the data plane runs every statement in one.
+    pub async fn begin(
+        &self,
+        pool: &PgPool,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        match self.pooler {
+            Pooler::None => pool.begin().await,
+            Pooler::PgBouncerTransaction => {
+                pool.begin_with(AssertSqlSafe(self.begin_statement())).await
+            }
+        }
+    }
+
+    /// `options` with what this session's pooler needs: behind a transaction-mode pooler,
+    /// no statement cache.
+    fn connect_options(&self, options: PgConnectOptions) -> PgConnectOptions {
+        let options = options.application_name(self.application_name);
+        match self.pooler {
+            Pooler::None => options,
+            Pooler::PgBouncerTransaction => options.statement_cache_capacity(0),
+        }
+    }
+
+    /// `settings` as sqlx pool options whose every new connection is set up as this session
+    /// (behind a transaction-mode pooler: not at all, see [`Session::begin`]).
     pub fn pool_options(&self, settings: &PoolSettings) -> PgPoolOptions {
+        if self.pooler == Pooler::PgBouncerTransaction {
+            return settings.pool_options();
+        }
         let search_path = self.search_path_value();
         let statement_timeout = self.statement_timeout_value();
         settings.pool_options().after_connect(move |conn, _| {
@@ -333,7 +405,7 @@ impl Session {
     /// the database is away.
     pub fn connect_lazy(&self, options: PgConnectOptions, settings: &PoolSettings) -> PgPool {
         self.pool_options(settings)
-            .connect_lazy_with(options.application_name(self.application_name))
+            .connect_lazy_with(self.connect_options(options))
     }
 
     /// A pool with its first connection open: fails at once when the database is away.
@@ -343,7 +415,7 @@ impl Session {
         settings: &PoolSettings,
     ) -> Result<PgPool, sqlx::Error> {
         self.pool_options(settings)
-            .connect_with(options.application_name(self.application_name))
+            .connect_with(self.connect_options(options))
             .await
     }
 }
@@ -389,6 +461,7 @@ mod tests {
             schema: schema.into(),
             search_path,
             statement_timeout: None,
+            pooler: Pooler::None,
         }
     }
 
@@ -405,6 +478,18 @@ mod tests {
         assert_eq!(
             session(r#"a"; DROP TABLE x; --"#, SearchPath::StackSchema).search_path_value(),
             r#""a""; DROP TABLE x; --""#
+        );
+    }
+
+    #[test]
+    fn behind_a_transaction_mode_pooler_each_transaction_sets_itself_up() {
+        let mut session = session(r#"a"b"#, SearchPath::StackSchema);
+        assert_eq!(session.begin_statement(), "BEGIN");
+        session.pooler = Pooler::PgBouncerTransaction;
+        session.statement_timeout = Some(Duration::from_secs(10));
+        assert_eq!(
+            session.begin_statement(),
+            r#"BEGIN; DEALLOCATE ALL; SET LOCAL search_path TO "a""b"; SET LOCAL statement_timeout TO '10000ms'"#
         );
     }
 

@@ -6,7 +6,7 @@ use metricsstack_common::access::Authentication;
 use metricsstack_common::config::{
     CollectorConfig, CommandLinePolicy, DatabaseConfig, ProcessConfig, TlsConfig, limits,
 };
-use metricsstack_common::database::PoolSettings;
+use metricsstack_common::database::{PoolSettings, Pooler};
 
 use crate::crd::{
     CA_NEEDS_VERIFICATION, CA_REF_EXACTLY_ONE, CommandLines, DatabaseSpec, Duration,
@@ -163,8 +163,8 @@ fn drift_check_interval(interval: &Duration) -> Result<std::time::Duration, Spec
     Ok(std::time::Duration::from_secs(seconds))
 }
 
-/// TLS towards the database as the components' configuration states it: the stack's mode,
-/// and the mounted CA when `caRef` names one.
+/// How the components reach the database as their configuration states it: the stack's
+/// TLS mode, the mounted CA when `caRef` names one, and the pooler they connect through.
 fn database_config(database: &DatabaseSpec) -> Result<DatabaseConfig, SpecError> {
     let mode = database.tls_mode.into();
     let ca_file = match &database.ca_ref {
@@ -179,6 +179,10 @@ fn database_config(database: &DatabaseSpec) -> Result<DatabaseConfig, SpecError>
     };
     Ok(DatabaseConfig {
         tls: Some(TlsConfig { mode, ca_file }),
+        pooler: database
+            .pooler
+            .as_ref()
+            .map_or(Pooler::None, |pooler| pooler.kind.into()),
     })
 }
 
@@ -432,6 +436,26 @@ mod tests {
             ca_file: None,
         };
         assert_eq!(minimal.collector.database.tls, Some(prefer));
+    }
+
+    #[test]
+    fn tells_the_data_plane_and_not_the_operator_about_a_pooler() {
+        let mut spec = spec(include_str!("../tests/fixtures/minimal.yaml"));
+        let none = validate(&spec).expect("valid");
+        assert_eq!(none.collector.database.pooler, Pooler::None);
+        spec.database.pooler = serde_yaml::from_str(
+            "{kind: PgBouncerTransaction, secretRef: {name: pgbouncer, key: uri}}",
+        )
+        .expect("a pooler");
+        let pooled = validate(&spec).expect("valid");
+        assert_eq!(
+            pooled.collector.database.pooler,
+            Pooler::PgBouncerTransaction
+        );
+        assert_eq!(
+            pooled.query_service.database.pooler,
+            Pooler::PgBouncerTransaction
+        );
     }
 
     #[test]

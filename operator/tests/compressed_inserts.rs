@@ -10,7 +10,9 @@ use metricsstack_collector::metrics::Metrics;
 use metricsstack_collector::rows::{Batch, HostRow, ProcessRow, VmRow};
 use metricsstack_collector::spool::Spool;
 use metricsstack_collector::writer::Writer;
-use metricsstack_common::database::{DatabaseTls, PoolSettings, TlsMode};
+use metricsstack_common::database::{
+    DatabaseTls, PoolSettings, Pooler, SearchPath, Session, TlsMode,
+};
 use metricsstack_operator::crd::MetricsStackSpec;
 use metricsstack_operator::database::{self, JobKind, converge, read_state};
 use metricsstack_operator::validate::validate;
@@ -81,6 +83,9 @@ fn sample(at: DateTime<Utc>, processes: i32) -> Batch {
                 cpu_usage_percent: pid as f32,
                 cpu_peak_percent: pid as f32 * 2.0,
                 cpu_limit_percent: None,
+                cpu_request_percent: None,
+                memory_limit_percent: None,
+                memory_request_percent: None,
                 memory_usage_mb: 100.0,
                 disk_read_bytes: 0,
                 disk_write_bytes: 0,
@@ -193,7 +198,14 @@ async fn a_spool_replayed_after_its_chunk_was_compressed_lands_in_it_exactly_onc
     }
     let spool = Arc::new(Mutex::new(spool));
     let metrics = Arc::new(Metrics::default());
-    let mut writer = Writer::new(pool.clone(), spool.clone(), metrics.clone());
+    let session = Session {
+        application_name: "metricsstack-collector",
+        schema: tsdb.schema.clone(),
+        search_path: SearchPath::StackSchema,
+        statement_timeout: None,
+        pooler: Pooler::None,
+    };
+    let mut writer = Writer::new(pool.clone(), session, spool.clone(), metrics.clone());
     writer.drain().await;
     assert!(
         spool.lock().expect("not poisoned").is_empty(),

@@ -19,7 +19,7 @@ use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use metricsstack_common::config::{CollectorConfig, DatabaseConfig, TlsConfig};
 use metricsstack_common::database::{
-    CaCertificate, ConnectFailure, DatabaseTls, PoolSettings, SearchPath, Session, TlsMode,
+    CaCertificate, ConnectFailure, DatabaseTls, PoolSettings, Pooler, SearchPath, Session, TlsMode,
 };
 use metricsstack_operator::controller::{self, Context};
 use metricsstack_operator::crd::MetricsStack;
@@ -67,12 +67,14 @@ async fn component_connect(
             mode,
             ca_file: ca_file.map(Into::into),
         }),
+        pooler: Pooler::None,
     };
     let session = Session {
         application_name: "metricsstack-collector",
         schema: schema(),
         search_path: SearchPath::StackSchema,
         statement_timeout: None,
+        pooler: Pooler::None,
     };
     let options = database.connect_options(url.parse().expect("the URL parses"));
     session.connect(options, &PoolSettings::default()).await

@@ -4,7 +4,7 @@
 //! through the path would find the other stack's bookkeeping), and each stack's data plane
 //! reads and writes its own schema only.
 
-use metricsstack_common::database::{DatabaseTls, PoolSettings, SearchPath, Session};
+use metricsstack_common::database::{DatabaseTls, PoolSettings, Pooler, SearchPath, Session};
 use metricsstack_operator::database::{connect, migrate};
 use metricsstack_testkit::TestDatabase;
 use sqlx::PgPool;
@@ -65,6 +65,7 @@ async fn a_stack_in_its_own_schema_is_migrated_there_although_public_is_migrated
         schema: "team_b".into(),
         search_path: SearchPath::StackSchema,
         statement_timeout: None,
+        pooler: Pooler::None,
     }
     .connect(options, &PoolSettings::default())
     .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::PgExecutor;
 
 use crate::filters::{Part, PartKey, TopMetric};
 
@@ -33,12 +33,14 @@ pub struct Aggregates {
 }
 
 /// Looks the hourly aggregates up in the schema on the connection's `search_path`.
-pub async fn detect_aggregates(pool: &PgPool) -> Result<Aggregates, sqlx::Error> {
+pub async fn detect_aggregates<'c>(
+    executor: impl PgExecutor<'c>,
+) -> Result<Aggregates, sqlx::Error> {
     let (host_process, host_overall): (bool, bool) =
         sqlx::query_as("SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL")
             .bind(HOST_PROCESS_AGGREGATE)
             .bind(HOST_OVERALL_AGGREGATE)
-            .fetch_one(pool)
+            .fetch_one(executor)
             .await?;
     Ok(Aggregates {
         host_process,
@@ -582,8 +584,8 @@ pub fn statement(key: &PartKey, aggregates: Aggregates) -> Statement {
 }
 
 /// Runs `statement` for `key` and serialises its answer as JSON.
-pub async fn run(
-    pool: &PgPool,
+pub async fn run<'c>(
+    executor: impl PgExecutor<'c>,
     statement: Statement,
     key: &PartKey,
 ) -> Result<Vec<u8>, sqlx::Error> {
@@ -608,7 +610,7 @@ pub async fn run(
                 .bind(window)
                 .bind(host)
                 .bind(limit)
-                .fetch_all(pool)
+                .fetch_all(executor)
                 .await?,
         ),
         (Part::HostOverallMetrics, source) => json(
@@ -622,7 +624,7 @@ pub async fn run(
             .bind(window)
             .bind(host)
             .bind(NOW_LOOKBACK.as_secs_f64())
-            .fetch_all(pool)
+            .fetch_all(executor)
             .await?,
         ),
         (Part::TopProcesses, source) => json(
@@ -637,7 +639,7 @@ pub async fn run(
             .bind(host)
             .bind(metric)
             .bind(limit)
-            .fetch_all(pool)
+            .fetch_all(executor)
             .await?,
         ),
         (Part::VmMetrics, _) => json(
@@ -648,7 +650,7 @@ pub async fn run(
                 .bind(host)
                 .bind(key.namespace.as_deref())
                 .bind(limit)
-                .fetch_all(pool)
+                .fetch_all(executor)
                 .await?,
         ),
         (Part::ProcessSearch, _) => json(
@@ -659,7 +661,7 @@ pub async fn run(
                 .bind(host)
                 .bind(like_pattern(key.search.as_deref().unwrap_or_default()))
                 .bind(limit)
-                .fetch_all(pool)
+                .fetch_all(executor)
                 .await?,
         ),
         (Part::PodProcesses, _) => json(
@@ -670,7 +672,7 @@ pub async fn run(
                 .bind(key.namespace.as_deref())
                 .bind(key.pod.as_deref())
                 .bind(MAX_POD_PROCESSES)
-                .fetch_all(pool)
+                .fetch_all(executor)
                 .await?,
         ),
         (Part::ProcessHistory, _) => json(
@@ -684,7 +686,7 @@ pub async fn run(
                 .bind(f64::from(history_bucket_seconds(key.window_seconds)))
                 .bind(key.command.as_deref())
                 .bind(MAX_HISTORY_ROWS)
-                .fetch_all(pool)
+                .fetch_all(executor)
                 .await?,
         ),
     })

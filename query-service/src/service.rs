@@ -100,10 +100,11 @@ pub enum ServiceError {
     },
 }
 
-/// The database side of the service: the pool, the hourly aggregates last found, and the
-/// metrics.
+/// The database side of the service: the pool, the session its queries run as, the hourly
+/// aggregates last found, and the metrics.
 struct Database {
     pool: PgPool,
+    session: Session,
     aggregates: RwLock<Aggregates>,
     metrics: Arc<Metrics>,
     /// The database answered the last readiness probe (true until one says otherwise).
@@ -113,6 +114,19 @@ struct Database {
 impl Database {
     fn aggregates(&self) -> Aggregates {
         *self.aggregates.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `statement` for `key` in a transaction of its own (behind PgBouncer in
+    /// transaction mode, the statement's round trips stay on one server connection).
+    async fn query(
+        &self,
+        statement: queries::Statement,
+        key: &PartKey,
+    ) -> Result<Vec<u8>, sqlx::Error> {
+        let mut transaction = self.session.begin(&self.pool).await?;
+        let body = queries::run(&mut *transaction, statement, key).await?;
+        transaction.commit().await?;
+        Ok(body)
     }
 
     /// Queries one part: the cache's source.
@@ -125,9 +139,7 @@ impl Database {
         );
         let started = Instant::now();
         self.metrics.query_running(true);
-        let result = queries::run(&self.pool, statement, &key)
-            .instrument(span)
-            .await;
+        let result = self.query(statement, &key).instrument(span).await;
         self.metrics.query_running(false);
         let outcome = result.as_ref().map_or_else(failure_kind, |_| "ok");
         self.metrics.query(statement, started.elapsed(), outcome);
@@ -153,7 +165,8 @@ struct CanAnswer {
 impl ReadinessCheck for CanAnswer {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let probe = sqlx::query("SELECT 1").execute(&self.database.pool);
+            // A simple query: no prepared statement, fit for a transaction-mode pooler too.
+            let probe = sqlx::raw_sql("SELECT 1").execute(&self.database.pool);
             let up = match tokio::time::timeout(READY_TIMEOUT, probe).await {
                 Ok(Ok(_)) => true,
                 Ok(Err(error)) => {
@@ -208,6 +221,7 @@ impl QueryService {
             schema: config.schema.clone(),
             search_path: SearchPath::StackSchema,
             statement_timeout: Some(STATEMENT_TIMEOUT),
+            pooler: config.database.pooler,
         };
         let options = config.database.connect_options(options);
         let pool = session.connect_lazy(options, &config.pool);
@@ -226,6 +240,7 @@ impl QueryService {
         }
         let database = Arc::new(Database {
             pool,
+            session,
             aggregates: RwLock::new(Aggregates::default()),
             metrics: Arc::new(metrics),
             up: AtomicBool::new(true),
@@ -288,7 +303,10 @@ impl QueryService {
 
     /// Looks the hourly aggregates up again.
     pub async fn refresh_aggregates(&self) -> Result<Aggregates, sqlx::Error> {
-        let found = queries::detect_aggregates(&self.database.pool).await?;
+        let database = &self.database;
+        let mut transaction = database.session.begin(&database.pool).await?;
+        let found = queries::detect_aggregates(&mut *transaction).await?;
+        transaction.commit().await?;
         *self
             .database
             .aggregates

@@ -52,7 +52,11 @@ impl Default for CollectorConfig {
             batch_size: 1000,
             spool_dir: PathBuf::from("/var/lib/metricsstack/spool"),
             spool_max_bytes: 256 * 1024 * 1024,
-            pool: PoolSettings::default(),
+            // The writer sends one batch at a time: a second connection would only idle.
+            pool: PoolSettings {
+                max_connections: 1,
+                ..PoolSettings::default()
+            },
             database: DatabaseConfig::default(),
             listen_address: "0.0.0.0:9464".into(),
             proc_root: PathBuf::from("/proc"),
@@ -210,7 +214,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "pool.maxConnections",
         "COLLECTOR_POOL_MAX_CONNECTIONS",
-        "database connections, 1..=100 (default 2)",
+        "database connections, 1..=100 (default 1: the writer sends one batch at a time)",
     ),
     (
         "pool.minConnections",
@@ -246,6 +250,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "database.tls.caFile",
         "",
         "PEM file of the database server's CA, with VerifyCa or VerifyFull",
+    ),
+    (
+        "database.pooler",
+        "",
+        "None, or PgBouncerTransaction when DATABASE_URL is a PgBouncer in transaction mode",
     ),
     (
         "listenAddress",

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnectOptions;
 
-use crate::database::{CaCertificate, DatabaseTls, TlsMode};
+use crate::database::{CaCertificate, DatabaseTls, Pooler, TlsMode};
 
 /// Which MetricsStack a component serves, as the operator renders it into the component's
 /// configuration: the fields of the component's spans and log lines. Empty when the
@@ -29,13 +29,17 @@ pub struct StackIdentity {
 }
 
 /// How a component reaches the database, beside the connection URI (which comes from the
-/// environment, `DATABASE_URL`, because it holds the password).
+/// environment, `DATABASE_URL`, because it holds the password): TLS, and whether a
+/// transaction-mode pooler stands in between.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// TLS towards the database; absent: as the URI's `sslmode` and `sslrootcert` say.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// What stands between the component and PostgreSQL; absent: `None`.
+    #[serde(skip_serializing_if = "Pooler::is_none")]
+    pub pooler: Pooler,
 }
 
 /// TLS towards the database, as a component's configuration file states it.

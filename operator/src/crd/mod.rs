@@ -137,6 +137,39 @@ pub struct DatabaseSpec {
     /// Connection-pool settings, separately for each client of the database.
     #[serde(default)]
     pub pools: PoolsSpec,
+    /// A connection pooler the collectors and the query service connect through; absent:
+    /// they connect through `secretRef`, as the operator does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooler: Option<PoolerSpec>,
+}
+
+/// A pooler in front of the database for the collectors and the query service. The
+/// operator keeps the direct connection of `secretRef`: its advisory locks, session settings
+/// and migrations need a session of their own.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolerSpec {
+    /// The kind of pooler.
+    pub kind: PoolerKind,
+    /// The Secret (in the resource's namespace) holding the pooler's connection URI,
+    /// `postgres://user:password@pgbouncer:6432/database`. The pods read it when they start.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// Kinds of connection pooler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+pub enum PoolerKind {
+    /// PgBouncer in transaction mode (any version): every query and write runs in a
+    /// transaction that sets itself up, and no prepared statement outlives it.
+    PgBouncerTransaction,
+}
+
+impl From<PoolerKind> for metricsstack_common::database::Pooler {
+    fn from(kind: PoolerKind) -> Self {
+        match kind {
+            PoolerKind::PgBouncerTransaction => Self::PgBouncerTransaction,
+        }
+    }
 }
 
 fn default_schema() -> String {
@@ -290,7 +323,9 @@ pub struct PoolsSpec {
     /// The operator's own connections (schema and policy management).
     #[serde(default = "PoolSpec::operator_default")]
     pub operator: PoolSpec,
-    /// Each collector's connections (batched inserts).
+    /// Each collector's connections (batched inserts). The writer sends one batch at a
+    /// time, so one connection (the default) is all it uses; it is held between samples
+    /// rather than opened every interval.
     #[serde(default = "PoolSpec::collector_default")]
     pub collector: PoolSpec,
     /// Each query service replica's connections.
@@ -353,7 +388,7 @@ impl PoolSpec {
         Self::with_max(2)
     }
     fn collector_default() -> Self {
-        Self::with_max(2)
+        Self::with_max(1)
     }
     fn query_service_default() -> Self {
         Self::with_max(10)

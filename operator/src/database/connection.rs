@@ -3,7 +3,7 @@
 use std::str::FromStr;
 
 use metricsstack_common::database::{
-    ConnectFailure, DatabaseTls, PoolSettings, SearchPath, Session,
+    ConnectFailure, DatabaseTls, PoolSettings, Pooler, SearchPath, Session,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
@@ -119,6 +119,8 @@ pub async fn connect(
         schema: schema.to_owned(),
         search_path: SearchPath::StackSchemaThenPublic,
         statement_timeout: None,
+        // Advisory locks, session settings and migrations need a session of their own.
+        pooler: Pooler::None,
     }
     .connect(tls.apply(options), pool)
     .await

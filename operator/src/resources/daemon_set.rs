@@ -151,9 +151,14 @@ pub fn build(stack: &MetricsStack, config_checksum: &str, image: &str) -> Daemon
     }
 }
 
-/// `DATABASE_URL` from the Secret the stack references.
+/// The data plane's `DATABASE_URL`: from the Secret of the stack's pooler, when it has one,
+/// else from the Secret the operator connects with.
 pub fn database_url_env(stack: &MetricsStack) -> EnvVar {
-    let secret = &stack.spec.database.secret_ref;
+    let database = &stack.spec.database;
+    let secret = database
+        .pooler
+        .as_ref()
+        .map_or(&database.secret_ref, |pooler| &pooler.secret_ref);
     EnvVar {
         name: "DATABASE_URL".into(),
         value_from: Some(EnvVarSource {
@@ -290,6 +295,26 @@ mod tests {
         assert_eq!(
             (secret.name.as_str(), secret.key.as_str()),
             ("timescaledb-app", "connection-uri")
+        );
+    }
+
+    #[test]
+    fn behind_a_pooler_the_data_plane_takes_the_poolers_url() {
+        let (mut stack, _) = fixtures::stack("production");
+        stack.spec.database.pooler = Some(crate::crd::PoolerSpec {
+            kind: crate::crd::PoolerKind::PgBouncerTransaction,
+            secret_ref: crate::crd::SecretKeyRef {
+                name: "pgbouncer-app".into(),
+                key: "uri".into(),
+            },
+        });
+        let secret = database_url_env(&stack)
+            .value_from
+            .and_then(|v| v.secret_key_ref)
+            .expect("secret");
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("pgbouncer-app", "uri")
         );
     }
 
