@@ -29,6 +29,7 @@ use metricsstack_testkit::{
     TestDatabase, TestNamespace, TimescaleSchema, required_env, wait_until,
 };
 use serde_json::json;
+use sqlx::ConnectOptions as _;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -1276,4 +1277,109 @@ async fn a_pending_plan_is_checked_on_schedule_without_rewriting_the_status_or_r
         "{} statements in {reconciles} checks: {seen:#?}",
         seen.len()
     );
+}
+
+#[tokio::test]
+async fn a_rotated_password_reconnects_the_operator_and_rolls_the_pods() {
+    simulated_nodes();
+    let ns = TestNamespace::create().await;
+    let db = TestDatabase::create().await;
+    let client = ns.client.clone();
+    let _operator = Operator::start(&ns);
+    common::install_crd(&client).await;
+    // The stack connects as a role of its own, which owns the test database.
+    let role = metricsstack_testkit::unique_name("rotated").replace('-', "_");
+    let url_with = |password: &str| {
+        db.options
+            .clone()
+            .username(&role)
+            .password(password)
+            .to_url_lossy()
+            .to_string()
+    };
+    let admin = db.pool(1).await;
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'first-password'"),
+        format!("ALTER DATABASE {} OWNER TO {role}", db.name),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&admin)
+            .await
+            .expect("the role is set up");
+    }
+    create_secret(&client, &ns.name, &url_with("first-password")).await;
+    let stack = stack_object(&ns.name, "stack", json!({ "driftCheckInterval": "10s" }));
+    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
+    stacks
+        .create(&PostParams::default(), &stack)
+        .await
+        .expect("created");
+    wait_for(&stacks, "the stack is Ready", is_ready).await;
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let checksums = || async {
+        let annotation = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+            (template.and_then(|t| t.metadata.as_ref()))
+                .and_then(|meta| meta.annotations.as_ref())
+                .and_then(|annotations| annotations.get(CONFIG_CHECKSUM_ANNOTATION).cloned())
+                .expect("a checksum on the pod template")
+        };
+        let daemon_set = daemon_sets.get("stack-collector").await.expect("DaemonSet");
+        let deployment = deployments
+            .get("stack-query-service")
+            .await
+            .expect("Deployment");
+        (
+            annotation(daemon_set.spec.as_ref().map(|s| &s.template)),
+            annotation(deployment.spec.as_ref().map(|s| &s.template)),
+        )
+    };
+    let before = checksums().await;
+
+    // The password changes in the database; the operator's open sessions end with it.
+    for statement in [
+        format!("ALTER ROLE {role} PASSWORD 'second-password'"),
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&admin)
+            .await
+            .expect("the password is rotated");
+    }
+    wait_for(&stacks, "the old password is refused", |s| {
+        condition(s, "DatabaseReady").is_some_and(|c| c.status == "False")
+    })
+    .await;
+
+    // The Secret follows: the operator reconnects with it, and both workloads roll.
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .replace(
+            "db",
+            &PostParams::default(),
+            &connection_secret("db", &url_with("second-password")),
+        )
+        .await
+        .expect("the Secret is replaced");
+    wait_for(
+        &stacks,
+        "the operator connects with the new password",
+        |s| condition(s, "DatabaseReady").is_some_and(|c| c.status == "True"),
+    )
+    .await;
+    let after = checksums().await;
+    assert_ne!(after.0, before.0, "the collectors roll");
+    assert_ne!(after.1, before.1, "the query service rolls");
+    let operator_sessions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE usename = $1 AND application_name = 'metricsstack-operator'",
+    )
+    .bind(&role)
+    .fetch_one(&admin)
+    .await
+    .expect("sessions");
+    assert!(
+        operator_sessions > 0,
+        "the operator's pool is connected again"
+    );
+    admin.close().await;
 }

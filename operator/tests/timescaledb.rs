@@ -506,3 +506,57 @@ async fn an_aggregate_redefined_behind_the_operators_back_is_recreated_as_the_sp
     assert_eq!(shape(&after), shape(&first));
     pool.close().await;
 }
+
+#[tokio::test]
+async fn a_populated_table_too_large_to_convert_within_the_lock_timeout_is_refused_saying_how() {
+    let tsdb = TimescaleSchema::create().await;
+    let pool = pool(&tsdb.url(), &tsdb.schema).await;
+    database::migrate(&pool, &tsdb.schema)
+        .await
+        .expect("migrated");
+    let rows = database::ADOPTION_MAX_ROWS + 1;
+    sqlx::query(
+        "INSERT INTO host_process_metrics (\"timestamp\", host, pid, start_time, \
+           process_name, cpu_usage_percent, cpu_peak_percent, memory_usage_mb, \
+           virtual_memory_mb, disk_read_bytes, disk_write_bytes) \
+         SELECT now() - n * interval '1 second', 'node-a', 1, now() - interval '30 days', \
+                'postgres', 1, 1, 1, 1, 0, 0 FROM generate_series(1, $1) AS n",
+    )
+    .bind(rows)
+    .execute(&pool)
+    .await
+    .expect("rows");
+    let desired = production();
+    let error = converge(&pool, &tsdb.schema, OWNER, &desired, None)
+        .await
+        .expect_err("converting would block ingest too long");
+    let message = error.to_string();
+    assert!(
+        matches!(error, database::DatabaseError::MigrationNeeded { .. })
+            && message.contains(&format!("{}.host_process_metrics", tsdb.schema))
+            && message.contains("migrate_data => true"),
+        "{message}"
+    );
+    let state = read_state(&pool, &tsdb.schema).await.expect("state");
+    assert!(state.hypertables.is_empty(), "nothing was converted");
+    assert!(state.jobs.is_empty(), "nothing else was applied either");
+
+    // Converted as the message says, the operator carries on with every row kept.
+    let command = message
+        .split('`')
+        .nth(1)
+        .expect("the message quotes the command");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(command.to_owned()))
+        .execute(&pool)
+        .await
+        .expect("the quoted command converts the table");
+    converge(&pool, &tsdb.schema, OWNER, &desired, None)
+        .await
+        .expect("converges");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM host_process_metrics")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(kept, rows);
+    pool.close().await;
+}

@@ -159,14 +159,18 @@ pub async fn reconcile_database(
     .await;
     let convergence = match converged {
         Ok(convergence) => convergence,
-        // Nothing to retry: the spec or the other stack must change (a periodic check and
-        // every spec change look again).
-        Err(error @ DatabaseError::Conflict { .. }) => {
+        // Nothing to retry: the spec or the other stack must change, or the table be
+        // converted by hand (a periodic check and every spec change look again).
+        Err(error @ (DatabaseError::Conflict { .. } | DatabaseError::MigrationNeeded { .. })) => {
+            let reason = match error {
+                DatabaseError::Conflict { .. } => ConditionReason::Conflict,
+                _ => ConditionReason::MigrationNeeded,
+            };
             return Ok(DatabaseOutcome {
                 ready,
                 policies: Outcome::failed(
                     ConditionType::PoliciesApplied,
-                    ConditionReason::Conflict,
+                    reason,
                     error.to_string(),
                 ),
                 status: None,

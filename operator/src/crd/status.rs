@@ -168,6 +168,9 @@ pub enum ConditionReason {
     TlsFailed,
     /// Another stack manages the database schema this one names.
     Conflict,
+    /// A metric table holds too many rows to be turned into a hypertable without blocking
+    /// ingest; the message says how to convert it.
+    MigrationNeeded,
     /// The collector DaemonSet cannot create its pods (for example refused by Pod Security
     /// admission).
     PodCreationFailed,
@@ -194,6 +197,7 @@ impl ConditionReason {
             Self::TlsFailed => "TLSFailed",
             Self::PodCreationFailed => "PodCreationFailed",
             Self::Conflict => "Conflict",
+            Self::MigrationNeeded => "MigrationNeeded",
         }
     }
 }

@@ -56,7 +56,28 @@ pub async fn apply_steps(
     for step in steps {
         run(&mut tx, schema, state, step)
             .await
-            .map_err(DatabaseError::statement(step.to_string()))?;
+            .map_err(|error| match step {
+                // The conversion outran the lock timeout: moving the rows takes longer.
+                Step::CreateHypertable {
+                    table,
+                    chunk_interval,
+                } if error
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    .is_some_and(|code| code == QUERY_CANCELED) =>
+                {
+                    DatabaseError::MigrationNeeded {
+                        schema: schema.to_owned(),
+                        table: table.table_name().to_owned(),
+                        rows: "too many to move within the lock timeout".to_owned(),
+                        chunk_interval: interval(*chunk_interval),
+                    }
+                }
+                _ => DatabaseError::Statement {
+                    context: step.to_string(),
+                    source: error,
+                },
+            })?;
     }
     tx.commit()
         .await
@@ -74,14 +95,26 @@ async fn run(
             table,
             chunk_interval,
         } => {
+            // Moving a populated table's rows holds a lock that blocks inserts: the statement
+            // may run no longer than a lock may be waited for, so ingest waits at most twice
+            // the lock timeout (`adoptable` refused tables too large for that beforehand).
+            let statement_timeout = "SELECT set_config('statement_timeout', $1, true)";
+            sqlx::query(statement_timeout)
+                .bind(DDL_LOCK_TIMEOUT)
+                .execute(&mut *conn)
+                .await?;
             sqlx::query(
                 "SELECT create_hypertable($1::regclass, by_range('timestamp', $2::interval), \
                  migrate_data => true, if_not_exists => true)",
             )
             .bind(qualified(schema, table.table_name()))
             .bind(interval(*chunk_interval))
-            .execute(conn)
+            .execute(&mut *conn)
             .await?;
+            sqlx::query(statement_timeout)
+                .bind(DDL_STATEMENT_TIMEOUT)
+                .execute(conn)
+                .await?;
         }
         Step::SetChunkInterval {
             table,
@@ -378,4 +411,44 @@ fn time_column(relation: &str) -> &'static str {
     } else {
         "bucket"
     }
+}
+
+/// PostgreSQL's SQLSTATE for a statement cancelled by `statement_timeout`.
+const QUERY_CANCELED: &str = "57014";
+
+/// Most rows a plain metric table may hold for the operator to turn it into a hypertable in
+/// place: moving them must fit in the lock timeout, since inserts wait meanwhile.
+pub const ADOPTION_MAX_ROWS: i64 = 100_000;
+
+/// Checks that `step`, if it turns a plain table into a hypertable, can move the table's
+/// rows without blocking ingest for long: at most [`ADOPTION_MAX_ROWS`] rows (counted with a
+/// bounded scan), else [`DatabaseError::MigrationNeeded`] saying how to convert it.
+pub async fn adoptable(pool: &PgPool, schema: &str, step: &Step) -> Result<(), DatabaseError> {
+    let Step::CreateHypertable {
+        table,
+        chunk_interval,
+    } = step
+    else {
+        return Ok(());
+    };
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT $1) AS bounded",
+        qualified(schema, table.table_name())
+    )))
+    .bind(ADOPTION_MAX_ROWS + 1)
+    .fetch_one(pool)
+    .await
+    .map_err(DatabaseError::statement(format!(
+        "counting the rows of {} before converting it",
+        table.table_name()
+    )))?;
+    if rows <= ADOPTION_MAX_ROWS {
+        return Ok(());
+    }
+    Err(DatabaseError::MigrationNeeded {
+        schema: schema.to_owned(),
+        table: table.table_name().to_owned(),
+        rows: format!("more than {ADOPTION_MAX_ROWS}"),
+        chunk_interval: interval(*chunk_interval),
+    })
 }

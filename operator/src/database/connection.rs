@@ -37,6 +37,25 @@ pub enum DatabaseError {
         /// The stack that manages it, `namespace/name`.
         other: String,
     },
+    /// A plain metric table holds too many rows to convert in place.
+    #[error(
+        "table {schema}.{table} already holds rows ({rows}) and is not a hypertable: converting \
+         it in place moves every row under a lock that blocks the collectors' inserts, so the \
+         operator converts only tables it can move within the lock timeout. Convert it in a \
+         quiet period (collectors spool what they cannot write meanwhile): `SELECT \
+         create_hypertable('{schema}.{table}', by_range('timestamp', INTERVAL '{chunk_interval}'), \
+         migrate_data => true)`; the operator carries on from there"
+    )]
+    MigrationNeeded {
+        /// The schema.
+        schema: String,
+        /// The table.
+        table: String,
+        /// How many rows it holds, or a lower bound (`more than N`).
+        rows: String,
+        /// The chunk interval the spec asks for, as an interval literal.
+        chunk_interval: String,
+    },
     /// A statement failed.
     #[error("{context}: {source}")]
     Statement {

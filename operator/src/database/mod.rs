@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 pub use apply::{
-    DDL_LOCK_TIMEOUT, DDL_STATEMENT_TIMEOUT, Loss, Measure, apply_steps, interval, measure_loss,
-    qualified,
+    ADOPTION_MAX_ROWS, DDL_LOCK_TIMEOUT, DDL_STATEMENT_TIMEOUT, Loss, Measure, adoptable,
+    apply_steps, interval, measure_loss, qualified,
 };
 pub use connection::{DatabaseError, DatabaseInfo, MIGRATOR, connect, migrate, probe};
 pub use desired::{
@@ -158,6 +158,9 @@ pub async fn converge_measured(
             loss,
         })
     };
+    for step in &safe {
+        adoptable(pool, schema, step).await?;
+    }
     let policies = if safe.is_empty() {
         state.jobs.len()
     } else {
