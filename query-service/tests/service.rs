@@ -1053,6 +1053,9 @@ async fn beyond_the_query_limit_requests_are_shed_with_503_and_retry_after() {
     let after = client.get("/api/host-overall-metrics?window=3h").await;
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(metric(&client, running).await, 0);
+    // The single part and the batch's four.
+    let shed = "metricsstack_query_service_shed_lookups_total";
+    assert_eq!(metric(&client, shed).await, 5);
 }
 
 #[tokio::test]
