@@ -50,6 +50,7 @@ pub struct Metrics {
     query_duration: Family<QueryLabels, Histogram>,
     database_up: Gauge,
     queries_running: Gauge,
+    shed: Counter,
 }
 
 impl Default for Metrics {
@@ -99,9 +100,16 @@ impl Default for Metrics {
             "Database queries of answers running or waiting for a connection; at the limit, requests needing one more are shed",
             queries_running.clone(),
         );
+        let shed = Counter::default();
+        registry.register(
+            "shed_lookups",
+            "Lookups of parts shed (503 overloaded) because as many database queries as allowed were running and no stale answer could stand in",
+            shed.clone(),
+        );
         Self {
             database_up,
             queries_running,
+            shed,
             registry: Mutex::new(registry),
             requests,
             lookups,
@@ -130,6 +138,11 @@ impl Metrics {
         } else {
             self.queries_running.dec();
         }
+    }
+
+    /// Records a lookup shed under load.
+    pub fn shed(&self) {
+        self.shed.inc();
     }
 
     /// Records an answered request.

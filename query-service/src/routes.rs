@@ -294,8 +294,10 @@ impl QueryService {
     /// One part from the cache, or from the database on a miss.
     async fn part(&self, key: PartKey) -> Result<Lookup<Answer>, CacheError<QueryError>> {
         let lookup = self.cache.get(key).await;
-        if let Ok(lookup) = &lookup {
-            self.metrics().lookup(lookup.status, lookup.coalesced);
+        match &lookup {
+            Ok(lookup) => self.metrics().lookup(lookup.status, lookup.coalesced),
+            Err(CacheError::Overloaded) => self.metrics().shed(),
+            Err(_) => {}
         }
         lookup
     }

@@ -837,6 +837,28 @@ async fn a_lone_poller_costs_a_query_a_poll_and_twenty_pollers_no_more_than_refr
 }
 
 #[tokio::test]
+async fn one_viewer_polling_every_5_s_with_the_defaults_costs_48_queries_a_minute_not_66() {
+    let (db, _pool) = seeded().await;
+    let clock = PausedClock::pause();
+    // The operator's defaults: fresh 4 s, stale-while-revalidate 30 s, stale-if-error 5 m.
+    let client = start(&config(4, 30, 300), &db.url()).await;
+    // Twelve polls, every 5 s, of the four parts. Refreshing ahead every 3.6 s while read
+    // within 30 s would have cost 1 + 16 queries a part; without a cache, 12.
+    for poll in 0..12u64 {
+        clock.to(5000 * poll).await;
+        let answer = client.batch(r#"{"window": "1h", "limit": 9}"#).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let expected = if poll == 0 { "MISS" } else { "STALE" };
+        assert_eq!(answer.header("x-cache"), expected, "poll {poll}");
+        wait_for_metric(&client, QUERIES, 4 * (poll + 1)).await;
+    }
+    // The minute ends with no refresh ahead of anyone.
+    clock.to(60_000).await;
+    clock.to(90_000).await;
+    assert_eq!(metric(&client, QUERIES).await, 48);
+}
+
+#[tokio::test]
 async fn a_matching_if_none_match_gets_304() {
     let (db, _pool) = seeded().await;
     let clock = PausedClock::pause();
@@ -1031,6 +1053,9 @@ async fn beyond_the_query_limit_requests_are_shed_with_503_and_retry_after() {
     let after = client.get("/api/host-overall-metrics?window=3h").await;
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(metric(&client, running).await, 0);
+    // The single part and the batch's four.
+    let shed = "metricsstack_query_service_shed_lookups_total";
+    assert_eq!(metric(&client, shed).await, 5);
 }
 
 #[tokio::test]
