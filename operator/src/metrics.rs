@@ -49,7 +49,7 @@ impl Default for Metrics {
         let failing_jobs = Family::<Vec<(String, String)>, Gauge>::default();
         registry.register(
             "failing_jobs",
-            "TimescaleDB policy jobs of a stack whose last run failed, as of its last reconcile",
+            "TimescaleDB policy jobs of a stack whose last run failed, as the last reconcile that read them saw",
             failing_jobs.clone(),
         );
         Self {
