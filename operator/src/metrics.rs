@@ -1,5 +1,6 @@
 //! The operator's Prometheus metrics: reconciles, failures by reason, how long a reconcile
-//! takes, and stored MetricsStacks the operator cannot read.
+//! takes, stored MetricsStacks the operator cannot read, and each stack's failing
+//! TimescaleDB policy jobs.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use metricsstack_common::access::KubernetesAccess;
 use metricsstack_common::admin::RenderMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -18,6 +20,7 @@ pub struct Metrics {
     failures: Family<Vec<(String, String)>, Counter>,
     duration: Histogram,
     unreadable: Counter,
+    failing_jobs: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Default for Metrics {
@@ -43,12 +46,19 @@ impl Default for Metrics {
             "MetricsStack versions in the watch that do not match the operator's types, skipped",
             unreadable.clone(),
         );
+        let failing_jobs = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            "failing_jobs",
+            "TimescaleDB policy jobs of a stack whose last run failed, as the last reconcile that read them saw",
+            failing_jobs.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
             failures,
             duration,
             unreadable,
+            failing_jobs,
         }
     }
 }
@@ -78,6 +88,27 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Records how many policy jobs of the stack `namespace/name` failed on their last run.
+    pub fn failing_jobs(&self, namespace: &str, name: &str, failing: usize) {
+        self.failing_jobs
+            .get_or_create(&stack_labels(namespace, name))
+            .set(i64::try_from(failing).unwrap_or(i64::MAX));
+    }
+
+    /// Forgets a deleted stack's series.
+    pub fn forget_stack(&self, namespace: &str, name: &str) {
+        self.failing_jobs.remove(&stack_labels(namespace, name));
+    }
+}
+
+fn stack_labels(namespace: &str, name: &str) -> Vec<(String, String)> {
+    vec![
+        ("namespace".to_owned(), namespace.to_owned()),
+        ("name".to_owned(), name.to_owned()),
+    ]
+}
+
 impl RenderMetrics for Metrics {
     fn render(&self) -> String {
         self.registry.render()
@@ -94,6 +125,9 @@ mod tests {
         metrics.reconciled(Duration::from_millis(20));
         metrics.reconcile_failed("database");
         metrics.unreadable_object();
+        metrics.failing_jobs("monitoring", "stack", 2);
+        metrics.failing_jobs("monitoring", "gone", 1);
+        metrics.forget_stack("monitoring", "gone");
         let text = metrics.render();
         assert!(
             text.contains("metricsstack_operator_reconciles_total 1"),
@@ -111,5 +145,12 @@ mod tests {
             text.contains("metricsstack_operator_unreadable_objects_total 1"),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "metricsstack_operator_failing_jobs{namespace=\"monitoring\",name=\"stack\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("name=\"gone\""), "{text}");
     }
 }

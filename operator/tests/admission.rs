@@ -71,7 +71,7 @@ async fn the_api_server_applies_defaults_to_a_minimal_resource() {
     assert_eq!(spec.database.secret_ref.key, "uri");
     assert_eq!(spec.query_service.cache.fresh_ttl.as_str(), "4s");
     assert_eq!(spec.storage.tables.len(), 3);
-    assert_eq!(spec.storage.aggregates.len(), 2);
+    assert_eq!(spec.storage.aggregates.len(), 3);
     assert_eq!(spec.database.pools.query_service.max_connections, 10);
     assert_eq!(
         spec.collector.processes.command_lines,

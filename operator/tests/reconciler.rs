@@ -566,8 +566,9 @@ async fn timescaledb_policies_follow_the_resource_and_go_with_it() {
         .and_then(|s| s.database)
         .expect("database status");
     assert!(database.timescaledb_version.is_some());
-    // Three tables with compression and retention, two aggregates with refresh and retention.
-    assert_eq!(database.policies, 10);
+    // Three tables with compression and retention, three aggregates with refresh and
+    // retention.
+    assert_eq!(database.policies, 12);
     let revision = &database.applied_revisions[0];
     assert_eq!(Some(revision.generation), ready.metadata.generation);
     assert!(
@@ -1382,4 +1383,224 @@ async fn a_rotated_password_reconnects_the_operator_and_rolls_the_pods() {
         "the operator's pool is connected again"
     );
     admin.close().await;
+}
+
+/// The operator's pool on the test TimescaleDB: one connection, no TLS (the server is one
+/// session and speaks no TLS).
+async fn timescaledb_pool(tsdb: &TimescaleSchema) -> sqlx::PgPool {
+    metricsstack_operator::database::connect(
+        &tsdb.url(),
+        &metricsstack_common::database::DatabaseTls {
+            mode: metricsstack_common::database::TlsMode::Disable,
+            ca: None,
+        },
+        &metricsstack_common::database::PoolSettings {
+            max_connections: 1,
+            ..Default::default()
+        },
+        &tsdb.schema,
+    )
+    .await
+    .expect("connects")
+}
+
+/// Records a run of `job_id` in TimescaleDB's job statistics and history as its background
+/// scheduler does after each run: the test server runs no scheduler, and `CALL run_job`
+/// records nothing there.
+async fn record_run(
+    conn: &mut sqlx::PgConnection,
+    job_id: i32,
+    error: Option<&sqlx::postgres::PgDatabaseError>,
+) {
+    let error_data = error.map(|e| json!({ "message": e.message(), "sqlerrcode": e.code() }));
+    sqlx::query(
+        "INSERT INTO _timescaledb_internal.bgw_job_stat_history \
+           (job_id, pid, execution_start, execution_finish, succeeded, data) \
+         VALUES ($1, pg_backend_pid(), now() - interval '1 second', now(), $2, \
+                 jsonb_build_object('job', jsonb_build_object( \
+                     'proc_schema', '_timescaledb_functions', \
+                     'proc_name', 'policy_refresh_continuous_aggregate')) \
+                 || COALESCE(jsonb_build_object('error_data', $3::jsonb), '{}'))",
+    )
+    .bind(job_id)
+    .bind(error.is_none())
+    .bind(&error_data)
+    .execute(&mut *conn)
+    .await
+    .expect("the run is in the job history");
+    sqlx::query(
+        "INSERT INTO _timescaledb_internal.bgw_job_stat AS s \
+           (job_id, last_start, last_finish, next_start, last_successful_finish, \
+            last_run_success, total_runs, total_duration, total_duration_failures, \
+            total_successes, total_failures, total_crashes, consecutive_failures, \
+            consecutive_crashes) \
+         VALUES ($1, now() - interval '1 second', now(), now() + interval '1 hour', \
+                 CASE WHEN $2 THEN now() ELSE '-infinity' END, $2, 1, interval '1 second', \
+                 CASE WHEN $2 THEN interval '0' ELSE interval '1 second' END, $2::int, \
+                 (NOT $2)::int, 0, (NOT $2)::int, 0) \
+         ON CONFLICT (job_id) DO UPDATE SET \
+           last_start = excluded.last_start, last_finish = excluded.last_finish, \
+           next_start = excluded.next_start, last_run_success = $2, \
+           last_successful_finish = CASE WHEN $2 THEN now() ELSE s.last_successful_finish END, \
+           total_runs = s.total_runs + 1, total_successes = s.total_successes + $2::int, \
+           total_failures = s.total_failures + (NOT $2)::int, \
+           consecutive_failures = CASE WHEN $2 THEN 0 ELSE s.consecutive_failures + 1 END",
+    )
+    .bind(job_id)
+    .bind(error.is_none())
+    .execute(&mut *conn)
+    .await
+    .expect("the run is in the job statistics");
+}
+
+#[tokio::test]
+async fn a_failing_policy_job_is_a_warning_an_event_and_a_metric_until_it_runs_again() {
+    simulated_nodes();
+    let tsdb = TimescaleSchema::create().await;
+    let ns = TestNamespace::create().await;
+    let client = ns.client.clone();
+    // The test server is one session: the operator keeps to one connection.
+    let stack = stack_object(
+        &ns.name,
+        "stack",
+        json!({ "database": { "schema": tsdb.schema, "pools": { "operator": { "maxConnections": 1 } } } }),
+    );
+    // The database as the stack's first reconcile leaves it (the default storage: three
+    // tables, three hourly rollups), with pod samples two hours old, inside the pods
+    // rollup's refresh window.
+    let storage = metricsstack_operator::validate::validate(&stack.spec)
+        .expect("valid")
+        .storage;
+    let pool = timescaledb_pool(&tsdb).await;
+    let owner = format!("{}/stack", ns.name);
+    metricsstack_operator::database::converge(&pool, &tsdb.schema, &owner, &storage, None)
+        .await
+        .expect("converges");
+    sqlx::query(
+        "INSERT INTO vm_process_metrics (\"timestamp\", host, pid, start_time, process_name, \
+           pod_namespace, pod_name, pod_uid, container_id, cpu_usage_percent, \
+           cpu_peak_percent, memory_usage_mb, disk_read_bytes, disk_write_bytes) \
+         VALUES (date_trunc('hour', now()) - interval '2 hours' + interval '10 minutes', \
+                 'node-a', 1, now() - interval '1 day', 'app', 'shop', 'web-1', 'u1', 'c1', \
+                 5, 5, 50, 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .expect("a pod sample");
+    let state = metricsstack_operator::database::read_state(&pool, &tsdb.schema)
+        .await
+        .expect("state");
+    let refresh = state
+        .job(
+            metricsstack_operator::database::JobKind::Refresh,
+            "vm_process_metrics_hourly",
+        )
+        .expect("the pods rollup's refresh job")
+        .id;
+    // Break the job on purpose: its rollup refuses new rows.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION refuse_rows() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN RAISE EXCEPTION 'rollup broken on purpose'; END $$; \
+         CREATE TRIGGER refuse_rows BEFORE INSERT ON {} \
+           FOR EACH ROW EXECUTE FUNCTION refuse_rows();",
+        materialization(&pool, "vm_process_metrics_hourly").await
+    )))
+    .execute(&pool)
+    .await
+    .expect("the rollup is broken");
+    let failed = sqlx::query(sqlx::AssertSqlSafe(format!("CALL run_job({refresh})")))
+        .execute(&pool)
+        .await
+        .expect_err("the broken job fails");
+    let failure = failed.into_database_error().expect("a database error");
+    let failure = failure.downcast_ref::<sqlx::postgres::PgDatabaseError>();
+    assert!(failure.message().contains("broken on purpose"), "{failure}");
+    let mut conn = pool.acquire().await.expect("a connection");
+    record_run(&mut conn, refresh, Some(failure)).await;
+    drop(conn);
+    pool.close().await;
+
+    let operator = Operator::start(&ns);
+    create_secret(&client, &ns.name, &tsdb.url()).await;
+    common::install_crd(&client).await;
+    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
+    stacks
+        .create(&PostParams::default(), &stack)
+        .await
+        .expect("created");
+    let warned = wait_for(&stacks, "the stack says the job fails", |s| {
+        condition(s, "JobsHealthy").is_some_and(|c| c.reason == "JobFailed") && is_ready(s)
+    })
+    .await;
+    let message = &condition(&warned, "JobsHealthy")
+        .expect("condition")
+        .message;
+    assert!(
+        message.contains(&format!(
+            "refresh policy (job {refresh}) on vm_process_metrics_hourly: failing since"
+        )) && message.contains("rollup broken on purpose"),
+        "{message}"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &ns.name);
+    wait_until("a JobFailed warning event", WAIT, || async {
+        events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("JobFailed")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("broken on purpose"))
+            })
+    })
+    .await;
+    let series = format!(
+        "metricsstack_operator_failing_jobs{{namespace=\"{}\",name=\"stack\"}}",
+        ns.name
+    );
+    let text = operator.metrics.render();
+    assert!(text.contains(&format!("{series} 1")), "{text}");
+
+    // Mended, the job runs again and succeeds: the next reconcile (a restarted operator
+    // here, the periodic check in production) says so.
+    drop(operator);
+    let mut conn = tsdb.connect().await;
+    sqlx::raw_sql("DROP FUNCTION refuse_rows() CASCADE")
+        .execute(&mut conn)
+        .await
+        .expect("the rollup is mended");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CALL run_job({refresh})")))
+        .execute(&mut conn)
+        .await
+        .expect("the mended job runs");
+    record_run(&mut conn, refresh, None).await;
+    sqlx::Connection::close(conn).await.expect("closed");
+    let operator = Operator::start(&ns);
+    wait_for(&stacks, "the stack says the jobs are healthy", |s| {
+        condition(s, "JobsHealthy").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    wait_until("the metric says no job fails", WAIT, || async {
+        operator.metrics.render().contains(&format!("{series} 0"))
+    })
+    .await;
+}
+
+/// The materialization hypertable of the continuous aggregate `view`, schema-qualified.
+async fn materialization(pool: &sqlx::PgPool, view: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT format('%I.%I', materialization_hypertable_schema, \
+                       materialization_hypertable_name) \
+         FROM timescaledb_information.continuous_aggregates \
+         WHERE view_schema = current_schema() AND view_name = $1",
+    )
+    .bind(view)
+    .fetch_one(pool)
+    .await
+    .expect("the aggregate exists")
 }

@@ -473,7 +473,11 @@ impl RawHistory {
             metric: None,
             window_seconds: u32::try_from(aligned(window).as_secs()).expect("at most 30 days"),
             host: None,
-            namespace: namespace(Some(required(self.namespace, "namespace", "pod's namespace")?))?,
+            namespace: namespace(Some(required(
+                self.namespace,
+                "namespace",
+                "pod's namespace",
+            )?))?,
             search: None,
             pod: pod(Some(required(self.pod, "pod", "pod's name")?))?,
             container: container(Some(required(

@@ -2,16 +2,19 @@
 //! PostgreSQL so that they run on PostgreSQL and TimescaleDB alike. Table names are
 //! unqualified: every connection's `search_path` is the configured schema.
 //!
-//! Windows longer than [`HOURLY_THRESHOLD`] read hourly buckets for host overall metrics and
-//! top processes: from the TimescaleDB continuous aggregates when they exist, else computed
-//! from raw rows with the same bucketing (`date_bin` on whole UTC hours). The window's start
-//! is then rounded down to the hour, so both sources cover the same rows.
+//! Windows longer than [`HOURLY_THRESHOLD`] read hourly buckets for host overall metrics,
+//! top processes, pods and a pod's processes: from the TimescaleDB continuous aggregates
+//! when they exist, else computed from raw rows with the same bucketing (`date_bin` on whole
+//! UTC hours). The window's start is then rounded down to the hour, so both sources cover the
+//! same rows. The latest samples of host processes (and the search among them) stay raw:
+//! no rollup keeps single processes of a host.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgExecutor;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments as _, PgExecutor, PgPool};
 
 use crate::filters::{Part, PartKey, TopMetric};
 
@@ -22,6 +25,8 @@ pub const HOURLY_THRESHOLD: Duration = Duration::from_secs(6 * 3600);
 pub const HOST_PROCESS_AGGREGATE: &str = "host_process_metrics_hourly";
 /// The continuous aggregate of `host_overall_metrics` the operator creates.
 pub const HOST_OVERALL_AGGREGATE: &str = "host_overall_metrics_hourly";
+/// The continuous aggregate of `vm_process_metrics` the operator creates.
+pub const VM_PROCESS_AGGREGATE: &str = "vm_process_metrics_hourly";
 
 /// Which hourly aggregates exist in the schema.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,21 +35,29 @@ pub struct Aggregates {
     pub host_process: bool,
     /// `host_overall_metrics_hourly` exists.
     pub host_overall: bool,
+    /// `vm_process_metrics_hourly` exists, per process (an older rollup per process name
+    /// lacks `memory_request_samples` and is not read).
+    pub vm_process: bool,
 }
 
 /// Looks the hourly aggregates up in the schema on the connection's `search_path`.
 pub async fn detect_aggregates<'c>(
     executor: impl PgExecutor<'c>,
 ) -> Result<Aggregates, sqlx::Error> {
-    let (host_process, host_overall): (bool, bool) =
-        sqlx::query_as("SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL")
-            .bind(HOST_PROCESS_AGGREGATE)
-            .bind(HOST_OVERALL_AGGREGATE)
-            .fetch_one(executor)
-            .await?;
+    let (host_process, host_overall, vm_process): (bool, bool, bool) = sqlx::query_as(
+        "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL, \
+                EXISTS (SELECT 1 FROM pg_attribute \
+                        WHERE attrelid = to_regclass($3) AND attname = 'memory_request_samples')",
+    )
+    .bind(HOST_PROCESS_AGGREGATE)
+    .bind(HOST_OVERALL_AGGREGATE)
+    .bind(VM_PROCESS_AGGREGATE)
+    .fetch_one(executor)
+    .await?;
     Ok(Aggregates {
         host_process,
         host_overall,
+        vm_process,
     })
 }
 
@@ -486,6 +499,67 @@ FROM pods
 ORDER BY cpu_usage_percent DESC, namespace, pod
 LIMIT $4"#;
 
+/// A pods statement over hourly buckets (`hourly`: the rows of the window's buckets, per
+/// process of a pod, as `vm_process_metrics_hourly` holds them; parameters as [`VM_METRICS`]'s):
+/// each pod at its latest bucket, its processes in that hour and their average CPU and
+/// memory summed, `last_seen` its latest sample.
+macro_rules! vm_metrics_hourly {
+    ($hourly:literal) => {
+        concat!(
+            "WITH hourly AS (",
+            $hourly,
+            r#"
+), latest AS (
+    SELECT pod_namespace, pod_name, max(bucket) AS bucket
+    FROM hourly
+    GROUP BY pod_namespace, pod_name
+), at_latest AS (
+    SELECT h.pod_namespace, h.pod_name, h.host, max(h.last_seen) AS last_seen,
+           count(*) AS processes, sum(h.avg_cpu)::float8 AS cpu_usage_percent,
+           sum(h.avg_memory_mb)::float8 AS memory_usage_mb
+    FROM hourly AS h
+    JOIN latest AS l USING (pod_namespace, pod_name, bucket)
+    GROUP BY h.pod_namespace, h.pod_name, h.host
+), pods AS (
+    SELECT DISTINCT ON (pod_namespace, pod_name) *
+    FROM at_latest
+    ORDER BY pod_namespace, pod_name, host
+)
+SELECT pod_namespace AS namespace, pod_name AS pod, host, last_seen, processes,
+       cpu_usage_percent, memory_usage_mb
+FROM pods
+ORDER BY cpu_usage_percent DESC, namespace, pod
+LIMIT $4"#
+        )
+    };
+}
+
+const VM_METRICS_FROM_AGGREGATE: &str = vm_metrics_hourly!(
+    r#"
+    SELECT bucket, host, pod_namespace, pod_name, avg_cpu, avg_memory_mb, last_seen
+    FROM vm_process_metrics_hourly
+    WHERE bucket >= date_bin('1 hour', now() - make_interval(secs => $1::float8),
+                             TIMESTAMPTZ '2000-01-01 00:00:00+00')
+      AND pod_namespace IS NOT NULL AND pod_name IS NOT NULL
+      AND ($2::text IS NULL OR host = $2)
+      AND ($3::text IS NULL OR pod_namespace = $3)"#
+);
+
+const VM_METRICS_HOURLY_FROM_RAW: &str = vm_metrics_hourly!(
+    r#"
+    SELECT date_bin('1 hour', "timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+           host, pod_namespace, pod_name, avg(cpu_usage_percent) AS avg_cpu,
+           avg(memory_usage_mb) AS avg_memory_mb, max("timestamp") AS last_seen
+    FROM vm_process_metrics
+    WHERE "timestamp" >= date_bin('1 hour', now() - make_interval(secs => $1::float8),
+                                  TIMESTAMPTZ '2000-01-01 00:00:00+00')
+      AND pod_namespace IS NOT NULL AND pod_name IS NOT NULL
+      AND ($2::text IS NULL OR host = $2)
+      AND ($3::text IS NULL OR pod_namespace = $3)
+    GROUP BY 1, host, pod_namespace, pod_name, container_id, container_name, pid, start_time,
+             process_name, command_line"#
+);
+
 // The search reads the latest sample of each process in the window, as HOST_PROCESSES does,
 // and matches its command line or name with ILIKE (the text's `\`, `%` and `_` escaped by
 // `like_pattern`, so they match themselves).
@@ -522,6 +596,74 @@ WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
 GROUP BY container_id, container_name, host, pid, start_time, process_name, command_line
 ORDER BY container_name, container_id, avg_cpu DESC, pid, start_time
 LIMIT $4"#;
+
+/// A pod's processes over hourly buckets (`hourly`: the pod's rows of the window's buckets,
+/// per process, as `vm_process_metrics_hourly` holds them; parameters as
+/// [`POD_PROCESSES`]'s), the buckets' averages weighed by their samples.
+macro_rules! pod_processes_hourly {
+    ($hourly:literal) => {
+        concat!(
+            "WITH hourly AS (",
+            $hourly,
+            r#"
+)
+SELECT container_id, container_name, host, pid, start_time, process_name, command_line,
+       (sum(avg_cpu * samples) / sum(samples))::float8 AS avg_cpu,
+       max(max_cpu)::float8 AS max_cpu,
+       (sum(avg_cpu_limit_percent * limit_samples) / NULLIF(sum(limit_samples), 0))::float8
+           AS avg_cpu_limit_percent,
+       (sum(avg_cpu_request_percent * cpu_request_samples)
+           / NULLIF(sum(cpu_request_samples), 0))::float8 AS avg_cpu_request_percent,
+       (sum(avg_memory_limit_percent * memory_limit_samples)
+           / NULLIF(sum(memory_limit_samples), 0))::float8 AS avg_memory_limit_percent,
+       (sum(avg_memory_request_percent * memory_request_samples)
+           / NULLIF(sum(memory_request_samples), 0))::float8 AS avg_memory_request_percent,
+       (sum(avg_memory_mb * samples) / sum(samples))::float8 AS avg_memory_mb,
+       max(max_memory_mb)::float8 AS max_memory_mb, max(last_seen) AS last_seen,
+       sum(samples)::int8 AS samples
+FROM hourly
+GROUP BY container_id, container_name, host, pid, start_time, process_name, command_line
+ORDER BY container_name, container_id, avg_cpu DESC, pid, start_time
+LIMIT $4"#
+        )
+    };
+}
+
+const POD_PROCESSES_FROM_AGGREGATE: &str = pod_processes_hourly!(
+    r#"
+    SELECT container_id, container_name, host, pid, start_time, process_name, command_line,
+           avg_cpu, max_cpu, avg_cpu_limit_percent, limit_samples, avg_cpu_request_percent,
+           cpu_request_samples, avg_memory_limit_percent, memory_limit_samples,
+           avg_memory_request_percent, memory_request_samples, avg_memory_mb,
+           max_memory_mb, last_seen, samples
+    FROM vm_process_metrics_hourly
+    WHERE bucket >= date_bin('1 hour', now() - make_interval(secs => $1::float8),
+                             TIMESTAMPTZ '2000-01-01 00:00:00+00')
+      AND pod_namespace = $2 AND pod_name = $3"#
+);
+
+const POD_PROCESSES_HOURLY_FROM_RAW: &str = pod_processes_hourly!(
+    r#"
+    SELECT container_id, container_name, host, pid, start_time, process_name, command_line,
+           avg(cpu_usage_percent) AS avg_cpu, max(cpu_peak_percent) AS max_cpu,
+           avg(cpu_limit_percent) AS avg_cpu_limit_percent,
+           count(cpu_limit_percent) AS limit_samples,
+           avg(cpu_request_percent) AS avg_cpu_request_percent,
+           count(cpu_request_percent) AS cpu_request_samples,
+           avg(memory_limit_percent) AS avg_memory_limit_percent,
+           count(memory_limit_percent) AS memory_limit_samples,
+           avg(memory_request_percent) AS avg_memory_request_percent,
+           count(memory_request_percent) AS memory_request_samples,
+           avg(memory_usage_mb) AS avg_memory_mb,
+           max(memory_usage_mb) AS max_memory_mb, max("timestamp") AS last_seen,
+           count(*) AS samples
+    FROM vm_process_metrics
+    WHERE "timestamp" >= date_bin('1 hour', now() - make_interval(secs => $1::float8),
+                                  TIMESTAMPTZ '2000-01-01 00:00:00+00')
+      AND pod_namespace = $2 AND pod_name = $3
+    GROUP BY date_bin('1 hour', "timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+             container_id, container_name, host, pid, start_time, process_name, command_line"#
+);
 
 // A process followed by its pod, container name and command (the command line as recorded,
 // else the process name) rather than by pid, in buckets of $5 seconds (whole multiples from
@@ -569,18 +711,98 @@ pub fn statement(key: &PartKey, aggregates: Aggregates) -> Statement {
         (true, false) => Source::HourlyFromRaw,
     };
     let source = match key.part {
-        Part::HostProcessMetrics
-        | Part::VmMetrics
-        | Part::ProcessSearch
-        | Part::PodProcesses
-        | Part::ProcessHistory => Source::Raw,
+        Part::HostProcessMetrics | Part::ProcessSearch | Part::ProcessHistory => Source::Raw,
         Part::HostOverallMetrics => hourly(aggregates.host_overall),
         Part::TopProcesses => hourly(aggregates.host_process),
+        Part::VmMetrics | Part::PodProcesses => hourly(aggregates.vm_process),
     };
     Statement {
         part: key.part,
         source,
     }
+}
+
+/// The SQL `statement` runs.
+pub fn sql(statement: Statement) -> &'static str {
+    let hourly = |raw, from_raw, from_aggregate| match statement.source {
+        Source::Raw => raw,
+        Source::HourlyFromRaw => from_raw,
+        Source::HourlyAggregate => from_aggregate,
+    };
+    match statement.part {
+        Part::HostProcessMetrics => HOST_PROCESSES,
+        Part::HostOverallMetrics => hourly(
+            HOST_OVERALL_RAW,
+            HOST_OVERALL_HOURLY_FROM_RAW,
+            HOST_OVERALL_FROM_AGGREGATE,
+        ),
+        Part::TopProcesses => hourly(
+            TOP_PROCESSES_RAW,
+            TOP_PROCESSES_HOURLY_FROM_RAW,
+            TOP_PROCESSES_FROM_AGGREGATE,
+        ),
+        Part::VmMetrics => hourly(
+            VM_METRICS,
+            VM_METRICS_HOURLY_FROM_RAW,
+            VM_METRICS_FROM_AGGREGATE,
+        ),
+        Part::ProcessSearch => PROCESS_SEARCH,
+        Part::PodProcesses => hourly(
+            POD_PROCESSES,
+            POD_PROCESSES_HOURLY_FROM_RAW,
+            POD_PROCESSES_FROM_AGGREGATE,
+        ),
+        Part::ProcessHistory => PROCESS_HISTORY,
+    }
+}
+
+/// The parameters [`sql`] of `key`'s part binds.
+fn arguments(key: &PartKey) -> Result<PgArguments, sqlx::Error> {
+    let window = f64::from(key.window_seconds);
+    let limit = i64::from(key.limit.unwrap_or(1));
+    let host = key.host.as_deref();
+    let mut arguments = PgArguments::default();
+    let add = |result: Result<(), sqlx::error::BoxDynError>| result.map_err(sqlx::Error::Encode);
+    add(arguments.add(window))?;
+    match key.part {
+        Part::HostProcessMetrics => {
+            add(arguments.add(host))?;
+            add(arguments.add(limit))?;
+        }
+        Part::HostOverallMetrics => {
+            add(arguments.add(host))?;
+            add(arguments.add(NOW_LOOKBACK.as_secs_f64()))?;
+        }
+        Part::TopProcesses => {
+            add(arguments.add(host))?;
+            add(arguments.add(key.metric.unwrap_or(TopMetric::Cpu).as_str()))?;
+            add(arguments.add(limit))?;
+        }
+        Part::VmMetrics => {
+            add(arguments.add(host))?;
+            add(arguments.add(key.namespace.as_deref()))?;
+            add(arguments.add(limit))?;
+        }
+        Part::ProcessSearch => {
+            add(arguments.add(host))?;
+            add(arguments.add(like_pattern(key.search.as_deref().unwrap_or_default())))?;
+            add(arguments.add(limit))?;
+        }
+        Part::PodProcesses => {
+            add(arguments.add(key.namespace.as_deref()))?;
+            add(arguments.add(key.pod.as_deref()))?;
+            add(arguments.add(MAX_POD_PROCESSES))?;
+        }
+        Part::ProcessHistory => {
+            add(arguments.add(key.namespace.as_deref()))?;
+            add(arguments.add(key.pod.as_deref()))?;
+            add(arguments.add(key.container.as_deref()))?;
+            add(arguments.add(f64::from(history_bucket_seconds(key.window_seconds))))?;
+            add(arguments.add(key.command.as_deref()))?;
+            add(arguments.add(MAX_HISTORY_ROWS))?;
+        }
+    }
+    Ok(arguments)
 }
 
 /// Runs `statement` for `key` and serialises its answer as JSON.
@@ -589,107 +811,46 @@ pub async fn run<'c>(
     statement: Statement,
     key: &PartKey,
 ) -> Result<Vec<u8>, sqlx::Error> {
-    let window = f64::from(key.window_seconds);
-    let limit = i64::from(key.limit.unwrap_or(1));
-    let metric = key.metric.unwrap_or(TopMetric::Cpu).as_str();
-    let host = key.host.as_deref();
-    fn json<R: Serialize>(source: Source, window_seconds: u32, rows: Vec<R>) -> Vec<u8> {
-        serde_json::to_vec(&PartAnswer {
-            source,
-            window_seconds,
+    async fn rows<'c, R>(
+        executor: impl PgExecutor<'c>,
+        statement: Statement,
+        key: &PartKey,
+    ) -> Result<Vec<u8>, sqlx::Error>
+    where
+        R: Serialize + Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        let rows: Vec<R> = sqlx::query_as_with(sql(statement), arguments(key)?)
+            .fetch_all(executor)
+            .await?;
+        Ok(serde_json::to_vec(&PartAnswer {
+            source: statement.source,
+            window_seconds: key.window_seconds,
             rows,
         })
-        .expect("rows serialise")
+        .expect("rows serialise"))
     }
-    let (source, window_seconds) = (statement.source, key.window_seconds);
-    Ok(match (statement.part, statement.source) {
-        (Part::HostProcessMetrics, _) => json(
-            source,
-            window_seconds,
-            sqlx::query_as::<_, HostProcessRow>(HOST_PROCESSES)
-                .bind(window)
-                .bind(host)
-                .bind(limit)
-                .fetch_all(executor)
-                .await?,
-        ),
-        (Part::HostOverallMetrics, source) => json(
-            source,
-            window_seconds,
-            sqlx::query_as::<_, HostOverallRow>(match source {
-                Source::Raw => HOST_OVERALL_RAW,
-                Source::HourlyFromRaw => HOST_OVERALL_HOURLY_FROM_RAW,
-                Source::HourlyAggregate => HOST_OVERALL_FROM_AGGREGATE,
-            })
-            .bind(window)
-            .bind(host)
-            .bind(NOW_LOOKBACK.as_secs_f64())
-            .fetch_all(executor)
-            .await?,
-        ),
-        (Part::TopProcesses, source) => json(
-            source,
-            window_seconds,
-            sqlx::query_as::<_, TopProcessRow>(match source {
-                Source::Raw => TOP_PROCESSES_RAW,
-                Source::HourlyFromRaw => TOP_PROCESSES_HOURLY_FROM_RAW,
-                Source::HourlyAggregate => TOP_PROCESSES_FROM_AGGREGATE,
-            })
-            .bind(window)
-            .bind(host)
-            .bind(metric)
-            .bind(limit)
-            .fetch_all(executor)
-            .await?,
-        ),
-        (Part::VmMetrics, _) => json(
-            source,
-            window_seconds,
-            sqlx::query_as::<_, VmRow>(VM_METRICS)
-                .bind(window)
-                .bind(host)
-                .bind(key.namespace.as_deref())
-                .bind(limit)
-                .fetch_all(executor)
-                .await?,
-        ),
-        (Part::ProcessSearch, _) => json(
-            source,
-            window_seconds,
-            sqlx::query_as::<_, ProcessMatchRow>(PROCESS_SEARCH)
-                .bind(window)
-                .bind(host)
-                .bind(like_pattern(key.search.as_deref().unwrap_or_default()))
-                .bind(limit)
-                .fetch_all(executor)
-                .await?,
-        ),
-        (Part::PodProcesses, _) => json(
-            source,
-            window_seconds,
-            sqlx::query_as::<_, PodProcessRow>(POD_PROCESSES)
-                .bind(window)
-                .bind(key.namespace.as_deref())
-                .bind(key.pod.as_deref())
-                .bind(MAX_POD_PROCESSES)
-                .fetch_all(executor)
-                .await?,
-        ),
-        (Part::ProcessHistory, _) => json(
-            source,
-            window_seconds,
-            sqlx::query_as::<_, ProcessHistoryRow>(PROCESS_HISTORY)
-                .bind(window)
-                .bind(key.namespace.as_deref())
-                .bind(key.pod.as_deref())
-                .bind(key.container.as_deref())
-                .bind(f64::from(history_bucket_seconds(key.window_seconds)))
-                .bind(key.command.as_deref())
-                .bind(MAX_HISTORY_ROWS)
-                .fetch_all(executor)
-                .await?,
-        ),
-    })
+    match statement.part {
+        Part::HostProcessMetrics => rows::<HostProcessRow>(executor, statement, key).await,
+        Part::HostOverallMetrics => rows::<HostOverallRow>(executor, statement, key).await,
+        Part::TopProcesses => rows::<TopProcessRow>(executor, statement, key).await,
+        Part::VmMetrics => rows::<VmRow>(executor, statement, key).await,
+        Part::ProcessSearch => rows::<ProcessMatchRow>(executor, statement, key).await,
+        Part::PodProcesses => rows::<PodProcessRow>(executor, statement, key).await,
+        Part::ProcessHistory => rows::<ProcessHistoryRow>(executor, statement, key).await,
+    }
+}
+
+/// PostgreSQL's plan of `statement` for `key` (`EXPLAIN (FORMAT JSON)`, not run), for tests
+/// and benchmarks that check which relations a part reads.
+pub async fn explain(
+    pool: &PgPool,
+    statement: Statement,
+    key: &PartKey,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let explain = format!("EXPLAIN (FORMAT JSON) {}", sql(statement));
+    sqlx::query_scalar_with(sqlx::AssertSqlSafe(explain), arguments(key)?)
+        .fetch_one(pool)
+        .await
 }
 
 #[cfg(test)]
@@ -724,6 +885,7 @@ mod tests {
         let both = Aggregates {
             host_process: true,
             host_overall: true,
+            vm_process: true,
         };
         let none = Aggregates::default();
         let source = |part, query, aggregates| statement(&key(part, query), aggregates).source;
@@ -748,6 +910,14 @@ mod tests {
             source(Part::HostProcessMetrics, "window=1d", both),
             Source::Raw
         );
-        assert_eq!(source(Part::VmMetrics, "window=1d", both), Source::Raw);
+        assert_eq!(
+            source(Part::VmMetrics, "window=1d", both),
+            Source::HourlyAggregate
+        );
+        assert_eq!(
+            source(Part::VmMetrics, "window=30d", none),
+            Source::HourlyFromRaw
+        );
+        assert_eq!(source(Part::VmMetrics, "window=1h", both), Source::Raw);
     }
 }

@@ -1,5 +1,6 @@
 //! The query service on TimescaleDB: long windows read the hourly continuous aggregates the
-//! operator created, and answer what the raw rows say.
+//! operator created (their plans read the rollups, not the raw chunks), and answer what the
+//! raw rows say.
 
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use metricsstack_operator::crd::MetricsStack;
 use metricsstack_operator::database::{self, JobKind, converge, read_state};
 use metricsstack_operator::validate::validate;
 use metricsstack_query_service::QueryService;
+use metricsstack_query_service::filters::{Part, PartKey, TopMetric};
+use metricsstack_query_service::queries::{self, Source};
 use metricsstack_testkit::{TimescaleSchema, wait_until};
 use serde_json::Value;
 use sqlx::Connection;
@@ -137,4 +140,265 @@ async fn long_windows_read_the_hourly_aggregate() {
             "{g:?} vs {e:?}"
         );
     }
+}
+
+/// The parts that read hourly buckets for long windows, each over `window` seconds, for
+/// every host, the namespace `shop` and its pod `web-1`.
+fn long_window_keys(window_seconds: u32) -> Vec<PartKey> {
+    [
+        Part::TopProcesses,
+        Part::HostOverallMetrics,
+        Part::VmMetrics,
+        Part::PodProcesses,
+    ]
+    .into_iter()
+    .map(|part| PartKey {
+        part,
+        limit: (part != Part::HostOverallMetrics && part != Part::PodProcesses).then_some(20),
+        metric: (part == Part::TopProcesses).then_some(TopMetric::Cpu),
+        window_seconds,
+        host: None,
+        namespace: (part == Part::PodProcesses).then(|| "shop".to_owned()),
+        search: None,
+        pod: (part == Part::PodProcesses).then(|| "web-1".to_owned()),
+        container: None,
+        command: None,
+    })
+    .collect()
+}
+
+/// Every relation a plan reads (`Relation Name` of its nodes, at any depth).
+fn relations(plan: &Value, found: &mut Vec<String>) {
+    match plan {
+        Value::Object(node) => {
+            if let Some(Value::String(name)) = node.get("Relation Name") {
+                found.push(name.clone());
+            }
+            node.values().for_each(|v| relations(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| relations(v, found)),
+        _ => {}
+    }
+}
+
+/// Whether two answers agree, numbers to a millionth (sums of floats in another order).
+fn agree(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+            (x - y).abs() <= 1e-6 * x.abs().max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| agree(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| k == "source" || y.get(k).is_some_and(|w| agree(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+#[tokio::test]
+async fn a_thirty_day_window_reads_the_rollups_not_the_raw_chunks_and_answers_as_the_raw_rows() {
+    let tsdb = TimescaleSchema::create().await;
+    let stack: MetricsStack = serde_yaml::from_str(include_str!("../../examples/timescale.yaml"))
+        .expect("the example parses");
+    let storage = validate(&stack.spec).expect("the example is valid").storage;
+    let one = PoolSettings {
+        max_connections: 1,
+        ..PoolSettings::default()
+    };
+    let pool = database::connect(&tsdb.url(), &DISABLE_TLS, &one, &tsdb.schema)
+        .await
+        .expect("the operator connects");
+    converge(&pool, &tsdb.schema, "tests/query-service", &storage, None)
+        .await
+        .expect("converges");
+    // 31 days of samples every 30 minutes, up to now: two hosts with three processes each,
+    // two pods with two processes each (one with a CPU limit), in daily chunks.
+    sqlx::raw_sql(
+        r#"INSERT INTO host_process_metrics ("timestamp", host, pid, start_time, process_name,
+             cpu_usage_percent, cpu_peak_percent, memory_usage_mb, virtual_memory_mb,
+             disk_read_bytes, disk_write_bytes)
+           SELECT now() - make_interval(mins => 30 * s), 'node-' || h, p,
+                  now() - interval '40 days', 'process-' || p, (s * 7 + h * 3 + p) % 100,
+                  (s * 7 + h * 3 + p) % 100 + 5, 100 + (s + p) % 50, 500, 0, 0
+           FROM generate_series(0, 31 * 48) AS s, generate_series(1, 2) AS h,
+                generate_series(1, 3) AS p;
+           INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent,
+             cpu_per_core_percent, load_1, load_5, load_15, memory_total_bytes,
+             memory_used_bytes, memory_usage_mb, swap_total_bytes, swap_used_bytes,
+             disk_total_bytes, disk_used_bytes, disk_read_bytes, disk_write_bytes,
+             network_rx_bytes, network_tx_bytes, uptime_seconds, process_count)
+           SELECT now() - make_interval(mins => 30 * s), 'node-' || h, (s * 3 + h) % 100,
+                  '{1,2}', h, h, h, 8e9, 4e9, 1000 + s % 300, 0, 0, 1e12, 5e11, 0, 0, s, s,
+                  3600, 100
+           FROM generate_series(0, 31 * 48) AS s, generate_series(1, 2) AS h;
+           INSERT INTO vm_process_metrics ("timestamp", host, pid, start_time, process_name,
+             command_line, pod_namespace, pod_name, pod_uid, container_id, container_name,
+             cpu_usage_percent, cpu_peak_percent, cpu_limit_percent, memory_usage_mb,
+             disk_read_bytes, disk_write_bytes)
+           SELECT now() - make_interval(mins => 30 * s), 'node-' || pd, 100 * pd + pr,
+                  now() - interval '40 days', 'worker-' || pr, '/bin/worker --id ' || pr,
+                  'shop', 'web-' || pd, 'uid-' || pd, 'cid-' || pd, 'main',
+                  (s * 5 + pd + pr) % 100, (s * 5 + pd + pr) % 100 + 3,
+                  CASE WHEN pd = 1 THEN ((s * 5 + pd + pr) % 100) / 2.0 END,
+                  200 + (s * 3 + pr) % 80, 0, 0
+           FROM generate_series(0, 31 * 48) AS s, generate_series(1, 2) AS pd,
+                generate_series(1, 2) AS pr;
+           ANALYZE"#,
+    )
+    .execute(&pool)
+    .await
+    .expect("seeded");
+    // No background workers: materialise the rollups as their refresh jobs would, up to
+    // the last complete hour; newer rows are read raw (real-time aggregation).
+    for view in [
+        "host_process_metrics_hourly",
+        "host_overall_metrics_hourly",
+        "vm_process_metrics_hourly",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CALL refresh_continuous_aggregate('{}.{view}', NULL, \
+             date_trunc('hour', now()) - interval '1 hour')",
+            tsdb.schema
+        )))
+        .execute(&pool)
+        .await
+        .expect("the rollup is refreshed");
+    }
+    let aggregates = queries::detect_aggregates(&pool).await.expect("detected");
+    assert_eq!(
+        aggregates,
+        queries::Aggregates {
+            host_process: true,
+            host_overall: true,
+            vm_process: true,
+        }
+    );
+    // Which hypertable each chunk belongs to.
+    let chunks: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.chunk_name::text, \
+                COALESCE(a.view_name, c.hypertable_name)::text \
+         FROM timescaledb_information.chunks c \
+         LEFT JOIN timescaledb_information.continuous_aggregates a \
+           ON a.materialization_hypertable_name = c.hypertable_name \
+         WHERE a.view_schema = $1 OR c.hypertable_schema = $1",
+    )
+    .bind(&tsdb.schema)
+    .fetch_all(&pool)
+    .await
+    .expect("chunks");
+    // The distinct chunks of `table` (a metric table or a rollup) among `read`.
+    let chunks_of = |table: &str, read: &[String]| {
+        chunks
+            .iter()
+            .filter(|(chunk, owner)| owner == table && read.contains(chunk))
+            .count()
+    };
+    let all_chunks: Vec<String> = chunks.iter().map(|(chunk, _)| chunk.clone()).collect();
+
+    for key in long_window_keys(30 * 86_400) {
+        let part = key.part.name();
+        let (raw_table, rollup) = match key.part {
+            Part::TopProcesses => ("host_process_metrics", "host_process_metrics_hourly"),
+            Part::HostOverallMetrics => ("host_overall_metrics", "host_overall_metrics_hourly"),
+            _ => ("vm_process_metrics", "vm_process_metrics_hourly"),
+        };
+        let statement = queries::statement(&key, aggregates);
+        assert_eq!(statement.source, Source::HourlyAggregate, "{part}");
+        let mut read = Vec::new();
+        relations(
+            &queries::explain(&pool, statement, &key)
+                .await
+                .expect("explained"),
+            &mut read,
+        );
+        let raw_total = chunks_of(raw_table, &all_chunks);
+        assert!(raw_total >= 5, "{raw_table} has {raw_total} chunks");
+        assert!(
+            chunks_of(rollup, &read) > 0,
+            "{part} reads {rollup}: {read:?}"
+        );
+        // Only the rows newer than the rollup's watermark (the last hour or two) are read
+        // raw (and, for host overall metrics, the last ten minutes for the network and
+        // disk now): the newest chunk, and the one before when a chunk began in that time.
+        let raw_chunks = chunks_of(raw_table, &read);
+        assert!(
+            raw_chunks <= 2,
+            "{part} reads {raw_chunks} of {raw_total} chunks of {raw_table}: {read:?}"
+        );
+        // The same part computed from raw rows reads every chunk of the window.
+        let from_raw = queries::Statement {
+            source: Source::HourlyFromRaw,
+            ..statement
+        };
+        let mut read_from_raw = Vec::new();
+        relations(
+            &queries::explain(&pool, from_raw, &key)
+                .await
+                .expect("explained"),
+            &mut read_from_raw,
+        );
+        let raw_chunks_from_raw = chunks_of(raw_table, &read_from_raw);
+        assert!(
+            raw_chunks_from_raw >= raw_total - 1,
+            "{part} from raw rows reads {raw_chunks_from_raw} chunks: {read_from_raw:?}"
+        );
+        // And both answer the same.
+        let answer: Value = serde_json::from_slice(
+            &queries::run(&pool, statement, &key)
+                .await
+                .expect("answered"),
+        )
+        .expect("JSON");
+        let answer_from_raw: Value =
+            serde_json::from_slice(&queries::run(&pool, from_raw, &key).await.expect("answered"))
+                .expect("JSON");
+        assert!(
+            !answer["rows"].as_array().expect("rows").is_empty(),
+            "{part}: {answer}"
+        );
+        assert!(
+            agree(&answer, &answer_from_raw),
+            "{part}: {answer} from raw rows: {answer_from_raw}"
+        );
+        if key.part == Part::PodProcesses {
+            // A pod's processes over hourly buckets are its raw rows since the window's
+            // start, rounded down to the hour, averaged.
+            let expected: Vec<(i32, f64, i64)> = sqlx::query_as(
+                "SELECT pid, avg(cpu_usage_percent)::float8, count(*) FROM vm_process_metrics \
+                 WHERE \"timestamp\" >= date_bin('1 hour', now() - interval '30 days', \
+                                               TIMESTAMPTZ '2000-01-01 00:00:00+00') \
+                   AND pod_namespace = 'shop' AND pod_name = 'web-1' \
+                 GROUP BY pid ORDER BY pid",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("the raw answer");
+            let mut got: Vec<(i32, f64, i64)> = answer["rows"]
+                .as_array()
+                .expect("rows")
+                .iter()
+                .map(|r| {
+                    (
+                        r["pid"].as_i64().expect("pid") as i32,
+                        r["avg_cpu"].as_f64().expect("avg_cpu"),
+                        r["samples"].as_i64().expect("samples"),
+                    )
+                })
+                .collect();
+            got.sort_by_key(|r| r.0);
+            assert_eq!(got.len(), expected.len(), "{answer}");
+            for (g, e) in got.iter().zip(&expected) {
+                assert!(
+                    g.0 == e.0 && g.2 == e.2 && (g.1 - e.1).abs() < 1e-6,
+                    "{g:?} vs {e:?}"
+                );
+            }
+        }
+    }
+    pool.close().await;
 }

@@ -76,13 +76,18 @@ impl Pools {
     }
 }
 
-/// What the database step found: two conditions, the database status, and whether the
+/// What the database step found: three conditions, the database status, and whether the
 /// failure (if any) is transient and worth a retry with backoff.
 pub struct DatabaseOutcome {
     /// `DatabaseReady`.
     pub ready: Outcome,
     /// `PoliciesApplied`.
     pub policies: Outcome,
+    /// `JobsHealthy`.
+    pub jobs: Outcome,
+    /// How many of the stack's policy jobs failed on their last run; `None` when the step
+    /// did not get as far as reading them.
+    pub failing_jobs: Option<usize>,
     /// For `status.database`.
     pub status: Option<DatabaseStatus>,
     /// A transient error to retry with backoff.
@@ -101,11 +106,22 @@ impl DatabaseOutcome {
                 ConditionReason::Waiting,
                 "waiting for the database",
             ),
+            jobs: jobs_unknown(),
+            failing_jobs: None,
             status: None,
             retry,
             drift_corrected: None,
         }
     }
+}
+
+/// `JobsHealthy` while the jobs cannot be read: a warning, as a failing job is.
+fn jobs_unknown() -> Outcome {
+    Outcome::warning(
+        ConditionType::JobsHealthy,
+        ConditionReason::Waiting,
+        "waiting for the policies to be applied",
+    )
 }
 
 /// Connects with the URI and CA the Secret step read, and converges the schema and storage
@@ -173,6 +189,8 @@ pub async fn reconcile_database(
                     reason,
                     error.to_string(),
                 ),
+                jobs: jobs_unknown(),
+                failing_jobs: None,
                 status: None,
                 retry: None,
                 drift_corrected: None,
@@ -186,6 +204,8 @@ pub async fn reconcile_database(
                     ConditionReason::DatabaseError,
                     error.to_string(),
                 ),
+                jobs: jobs_unknown(),
+                failing_jobs: None,
                 status: None,
                 retry: Some(error),
                 drift_corrected: None,
@@ -195,6 +215,8 @@ pub async fn reconcile_database(
     Ok(DatabaseOutcome {
         ready,
         policies: policies_outcome(&convergence),
+        jobs: jobs_outcome(&convergence),
+        failing_jobs: Some(convergence.failing_jobs.len()),
         status: Some(database_status(stack, &convergence)),
         retry: None,
         drift_corrected: drift_corrected(stack, &convergence),
@@ -294,6 +316,59 @@ fn policies_outcome(convergence: &Convergence) -> Outcome {
     Outcome::ok(
         ConditionType::PoliciesApplied,
         format!("{} policies in force", convergence.policies),
+    )
+}
+
+/// `JobsHealthy`: which of the stack's policy jobs failed on their last run, with their
+/// error and since when. A warning: the stack serves, and only the database can fix the
+/// job, but its rollups go stale, or its data goes uncompressed or undropped.
+fn jobs_outcome(convergence: &Convergence) -> Outcome {
+    if convergence.timescaledb_version.is_none() {
+        return Outcome::ok(
+            ConditionType::JobsHealthy,
+            "no policy jobs: PostgreSQL without TimescaleDB",
+        );
+    }
+    if convergence.failing_jobs.is_empty() {
+        return Outcome::ok(
+            ConditionType::JobsHealthy,
+            format!(
+                "none of {} policy jobs failed on its last run",
+                convergence.policies
+            ),
+        );
+    }
+    let failing: Vec<String> = convergence
+        .failing_jobs
+        .iter()
+        .map(|failing| {
+            let job = &failing.job;
+            let kind = match job.kind {
+                database::JobKind::Compression => "compression",
+                database::JobKind::Retention => "retention",
+                database::JobKind::Refresh => "refresh",
+            };
+            format!(
+                "{kind} policy (job {}) on {}: failing since {}: {}",
+                job.id,
+                job.relation,
+                failing
+                    .since
+                    .map_or_else(|| "an unknown time".to_owned(), |at| at.to_rfc3339()),
+                failing.error.as_deref().unwrap_or("no error recorded")
+            )
+        })
+        .collect();
+    Outcome::warning(
+        ConditionType::JobsHealthy,
+        ConditionReason::JobFailed,
+        format!(
+            "{} of {} policy jobs failed on their last run: {}. TimescaleDB retries them on \
+             schedule; timescaledb_information.job_errors has each run's error",
+            failing.len(),
+            convergence.policies,
+            failing.join("; ")
+        ),
     )
 }
 
@@ -437,4 +512,52 @@ async fn connect_stack(
             Some(error),
         )),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::database::{FailingJob, Job, JobKind};
+
+    fn convergence(failing_jobs: Vec<FailingJob>) -> Convergence {
+        Convergence {
+            timescaledb_version: Some("2.23.0".into()),
+            policies: 12,
+            failing_jobs,
+            ..Convergence::default()
+        }
+    }
+
+    #[test]
+    fn a_failing_job_is_a_warning_naming_its_policy_error_and_since_when() {
+        let healthy = jobs_outcome(&convergence(Vec::new()));
+        assert!(healthy.ok, "{healthy:?}");
+        let since = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .expect("a time")
+            .to_utc();
+        let failing = jobs_outcome(&convergence(vec![FailingJob {
+            job: Job {
+                id: 1004,
+                kind: JobKind::Refresh,
+                relation: "vm_process_metrics_hourly".into(),
+                schedule: 3600,
+                after: Some(3 * 3600),
+                end_offset: Some(3600),
+            },
+            error: Some("cannot drop portal".into()),
+            since: Some(since),
+        }]));
+        assert_eq!(
+            (failing.ok, failing.blocks_ready, failing.reason),
+            (false, false, ConditionReason::JobFailed)
+        );
+        assert!(
+            failing.message.contains(
+                "refresh policy (job 1004) on vm_process_metrics_hourly: failing since \
+                 2026-12-01T10:00:00+00:00: cannot drop portal"
+            ),
+            "{}",
+            failing.message
+        );
+    }
 }

@@ -149,6 +149,10 @@ async fn apply(
         )
         .await;
     }
+    if let Some(failing) = database.failing_jobs {
+        ctx.metrics
+            .failing_jobs(namespace, &stack.name_any(), failing);
+    }
     let converged = write_status(ctx, stack, &applied, &database).await?;
     next_action(
         converged,
@@ -242,6 +246,7 @@ async fn write_status(
         collectors_outcome(collectors.as_ref(), creation_failure.as_deref()),
         database.ready.clone(),
         database.policies.clone(),
+        database.jobs.clone(),
         query_service_outcome(applied.deployment.as_ref()),
         authentication_outcome(stack.spec.query_service.authentication),
     ];
@@ -455,6 +460,8 @@ async fn cleanup(stack: &MetricsStack, ctx: &Context) -> Result<Action, Reconcil
         }
     }
     ctx.pools.remove(stack).await;
+    ctx.metrics
+        .forget_stack(&stack.namespace().unwrap_or_default(), &stack.name_any());
     let removed = if removed.is_empty() {
         "no ClusterRoleBinding to remove".to_owned()
     } else {

@@ -605,7 +605,8 @@ pub struct StorageSpec {
     #[schemars(length(max = 3))]
     pub tables: Vec<TableSpec>,
     /// Continuous aggregates (rollups) of the metric tables, each with its own refresh and
-    /// retention policy.
+    /// retention policy. Unset: an hourly rollup of each table (`<table>_hourly`), kept a
+    /// year, which the query service reads for windows longer than six hours.
     #[serde(default = "default_aggregates")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     #[schemars(length(max = 16))]
@@ -883,21 +884,18 @@ impl Default for RefreshSpec {
 }
 
 fn default_aggregates() -> Vec<AggregateSpec> {
-    [
-        MetricTable::HostProcessMetrics,
-        MetricTable::HostOverallMetrics,
-    ]
-    .into_iter()
-    .map(|source| AggregateSpec {
-        name: format!("{}_hourly", source.table_name()),
-        source,
-        bucket: Duration::parse("1h").expect("valid default"),
-        refresh: RefreshSpec::default(),
-        retention: Some(RetentionSpec {
-            drop_after: Duration::parse("1y").expect("valid default"),
-        }),
-    })
-    .collect()
+    MetricTable::ALL
+        .into_iter()
+        .map(|source| AggregateSpec {
+            name: format!("{}_hourly", source.table_name()),
+            source,
+            bucket: Duration::parse("1h").expect("valid default"),
+            refresh: RefreshSpec::default(),
+            retention: Some(RetentionSpec {
+                drop_after: Duration::parse("1y").expect("valid default"),
+            }),
+        })
+        .collect()
 }
 
 /// The cached query service.

@@ -10,8 +10,8 @@ pub struct MetricsStackStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, CollectorsReady, DatabaseReady, PoliciesApplied, QueryServiceReady and
-    /// QueryServiceAuthenticated.
+    /// Ready, CollectorsReady, DatabaseReady, PoliciesApplied, JobsHealthy,
+    /// QueryServiceReady and QueryServiceAuthenticated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -111,6 +111,9 @@ pub enum ConditionType {
     DatabaseReady,
     /// The database's schema and policies match the spec.
     PoliciesApplied,
+    /// No TimescaleDB job of the stack's policies failed on its last run. A warning when
+    /// false: the stack serves, but rollups go stale, or data goes uncompressed or undropped.
+    JobsHealthy,
     /// The query service has its desired replicas available.
     QueryServiceReady,
     /// The query service checks who calls it (`queryService.authentication: Kubernetes`).
@@ -126,6 +129,7 @@ impl ConditionType {
             Self::CollectorsReady => "CollectorsReady",
             Self::DatabaseReady => "DatabaseReady",
             Self::PoliciesApplied => "PoliciesApplied",
+            Self::JobsHealthy => "JobsHealthy",
             Self::QueryServiceReady => "QueryServiceReady",
             Self::QueryServiceAuthenticated => "QueryServiceAuthenticated",
         }
@@ -174,6 +178,8 @@ pub enum ConditionReason {
     /// The collector DaemonSet cannot create its pods (for example refused by Pod Security
     /// admission).
     PodCreationFailed,
+    /// A TimescaleDB job of the stack's policies failed on its last run.
+    JobFailed,
 }
 
 impl ConditionReason {
@@ -198,6 +204,7 @@ impl ConditionReason {
             Self::PodCreationFailed => "PodCreationFailed",
             Self::Conflict => "Conflict",
             Self::MigrationNeeded => "MigrationNeeded",
+            Self::JobFailed => "JobFailed",
         }
     }
 }

@@ -150,11 +150,25 @@ pub fn rollup(source: MetricTable) -> (&'static str, &'static str) {
              avg(load_1) AS avg_load_1, count(*) AS samples",
             "host",
         ),
+        // Per process of a pod, so that a pod's processes (by container) and the pods'
+        // latest hour both read it; `limit_samples` and the other `*_samples` weigh the
+        // request and limit shares, which samples without a request or limit lack.
         MetricTable::VmProcessMetrics => (
-            "host, pod_namespace, pod_name, process_name, avg(cpu_usage_percent) AS avg_cpu, \
-             max(cpu_peak_percent) AS max_cpu, avg(memory_usage_mb) AS avg_memory_mb, \
-             max(memory_usage_mb) AS max_memory_mb, count(*) AS samples",
-            "host, pod_namespace, pod_name, process_name",
+            "host, pod_namespace, pod_name, container_id, container_name, pid, start_time, \
+             process_name, command_line, avg(cpu_usage_percent) AS avg_cpu, \
+             max(cpu_peak_percent) AS max_cpu, avg(cpu_limit_percent) AS avg_cpu_limit_percent, \
+             count(cpu_limit_percent) AS limit_samples, \
+             avg(cpu_request_percent) AS avg_cpu_request_percent, \
+             count(cpu_request_percent) AS cpu_request_samples, \
+             avg(memory_limit_percent) AS avg_memory_limit_percent, \
+             count(memory_limit_percent) AS memory_limit_samples, \
+             avg(memory_request_percent) AS avg_memory_request_percent, \
+             count(memory_request_percent) AS memory_request_samples, \
+             avg(memory_usage_mb) AS avg_memory_mb, \
+             max(memory_usage_mb) AS max_memory_mb, max(\"timestamp\") AS last_seen, \
+             count(*) AS samples",
+            "host, pod_namespace, pod_name, container_id, container_name, pid, start_time, \
+             process_name, command_line",
         ),
     }
 }

@@ -1,5 +1,6 @@
 //! Reading what the database has: hypertables, compression settings, policies (jobs) and
-//! the continuous aggregates the operator manages, from TimescaleDB's own catalog.
+//! the continuous aggregates the operator manages, from TimescaleDB's own catalog; and
+//! which of those jobs are failing, from its job statistics.
 
 use std::collections::BTreeMap;
 
@@ -226,6 +227,68 @@ pub async fn read_state(pool: &PgPool, schema: &str) -> Result<DatabaseState, Da
         aggregates,
         jobs,
     })
+}
+
+/// A policy job whose last run failed, as TimescaleDB's job statistics say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailingJob {
+    /// The job.
+    pub job: Job,
+    /// The last run's error (`timescaledb_information.job_errors`), when its history still
+    /// holds it.
+    pub error: Option<String>,
+    /// The first failed run since the job last succeeded (its last run when the history no
+    /// longer reaches back that far).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Which of `jobs` failed on their last run. TimescaleDB records the runs of its background
+/// scheduler in `timescaledb_information.job_stats` and each failed run's error in
+/// `timescaledb_information.job_errors`; a job nobody reads those views for fails silently.
+/// Runs started by hand with `CALL run_job` are not recorded there.
+pub async fn read_failing_jobs(
+    pool: &PgPool,
+    jobs: &[Job],
+) -> Result<Vec<FailingJob>, DatabaseError> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i32> = jobs.iter().map(|job| job.id).collect();
+    // `-infinity` (a job that never succeeded) does not decode: compared in SQL, returned
+    // only when finite.
+    let rows = sqlx::query(
+        "SELECT s.job_id, last_error.err_message, \
+                CASE WHEN isfinite(COALESCE(first_failure.since, s.last_run_started_at)) \
+                     THEN COALESCE(first_failure.since, s.last_run_started_at) END AS since \
+         FROM timescaledb_information.job_stats s \
+         LEFT JOIN LATERAL ( \
+             SELECT e.err_message FROM timescaledb_information.job_errors e \
+             WHERE e.job_id = s.job_id ORDER BY e.start_time DESC LIMIT 1) AS last_error ON true \
+         LEFT JOIN LATERAL ( \
+             SELECT min(e.start_time) AS since FROM timescaledb_information.job_errors e \
+             WHERE e.job_id = s.job_id AND e.start_time > s.last_successful_finish) \
+           AS first_failure ON true \
+         WHERE s.job_id = ANY($1) AND s.last_run_status = 'Failed' \
+         ORDER BY s.job_id",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await
+    .map_err(DatabaseError::statement(
+        "reading the policy jobs' statistics",
+    ))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let id: i32 = row.get("job_id");
+            let job = jobs.iter().find(|job| job.id == id)?.clone();
+            Some(FailingJob {
+                job,
+                error: row.get("err_message"),
+                since: row.get("since"),
+            })
+        })
+        .collect())
 }
 
 /// Splits TimescaleDB's `a, "b" DESC` setting lists into entries without identifier quotes.

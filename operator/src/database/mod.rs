@@ -24,7 +24,9 @@ pub use desired::{
     DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable, rollup,
     table_columns,
 };
-pub use introspect::{DatabaseState, Job, JobKind, MANAGED_COMMENT, read_state};
+pub use introspect::{
+    DatabaseState, FailingJob, Job, JobKind, MANAGED_COMMENT, read_failing_jobs, read_state,
+};
 pub use owner::{OWNER_TABLE, release};
 pub use plan::{Step, human, plan, removal};
 
@@ -41,6 +43,8 @@ pub struct Convergence {
     pub unsupported: Vec<String>,
     /// Policy jobs in force for the stack's tables and aggregates.
     pub policies: usize,
+    /// Those of them whose last run failed.
+    pub failing_jobs: Vec<FailingJob>,
 }
 
 /// Steps that would delete data, waiting for their hash to be acknowledged.
@@ -161,18 +165,20 @@ pub async fn converge_measured(
     for step in &safe {
         adoptable(pool, schema, step).await?;
     }
-    let policies = if safe.is_empty() {
-        state.jobs.len()
+    let jobs = if safe.is_empty() {
+        state.jobs
     } else {
         apply::apply_steps(pool, schema, &state, &safe).await?;
-        read_state(pool, schema).await?.jobs.len()
+        read_state(pool, schema).await?.jobs
     };
+    let failing_jobs = read_failing_jobs(pool, &jobs).await?;
     Ok(Convergence {
         timescaledb_version: state.timescaledb_version,
         applied: safe,
         pending,
         unsupported: Vec::new(),
-        policies,
+        policies: jobs.len(),
+        failing_jobs,
     })
 }
 
