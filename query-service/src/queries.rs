@@ -560,24 +560,25 @@ const VM_METRICS_HOURLY_FROM_RAW: &str = vm_metrics_hourly!(
              process_name, command_line"#
 );
 
-// The search reads the latest sample of each process in the window, as HOST_PROCESSES does,
-// and matches its command line or name with ILIKE (the text's `\`, `%` and `_` escaped by
-// `like_pattern`, so they match themselves).
+// The search matches the command line or name of each sample in the window with ILIKE (the
+// text's `\`, `%` and `_` escaped by `like_pattern`, so they match themselves) and answers
+// each matching process's latest matching sample: one pass over the window's rows, where
+// finding every process's latest sample first and matching after read the table twice.
 const PROCESS_SEARCH: &str = r#"
-WITH latest AS (
-    SELECT host, pid, start_time, max("timestamp") AS "timestamp"
+SELECT "timestamp", host, pid, start_time, process_name, command_line, username,
+       cpu_usage_percent, cpu_peak_percent, memory_usage_mb
+FROM (
+    SELECT DISTINCT ON (host, pid, start_time)
+           "timestamp", host, pid, start_time, process_name, command_line, username,
+           cpu_usage_percent::float8 AS cpu_usage_percent,
+           cpu_peak_percent::float8 AS cpu_peak_percent, memory_usage_mb
     FROM host_process_metrics
     WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
       AND ($2::text IS NULL OR host = $2)
-    GROUP BY host, pid, start_time
-)
-SELECT m."timestamp", m.host, m.pid, m.start_time, m.process_name, m.command_line,
-       m.username, m.cpu_usage_percent::float8 AS cpu_usage_percent,
-       m.cpu_peak_percent::float8 AS cpu_peak_percent, m.memory_usage_mb
-FROM latest
-JOIN host_process_metrics AS m USING (host, pid, start_time, "timestamp")
-WHERE m.command_line ILIKE $3 ESCAPE '\' OR m.process_name ILIKE $3 ESCAPE '\'
-ORDER BY m.cpu_usage_percent DESC, m.host, m.pid, m.start_time
+      AND (command_line ILIKE $3 ESCAPE '\' OR process_name ILIKE $3 ESCAPE '\')
+    ORDER BY host, pid, start_time, "timestamp" DESC
+) AS matches
+ORDER BY cpu_usage_percent DESC, host, pid, start_time
 LIMIT $4"#;
 
 // One pod's rows in the window, found by the (pod_namespace, pod_name, "timestamp") index.
