@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{DURATION_PATTERN, Duration, InvalidDuration, cel_seconds};
 pub use status::{
     AppliedRevision, CollectorsStatus, ConditionReason, ConditionType, DatabaseStatus,
-    MetricsStackStatus, PendingPlan,
+    MetricsStackStatus, PendingPlan, SidecarsStatus,
 };
 
 /// The API group of MetricsStack resources.
