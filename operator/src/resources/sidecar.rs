@@ -255,7 +255,12 @@ fn container(settings: &SidecarSettings, other_containers: &str, uid: i64) -> Co
             "COLLECTOR_INTERVAL_SECONDS",
             settings.interval_seconds.to_string(),
         ),
-        value("COLLECTOR_SPOOL_DIR", SIDECAR_SPOOL_MOUNT.into()),
+        // A directory of its own in the emptyDir, whose root the sidecar's uid does not
+        // own: the collector makes its spool directory 0700.
+        value(
+            "COLLECTOR_SPOOL_DIR",
+            format!("{SIDECAR_SPOOL_MOUNT}/batches"),
+        ),
         value("COLLECTOR_SPOOL_MAX_BYTES", spool_bytes.to_string()),
         value("COLLECTOR_PROC_ROOT", "/proc".into()),
         // The pod's identity comes from the downward API: no watch of the node's pods.
