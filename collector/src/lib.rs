@@ -9,6 +9,7 @@ pub mod cpu_clock;
 pub mod ingest;
 pub mod metrics;
 pub mod network;
+pub mod pod_scope;
 pub mod pods;
 pub mod procfs;
 pub mod rows;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use metricsstack_collector::metrics::Metrics;
+use metricsstack_collector::pod_scope::{PodIdentity, PodScope, pod_rows};
 use metricsstack_collector::pods::{self, PodIndex};
 use metricsstack_collector::sample::Sampler;
 use metricsstack_collector::spool::Spool;
@@ -33,6 +34,14 @@ struct Args {
     /// Validate the configuration (and DATABASE_URL's form) and exit.
     #[arg(long)]
     check_config: bool,
+    /// Run as a pod's sidecar: record only the processes of this pod's shared process
+    /// namespace, to vm_process_metrics, with the pod's identity from POD_NAMESPACE,
+    /// POD_NAME and POD_UID (the downward API); no host metrics.
+    #[arg(long)]
+    pod_scope: bool,
+    /// With --pod-scope: record the pod's pause process too.
+    #[arg(long, requires = "pod_scope")]
+    include_pause: bool,
 }
 
 fn settings_help() -> String {
@@ -83,6 +92,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let pod_scope = match args
+        .pod_scope
+        .then(|| PodIdentity::from_env(env))
+        .transpose()
+    {
+        Ok(identity) => identity
+            .map(|identity| PodScope::new(identity, config.proc_root.clone(), args.include_pause)),
+        Err(error) => {
+            eprintln!("collector: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     if args.check_config {
         println!(
             "configuration is valid: sampling every {} s",
@@ -103,7 +124,11 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("a Tokio runtime");
-    match runtime.block_on(run(config, database)) {
+    let _pod = pod_scope.as_ref().map(|scope| {
+        let pod = scope.identity();
+        tracing::info_span!("pod", pod.namespace = %pod.namespace, pod.name = %pod.name).entered()
+    });
+    match runtime.block_on(run(config, database, pod_scope)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "the collector stopped");
@@ -112,7 +137,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Result<()> {
+async fn run(
+    config: CollectorConfig,
+    database: PgConnectOptions,
+    mut pod_scope: Option<PodScope>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::not_ready("no sample taken yet");
     let address: SocketAddr = config.listen_address.parse().context("listenAddress")?;
@@ -213,11 +242,16 @@ async fn run(config: CollectorConfig, database: PgConnectOptions) -> anyhow::Res
             task.await.context("spooling a sample")?;
         }
         next_sample += interval;
-        let index = pod_store
-            .as_ref()
-            .map(|store| PodIndex::from_pods(store.state().iter().map(|p| &**p)));
         let now = chrono::Utc::now();
-        let batch = sampler.sample(now, index.as_ref());
+        let batch = match &mut pod_scope {
+            Some(scope) => pod_rows(sampler.sample(now, Some(&scope.index()))),
+            None => {
+                let index = pod_store
+                    .as_ref()
+                    .map(|store| PodIndex::from_pods(store.state().iter().map(|p| &**p)));
+                sampler.sample(now, index.as_ref())
+            }
+        };
         tracing::debug!(timestamp = now.to_rfc3339(), "sample taken");
         metrics.samples.inc();
         readiness.set_ready();

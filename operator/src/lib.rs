@@ -8,3 +8,4 @@ pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod validate;
+pub mod webhook;

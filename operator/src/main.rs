@@ -15,6 +15,8 @@ use metricsstack_operator::controller::{self, Context};
 use metricsstack_operator::leader::LeaderElection;
 use metricsstack_operator::metrics::Metrics;
 use metricsstack_operator::resources::{ClusterRoleNames, DefaultImages};
+use metricsstack_operator::webhook::certificate::Lifetimes;
+use metricsstack_operator::webhook::{self, WebhookSettings};
 use metricsstack_query_service::QueryService;
 
 /// The MetricsStack operator.
@@ -25,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Reconcile MetricsStack resources in every namespace.
@@ -69,6 +73,21 @@ enum Command {
         /// bound to.
         #[arg(long, default_value = "metricsstack-query-service")]
         query_service_cluster_role: String,
+        /// The MutatingWebhookConfiguration of the sidecar injection, whose caBundle the
+        /// operator keeps; unset, the operator serves no webhook.
+        #[arg(long, env = "WEBHOOK_CONFIGURATION")]
+        webhook_configuration: Option<String>,
+        /// Address of the sidecar injection webhook (HTTPS).
+        #[arg(long, env = "WEBHOOK_ADDRESS", default_value = "0.0.0.0:9443")]
+        webhook_address: SocketAddr,
+        /// The Secret (in the operator's namespace) holding the webhook's CA and
+        /// certificate, created and renewed by the operator.
+        #[arg(long, default_value = "metricsstack-operator-webhook-tls")]
+        webhook_secret: String,
+        /// The names the webhook's certificate is for: its Service's DNS name
+        /// (`<service>.<namespace>.svc`), comma-separated.
+        #[arg(long, env = "WEBHOOK_HOSTS", value_delimiter = ',')]
+        webhook_hosts: Vec<String>,
     },
     /// Serve the cached dashboard queries (the query service).
     QueryService {
@@ -109,6 +128,10 @@ async fn main() -> anyhow::Result<()> {
             query_service_image,
             collector_cluster_role,
             query_service_cluster_role,
+            webhook_configuration,
+            webhook_address,
+            webhook_secret,
+            webhook_hosts,
         } => {
             let release = DefaultImages::default();
             let images = DefaultImages {
@@ -137,6 +160,27 @@ async fn main() -> anyhow::Result<()> {
                 metrics.clone(),
                 access,
             ));
+            // Every replica serves the webhook, leading or not: the Service spreads the API
+            // server's calls over them.
+            let _webhook = match webhook_configuration {
+                Some(configuration_name) => {
+                    let settings = WebhookSettings {
+                        address: webhook_address,
+                        secret_namespace: lease_namespace.clone(),
+                        secret_name: webhook_secret,
+                        configuration_name,
+                        hosts: webhook_hosts,
+                        lifetimes: Lifetimes::default(),
+                        resync: std::time::Duration::from_secs(60),
+                        collector_image: images.collector.clone(),
+                    };
+                    let webhook = webhook::start(client.clone(), settings)
+                        .await
+                        .context("starting the sidecar injection webhook")?;
+                    Some(webhook)
+                }
+                None => None,
+            };
             let identity =
                 identity.unwrap_or_else(|| format!("metricsstack-operator-{}", std::process::id()));
             let election = (!no_leader_election).then(|| {

@@ -260,6 +260,11 @@ async fn invalid_resources_are_refused_with_the_field_named() {
             "spec.driftCheckInterval",
         ),
         (
+            "a sidecar interval over an hour",
+            json!({ "sidecar": { "interval": "2h" } }),
+            "spec.sidecar.interval",
+        ),
+        (
             "too many top processes",
             json!({ "collector": { "processes": { "topByCpu": 5000 } } }),
             "spec.collector.processes.topByCpu",

@@ -139,8 +139,15 @@ async fn rendered_manifests_and_examples_pass_a_server_side_dry_run() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            // The sidecar injection webhook's configuration.
+            "MutatingWebhookConfiguration",
+            // The leader-election Lease's and the webhook certificate Secret's.
+            "Role",
             "Role",
             "RoleBinding",
+            "RoleBinding",
+            // The metrics' and the webhook's.
+            "Service",
             "Service",
             "ServiceAccount",
             "ValidatingAdmissionPolicy",

@@ -333,9 +333,14 @@ impl OperatorProcess {
             .clone()
             .unwrap_or_default()
             .into_iter()
-            .map(|arg| match arg.strip_prefix("--admin-address=") {
-                Some(_) => format!("--admin-address={admin}"),
-                None => arg,
+            .map(|arg| {
+                if arg.starts_with("--admin-address=") {
+                    format!("--admin-address={admin}")
+                } else if arg.starts_with("--webhook-address=") {
+                    format!("--webhook-address=127.0.0.1:{}", free_port())
+                } else {
+                    arg
+                }
             })
             .collect();
         let pod_name = format!("{}-{instance}", release.full_name());

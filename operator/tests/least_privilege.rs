@@ -164,7 +164,7 @@ async fn cluster_wide_the_operator_may_get_secrets_but_not_list_them_and_bind_on
         .await;
     assert!(is_forbidden(&listed), "listing Secrets: {listed:?}");
 
-    // ClusterRoles: none written, only the chart's two bound; no pods read.
+    // ClusterRoles: none written, only the chart's two bound.
     for verb in ["create", "patch", "update", "delete", "escalate"] {
         assert!(
             !can_i(
@@ -218,7 +218,42 @@ async fn cluster_wide_the_operator_may_get_secrets_but_not_list_them_and_bind_on
         )
         .await
     );
-    assert!(!can_i(&operator, "list", "", "pods", None, None).await);
+    // Pods: listed (by the sidecar label) to count a stack's injected sidecars; never
+    // watched nor written.
+    assert!(can_i(&operator, "list", "", "pods", None, None).await);
+    for verb in ["watch", "create", "patch", "update", "delete"] {
+        assert!(
+            !can_i(&operator, verb, "", "pods", None, None).await,
+            "the operator may {verb} pods"
+        );
+    }
+    // The sidecar webhook's caBundle: its own MutatingWebhookConfiguration, no other.
+    let webhooks = "admissionregistration.k8s.io";
+    let own = format!("{}-sidecar", release.full_name());
+    let configurations = "mutatingwebhookconfigurations";
+    assert!(
+        can_i(
+            &operator,
+            "patch",
+            webhooks,
+            configurations,
+            Some(&own),
+            None
+        )
+        .await
+    );
+    assert!(
+        !can_i(
+            &operator,
+            "patch",
+            webhooks,
+            configurations,
+            Some("another"),
+            None
+        )
+        .await
+    );
+    assert!(!can_i(&operator, "create", webhooks, configurations, None, None).await);
     for (group, resource) in [
         ("authentication.k8s.io", "tokenreviews"),
         ("authorization.k8s.io", "subjectaccessreviews"),

@@ -9,6 +9,7 @@ mod database;
 mod pod_creation;
 mod reconcile;
 mod secret;
+mod sidecars;
 mod watch;
 
 use std::collections::HashMap;

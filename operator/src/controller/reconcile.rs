@@ -194,7 +194,7 @@ async fn report_invalid_spec(
         ConditionReason::InvalidSpec,
         error.to_string(),
     );
-    update_status(ctx, stack, &[outcome], None, None).await?;
+    update_status(ctx, stack, &[outcome], None, None, None).await?;
     Ok(Action::await_change())
 }
 
@@ -250,7 +250,16 @@ async fn write_status(
         query_service_outcome(applied.deployment.as_ref()),
         authentication_outcome(stack.spec.query_service.authentication),
     ];
-    let changed = update_status(ctx, stack, &outcomes, collectors, database.status.clone()).await?;
+    let sidecars = super::sidecars::count(ctx, stack).await;
+    let changed = update_status(
+        ctx,
+        stack,
+        &outcomes,
+        collectors,
+        database.status.clone(),
+        sidecars,
+    )
+    .await?;
     if changed {
         for outcome in outcomes.iter().filter(|o| !o.ok) {
             let reason = outcome.reason.as_str();
@@ -318,7 +327,7 @@ async fn report_apply_failure(
         ConditionType::QueryServiceReady,
     ]
     .map(|kind| Outcome::failed(kind, ConditionReason::ApplyFailed, message.clone()));
-    if update_status(ctx, stack, &outcomes, None, None).await? {
+    if update_status(ctx, stack, &outcomes, None, None, None).await? {
         publish(ctx, stack, EventType::Warning, "ApplyFailed", message).await;
     }
     Ok(())
@@ -408,6 +417,7 @@ async fn update_status(
     outcomes: &[Outcome],
     collectors: Option<CollectorsStatus>,
     database: Option<crate::crd::DatabaseStatus>,
+    sidecars: Option<crate::crd::SidecarsStatus>,
 ) -> Result<bool, kube::Error> {
     let previous = stack.status.clone().unwrap_or_default();
     let status = MetricsStackStatus {
@@ -420,6 +430,7 @@ async fn update_status(
         ),
         collectors: collectors.or(previous.collectors.clone()),
         database: database.or(previous.database.clone()),
+        sidecars: sidecars.or(previous.sidecars.clone()),
     };
     if status == previous {
         return Ok(false);

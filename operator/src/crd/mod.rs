@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{DURATION_PATTERN, Duration, InvalidDuration, cel_seconds};
 pub use status::{
     AppliedRevision, CollectorsStatus, ConditionReason, ConditionType, DatabaseStatus,
-    MetricsStackStatus, PendingPlan,
+    MetricsStackStatus, PendingPlan, SidecarsStatus,
 };
 
 /// The API group of MetricsStack resources.
@@ -57,6 +57,10 @@ pub struct MetricsStackSpec {
     /// The NetworkPolicies that limit who reaches the stack's pods.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// The collector injected as a sidecar into pods annotated
+    /// `metricsstack.dev/inject: <this stack's name>` in the stack's namespace.
+    #[serde(default)]
+    pub sidecar: SidecarSpec,
     /// What happens to the database when this resource is deleted: `Retain` leaves it
     /// exactly as it is; `RemovePolicies` removes the compression, retention and refresh
     /// policies the operator created (tables, aggregates and data stay).
@@ -444,6 +448,56 @@ pub struct CollectorSpec {
     /// How the DaemonSet replaces collector pods on a change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_strategy: Option<DaemonSetUpdateStrategy>,
+}
+
+/// The sidecar collector: injected by the operator's admission webhook into the annotated
+/// pods of the stack's namespace, where it records the pod's own processes (no host metrics,
+/// no node access). A change applies to pods created afterwards; `status.sidecars.outdated`
+/// counts the running pods whose sidecar was injected with other settings, until they are
+/// restarted.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// The sidecar's container image. Unset: `collector.image`, else the operator's default
+    /// collector image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+    /// How often the sidecar samples its pod's processes, between 1s and 1h.
+    #[serde(default = "default_sidecar_interval")]
+    #[x_kube(validation = kube::core::Rule::new(interval_rule()).message("sidecar.interval must be between 1s and 1h"))]
+    pub interval: Duration,
+    /// Size limit of the sidecar's spool (an `emptyDir`), in MiB: unsent batches kept while
+    /// the database is away; beyond it the oldest are dropped (and counted).
+    #[serde(default = "default_sidecar_spool_megabytes")]
+    #[schemars(range(min = 2, max = 10240))]
+    pub spool_megabytes: u32,
+    /// Compute resources of the sidecar container. Unset: a small default (10m CPU and
+    /// 32Mi requested, 64Mi limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Record the pod's pause (sandbox) process too.
+    #[serde(default)]
+    pub include_pause: bool,
+}
+
+fn default_sidecar_interval() -> Duration {
+    Duration::parse("15s").expect("valid default")
+}
+fn default_sidecar_spool_megabytes() -> u32 {
+    64
+}
+
+impl Default for SidecarSpec {
+    fn default() -> Self {
+        Self {
+            image: None,
+            interval: default_sidecar_interval(),
+            spool_megabytes: default_sidecar_spool_megabytes(),
+            resources: None,
+            include_pause: false,
+        }
+    }
 }
 
 fn interval_rule() -> String {

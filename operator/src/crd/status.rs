@@ -21,6 +21,21 @@ pub struct MetricsStackStatus {
     /// The database as the operator last saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseStatus>,
+    /// Pods of the stack's namespace running the injected sidecar collector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars: Option<SidecarsStatus>,
+}
+
+/// Pods with the sidecar collector, counted at each reconcile.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarsStatus {
+    /// Pods (not yet finished) whose sidecar this stack injected.
+    pub injected: i32,
+    /// Of those, the pods whose sidecar was built from other settings than
+    /// `spec.sidecar` now gives: restart them (for example `kubectl rollout restart`) to
+    /// apply the current settings.
+    pub outdated: i32,
 }
 
 /// Collector pods desired and ready.

@@ -10,6 +10,7 @@ mod pod_disruption_budget;
 mod rbac;
 mod service;
 mod service_account;
+mod sidecar;
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,10 @@ use crate::validate::ValidSpec;
 pub use config_map::{COLLECTOR_CONFIG_KEY, QUERY_SERVICE_CONFIG_KEY, config_checksum};
 pub use daemon_set::CONFIG_CHECKSUM_ANNOTATION;
 pub use rbac::{ClusterRoleNames, cluster_role_binding_name};
+pub use sidecar::{
+    INJECT_ANNOTATION, POD_CONTAINERS_ENV, SIDECAR_CONTAINER, SIDECAR_HASH_ANNOTATION,
+    SIDECAR_LABEL, SidecarSettings, inject, is_injected, patch as sidecar_patch, requested_stack,
+};
 
 /// The images the operator runs a stack's components with unless the stack pins its own
 /// (`spec.collector.image`, `spec.queryService.image`). They are the operator's settings,
