@@ -1072,12 +1072,12 @@ async fn a_policy_removed_and_a_schedule_altered_behind_the_operators_back_are_r
         .create(&PostParams::default(), &stack)
         .await
         .expect("created");
-    wait_for(&stacks, "the stack is Ready with its 10 policies", |s| {
+    wait_for(&stacks, "the stack is Ready with its 12 policies", |s| {
         is_ready(s)
             && s.status
                 .as_ref()
                 .and_then(|st| st.database.as_ref())
-                .is_some_and(|d| d.policies == 10)
+                .is_some_and(|d| d.policies == 12)
     })
     .await;
     assert_eq!(
