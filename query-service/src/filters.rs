@@ -276,9 +276,7 @@ impl RawFilters {
 
     /// Parses a query string (without the `?`).
     pub fn from_query(query: &str) -> Result<Self, InvalidInput> {
-        let deserializer =
-            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(deserializer).map_err(|e| field_error(e, "query"))
+        parse_query(query)
     }
 }
 
@@ -311,9 +309,7 @@ pub struct RawSearch {
 impl RawSearch {
     /// Parses a query string (without the `?`).
     pub fn from_query(query: &str) -> Result<Self, InvalidInput> {
-        let deserializer =
-            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(deserializer).map_err(|e| field_error(e, "query"))
+        parse_query(query)
     }
 
     /// Checks every field and gives the cache key of the search: the text trimmed and its
@@ -369,9 +365,7 @@ pub struct RawPod {
 impl RawPod {
     /// Parses a query string (without the `?`).
     pub fn from_query(query: &str) -> Result<Self, InvalidInput> {
-        let deserializer =
-            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(deserializer).map_err(|e| field_error(e, "query"))
+        parse_query(query)
     }
 
     /// Checks every field and gives the cache key of the pod's processes.
@@ -419,9 +413,7 @@ pub struct RawHistory {
 impl RawHistory {
     /// Parses a query string (without the `?`).
     pub fn from_query(query: &str) -> Result<Self, InvalidInput> {
-        let deserializer =
-            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(deserializer).map_err(|e| field_error(e, "query"))
+        parse_query(query)
     }
 
     /// Checks every field and gives the cache key of the history.
@@ -616,6 +608,14 @@ fn checked(
         }
         Some(v) => Ok(Some(v)),
     }
+}
+
+/// Deserialises a query string (without the `?`) into a route's raw parameters, naming the
+/// field an error is about.
+fn parse_query<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, InvalidInput> {
+    let deserializer =
+        serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(deserializer).map_err(|e| field_error(e, "query"))
 }
 
 /// Names the field a deserialisation error is about: the field at its path, or for an

@@ -4,15 +4,12 @@
 //! and container id after a restart), its buckets checked against the raw rows, other
 //! commands, containers and pods left out, and bad input named field by field.
 
-use metricsstack_common::access::{AccessPolicy, Authentication};
-use metricsstack_common::config::QueryServiceConfig;
-use metricsstack_common::database::PoolSettings;
+mod common;
+
 use metricsstack_operator::database::MIGRATOR;
-use metricsstack_query_service::QueryService;
 use metricsstack_testkit::TestDatabase;
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio::net::TcpListener;
 
 /// In pod `shop/web-0`, container `app`, the command `/srv/app --serve` runs as pid 100 (in
 /// container `cid-1`) sampled 50 to 31 minutes ago, then, after a restart, as pid 7 (in
@@ -55,28 +52,6 @@ async fn get(base: &str, path_and_query: &str) -> (StatusCode, Value) {
     (status, response.json().await.expect("a JSON body"))
 }
 
-async fn start(database_url: &str) -> String {
-    let config = QueryServiceConfig {
-        stack: Default::default(),
-        authentication: Authentication::None,
-        listen_address: "127.0.0.1:0".into(),
-        schema: "public".into(),
-        database: Default::default(),
-        pool: PoolSettings::default(),
-        fresh_ttl_seconds: 60,
-        stale_while_revalidate_seconds: 60,
-        stale_if_error_seconds: 60,
-        max_entries: 1000,
-        max_bytes: 64 * 1024 * 1024,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("address"));
-    let service =
-        QueryService::new(&config, database_url, AccessPolicy::Open).expect("the service starts");
-    tokio::spawn(service.run(listener, std::future::pending()));
-    base
-}
-
 fn close(row: &Value, field: &str, expected: f64) {
     let shown = row[field]
         .as_f64()
@@ -90,7 +65,7 @@ async fn a_process_is_followed_by_its_command_across_a_restart_with_both_incarna
     let pool = db.pool(2).await;
     MIGRATOR.run(&pool).await.expect("migrations run");
     sqlx::raw_sql(SEED).execute(&pool).await.expect("seeding");
-    let base = start(&db.url()).await;
+    let base = common::start_open_service(&db.url()).await;
 
     // An hour: buckets of 10 seconds, so each sample (a minute apart) is a bucket of its
     // own, in time order, the first incarnation's before the second's.
@@ -225,7 +200,7 @@ async fn a_pods_processes_carry_their_shares_of_the_containers_requests_and_limi
     let pool = db.pool(2).await;
     MIGRATOR.run(&pool).await.expect("migrations run");
     sqlx::raw_sql(SEED).execute(&pool).await.expect("seeding");
-    let base = start(&db.url()).await;
+    let base = common::start_open_service(&db.url()).await;
 
     let (status, answer) = get(
         &base,

@@ -4,19 +4,16 @@
 //! escaping of `%`, `_` and `\`, its cache key, its metrics, and bad input. A seed of 10,000
 //! processes is searched; the time the first search took is printed, never asserted.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use metricsstack_common::access::{AccessPolicy, Authentication};
-use metricsstack_common::config::QueryServiceConfig;
-use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
-use metricsstack_query_service::QueryService;
 use metricsstack_testkit::TestDatabase;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 
 /// 10,000 processes on four nodes, each sampled 2 and 6 minutes ago (the latest sample
 /// differs from the earlier one) and one in three 40 minutes ago as well (outside a
@@ -99,26 +96,8 @@ impl Client {
 }
 
 async fn start(database_url: &str) -> Client {
-    let config = QueryServiceConfig {
-        stack: Default::default(),
-        authentication: Authentication::None,
-        listen_address: "127.0.0.1:0".into(),
-        schema: "public".into(),
-        database: Default::default(),
-        pool: PoolSettings::default(),
-        fresh_ttl_seconds: 60,
-        stale_while_revalidate_seconds: 60,
-        stale_if_error_seconds: 60,
-        max_entries: 1000,
-        max_bytes: 64 * 1024 * 1024,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("address"));
-    let service =
-        QueryService::new(&config, database_url, AccessPolicy::Open).expect("the service starts");
-    tokio::spawn(service.run(listener, std::future::pending()));
     Client {
-        base,
+        base: common::start_open_service(database_url).await,
         http: reqwest::Client::new(),
     }
 }
