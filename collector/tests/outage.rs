@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SubsecRound, Utc};
 use metricsstack_collector::rows::Batch;
 use metricsstack_testkit::{TestDatabase, wait_until};
-use sqlx::PgPool;
+use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -460,6 +460,79 @@ async fn spooled_samples_survive_a_sigkill_during_the_outage() {
         times.range(restarted..).count() as u64,
         samples,
         "every sample the second collector took is stored once: {times:?}"
+    );
+    assert!(spooled(&spool).is_empty(), "the spool is empty");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_password_loses_no_sample_across_the_roll() {
+    let (db, pool, _proxy, dir) = setup().await;
+    let spool = dir.path().join("spool");
+    // The collector logs in as a role of its own, which must give its password.
+    let role = metricsstack_testkit::unique_name("collector").replace('-', "_");
+    for statement in [
+        format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'first-password' IN ROLE {}",
+            metricsstack_testkit::PASSWORD_LOGIN_ROLE
+        ),
+        format!("GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&pool)
+            .await
+            .expect("the role is set up");
+    }
+    let url = |password: &str| {
+        db.options
+            .clone()
+            .username(&role)
+            .password(password)
+            .to_url_lossy()
+            .to_string()
+    };
+    let first = Collector::start(dir.path(), &url("first-password"));
+    wait_until("the collector writes", DEADLINE, || async {
+        !sample_times(&pool).await.is_empty()
+    })
+    .await;
+
+    // The password changes in the database and the collector's session ends: the old
+    // password is refused from then on, and the collector spools.
+    for statement in [
+        format!("ALTER ROLE {role} PASSWORD 'second-password'"),
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&pool)
+            .await
+            .expect("the password is rotated");
+    }
+    let old_login = sqlx::PgConnection::connect(&url("first-password"))
+        .await
+        .map(|_| ())
+        .expect_err("the old password is refused");
+    assert!(
+        matches!(&old_login, sqlx::Error::Database(e) if e.code().as_deref() == Some("28P01")),
+        "refused as a wrong password: {old_login}"
+    );
+    let refused = wait_for_spooled(&spool, 3).await;
+    // The Secret follows and the pod rolls (the operator changes the pod template's
+    // checksum: operator/tests/reconciler.rs): the old collector stops, the new one starts
+    // with the new password on the node's spool directory.
+    let first_samples = first.stop();
+    let second = Collector::start(dir.path(), &url("second-password"));
+    wait_for_replay(&pool, &spool, &refused).await;
+    let second_samples = second.stop();
+
+    let times = sample_times(&pool).await;
+    assert!(
+        times.is_superset(&refused),
+        "the samples spooled while the password was refused arrived: {refused:?}, {times:?}"
+    );
+    assert_eq!(
+        times.len() as u64,
+        first_samples + second_samples,
+        "every sample of both collectors is stored once: {times:?}"
     );
     assert!(spooled(&spool).is_empty(), "the spool is empty");
 }

@@ -29,7 +29,7 @@ use metricsstack_testkit::{
     TestDatabase, TestNamespace, TimescaleSchema, required_env, wait_until,
 };
 use serde_json::json;
-use sqlx::ConnectOptions as _;
+use sqlx::{ConnectOptions as _, Connection as _};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -1300,7 +1300,11 @@ async fn a_rotated_password_reconnects_the_operator_and_rolls_the_pods() {
     };
     let admin = db.pool(1).await;
     for statement in [
-        format!("CREATE ROLE {role} LOGIN PASSWORD 'first-password'"),
+        // A member of PASSWORD_LOGIN_ROLE: the test server makes it log in with its password.
+        format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'first-password' IN ROLE {}",
+            metricsstack_testkit::PASSWORD_LOGIN_ROLE
+        ),
         format!("ALTER DATABASE {} OWNER TO {role}", db.name),
     ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
@@ -1347,6 +1351,14 @@ async fn a_rotated_password_reconnects_the_operator_and_rolls_the_pods() {
             .await
             .expect("the password is rotated");
     }
+    let old_login = sqlx::PgConnection::connect(&url_with("first-password"))
+        .await
+        .map(|_| ())
+        .expect_err("the old password is refused");
+    assert!(
+        matches!(&old_login, sqlx::Error::Database(e) if e.code().as_deref() == Some("28P01")),
+        "refused as a wrong password: {old_login}"
+    );
     wait_for(&stacks, "the old password is refused", |s| {
         condition(s, "DatabaseReady").is_some_and(|c| c.status == "False")
     })

@@ -39,6 +39,9 @@ pub const POSTGRES_TLS_CA_VAR: &str = "METRICSSTACK_TEST_POSTGRES_TLS_CA";
 pub const POSTGRES_TLS_WRONG_CA_VAR: &str = "METRICSSTACK_TEST_POSTGRES_TLS_WRONG_CA";
 /// Environment variable holding the path of the `helm` binary the environment built.
 pub const HELM_VAR: &str = "METRICSSTACK_HELM";
+/// The group role of the test PostgreSQL whose members log in with their password (every
+/// other role is trusted on loopback): a role that is to have its password rotated joins it.
+pub const PASSWORD_LOGIN_ROLE: &str = "password_login";
 
 /// Reads a variable that `testenv/run` exports, or panics with how to start the environment.
 pub fn required_env(name: &str) -> String {
