@@ -138,6 +138,7 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
         max_entries: cache.max_entries,
         max_bytes: u64::from(cache.max_megabytes) * 1024 * 1024,
     };
+    sidecar_spool_megabytes(spec.sidecar.spool_megabytes)?;
     Ok(ValidSpec {
         collector,
         query_service,
@@ -145,6 +146,22 @@ pub fn validate(spec: &MetricsStackSpec) -> Result<ValidSpec, SpecError> {
         storage: desired_storage(&spec.storage, &identifier)?,
         drift_check_interval: drift_check_interval(&spec.drift_check_interval)?,
     })
+}
+
+/// The sidecar's spool size within its bounds (as the CRD says; checked again for objects
+/// stored before the bound existed).
+fn sidecar_spool_megabytes(megabytes: u32) -> Result<(), SpecError> {
+    let bounds = limits::SIDECAR_SPOOL_MEGABYTES;
+    if bounds.contains(megabytes.into()) {
+        return Ok(());
+    }
+    Err(SpecError::new(
+        "sidecar.spoolMegabytes",
+        format!(
+            "{megabytes} is outside {}..{}: the size limit of the sidecar's spool, in MiB",
+            bounds.min, bounds.max
+        ),
+    ))
 }
 
 /// The interval of the drift check, between 10 seconds and a day (as the CRD's rule says;

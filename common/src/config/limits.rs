@@ -49,6 +49,9 @@ pub const COMMAND_LINE_LENGTH: Bounds = Bounds::new(16, 8_192);
 pub const BATCH_ROWS: Bounds = Bounds::new(1, 50_000);
 /// Most megabytes of unsent batches a collector keeps on its node's disk.
 pub const SPOOL_MEGABYTES: Bounds = Bounds::new(1, 102_400);
+/// The size limit of a sidecar collector's spool (its `emptyDir`), in megabytes: room for a
+/// few batches at least, and no more than a pod's scratch space should hold.
+pub const SIDECAR_SPOOL_MEGABYTES: Bounds = Bounds::new(2, 10_240);
 /// A connection pool's most connections.
 pub const POOL_MAX_CONNECTIONS: Bounds = Bounds::new(1, 100);
 /// A connection pool's connections kept open when idle (also at most its maximum).

@@ -470,7 +470,7 @@ pub struct SidecarSpec {
     /// Size limit of the sidecar's spool (an `emptyDir`), in MiB: unsent batches kept while
     /// the database is away; beyond it the oldest are dropped (and counted).
     #[serde(default = "default_sidecar_spool_megabytes")]
-    #[schemars(range(min = 2, max = 10240))]
+    #[schemars(range(min = limits::SIDECAR_SPOOL_MEGABYTES.min, max = limits::SIDECAR_SPOOL_MEGABYTES.max))]
     pub spool_megabytes: u32,
     /// Compute resources of the sidecar container. Unset: a small default (10m CPU and
     /// 32Mi requested, 64Mi limit).
