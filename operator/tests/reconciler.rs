@@ -1018,6 +1018,85 @@ async fn a_second_stack_on_a_schema_another_manages_is_refused_naming_it() {
     .await;
 }
 
+/// The configuration checksums of the pod templates of the stack `stack`: its collectors'
+/// DaemonSet's and its query service's Deployment's.
+async fn pod_template_checksums(client: &Client, namespace: &str) -> (String, String) {
+    let annotation = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+        (template.and_then(|t| t.metadata.as_ref()))
+            .and_then(|meta| meta.annotations.as_ref())
+            .and_then(|annotations| annotations.get(CONFIG_CHECKSUM_ANNOTATION).cloned())
+            .expect("a checksum on the pod template")
+    };
+    let daemon_set = Api::<DaemonSet>::namespaced(client.clone(), namespace)
+        .get("stack-collector")
+        .await
+        .expect("DaemonSet");
+    let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .get("stack-query-service")
+        .await
+        .expect("Deployment");
+    (
+        annotation(daemon_set.spec.as_ref().map(|s| &s.template)),
+        annotation(deployment.spec.as_ref().map(|s| &s.template)),
+    )
+}
+
+#[tokio::test]
+async fn the_pooler_secret_is_required_and_a_rotated_pooler_password_rolls_the_pods() {
+    simulated_nodes();
+    let ns = TestNamespace::create().await;
+    let db = TestDatabase::create().await;
+    let client = ns.client.clone();
+    let _operator = Operator::start(&ns);
+    common::install_crd(&client).await;
+    create_secret(&client, &ns.name, &db.url()).await;
+    let stack = stack_object(
+        &ns.name,
+        "stack",
+        json!({ "database": { "pooler": {
+            "kind": "PgBouncerTransaction", "secretRef": { "name": "pooler" } } } }),
+    );
+    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
+    stacks
+        .create(&PostParams::default(), &stack)
+        .await
+        .expect("created");
+    // The pods would not start without it: the stack names the field.
+    wait_for(
+        &stacks,
+        "DatabaseReady names the missing pooler Secret",
+        |s| {
+            condition(s, "DatabaseReady").is_some_and(|c| {
+                c.reason == "SecretNotFound" && c.message.contains("spec.database.pooler.secretRef")
+            })
+        },
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let pooler = |password: &str| {
+        connection_secret(
+            "pooler",
+            &format!("postgres://collector:{password}@pgbouncer:6432/metrics"),
+        )
+    };
+    secrets
+        .create(&PostParams::default(), &pooler("first-password"))
+        .await
+        .expect("the pooler Secret is created");
+    wait_for(&stacks, "the stack is Ready", is_ready).await;
+    let before = pod_template_checksums(&client, &ns.name).await;
+
+    secrets
+        .replace("pooler", &PostParams::default(), &pooler("second-password"))
+        .await
+        .expect("the pooler Secret is replaced");
+    wait_until("both workloads roll", WAIT, || async {
+        let after = pod_template_checksums(&client, &ns.name).await;
+        after.0 != before.0 && after.1 != before.1
+    })
+    .await;
+}
+
 /// The notes of the stack's events with `reason`.
 async fn event_notes(client: &Client, namespace: &str, reason: &str) -> Vec<String> {
     let events: Api<k8s_openapi::api::events::v1::Event> =
@@ -1320,26 +1399,7 @@ async fn a_rotated_password_reconnects_the_operator_and_rolls_the_pods() {
         .await
         .expect("created");
     wait_for(&stacks, "the stack is Ready", is_ready).await;
-    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns.name);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let checksums = || async {
-        let annotation = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
-            (template.and_then(|t| t.metadata.as_ref()))
-                .and_then(|meta| meta.annotations.as_ref())
-                .and_then(|annotations| annotations.get(CONFIG_CHECKSUM_ANNOTATION).cloned())
-                .expect("a checksum on the pod template")
-        };
-        let daemon_set = daemon_sets.get("stack-collector").await.expect("DaemonSet");
-        let deployment = deployments
-            .get("stack-query-service")
-            .await
-            .expect("Deployment");
-        (
-            annotation(daemon_set.spec.as_ref().map(|s| &s.template)),
-            annotation(deployment.spec.as_ref().map(|s| &s.template)),
-        )
-    };
-    let before = checksums().await;
+    let before = pod_template_checksums(&client, &ns.name).await;
 
     // The password changes in the database; the operator's open sessions end with it.
     for statement in [
@@ -1379,7 +1439,7 @@ async fn a_rotated_password_reconnects_the_operator_and_rolls_the_pods() {
         |s| condition(s, "DatabaseReady").is_some_and(|c| c.status == "True"),
     )
     .await;
-    let after = checksums().await;
+    let after = pod_template_checksums(&client, &ns.name).await;
     assert_ne!(after.0, before.0, "the collectors roll");
     assert_ne!(after.1, before.1, "the query service rolls");
     let operator_sessions: i64 = sqlx::query_scalar(

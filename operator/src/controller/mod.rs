@@ -159,9 +159,12 @@ pub async fn run(
                             let ca_secret = (database.ca_ref.as_ref())
                                 .and_then(|ca| ca.secret_key_ref.as_ref())
                                 .map(|secret| secret.name.as_str());
+                            let pooler_secret = (database.pooler.as_ref())
+                                .map(|pooler| pooler.secret_ref.name.as_str());
                             stack.namespace() == namespace
                                 && (database.secret_ref.name == name
-                                    || ca_secret == Some(name.as_str()))
+                                    || ca_secret == Some(name.as_str())
+                                    || pooler_secret == Some(name.as_str()))
                         })
                         .map(|stack| ObjectRef::from_obj(&*stack))
                         .collect::<Vec<_>>()

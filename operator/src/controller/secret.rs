@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 use sha2::{Digest as _, Sha256};
 
-use crate::crd::{CaSource, MetricsStack};
+use crate::crd::{CaSource, MetricsStack, SecretKeyRef};
 
 /// The database connection URI a stack's Secret holds. Its `Debug` leaves the URI out: the
 /// URI carries the password.
@@ -35,24 +35,32 @@ impl fmt::Debug for ConnectionUri {
 }
 
 /// What the operator connects to a stack's database with: the URI, and the CA certificate
-/// (PEM) when `spec.database.caRef` names one.
+/// (PEM) when `spec.database.caRef` names one; and the URI the pods connect through when
+/// `spec.database.pooler` names a pooler.
 #[derive(Debug)]
 pub struct Connection {
     /// The connection URI.
     pub uri: ConnectionUri,
     /// The CA certificate that signs the server's certificate.
     pub ca: Option<Vec<u8>>,
+    /// The pooler's connection URI, which the collectors and the query service use.
+    pub pooler_uri: Option<ConnectionUri>,
 }
 
 impl Connection {
-    /// A digest of the URI and the CA, for the pods' checksum: it changes when either does,
-    /// and reveals neither.
+    /// A digest of the URIs and the CA, for the pods' checksum: it changes when any does
+    /// (a rotated pooler password rolls the pods as a rotated database password does), and
+    /// reveals none.
     pub fn digest(&self) -> String {
         let mut hasher = Sha256::new();
         hasher.update(self.uri.as_str().as_bytes());
         hasher.update([0]);
         if let Some(ca) = &self.ca {
             hasher.update(ca);
+        }
+        if let Some(pooler) = &self.pooler_uri {
+            hasher.update([0]);
+            hasher.update(pooler.as_str().as_bytes());
         }
         format!("{:x}", hasher.finalize())
     }
@@ -66,23 +74,27 @@ pub enum SecretError {
     Api(#[from] kube::Error),
     /// There is no such Secret.
     #[error(
-        "Secret {secret} not found: create it with the key {key:?} holding the connection URI \
-         (postgres://user:password@host:port/database)"
+        "Secret {secret} named by {field} not found: create it with the key {key:?} holding \
+         the connection URI (postgres://user:password@host:port/database)"
     )]
     NotFound {
         /// `namespace/name` of the Secret.
         secret: String,
+        /// The field naming it, `spec.database.secretRef` or `spec.database.pooler.secretRef`.
+        field: &'static str,
         /// The key that should hold the URI.
         key: String,
     },
     /// The Secret has no UTF-8 value under the key.
     #[error(
-        "Secret {secret} has no UTF-8 key {key:?}: set database.secretRef.key to the key \
-         holding the connection URI"
+        "Secret {secret} has no UTF-8 key {key:?}: set {field}.key to the key holding the \
+         connection URI"
     )]
     NoUri {
         /// `namespace/name` of the Secret.
         secret: String,
+        /// The field naming it.
+        field: &'static str,
         /// The key that should hold the URI.
         key: String,
     },
@@ -129,13 +141,36 @@ pub async fn read_connection(
     client: &Client,
     stack: &MetricsStack,
 ) -> Result<Connection, SecretError> {
-    let uri = read_uri(client, stack).await?;
+    let database = &stack.spec.database;
+    let uri = read_uri(
+        client,
+        stack,
+        &database.secret_ref,
+        "spec.database.secretRef",
+    )
+    .await?;
+    let pooler_uri = match &database.pooler {
+        Some(pooler) => Some(
+            read_uri(
+                client,
+                stack,
+                &pooler.secret_ref,
+                "spec.database.pooler.secretRef",
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let source = (stack.spec.database.ca_ref.as_ref()).and_then(|ca_ref| ca_ref.source());
     let ca = match source {
         Some(source) => Some(read_ca(client, stack, source).await?),
         None => None,
     };
-    Ok(Connection { uri, ca })
+    Ok(Connection {
+        uri,
+        ca,
+        pooler_uri,
+    })
 }
 
 /// Reads the CA certificate from its Secret's or ConfigMap's key; checks only that it is PEM
@@ -187,15 +222,20 @@ async fn read_ca(
     }
 }
 
-/// Reads the connection URI from the Secret that `spec.database.secretRef` names.
-async fn read_uri(client: &Client, stack: &MetricsStack) -> Result<ConnectionUri, SecretError> {
+/// Reads the connection URI from the Secret that `reference` (the stack's `field`) names.
+async fn read_uri(
+    client: &Client,
+    stack: &MetricsStack,
+    reference: &SecretKeyRef,
+    field: &'static str,
+) -> Result<ConnectionUri, SecretError> {
     let namespace = stack.namespace().unwrap_or_default();
-    let reference = &stack.spec.database.secret_ref;
     let secret_name = format!("{namespace}/{}", reference.name);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let Some(secret) = secrets.get_opt(&reference.name).await? else {
         return Err(SecretError::NotFound {
             secret: secret_name,
+            field,
             key: reference.key.clone(),
         });
     };
@@ -211,6 +251,7 @@ async fn read_uri(client: &Client, stack: &MetricsStack) -> Result<ConnectionUri
         }),
         _ => Err(SecretError::NoUri {
             secret: secret_name,
+            field,
             key: reference.key.clone(),
         }),
     }
@@ -219,6 +260,49 @@ async fn read_uri(client: &Client, stack: &MetricsStack) -> Result<ConnectionUri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn uri(text: &str) -> ConnectionUri {
+        ConnectionUri {
+            secret: "monitoring/db".into(),
+            uri: text.into(),
+        }
+    }
+
+    #[test]
+    fn the_digest_changes_with_the_database_uri_the_ca_and_the_pooler_uri() {
+        let connection = |database: &str, ca: Option<&str>, pooler: Option<&str>| Connection {
+            uri: uri(database),
+            ca: ca.map(|ca| ca.as_bytes().to_vec()),
+            pooler_uri: pooler.map(uri),
+        };
+        let base = connection(
+            "postgres://a:one@db/m",
+            None,
+            Some("postgres://a:one@pgb/m"),
+        );
+        let digests = [
+            connection(
+                "postgres://a:two@db/m",
+                None,
+                Some("postgres://a:one@pgb/m"),
+            ),
+            connection(
+                "postgres://a:one@db/m",
+                Some("PEM"),
+                Some("postgres://a:one@pgb/m"),
+            ),
+            connection(
+                "postgres://a:one@db/m",
+                None,
+                Some("postgres://a:two@pgb/m"),
+            ),
+            connection("postgres://a:one@db/m", None, None),
+        ]
+        .map(|other| other.digest());
+        for digest in &digests {
+            assert_ne!(*digest, base.digest());
+        }
+    }
 
     #[test]
     fn a_connection_uri_keeps_its_password_out_of_debug_output() {
