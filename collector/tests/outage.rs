@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SubsecRound, Utc};
 use metricsstack_collector::rows::Batch;
 use metricsstack_testkit::{TestDatabase, wait_until};
-use sqlx::{ConnectOptions as _, Connection as _, PgPool};
+use sqlx::{ConnectOptions as _, PgPool};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -507,14 +507,7 @@ async fn a_rotated_password_loses_no_sample_across_the_roll() {
             .await
             .expect("the password is rotated");
     }
-    let old_login = sqlx::PgConnection::connect(&url("first-password"))
-        .await
-        .map(|_| ())
-        .expect_err("the old password is refused");
-    assert!(
-        matches!(&old_login, sqlx::Error::Database(e) if e.code().as_deref() == Some("28P01")),
-        "refused as a wrong password: {old_login}"
-    );
+    metricsstack_testkit::assert_password_refused(&url("first-password")).await;
     let refused = wait_for_spooled(&spool, 3).await;
     // The Secret follows and the pod rolls (the operator changes the pod template's
     // checksum: operator/tests/reconciler.rs): the old collector stops, the new one starts

@@ -29,7 +29,7 @@ use metricsstack_testkit::{
     TestDatabase, TestNamespace, TimescaleSchema, required_env, wait_until,
 };
 use serde_json::json;
-use sqlx::{ConnectOptions as _, Connection as _};
+use sqlx::ConnectOptions as _;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -1126,19 +1126,18 @@ async fn jobs(conn: &mut sqlx::PgConnection, schema: &str) -> Vec<(String, Strin
     .expect("jobs")
 }
 
-#[tokio::test]
-async fn a_policy_removed_and_a_schedule_altered_behind_the_operators_back_are_restored() {
-    simulated_nodes();
-    let tsdb = TimescaleSchema::create().await;
-    let ns = TestNamespace::create().await;
-    let client = ns.client.clone();
-    let _operator = Operator::start(&ns);
-    create_secret(&client, &ns.name, &tsdb.url()).await;
-    common::install_crd(&client).await;
-    // The test server is one session: the operator keeps to one connection and lets it go
-    // when idle, so that the test can connect between two checks.
+/// Creates the stack `stack` (and its Secret) on the test TimescaleDB, its database checked
+/// every 10 s. The test server is one session: the operator keeps to one connection and lets
+/// it go when idle, so that the test can connect between two checks.
+async fn create_checked_timescale_stack(
+    client: &Client,
+    namespace: &str,
+    tsdb: &TimescaleSchema,
+) -> Api<MetricsStack> {
+    create_secret(client, namespace, &tsdb.url()).await;
+    common::install_crd(client).await;
     let stack = stack_object(
-        &ns.name,
+        namespace,
         "stack",
         json!({
             "database": { "schema": tsdb.schema, "pools": { "operator": {
@@ -1146,11 +1145,22 @@ async fn a_policy_removed_and_a_schedule_altered_behind_the_operators_back_are_r
             "driftCheckInterval": "10s"
         }),
     );
-    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
+    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), namespace);
     stacks
         .create(&PostParams::default(), &stack)
         .await
         .expect("created");
+    stacks
+}
+
+#[tokio::test]
+async fn a_policy_removed_and_a_schedule_altered_behind_the_operators_back_are_restored() {
+    simulated_nodes();
+    let tsdb = TimescaleSchema::create().await;
+    let ns = TestNamespace::create().await;
+    let client = ns.client.clone();
+    let _operator = Operator::start(&ns);
+    let stacks = create_checked_timescale_stack(&client, &ns.name, &tsdb).await;
     wait_for(&stacks, "the stack is Ready with its 12 policies", |s| {
         is_ready(s)
             && s.status
@@ -1276,22 +1286,7 @@ async fn a_pending_plan_is_checked_on_schedule_without_rewriting_the_status_or_r
     let ns = TestNamespace::create().await;
     let client = ns.client.clone();
     let operator = Operator::start(&ns);
-    create_secret(&client, &ns.name, &tsdb.url()).await;
-    common::install_crd(&client).await;
-    let stack = stack_object(
-        &ns.name,
-        "stack",
-        json!({
-            "database": { "schema": tsdb.schema, "pools": { "operator": {
-                "maxConnections": 1, "idleTimeout": "1s" } } },
-            "driftCheckInterval": "10s"
-        }),
-    );
-    let stacks: Api<MetricsStack> = Api::namespaced(client.clone(), &ns.name);
-    stacks
-        .create(&PostParams::default(), &stack)
-        .await
-        .expect("created");
+    let stacks = create_checked_timescale_stack(&client, &ns.name, &tsdb).await;
     let held = wait_for(&stacks, "the retention waits for acknowledgement", |s| {
         condition(s, "PoliciesApplied").is_some_and(|c| c.reason == "DataLossNotAcknowledged")
             && condition(s, "CollectorsReady").is_some_and(|c| c.status == "True")
@@ -1411,14 +1406,7 @@ async fn a_rotated_password_reconnects_the_operator_and_rolls_the_pods() {
             .await
             .expect("the password is rotated");
     }
-    let old_login = sqlx::PgConnection::connect(&url_with("first-password"))
-        .await
-        .map(|_| ())
-        .expect_err("the old password is refused");
-    assert!(
-        matches!(&old_login, sqlx::Error::Database(e) if e.code().as_deref() == Some("28P01")),
-        "refused as a wrong password: {old_login}"
-    );
+    metricsstack_testkit::assert_password_refused(&url_with("first-password")).await;
     wait_for(&stacks, "the old password is refused", |s| {
         condition(s, "DatabaseReady").is_some_and(|c| c.status == "False")
     })

@@ -43,6 +43,19 @@ pub const HELM_VAR: &str = "METRICSSTACK_HELM";
 /// other role is trusted on loopback): a role that is to have its password rotated joins it.
 pub const PASSWORD_LOGIN_ROLE: &str = "password_login";
 
+/// Asserts that PostgreSQL refuses a login with `url` as a wrong password (28P01): a role
+/// in [`PASSWORD_LOGIN_ROLE`] whose password has been changed.
+pub async fn assert_password_refused(url: &str) {
+    let error = PgConnection::connect(url)
+        .await
+        .map(|_| ())
+        .expect_err("the old password is refused");
+    assert!(
+        matches!(&error, sqlx::Error::Database(e) if e.code().as_deref() == Some("28P01")),
+        "refused as a wrong password: {error}"
+    );
+}
+
 /// Reads a variable that `testenv/run` exports, or panics with how to start the environment.
 pub fn required_env(name: &str) -> String {
     match std::env::var(name) {
