@@ -2,7 +2,8 @@
 //!
 //! An answer is fresh for `Policy::fresh`. A key whose answer is read again after it was
 //! fetched (by another client, or by the same one within `fresh`) is refreshed in the
-//! background when the answer reaches nine tenths of `fresh`, as long as it keeps being read
+//! background ahead of its answer turning stale, by as long as its last fetch took plus a
+//! tenth of `fresh` (at most half of `fresh`), as long as it keeps being read
 //! and was read within the last `stale_while_revalidate`: so readers keep getting fresh
 //! answers, and the source is asked about a key at most once a refresh period however many
 //! callers read it, and never more often than the key is read (one client polling less often
@@ -51,10 +52,13 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The age at which the answer of a key being read is refreshed: nine tenths of `fresh`,
-    /// so that the new answer normally arrives before the old one turns stale.
-    fn refresh_after(&self) -> Duration {
-        self.fresh - self.fresh / 10
+    /// The age at which the answer of a key being read is refreshed, given how long its
+    /// last fetch `took`: that long plus a tenth of `fresh` before `fresh` ends (at most
+    /// half of `fresh` before), so that the new answer arrives a tenth of `fresh` before the
+    /// old one turns stale, even from a slow source: a reader polling when `max-age` and
+    /// `Age` say finds it, and the key is asked about once every nine tenths of `fresh`.
+    fn refresh_after(&self, took: Duration) -> Duration {
+        self.fresh - (took + self.fresh / 10).min(self.fresh / 2)
     }
 
     /// Whether keys being read are refreshed ahead of their answers turning stale.
@@ -139,6 +143,8 @@ type Flight<V, E> = Shared<BoxFuture<'static, Result<V, CacheError<E>>>>;
 struct Stored<V> {
     value: V,
     at: Instant,
+    /// How long the fetch that gave it took.
+    took: Duration,
     weight: u64,
     /// The tick it was stored at: its place in the expiry order.
     order: u64,
@@ -484,13 +490,14 @@ where
     fn start(&self, key: K) -> Flight<V, E> {
         let cache = self.clone();
         let task = tokio::spawn(async move {
+            let began = Instant::now();
             let fetch = AssertUnwindSafe(async { (cache.fetch)(&key).await });
             let result = match fetch.catch_unwind().await {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(error)) => Err(CacheError::Fetch(error)),
                 Err(_) => Err(CacheError::Panicked),
             };
-            cache.finish(key, &result);
+            cache.finish(key, &result, began.elapsed());
             result
         });
         async move { task.await.unwrap_or(Err(CacheError::Panicked)) }
@@ -498,9 +505,9 @@ where
             .shared()
     }
 
-    /// Ends the fetch of `key`: keeps its answer (if any) and evicts the least recently
-    /// read answers beyond the bounds.
-    fn finish(&self, key: K, result: &Result<V, CacheError<E>>) {
+    /// Ends the fetch of `key`, which `took` so long: keeps its answer (if any) and evicts
+    /// the least recently read answers beyond the bounds.
+    fn finish(&self, key: K, result: &Result<V, CacheError<E>>, took: Duration) {
         let policy = self.policy;
         let now = Instant::now();
         let mut guard = self.lock();
@@ -522,6 +529,7 @@ where
                     let stored = Stored {
                         value: value.clone(),
                         at: now,
+                        took,
                         weight,
                         order: tick,
                     };
@@ -540,7 +548,7 @@ where
     }
 
     /// What the refresher `id` of `key` does next, given when it last asked for a refresh:
-    /// waits until the answer is due for a refresh (nine tenths of `fresh` after it was
+    /// waits until the answer is due for a refresh ([`Policy::refresh_after`] it was
     /// fetched, or after the last attempt when that failed); then refreshes it if the key
     /// was read since the answer was stored and within `stale_while_revalidate`, or else
     /// stops refreshing it.
@@ -556,11 +564,11 @@ where
         if entry.refresher != Some(id) {
             return Step::Stop;
         }
-        let Some(at) = entry.stored.as_ref().map(|stored| stored.at) else {
+        let Some((at, took)) = entry.stored.as_ref().map(|stored| (stored.at, stored.took)) else {
             entry.refresher = None;
             return Step::Stop;
         };
-        let due = attempted.map_or(at, |attempted| attempted.max(at)) + policy.refresh_after();
+        let due = attempted.map_or(at, |attempted| attempted.max(at)) + policy.refresh_after(took);
         if now < due {
             return Step::Wait(due);
         }
@@ -669,12 +677,13 @@ mod tests {
 
     const FETCH_TIME: Duration = Duration::from_millis(10);
 
-    /// A source counting its calls, answering `"<key> <n>"` after 10 ms, or failing when
-    /// told, or panicking for the key `"boom"`.
+    /// A source counting its calls, answering `"<key> <n>"` after 10 ms (plus `slowness`),
+    /// or failing when told, or panicking for the key `"boom"`.
     #[derive(Clone, Default)]
     struct Source {
         calls: Arc<AtomicUsize>,
         failing: Arc<AtomicBool>,
+        slowness: Duration,
     }
 
     impl Source {
@@ -684,9 +693,10 @@ mod tests {
                 let key = *key;
                 let calls = source.calls.clone();
                 let failing = source.failing.clone();
+                let slowness = source.slowness;
                 async move {
                     let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::time::sleep(FETCH_TIME).await;
+                    tokio::time::sleep(FETCH_TIME + slowness).await;
                     assert_ne!(key, "boom", "the source panics");
                     if failing.load(Ordering::SeqCst) {
                         Err("source down".to_owned())
@@ -782,8 +792,54 @@ mod tests {
             );
             calls.push(source.calls());
         }
-        // One a poll; or a miss, then a refresh every 3.6 s + 10 ms: 1 + 16.
+        // One a poll; or a miss, then a refresh every 3.6 s (0.41 s ahead, 10 ms long): 1 + 16.
         assert_eq!(calls, [12, 17, 17]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poller_following_max_age_and_age_finds_a_slow_sources_answer_fresh() {
+        // The dashboard's schedule: the next poll when the answer stops being fresh
+        // (`max-age` minus `Age`, whole seconds as the header carries it), or a second
+        // after a stale one. The source takes 1.5 s: refreshed 0.4 s ahead whatever the
+        // fetch takes, the answer turned stale before its refresh arrived and every other
+        // poll needed a second one (25 polls a minute).
+        let source = Source {
+            slowness: Duration::from_millis(1500),
+            ..Source::default()
+        };
+        let cache = source.cache(policy());
+        let started = Instant::now();
+        let mut statuses = Vec::new();
+        while started.elapsed() < Duration::from_secs(60) {
+            let lookup = get(&cache, "a").await;
+            statuses.push(lookup.status);
+            let next = match lookup.status {
+                Status::Stale => Duration::from_secs(1),
+                Status::Hit | Status::Miss => policy()
+                    .fresh
+                    .saturating_sub(Duration::from_secs(lookup.age.as_secs())),
+            };
+            tokio::time::sleep(next.max(Duration::from_secs(1))).await;
+        }
+        // The first answer is a miss; the polls at its end find it stale until its first
+        // refresh arrives (this reader had read it only once); from then on the key is
+        // refreshed ahead and every poll finds it fresh.
+        let first_hit = statuses.iter().position(|s| *s == Status::Hit);
+        assert!(first_hit.is_some_and(|i| i <= 3), "{statuses:?}");
+        assert!(
+            statuses[first_hit.unwrap_or_default()..]
+                .iter()
+                .all(|s| *s == Status::Hit),
+            "{statuses:?}"
+        );
+        // At most one poll per refresh (one every 3.6 s), plus the follow-ups of the first
+        // stale answers.
+        let most = 60_000_usize.div_ceil(3_600) + 2;
+        assert!(
+            statuses.len() <= most,
+            "{} polls: {statuses:?}",
+            statuses.len()
+        );
     }
 
     #[tokio::test(start_paused = true)]
