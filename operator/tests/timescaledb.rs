@@ -115,7 +115,7 @@ async fn a_fresh_database_gets_every_policy_the_spec_asks_for() {
     .fetch_one(&pool)
     .await
     .expect("compression settings");
-    assert_eq!(segment_by.replace(' ', ""), "host,process_name");
+    assert_eq!(segment_by, "host");
     let jobs: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT proc_name::text, hypertable_name::text, \
                 COALESCE(config->>'compress_after', config->>'drop_after', config->>'start_offset') \
@@ -126,14 +126,14 @@ async fn a_fresh_database_gets_every_policy_the_spec_asks_for() {
     .await
     .expect("jobs");
     let expected = [
-        ("policy_compression", "host_overall_metrics", "14 days"),
+        ("policy_compression", "host_overall_metrics", "3 days"),
         ("policy_retention", "host_overall_metrics", "365 days"),
         (
             "policy_refresh_continuous_aggregate",
             "host_overall_metrics_daily",
             "3 days",
         ),
-        ("policy_compression", "host_process_metrics", "7 days"),
+        ("policy_compression", "host_process_metrics", "3 days"),
         ("policy_retention", "host_process_metrics", "90 days"),
         (
             "policy_refresh_continuous_aggregate",
@@ -145,7 +145,7 @@ async fn a_fresh_database_gets_every_policy_the_spec_asks_for() {
             "host_process_metrics_hourly",
             "365 days",
         ),
-        ("policy_compression", "vm_process_metrics", "7 days"),
+        ("policy_compression", "vm_process_metrics", "3 days"),
         ("policy_retention", "vm_process_metrics", "30 days"),
     ];
     let expected: Vec<_> = expected
@@ -178,7 +178,7 @@ async fn edits_alter_jobs_in_place_and_aggregates_fill_when_their_job_runs() {
         .compression
         .as_mut()
         .expect("compression")
-        .after = 3 * DAY;
+        .after = 2 * DAY;
     let outcome = converge(&pool, &tsdb.schema, OWNER, &desired, None)
         .await
         .expect("converges");
@@ -187,7 +187,7 @@ async fn edits_alter_jobs_in_place_and_aggregates_fill_when_their_job_runs() {
     let altered = after
         .job(JobKind::Compression, "host_process_metrics")
         .expect("the job");
-    assert_eq!((altered.id, altered.after), (compression.id, Some(3 * DAY)));
+    assert_eq!((altered.id, altered.after), (compression.id, Some(2 * DAY)));
 
     // No retention: the job goes.
     desired.tables[0].retention = None;
