@@ -14,6 +14,7 @@ mod crd;
 mod kubernetes;
 mod proxy;
 mod real_node;
+mod temp_dir;
 mod timescaledb;
 
 pub use crd::{CONNECTION_URI_KEY, InstallError, connection_secret, install_crd};
@@ -25,6 +26,7 @@ pub use proxy::CuttableProxy;
 pub use real_node::{
     REAL_NODE_TAINT, busy_pod, helm, helm_output, poll_batch, process_gone_and_sampled,
 };
+pub use temp_dir::TempDir;
 pub use timescaledb::TimescaleSchema;
 
 /// Environment variable holding the native PostgreSQL server's admin URL.
