@@ -1,7 +1,8 @@
 //! The operator's side of the database: connecting with the spec's pool settings, and the
 //! policy manager that converges schema and storage policies: read what the database has
 //! ([`introspect`]), compare with the spec into a typed plan ([`plan`], pure), and apply
-//! only that ([`apply`]), holding back steps that would delete data until acknowledged.
+//! only that ([`apply`]), holding back steps that would delete data until acknowledged;
+//! then fill continuous aggregates that lack the buckets of older rows ([`backfill`]).
 
 mod apply;
 mod backfill;
@@ -20,7 +21,7 @@ pub use apply::{
     ADOPTION_MAX_ROWS, DDL_LOCK_TIMEOUT, DDL_STATEMENT_TIMEOUT, Loss, Measure, adoptable,
     apply_steps, interval, measure_loss, qualified,
 };
-pub use backfill::{BACKFILL_BUDGET, BACKFILL_STATEMENT_TIMEOUT, Backfill, BackfillStop};
+pub use backfill::{Backfill, BackfillStop};
 pub use connection::{DatabaseError, DatabaseInfo, MIGRATOR, connect, migrate, probe};
 pub use desired::{
     DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable, rollup,
