@@ -721,3 +721,30 @@ async fn an_aggregate_an_older_operator_left_with_only_its_refresh_window_is_fil
     assert_eq!(aggregated, raw);
     pool.close().await;
 }
+
+#[tokio::test]
+async fn rows_older_than_the_aggregates_retention_are_not_backfilled() {
+    let tsdb = TimescaleSchema::create().await;
+    let pool = pool(&tsdb.url(), &tsdb.schema).await;
+    let mut desired = production();
+    let mut hourly = desired.aggregates.remove(0);
+    converge(&pool, &tsdb.schema, OWNER, &desired, None)
+        .await
+        .expect("converges");
+    insert_process_rows(&pool, &[60 * 24, 20 * 24]).await;
+
+    // The raw table keeps 90 days; the aggregate would drop buckets after 30.
+    hourly.retention = Some(30 * DAY);
+    desired.aggregates.insert(0, hourly.clone());
+    let created = converge(&pool, &tsdb.schema, OWNER, &desired, None)
+        .await
+        .expect("converges");
+    let (aggregated, raw) = materialised_beside_raw(&pool, &tsdb.schema, &hourly.name).await;
+    assert_eq!(raw.len(), 2, "{raw:?}");
+    assert_eq!(aggregated, raw[1..], "only the 20-day-old bucket");
+    assert_eq!(
+        created.backfills.iter().map(|b| b.from).collect::<Vec<_>>(),
+        [raw[1].0]
+    );
+    pool.close().await;
+}

@@ -127,14 +127,15 @@ async fn gap(
     };
     let source = qualified(schema, aggregate.source.table_name());
     let refresh = aggregate.refresh;
-    // Rows the aggregate's retention would drop again are left out; so are rows inside the
-    // refresh window, which the policy fills.
+    // Rows the aggregate's retention would drop again are left out (one bound, so that the
+    // index scan and chunk exclusion start at it); so are rows inside the refresh window,
+    // which the policy fills.
     let gap: Option<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT time_bucket($1::interval, oldest.at), \
                     least(materialised.at, time_bucket($1::interval, \
                           now() - coalesce($4::interval, interval '0'))) \
              FROM (SELECT min(\"timestamp\") AS at FROM {source} \
-                   WHERE $2::interval IS NULL OR \"timestamp\" >= now() - $2::interval) AS oldest, \
+                   WHERE \"timestamp\" >= coalesce(now() - $2::interval, '-infinity')) AS oldest, \
                   (SELECT min(bucket) AS at FROM {materialized}) AS materialised \
              WHERE oldest.at < now() - $3::interval \
                AND time_bucket($1::interval, oldest.at) < coalesce(materialised.at, 'infinity')"
