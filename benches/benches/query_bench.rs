@@ -36,7 +36,7 @@ use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::TestDatabase;
+use metricsstack_testkit::{SEED_HOSTS, SEED_PROCESSES_PER_HOST, TestDatabase, seed_dashboard};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -68,10 +68,6 @@ struct Args {
     bench: bool,
 }
 
-const HOSTS: u64 = 20;
-const PROCESSES_PER_HOST: u64 = 30;
-const PODS: u64 = 20;
-const PROCESSES_PER_POD: u64 = 3;
 /// The dashboard's request: the last hour, 20 rows per part.
 const DASHBOARD: &str = r#"{"window":"1h","limit":20,"metric":"cpu"}"#;
 const DASHBOARD_QUERY: &str = "window=1h&limit=20&metric=cpu";
@@ -296,87 +292,19 @@ async fn seed(pool: &PgPool, rows: u64) -> anyhow::Result<()> {
         println!("database already holds {existing} host_process_metrics rows: not seeding");
         return Ok(());
     }
-    let minutes = i64::try_from(rows.div_ceil(HOSTS * PROCESSES_PER_HOST))?;
-    let started = Instant::now();
     println!(
-        "seeding {rows} host_process_metrics rows ({HOSTS} hosts x {PROCESSES_PER_HOST} \
-         processes, one sample a minute over {:.1} days) ...",
-        minutes as f64 / 1440.0
+        "seeding {rows} host_process_metrics rows ({SEED_HOSTS} hosts x \
+         {SEED_PROCESSES_PER_HOST} processes, one sample a minute) ..."
     );
-    sqlx::query(
-        r#"INSERT INTO host_process_metrics ("timestamp", host, pid, start_time, parent_pid,
-               process_name, command_line, username, state, cpu_usage_percent,
-               cpu_peak_percent, memory_usage_mb, virtual_memory_mb, disk_read_bytes,
-               disk_write_bytes, threads)
-           SELECT now() - make_interval(mins => s::int), 'node-' || h, 1000 + p,
-                  TIMESTAMPTZ '2024-01-01 00:00:00+00', 1, 'process-' || (p % 12),
-                  '/usr/bin/process-' || p || ' --serve', 'app', 'S',
-                  ((h * 7919 + p * 104729 + s * 31) % 1000)::real / 10,
-                  ((h * 7919 + p * 104729 + s * 37) % 1000)::real / 8,
-                  ((h * 31 + p * 977 + s) % 4096)::float8 + 0.5, 8192,
-                  s * 4096, s * 1024, 1 + p % 16
-           FROM generate_series(0, $1 - 1) AS s, generate_series(1, $2) AS h,
-                generate_series(1, $3) AS p
-           LIMIT $4"#,
-    )
-    .bind(minutes)
-    .bind(i64::try_from(HOSTS)?)
-    .bind(i64::try_from(PROCESSES_PER_HOST)?)
-    .bind(i64::try_from(rows)?)
-    .execute(pool)
-    .await?;
+    let seeded = seed_dashboard(pool, i64::try_from(rows)?).await?;
     println!(
-        "  host_process_metrics seeded after {:.1} s",
-        started.elapsed().as_secs_f64()
+        "  {} minutes ({:.1} days)",
+        seeded.minutes,
+        seeded.minutes as f64 / 1440.0
     );
-    sqlx::query(
-        r#"INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent,
-               cpu_per_core_percent, load_1, load_5, load_15, memory_total_bytes,
-               memory_used_bytes, memory_usage_mb, swap_total_bytes, swap_used_bytes,
-               disk_total_bytes, disk_used_bytes, disk_read_bytes, disk_write_bytes,
-               network_rx_bytes, network_tx_bytes, uptime_seconds, process_count)
-           SELECT now() - make_interval(mins => s::int), 'node-' || h,
-                  ((h * 13 + s * 7) % 1000)::real / 10, ARRAY[10, 20]::real[],
-                  ((h + s) % 400)::float8 / 100, 1, 1, 68719476736, 34359738368,
-                  ((h * 131 + s) % 32768)::float8, 0, 0, 0, 0, 0, 0, 0, 0, s * 60, 300
-           FROM generate_series(0, $1 - 1) AS s, generate_series(1, $2) AS h"#,
-    )
-    .bind(minutes)
-    .bind(i64::try_from(HOSTS)?)
-    .execute(pool)
-    .await?;
-    println!(
-        "  host_overall_metrics seeded after {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    sqlx::query(
-        r#"INSERT INTO vm_process_metrics ("timestamp", host, pid, start_time, process_name,
-               pod_namespace, pod_name, pod_uid, container_id, container_name,
-               cpu_usage_percent, cpu_peak_percent, memory_usage_mb, disk_read_bytes,
-               disk_write_bytes)
-           SELECT now() - make_interval(mins => s::int), 'node-' || (pd % $2 + 1),
-                  5000 + pd * 10 + pr, TIMESTAMPTZ '2024-01-01 00:00:00+00', 'worker-' || pr,
-                  'namespace-' || (pd % 4), 'pod-' || pd, 'uid-' || pd, 'cid-' || pd, 'main',
-                  ((pd * 17 + pr * 5 + s) % 400)::real / 4, 100,
-                  ((pd * 100 + pr * 10 + s) % 2048)::float8, 0, 0
-           FROM generate_series(0, $1 - 1) AS s, generate_series(1, $3) AS pd,
-                generate_series(1, $4) AS pr"#,
-    )
-    .bind(minutes)
-    .bind(i64::try_from(HOSTS)?)
-    .bind(i64::try_from(PODS)?)
-    .bind(i64::try_from(PROCESSES_PER_POD)?)
-    .execute(pool)
-    .await?;
-    println!(
-        "  vm_process_metrics seeded after {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    sqlx::query("ANALYZE").execute(pool).await?;
-    println!(
-        "seeded and analysed in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    for (table, took) in &seeded.tables {
+        println!("  {table} seeded after {:.1} s", took.as_secs_f64());
+    }
     Ok(())
 }
 

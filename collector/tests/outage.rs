@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use metricsstack_collector::rows::Batch;
-use metricsstack_testkit::{TestDatabase, wait_until};
+use metricsstack_testkit::{TempDir, TestDatabase, wait_until};
 use sqlx::{ConnectOptions as _, PgPool};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -290,7 +290,7 @@ impl Drop for Collector {
     }
 }
 
-async fn setup() -> (TestDatabase, PgPool, Proxy, tempdir::Dir) {
+async fn setup() -> (TestDatabase, PgPool, Proxy, TempDir) {
     let db = TestDatabase::create().await;
     let pool = db.pool(2).await;
     sqlx::migrate!("../migrations")
@@ -301,7 +301,7 @@ async fn setup() -> (TestDatabase, PgPool, Proxy, tempdir::Dir) {
         .parse()
         .expect("a socket address");
     let proxy = Proxy::start(target).await;
-    (db, pool, proxy, tempdir::Dir::new())
+    (db, pool, proxy, TempDir::new("collector"))
 }
 
 fn proxied_url(db: &TestDatabase, proxy: &Proxy) -> String {
@@ -791,29 +791,4 @@ async fn a_sigkill_at_a_random_moment_loses_at_most_the_sample_being_taken() {
         max <= 1,
         "a SIGKILL loses at most the sample being taken: {lost_per_kill:?}"
     );
-}
-
-/// A temporary directory removed at the end of the test.
-mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new() -> Self {
-            let path = std::env::temp_dir().join(metricsstack_testkit::unique_name("collector"));
-            std::fs::create_dir_all(&path).expect("a temporary directory");
-            Self(path)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }

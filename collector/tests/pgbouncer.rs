@@ -11,7 +11,7 @@ use metricsstack_collector::rows::{Batch, HostRow};
 use metricsstack_collector::spool::Spool;
 use metricsstack_collector::writer::{Writer, spool_sample};
 use metricsstack_common::database::{PoolSettings, Pooler, SearchPath, Session};
-use metricsstack_testkit::{TestDatabase, required_env};
+use metricsstack_testkit::{TempDir, TestDatabase, required_env};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 
@@ -105,9 +105,9 @@ impl Collector {
             ..PoolSettings::default()
         };
         let pool = session.connect_lazy(options, &settings);
-        let dir = TempDir::new();
+        let dir = TempDir::new("pgbouncer");
         let spool = Arc::new(Mutex::new(
-            Spool::open(&dir.0, 64 * 1024 * 1024).expect("the spool opens"),
+            Spool::open(dir.path(), 64 * 1024 * 1024).expect("the spool opens"),
         ));
         let metrics = Arc::new(Metrics::default());
         let writer = Writer::new(pool, session, spool.clone(), metrics.clone());
@@ -259,21 +259,4 @@ async fn sqlx_named_prepared_statements_break_through_transaction_mode() {
         .and_then(|e| e.code())
         .map(|code| code.into_owned());
     assert_eq!(code.as_deref(), Some("42P05"), "{error}");
-}
-
-/// A temporary directory removed at the end of the test.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(metricsstack_testkit::unique_name("pgbouncer"));
-        std::fs::create_dir_all(&path).expect("a temporary directory");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

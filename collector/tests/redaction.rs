@@ -16,7 +16,7 @@ use metricsstack_collector::sample::Sampler;
 use metricsstack_common::access::AccessPolicy;
 use metricsstack_common::config::{ProcessConfig, QueryServiceConfig};
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::{TestDatabase, unique_name, wait_until};
+use metricsstack_testkit::{TempDir, TestDatabase, wait_until};
 use sqlx::PgPool;
 
 /// How long a condition may take to come true on a loaded machine before the test fails.
@@ -27,23 +27,6 @@ const PROBE: &str = "redact-probe";
 const SECRETS: [&str; 2] = ["hunter2", "u:p@"];
 /// What is stored instead.
 const REDACTED: [&str; 2] = ["--password=***", "--db=postgres://u:***@h/d"];
-
-/// A temporary directory, removed at the end of the test.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(unique_name("collector-redaction"));
-        std::fs::create_dir_all(&path).expect("a temporary directory");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A shell started as `redact-probe` (through a link of that name, so that is its process
 /// name) with the secrets among its arguments, waiting on its standard input until killed.
@@ -167,8 +150,8 @@ fn spool_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_password_on_a_command_line_reaches_neither_database_spool_nor_query_service() {
-    let dir = TempDir::new();
-    let probe = Probe::start(&dir.0);
+    let dir = TempDir::new("collector-redaction");
+    let probe = Probe::start(dir.path());
     let db = TestDatabase::create().await;
     let pool = db.pool(2).await;
     sqlx::migrate!("../migrations")
@@ -177,7 +160,7 @@ async fn a_password_on_a_command_line_reaches_neither_database_spool_nor_query_s
         .expect("the schema applies");
 
     // The database: the probe's rows, redacted.
-    let collector = Collector::start(&dir.0.join("up"), &db.url());
+    let collector = Collector::start(&dir.path().join("up"), &db.url());
     wait_until("the probe is recorded", DEADLINE, || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM host_process_metrics WHERE process_name = $1 AND pid = $2",
@@ -207,7 +190,7 @@ async fn a_password_on_a_command_line_reaches_neither_database_spool_nor_query_s
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port();
-    let spooling = dir.0.join("down");
+    let spooling = dir.path().join("down");
     let spool = spooling.join("spool");
     let collector = Collector::start(
         &spooling,
@@ -264,8 +247,8 @@ async fn a_password_on_a_command_line_reaches_neither_database_spool_nor_query_s
 
 #[test]
 fn full_keeps_the_command_line_and_none_stores_none() {
-    let dir = TempDir::new();
-    let probe = Probe::start(&dir.0);
+    let dir = TempDir::new("collector-redaction");
+    let probe = Probe::start(dir.path());
     let command_line = |policy: CommandLinePolicy| {
         let selection = ProcessConfig {
             top_by_cpu: 0,

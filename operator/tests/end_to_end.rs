@@ -171,7 +171,7 @@ async fn helm_install_to_dashboard_then_edit_revert_and_delete() {
 
     // `kubectl edit`: compress sooner, keep data longer, keep the rollup longer.
     let mut edited_storage = timescale["spec"]["storage"].clone();
-    edited_storage["tables"][0]["compression"]["after"] = json!("3d");
+    edited_storage["tables"][0]["compression"]["after"] = json!("2d");
     edited_storage["tables"][0]["retention"]["dropAfter"] = json!("180d");
     edited_storage["aggregates"][0]["retention"]["dropAfter"] = json!("2y");
     let edited = stacks
@@ -192,7 +192,7 @@ async fn helm_install_to_dashboard_then_edit_revert_and_delete() {
         changed
             .iter()
             .any(|p| p.contains("host_process_metrics: policy_compression")
-                && p.contains("\"compress_after\": \"3 days\"")),
+                && p.contains("\"compress_after\": \"2 days\"")),
         "{changed:#?}"
     );
     assert!(

@@ -1664,3 +1664,53 @@ async fn materialization(pool: &sqlx::PgPool, view: &str) -> String {
     .await
     .expect("the aggregate exists")
 }
+
+#[tokio::test]
+async fn rollups_created_over_older_rows_are_backfilled_and_the_stack_says_so() {
+    simulated_nodes();
+    let tsdb = TimescaleSchema::create().await;
+    let ns = TestNamespace::create().await;
+    let client = ns.client.clone();
+    // Two nodes' samples every hour over the ten days before the stack: its hourly rollups'
+    // refresh window (3 h to 1 h ago) never reaches them.
+    let pool = timescaledb_pool(&tsdb).await;
+    metricsstack_operator::database::migrate(&pool, &tsdb.schema)
+        .await
+        .expect("migrated");
+    sqlx::raw_sql(
+        r#"INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent,
+             cpu_per_core_percent, load_1, load_5, load_15, memory_total_bytes, memory_used_bytes,
+             memory_usage_mb, swap_total_bytes, swap_used_bytes, disk_total_bytes, disk_used_bytes,
+             disk_read_bytes, disk_write_bytes, network_rx_bytes, network_tx_bytes, uptime_seconds,
+             process_count)
+           SELECT now() - make_interval(hours => s), 'node-' || n, s % 100, '{1,2}', 1, 1, 1,
+                  8e9, 4e9, 1000, 0, 0, 1e12, 5e11, 0, 0, 0, 0, 3600, 100
+           FROM generate_series(4, 240) AS s, generate_series(1, 2) AS n"#,
+    )
+    .execute(&pool)
+    .await
+    .expect("seeded");
+    pool.close().await;
+
+    let _operator = Operator::start(&ns);
+    let stacks = create_checked_timescale_stack(&client, &ns.name, &tsdb).await;
+    let stack = wait_for(&stacks, "AggregatesBackfilled holds", |s| {
+        condition(s, "AggregatesBackfilled").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let notes = event_notes(&client, &ns.name, "Backfilled").await;
+    assert!(
+        notes
+            .iter()
+            .any(|note| note.contains("host_overall_metrics_hourly from ")),
+        "{notes:?}; conditions: {:#?}",
+        stack.status.map(|s| s.conditions)
+    );
+    // Only the rollup whose source has older rows lacked any.
+    assert!(
+        notes
+            .iter()
+            .all(|note| !note.contains("vm_process_metrics_hourly")),
+        "{notes:?}"
+    );
+}

@@ -30,14 +30,10 @@ use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::TestDatabase;
+use metricsstack_testkit::{SEED_HOSTS, SEED_PROCESSES_PER_HOST, TestDatabase, seed_dashboard};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-const HOSTS: i64 = 20;
-const PROCESSES_PER_HOST: i64 = 30;
-const PODS: i64 = 20;
-const PROCESSES_PER_POD: i64 = 3;
 /// Distinct processes the search runs over: each sampled once a minute over the search's
 /// default window (15 minutes), with a command line of its own.
 const SEARCH_PROCESSES: i64 = 10_000;
@@ -45,70 +41,20 @@ const SEARCH_PROCESSES: i64 = 10_000;
 /// misses the service's cache).
 const SEARCHES: usize = 60;
 
-/// Seeds `rows` process samples, one a minute per process, ending now (as
+/// Seeds `rows` process samples with the testkit's [`seed_dashboard`] (as
 /// `benches/benches/query_bench.rs` does), with node and pod samples over the same minutes.
 async fn seed(pool: &PgPool, rows: i64) {
-    let minutes = rows
-        .unsigned_abs()
-        .div_ceil((HOSTS * PROCESSES_PER_HOST).unsigned_abs());
-    let minutes = i64::try_from(minutes).expect("a number of minutes");
-    let started = Instant::now();
     eprintln!(
-        "seeding {rows} host_process_metrics rows ({HOSTS} hosts x {PROCESSES_PER_HOST} \
-         processes, one sample a minute over {:.1} days) ...",
-        minutes as f64 / 1440.0
+        "seeding {rows} host_process_metrics rows ({SEED_HOSTS} hosts x \
+         {SEED_PROCESSES_PER_HOST} processes, one sample a minute) ..."
     );
-    let statements = [
-        r#"INSERT INTO host_process_metrics ("timestamp", host, pid, start_time, parent_pid,
-               process_name, command_line, username, state, cpu_usage_percent,
-               cpu_peak_percent, memory_usage_mb, virtual_memory_mb, disk_read_bytes,
-               disk_write_bytes, threads)
-           SELECT now() - make_interval(mins => s::int), 'node-' || h, 1000 + p,
-                  TIMESTAMPTZ '2024-01-01 00:00:00+00', 1, 'process-' || (p % 12),
-                  '/usr/bin/process-' || p || ' --serve', 'app', 'S',
-                  ((h * 7919 + p * 104729 + s * 31) % 1000)::real / 10,
-                  ((h * 7919 + p * 104729 + s * 37) % 1000)::real / 8,
-                  ((h * 31 + p * 977 + s) % 4096)::float8 + 0.5, 8192,
-                  s * 4096, s * 1024, 1 + p % 16
-           FROM generate_series(0, $1 - 1) AS s, generate_series(1, $2) AS h,
-                generate_series(1, $3) AS p
-           LIMIT $4"#,
-        r#"INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent,
-               cpu_per_core_percent, load_1, load_5, load_15, memory_total_bytes,
-               memory_used_bytes, memory_usage_mb, swap_total_bytes, swap_used_bytes,
-               disk_total_bytes, disk_used_bytes, disk_read_bytes, disk_write_bytes,
-               network_rx_bytes, network_tx_bytes, uptime_seconds, process_count)
-           SELECT now() - make_interval(mins => s::int), 'node-' || h,
-                  ((h * 13 + s * 7) % 1000)::real / 10, ARRAY[10, 20]::real[],
-                  ((h + s) % 400)::float8 / 100, 1, 1, 68719476736, 34359738368,
-                  ((h * 131 + s) % 32768)::float8, 0, 0, 500000000000, 200000000000, 0, 0,
-                  6000000 + h * 1000, 3000000 + h * 100, s * 60, 300
-           FROM generate_series(0, $1 - 1) AS s, generate_series(1, $2) AS h"#,
-        r#"INSERT INTO vm_process_metrics ("timestamp", host, pid, start_time, process_name,
-               pod_namespace, pod_name, pod_uid, container_id, container_name,
-               cpu_usage_percent, cpu_peak_percent, memory_usage_mb, disk_read_bytes,
-               disk_write_bytes)
-           SELECT now() - make_interval(mins => s::int), 'node-' || (pd % $2 + 1),
-                  5000 + pd * 10 + pr, TIMESTAMPTZ '2024-01-01 00:00:00+00', 'worker-' || pr,
-                  'namespace-' || (pd % 4), 'pod-' || pd, 'uid-' || pd, 'cid-' || pd, 'main',
-                  ((pd * 17 + pr * 5 + s) % 400)::real / 4, 100,
-                  ((pd * 100 + pr * 10 + s) % 2048)::float8, 0, 0
-           FROM generate_series(0, $1 - 1) AS s, generate_series(1, $3) AS pd,
-                generate_series(1, $4) AS pr"#,
-    ];
-    for (statement, binds) in statements.into_iter().zip([
-        vec![minutes, HOSTS, PROCESSES_PER_HOST, rows],
-        vec![minutes, HOSTS],
-        vec![minutes, HOSTS, PODS, PROCESSES_PER_POD],
-    ]) {
-        let mut query = sqlx::query(statement);
-        for bind in binds {
-            query = query.bind(bind);
-        }
-        query.execute(pool).await.expect("seeding");
-    }
-    sqlx::query("ANALYZE").execute(pool).await.expect("ANALYZE");
-    eprintln!("seeded in {:.1} s", started.elapsed().as_secs_f64());
+    let seeded = seed_dashboard(pool, rows).await.expect("seeding");
+    let (_, took) = seeded.tables.last().expect("three tables");
+    eprintln!(
+        "seeded {:.1} days in {:.1} s",
+        seeded.minutes as f64 / 1440.0,
+        took.as_secs_f64()
+    );
 }
 
 /// Starts a query service on `db` whose answers are fresh for `fresh_seconds`, otherwise
@@ -153,7 +99,7 @@ async fn seed_search(pool: &PgPool) {
            FROM generate_series(0, 14) AS s, generate_series(1, $1) AS n"#,
     )
     .bind(SEARCH_PROCESSES)
-    .bind(HOSTS)
+    .bind(SEED_HOSTS)
     .execute(pool)
     .await
     .expect("seeding the search's processes");

@@ -235,25 +235,10 @@ impl RawFilters {
                 format!("must be between 1 and {MAX_LIMIT}"),
             ));
         }
-        let window = match self.window {
-            Some(WindowInput(text)) => parse_window(&text).ok_or_else(|| {
-                InvalidInput::new(
-                    "window",
-                    "expected whole seconds or a duration such as 15m, 1h or 7d",
-                )
-            })?,
-            None => DEFAULT_WINDOW,
-        };
-        if window < MIN_WINDOW || window > MAX_WINDOW {
-            return Err(InvalidInput::new(
-                "window",
-                "must be between 60 seconds (1m) and 30 days (30d)",
-            ));
-        }
         Ok(Filters {
             limit,
             metric: self.metric.unwrap_or_default(),
-            window_seconds: u32::try_from(aligned(window).as_secs()).expect("at most 30 days"),
+            window_seconds: bounded_window(self.window, DEFAULT_WINDOW, MAX_WINDOW)?,
             host: host(self.host)?,
             namespace: namespace(self.namespace)?,
         })
@@ -339,7 +324,7 @@ impl RawSearch {
             part: Part::ProcessSearch,
             limit: Some(limit),
             metric: None,
-            window_seconds: bounded_window(self.window, DEFAULT_SEARCH_WINDOW)?,
+            window_seconds: bounded_window(self.window, DEFAULT_SEARCH_WINDOW, MAX_SEARCH_WINDOW)?,
             host: host(self.host)?,
             namespace: None,
             search: Some(search.to_ascii_lowercase()),
@@ -379,7 +364,7 @@ impl RawPod {
             part: Part::PodProcesses,
             limit: None,
             metric: None,
-            window_seconds: bounded_window(self.window, DEFAULT_WINDOW)?,
+            window_seconds: bounded_window(self.window, DEFAULT_WINDOW, MAX_SEARCH_WINDOW)?,
             host: None,
             namespace,
             search: None,
@@ -444,26 +429,11 @@ impl RawHistory {
                 ));
             }
         };
-        let window = match self.window {
-            Some(WindowInput(text)) => parse_window(&text).ok_or_else(|| {
-                InvalidInput::new(
-                    "window",
-                    "expected whole seconds or a duration such as 15m, 1h or 7d",
-                )
-            })?,
-            None => DEFAULT_WINDOW,
-        };
-        if window < MIN_WINDOW || window > MAX_WINDOW {
-            return Err(InvalidInput::new(
-                "window",
-                "must be between 60 seconds (1m) and 30 days (30d)",
-            ));
-        }
         Ok(PartKey {
             part: Part::ProcessHistory,
             limit: None,
             metric: None,
-            window_seconds: u32::try_from(aligned(window).as_secs()).expect("at most 30 days"),
+            window_seconds: bounded_window(self.window, DEFAULT_WINDOW, MAX_WINDOW)?,
             host: None,
             namespace: namespace(Some(required(
                 self.namespace,
@@ -482,8 +452,13 @@ impl RawHistory {
     }
 }
 
-/// A window of at most [`MAX_SEARCH_WINDOW`], `default` when absent, in whole seconds.
-fn bounded_window(window: Option<WindowInput>, default: Duration) -> Result<u32, InvalidInput> {
+/// A window of [`MIN_WINDOW`] to `max` (whole days: [`MAX_WINDOW`] or
+/// [`MAX_SEARCH_WINDOW`]), `default` when absent, [`aligned`], in whole seconds.
+fn bounded_window(
+    window: Option<WindowInput>,
+    default: Duration,
+    max: Duration,
+) -> Result<u32, InvalidInput> {
     let window = match window {
         Some(WindowInput(text)) => parse_window(&text).ok_or_else(|| {
             InvalidInput::new(
@@ -493,13 +468,18 @@ fn bounded_window(window: Option<WindowInput>, default: Duration) -> Result<u32,
         })?,
         None => default,
     };
-    if window < MIN_WINDOW || window > MAX_SEARCH_WINDOW {
+    if window < MIN_WINDOW || window > max {
+        let days = max.as_secs() / 86_400;
+        let longest = match days {
+            1 => "one day (1d)".to_owned(),
+            days => format!("{days} days ({days}d)"),
+        };
         return Err(InvalidInput::new(
             "window",
-            "must be between 60 seconds (1m) and one day (1d)",
+            format!("must be between 60 seconds (1m) and {longest}"),
         ));
     }
-    Ok(u32::try_from(aligned(window).as_secs()).expect("at most a day"))
+    Ok(u32::try_from(aligned(window).as_secs()).expect("at most MAX_WINDOW"))
 }
 
 /// `window` rounded to the nearest multiple of its step in [`WINDOW_STEPS`] (halves
@@ -706,6 +686,27 @@ mod tests {
         assert_eq!(
             json(r#"{"window":"30d"}"#).unwrap().window_seconds,
             2_592_000
+        );
+    }
+
+    #[test]
+    fn a_window_past_its_parts_longest_says_that_longest() {
+        let error = |result: Result<u32, InvalidInput>| result.expect_err("rejected").error;
+        assert_eq!(
+            error(query("window=31d").map(|f| f.window_seconds)),
+            "must be between 60 seconds (1m) and 30 days (30d)"
+        );
+        let history =
+            RawHistory::from_query("namespace=web&pod=api-0&container=api&command=x&window=31d")
+                .and_then(RawHistory::validate);
+        assert_eq!(
+            error(history.map(|key| key.window_seconds)),
+            "must be between 60 seconds (1m) and 30 days (30d)"
+        );
+        let search = RawSearch::from_query("q=x&window=2d").and_then(RawSearch::validate);
+        assert_eq!(
+            error(search.map(|key| key.window_seconds)),
+            "must be between 60 seconds (1m) and one day (1d)"
         );
     }
 

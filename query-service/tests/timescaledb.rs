@@ -15,7 +15,7 @@ use metricsstack_query_service::filters::{Part, PartKey, TopMetric};
 use metricsstack_query_service::queries::{self, Source};
 use metricsstack_testkit::{TimescaleSchema, wait_until};
 use serde_json::Value;
-use sqlx::Connection;
+use sqlx::{Connection, PgPool};
 use tokio::net::TcpListener;
 
 /// The test servers speak no TLS.
@@ -24,23 +24,33 @@ const DISABLE_TLS: DatabaseTls = DatabaseTls {
     ca: None,
 };
 
-#[tokio::test]
-async fn long_windows_read_the_hourly_aggregate() {
-    let tsdb = TimescaleSchema::create().await;
-    // The operator converges the example TimescaleDB stack: hypertables and hourly rollups.
+/// Pool settings of one connection, as the single-session test server needs.
+fn one_connection() -> PoolSettings {
+    PoolSettings {
+        max_connections: 1,
+        ..PoolSettings::default()
+    }
+}
+
+/// The operator's pool on `tsdb`, after converging the example TimescaleDB stack there
+/// (`examples/timescale.yaml`): hypertables and hourly rollups.
+async fn converged_example(tsdb: &TimescaleSchema) -> PgPool {
     let stack: MetricsStack = serde_yaml::from_str(include_str!("../../examples/timescale.yaml"))
         .expect("the example parses");
     let storage = validate(&stack.spec).expect("the example is valid").storage;
-    let one = PoolSettings {
-        max_connections: 1,
-        ..PoolSettings::default()
-    };
-    let pool = database::connect(&tsdb.url(), &DISABLE_TLS, &one, &tsdb.schema)
+    let pool = database::connect(&tsdb.url(), &DISABLE_TLS, &one_connection(), &tsdb.schema)
         .await
         .expect("the operator connects");
     converge(&pool, &tsdb.schema, "tests/query-service", &storage, None)
         .await
         .expect("converges");
+    pool
+}
+
+#[tokio::test]
+async fn long_windows_read_the_hourly_aggregate() {
+    let tsdb = TimescaleSchema::create().await;
+    let pool = converged_example(&tsdb).await;
     // Two nodes, samples two and three hours ago (inside the refresh window).
     sqlx::raw_sql(
         r#"INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent,
@@ -89,7 +99,7 @@ async fn long_windows_read_the_hourly_aggregate() {
         listen_address: "127.0.0.1:0".into(),
         schema: tsdb.schema.clone(),
         database: Default::default(),
-        pool: one,
+        pool: one_connection(),
         fresh_ttl_seconds: 4,
         stale_while_revalidate_seconds: 30,
         stale_if_error_seconds: 300,
@@ -203,19 +213,7 @@ fn agree(a: &Value, b: &Value) -> bool {
 #[tokio::test]
 async fn a_thirty_day_window_reads_the_rollups_not_the_raw_chunks_and_answers_as_the_raw_rows() {
     let tsdb = TimescaleSchema::create().await;
-    let stack: MetricsStack = serde_yaml::from_str(include_str!("../../examples/timescale.yaml"))
-        .expect("the example parses");
-    let storage = validate(&stack.spec).expect("the example is valid").storage;
-    let one = PoolSettings {
-        max_connections: 1,
-        ..PoolSettings::default()
-    };
-    let pool = database::connect(&tsdb.url(), &DISABLE_TLS, &one, &tsdb.schema)
-        .await
-        .expect("the operator connects");
-    converge(&pool, &tsdb.schema, "tests/query-service", &storage, None)
-        .await
-        .expect("converges");
+    let pool = converged_example(&tsdb).await;
     // 31 days of samples every 30 minutes, up to now: two hosts with three processes each,
     // two pods with two processes each (one with a CPU limit), in daily chunks.
     sqlx::raw_sql(

@@ -14,6 +14,8 @@ mod crd;
 mod kubernetes;
 mod proxy;
 mod real_node;
+mod seed;
+mod temp_dir;
 mod timescaledb;
 
 pub use crd::{CONNECTION_URI_KEY, InstallError, connection_secret, install_crd};
@@ -25,6 +27,10 @@ pub use proxy::CuttableProxy;
 pub use real_node::{
     REAL_NODE_TAINT, busy_pod, helm, helm_output, poll_batch, process_gone_and_sampled,
 };
+pub use seed::{
+    SEED_HOSTS, SEED_PODS, SEED_PROCESSES_PER_HOST, SEED_PROCESSES_PER_POD, Seeded, seed_dashboard,
+};
+pub use temp_dir::TempDir;
 pub use timescaledb::TimescaleSchema;
 
 /// Environment variable holding the native PostgreSQL server's admin URL.

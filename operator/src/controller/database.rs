@@ -20,7 +20,7 @@ use super::secret::{Connection, SecretError};
 use crate::crd::{
     AppliedRevision, ConditionReason, ConditionType, DatabaseStatus, MetricsStack, PendingPlan,
 };
-use crate::database::{self, Convergence, DatabaseError, Loss};
+use crate::database::{self, BackfillStop, Convergence, DatabaseError, Loss};
 use crate::validate::ValidSpec;
 use metricsstack_common::database::{CaCertificate, DatabaseTls};
 
@@ -85,6 +85,8 @@ pub struct DatabaseOutcome {
     pub policies: Outcome,
     /// `JobsHealthy`.
     pub jobs: Outcome,
+    /// `AggregatesBackfilled`.
+    pub backfill: Outcome,
     /// How many of the stack's policy jobs failed on their last run; `None` when the step
     /// did not get as far as reading them.
     pub failing_jobs: Option<usize>,
@@ -95,6 +97,9 @@ pub struct DatabaseOutcome {
     /// What was restored in a database that had drifted from a plan it already matched,
     /// for the `DriftCorrected` event.
     pub drift_corrected: Option<String>,
+    /// The aggregates this check finished filling with older buckets, for the `Backfilled`
+    /// event.
+    pub backfilled: Option<String>,
 }
 
 impl DatabaseOutcome {
@@ -107,10 +112,12 @@ impl DatabaseOutcome {
                 "waiting for the database",
             ),
             jobs: jobs_unknown(),
+            backfill: backfill_unknown(),
             failing_jobs: None,
             status: None,
             retry,
             drift_corrected: None,
+            backfilled: None,
         }
     }
 }
@@ -119,6 +126,15 @@ impl DatabaseOutcome {
 fn jobs_unknown() -> Outcome {
     Outcome::warning(
         ConditionType::JobsHealthy,
+        ConditionReason::Waiting,
+        "waiting for the policies to be applied",
+    )
+}
+
+/// `AggregatesBackfilled` while the aggregates cannot be read: a warning.
+fn backfill_unknown() -> Outcome {
+    Outcome::warning(
+        ConditionType::AggregatesBackfilled,
         ConditionReason::Waiting,
         "waiting for the policies to be applied",
     )
@@ -190,10 +206,12 @@ pub async fn reconcile_database(
                     error.to_string(),
                 ),
                 jobs: jobs_unknown(),
+                backfill: backfill_unknown(),
                 failing_jobs: None,
                 status: None,
                 retry: None,
                 drift_corrected: None,
+                backfilled: None,
             });
         }
         Err(error) => {
@@ -205,10 +223,12 @@ pub async fn reconcile_database(
                     error.to_string(),
                 ),
                 jobs: jobs_unknown(),
+                backfill: backfill_unknown(),
                 failing_jobs: None,
                 status: None,
                 retry: Some(error),
                 drift_corrected: None,
+                backfilled: None,
             });
         }
     };
@@ -216,10 +236,12 @@ pub async fn reconcile_database(
         ready,
         policies: policies_outcome(&convergence),
         jobs: jobs_outcome(&convergence),
+        backfill: backfill_outcome(&convergence),
         failing_jobs: Some(convergence.failing_jobs.len()),
         status: Some(database_status(stack, &convergence)),
         retry: None,
         drift_corrected: drift_corrected(stack, &convergence),
+        backfilled: backfilled(&convergence),
     })
 }
 
@@ -372,6 +394,83 @@ fn jobs_outcome(convergence: &Convergence) -> Outcome {
     )
 }
 
+/// `AggregatesBackfilled`: whether each continuous aggregate holds the buckets of its
+/// source's rows older than its refresh window. Unfinished for want of time, it holds
+/// `Ready` back (the long windows still lack data, and the stack is checked again soon);
+/// failed, it is a warning (the next periodic check tries again, and the stack serves).
+fn backfill_outcome(convergence: &Convergence) -> Outcome {
+    if convergence.timescaledb_version.is_none() {
+        return Outcome::ok(
+            ConditionType::AggregatesBackfilled,
+            "no continuous aggregates: PostgreSQL without TimescaleDB",
+        );
+    }
+    let unfinished = |stop: fn(&BackfillStop) -> bool| -> Vec<String> {
+        convergence
+            .backfills
+            .iter()
+            .filter(|b| b.stopped.as_ref().is_some_and(stop))
+            .map(|b| {
+                let cause = match &b.stopped {
+                    Some(BackfillStop::Failed(error)) => format!(": {error}"),
+                    _ => String::new(),
+                };
+                format!(
+                    "{} filled down to {} of {}{cause}",
+                    b.aggregate,
+                    b.reached.to_rfc3339(),
+                    b.from.to_rfc3339()
+                )
+            })
+            .collect()
+    };
+    let failed = unfinished(|stop| matches!(stop, BackfillStop::Failed(_)));
+    if !failed.is_empty() {
+        return Outcome::warning(
+            ConditionType::AggregatesBackfilled,
+            ConditionReason::BackfillFailed,
+            format!(
+                "filling continuous aggregates with the buckets of older rows failed: {}. \
+                 Long windows lack those buckets; the next check carries on from there",
+                failed.join("; ")
+            ),
+        );
+    }
+    let budgeted = unfinished(|stop| *stop == BackfillStop::Budget);
+    if !budgeted.is_empty() {
+        return Outcome::failed(
+            ConditionType::AggregatesBackfilled,
+            ConditionReason::Backfilling,
+            format!(
+                "filling continuous aggregates with the buckets of older rows, newest first: \
+                 {}; the next check carries on",
+                budgeted.join("; ")
+            ),
+        );
+    }
+    Outcome::ok(
+        ConditionType::AggregatesBackfilled,
+        "every continuous aggregate holds the buckets of its source's rows",
+    )
+}
+
+/// The aggregates this convergence finished filling, for the `Backfilled` event.
+fn backfilled(convergence: &Convergence) -> Option<String> {
+    let filled: Vec<String> = convergence
+        .backfills
+        .iter()
+        .filter(|b| b.stopped.is_none())
+        .map(|b| format!("{} from {}", b.aggregate, b.from.to_rfc3339()))
+        .collect();
+    (!filled.is_empty()).then(|| {
+        format!(
+            "filled continuous aggregates with the buckets of rows older than their refresh \
+             window: {}",
+            filled.join("; ")
+        )
+    })
+}
+
 fn database_status(stack: &MetricsStack, convergence: &Convergence) -> DatabaseStatus {
     let previous = stack
         .status
@@ -517,7 +616,7 @@ async fn connect_stack(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::database::{FailingJob, Job, JobKind};
+    use crate::database::{Backfill, FailingJob, Job, JobKind};
 
     fn convergence(failing_jobs: Vec<FailingJob>) -> Convergence {
         Convergence {
@@ -558,6 +657,67 @@ mod tests {
             ),
             "{}",
             failing.message
+        );
+    }
+
+    #[test]
+    fn a_backfill_cut_short_holds_ready_back_and_a_failed_one_is_a_warning() {
+        let at = |text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .expect("a time")
+                .to_utc()
+        };
+        let backfill = |stopped| Backfill {
+            aggregate: "host_process_metrics_hourly".into(),
+            from: at("2026-10-01T00:00:00Z"),
+            reached: at("2026-11-20T00:00:00Z"),
+            stopped,
+        };
+        let with = |backfills| Convergence {
+            backfills,
+            ..convergence(Vec::new())
+        };
+        let complete = with(Vec::new());
+        assert!(backfill_outcome(&complete).ok);
+        assert_eq!(backfilled(&complete), None);
+
+        let budgeted = backfill_outcome(&with(vec![backfill(Some(BackfillStop::Budget))]));
+        assert_eq!(
+            (budgeted.ok, budgeted.blocks_ready, budgeted.reason),
+            (false, true, ConditionReason::Backfilling)
+        );
+        assert!(
+            budgeted.message.contains(
+                "host_process_metrics_hourly filled down to 2026-11-20T00:00:00+00:00 of \
+                 2026-10-01T00:00:00+00:00"
+            ),
+            "{}",
+            budgeted.message
+        );
+
+        let failed = backfill_outcome(&with(vec![backfill(Some(BackfillStop::Failed(
+            "canceling statement due to lock timeout".into(),
+        )))]));
+        assert_eq!(
+            (failed.ok, failed.blocks_ready, failed.reason),
+            (false, false, ConditionReason::BackfillFailed)
+        );
+        assert!(
+            failed
+                .message
+                .contains(": canceling statement due to lock timeout")
+        );
+
+        let mut finished = backfill(None);
+        finished.reached = finished.from;
+        let done = with(vec![finished]);
+        assert!(backfill_outcome(&done).ok);
+        assert!(
+            backfilled(&done)
+                .is_some_and(|note| note
+                    .contains("host_process_metrics_hourly from 2026-10-01T00:00:00+00:00")),
+            "{:?}",
+            backfilled(&done)
         );
     }
 }

@@ -149,6 +149,9 @@ async fn apply(
         )
         .await;
     }
+    if let Some(note) = &database.backfilled {
+        publish(ctx, stack, EventType::Normal, "Backfilled", note.clone()).await;
+    }
     if let Some(failing) = database.failing_jobs {
         ctx.metrics
             .failing_jobs(namespace, &stack.name_any(), failing);
@@ -247,6 +250,7 @@ async fn write_status(
         database.ready.clone(),
         database.policies.clone(),
         database.jobs.clone(),
+        database.backfill.clone(),
         query_service_outcome(applied.deployment.as_ref()),
         authentication_outcome(stack.spec.query_service.authentication),
     ];

@@ -11,7 +11,7 @@ pub struct MetricsStackStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Ready, CollectorsReady, DatabaseReady, PoliciesApplied, JobsHealthy,
-    /// QueryServiceReady and QueryServiceAuthenticated.
+    /// AggregatesBackfilled, QueryServiceReady and QueryServiceAuthenticated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -129,6 +129,9 @@ pub enum ConditionType {
     /// No TimescaleDB job of the stack's policies failed on its last run. A warning when
     /// false: the stack serves, but rollups go stale, or data goes uncompressed or undropped.
     JobsHealthy,
+    /// Every continuous aggregate holds the buckets of its source's rows older than its
+    /// refresh window (the operator backfills those a new aggregate lacks).
+    AggregatesBackfilled,
     /// The query service has its desired replicas available.
     QueryServiceReady,
     /// The query service checks who calls it (`queryService.authentication: Kubernetes`).
@@ -145,6 +148,7 @@ impl ConditionType {
             Self::DatabaseReady => "DatabaseReady",
             Self::PoliciesApplied => "PoliciesApplied",
             Self::JobsHealthy => "JobsHealthy",
+            Self::AggregatesBackfilled => "AggregatesBackfilled",
             Self::QueryServiceReady => "QueryServiceReady",
             Self::QueryServiceAuthenticated => "QueryServiceAuthenticated",
         }
@@ -195,6 +199,12 @@ pub enum ConditionReason {
     PodCreationFailed,
     /// A TimescaleDB job of the stack's policies failed on its last run.
     JobFailed,
+    /// A continuous aggregate is being filled with the buckets of older rows; the next
+    /// check carries on.
+    Backfilling,
+    /// Filling a continuous aggregate with the buckets of older rows failed; the next check
+    /// tries again.
+    BackfillFailed,
 }
 
 impl ConditionReason {
@@ -220,6 +230,8 @@ impl ConditionReason {
             Self::Conflict => "Conflict",
             Self::MigrationNeeded => "MigrationNeeded",
             Self::JobFailed => "JobFailed",
+            Self::Backfilling => "Backfilling",
+            Self::BackfillFailed => "BackfillFailed",
         }
     }
 }

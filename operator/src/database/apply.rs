@@ -414,7 +414,7 @@ fn time_column(relation: &str) -> &'static str {
 }
 
 /// PostgreSQL's SQLSTATE for a statement cancelled by `statement_timeout`.
-const QUERY_CANCELED: &str = "57014";
+pub(super) const QUERY_CANCELED: &str = "57014";
 
 /// Most rows a plain metric table may hold for the operator to turn it into a hypertable in
 /// place: moving them must fit in the lock timeout, since inserts wait meanwhile.

@@ -1,9 +1,11 @@
 //! The operator's side of the database: connecting with the spec's pool settings, and the
 //! policy manager that converges schema and storage policies: read what the database has
 //! ([`introspect`]), compare with the spec into a typed plan ([`plan`], pure), and apply
-//! only that ([`apply`]), holding back steps that would delete data until acknowledged.
+//! only that ([`apply`]), holding back steps that would delete data until acknowledged;
+//! then fill continuous aggregates that lack the buckets of older rows ([`backfill`]).
 
 mod apply;
+mod backfill;
 mod connection;
 mod desired;
 mod introspect;
@@ -19,6 +21,7 @@ pub use apply::{
     ADOPTION_MAX_ROWS, DDL_LOCK_TIMEOUT, DDL_STATEMENT_TIMEOUT, Loss, Measure, adoptable,
     apply_steps, interval, measure_loss, qualified,
 };
+pub use backfill::{Backfill, BackfillStop};
 pub use connection::{DatabaseError, DatabaseInfo, MIGRATOR, connect, migrate, probe};
 pub use desired::{
     DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable, rollup,
@@ -45,6 +48,9 @@ pub struct Convergence {
     pub policies: usize,
     /// Those of them whose last run failed.
     pub failing_jobs: Vec<FailingJob>,
+    /// The aggregates that lacked the buckets of older source rows, and how far this
+    /// convergence filled them (empty when every aggregate was complete).
+    pub backfills: Vec<Backfill>,
 }
 
 /// Steps that would delete data, waiting for their hash to be acknowledged.
@@ -172,6 +178,15 @@ pub async fn converge_measured(
         read_state(pool, schema).await?.jobs
     };
     let failing_jobs = read_failing_jobs(pool, &jobs).await?;
+    // After the plan's transaction (a refresh cannot run inside one); an aggregate whose
+    // recreation waits for acknowledgement is not filled before it is dropped.
+    let backfilled: Vec<(&DesiredAggregate, i64)> = desired
+        .aggregates
+        .iter()
+        .filter(|aggregate| pending.is_none() || !held.contains(&aggregate.name))
+        .map(|aggregate| (aggregate, backfill_window(desired, aggregate)))
+        .collect();
+    let backfills = backfill::backfill(pool, schema, &backfilled).await?;
     Ok(Convergence {
         timescaledb_version: state.timescaledb_version,
         applied: safe,
@@ -179,7 +194,18 @@ pub async fn converge_measured(
         unsupported: Vec::new(),
         policies: jobs.len(),
         failing_jobs,
+        backfills,
     })
+}
+
+/// How much time one backfill statement of `aggregate` refreshes at first, in seconds: its
+/// source's chunk interval (a day when the spec leaves the table out).
+fn backfill_window(desired: &DesiredStorage, aggregate: &DesiredAggregate) -> i64 {
+    desired
+        .tables
+        .iter()
+        .find(|table| table.table == aggregate.source)
+        .map_or(86_400, |table| table.chunk_interval)
 }
 
 /// Creates the stack's schema if the database does not have it yet (and only then: a

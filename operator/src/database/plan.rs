@@ -77,7 +77,8 @@ pub enum Step {
         /// Table or aggregate name.
         relation: String,
     },
-    /// Create a continuous aggregate (with no data; its refresh policy fills it).
+    /// Create a continuous aggregate (with no data: its refresh policy fills its window,
+    /// and a backfill after the plan the buckets of older rows).
     CreateAggregate {
         /// The view's name.
         name: String,
