@@ -225,11 +225,13 @@ try {
     freshness: await page.$eval("#freshness", (element) => element.textContent),
   };
   await page.screenshot({ path: join(values.screenshots, "overview-30d.png"), fullPage: true });
-  // The trends over 30 days: from hourly buckets, which keep no network.
-  await page.click('[data-view="trends"]');
+  // The trends over 30 days, by the overview's link: from hourly buckets, which keep no
+  // network.
+  await page.click("#overview-trends");
   await page.waitForFunction(() => document.querySelector("#view-trends")?.textContent?.includes("hourly buckets"), { timeout: 60_000 });
   await page.waitForSelector("#trends-cpu .uplot");
   result.phases.trendsMonth = {
+    hash: await page.evaluate(() => location.hash),
     points: await trendPoints(),
     network: await page.$eval("#trends-network", (element) => element.textContent),
   };

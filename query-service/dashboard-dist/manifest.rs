@@ -2,7 +2,7 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "39ee111020d074fcb6b3406c8d268e06b2ab7a71d2bc98415a4eb10ad9b55c91";
+pub(crate) const SOURCES_SHA256: &str = "ff593f9f7aa492f0a02b20c8f76a742a698899b3fa3f60d69c3dd5123c6cd6a3";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
@@ -67,23 +67,23 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-EGBSR34I.js",
+        path: "/assets/main-DWTBA4UQ.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "130bb867870942cc9a343112c1c22466f84bb9bff50ef0cae1d45dfc4645f463",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EGBSR34I.js")),
+        sha256: "f841baa489c48fcaeab1a00100a64a6d79eeb198cace54a5d21867d99b8cd4d5",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DWTBA4UQ.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "89024d4c9fd5ed19aaf27d37438f704129f12fa9bc7c2e138e5b743c8106ec5f", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EGBSR34I.js.gz")) },
-            Variant { encoding: "br", sha256: "022ebff8fbc1cb12dc208e6da675c7effbca7a2d7deeaccc2d0645da82597794", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EGBSR34I.js.br")) },
+            Variant { encoding: "gzip", sha256: "b034d6d3d2a858a5e44e22227f2b290feceebe1809a1dc9cb24a1a160aad90f8", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DWTBA4UQ.js.gz")) },
+            Variant { encoding: "br", sha256: "3c5a6d6babeba40734fd69b122cf3440b5a16bed5e85c1c44e24d3bd8f81aee4", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DWTBA4UQ.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/main-X3JWZYOK.css",
+        path: "/assets/main-G62YZGQU.css",
         content_type: "text/css; charset=utf-8",
-        sha256: "4441d76c32293519cae2530aca0521eaa7ae3d2928fcb0cccbcdc7970ec326d4",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-X3JWZYOK.css")),
+        sha256: "3c48e2d4ae6f125b0aabd19b6e21fed5cc480935e447f4d47b33f02df26e1266",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-G62YZGQU.css")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "fd81c21fdaedbda9fb7a160f9dd723991b3e21a2653fb643b0f57f101d4777cb", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-X3JWZYOK.css.gz")) },
-            Variant { encoding: "br", sha256: "573d73a7fd2e3c4dae4256d5c999113370db76b2c604add07d5ea4a92dac550b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-X3JWZYOK.css.br")) },
+            Variant { encoding: "gzip", sha256: "9c7d5bd9c87248e832f1ecd7d4fd4a917f4e5609de83333bd931a54c420ba6a6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-G62YZGQU.css.gz")) },
+            Variant { encoding: "br", sha256: "288fab724485a0b0e532bb66125aa5b132c0882c10c4de45a794259019ab867a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-G62YZGQU.css.br")) },
         ],
     },
     Asset {
@@ -119,11 +119,11 @@ pub(crate) const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "2715806f3de59d8d1c523e7f3a0862f3f927f1241c029f0c517370eef4b74653",
+        sha256: "c865877f0bde6e637402346139c3a9dc7da6edbc834d0cadf701c387d0a5972c",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "c8e84ad9d0a8704f88af7b41f58b51c48261c3732299419498e8510d444d6c79", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "d0358a45cc1c60961d23689260043fb93dedcc9f6d4b277b22c68e6b609b1727", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "36147c45a51587396bc525b36393cdcd69194ac7d1cbf7c3673a9b059533da18", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "8454c0bec80bc5c4f5f209c0f596d86be1fb4c58229424c39dc56d9517c87914", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];

@@ -610,9 +610,10 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
         (2..=most).contains(&asked),
         "{asked} history requests, at least 2 and at most {most}: {trends}"
     );
-    // Over 30 days, hourly buckets: every node still has its line, and the network chart
-    // says why it has none.
+    // Over 30 days (the overview's link), hourly buckets: every node still has its line,
+    // and the network chart says why it has none.
     let month = &phases["trendsMonth"];
+    assert_eq!(month["hash"], "#view=trends&window=30d", "{month}");
     for node in ["node-1", "node-2", "node-3"] {
         assert!(
             month["points"]["trends-cpu"][node]
