@@ -112,7 +112,7 @@ export function trends(context: ViewContext): View {
     for (const metric of METRICS) {
       const box = boxes.get(metric.name) as HTMLElement;
       const { data, options } = chartOf(metric, series);
-      const missing = series.times.length === 0 ? "" : metric.missing?.(series);
+      const missing = series.times.length === 0 ? "No samples in this window." : metric.missing?.(series);
       box.dataset.points = pointsPerNode(metric, series);
       const chart = charts.get(metric.name);
       if (missing !== undefined) {

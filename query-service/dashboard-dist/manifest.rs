@@ -2,7 +2,7 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "ff593f9f7aa492f0a02b20c8f76a742a698899b3fa3f60d69c3dd5123c6cd6a3";
+pub(crate) const SOURCES_SHA256: &str = "2671a73004ff35f400f3386f6afae0a8f5f5a1351746a65ccf8e4333a73154ec";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
@@ -67,16 +67,6 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-DWTBA4UQ.js",
-        content_type: "text/javascript; charset=utf-8",
-        sha256: "f841baa489c48fcaeab1a00100a64a6d79eeb198cace54a5d21867d99b8cd4d5",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DWTBA4UQ.js")),
-        variants: &[
-            Variant { encoding: "gzip", sha256: "b034d6d3d2a858a5e44e22227f2b290feceebe1809a1dc9cb24a1a160aad90f8", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DWTBA4UQ.js.gz")) },
-            Variant { encoding: "br", sha256: "3c5a6d6babeba40734fd69b122cf3440b5a16bed5e85c1c44e24d3bd8f81aee4", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DWTBA4UQ.js.br")) },
-        ],
-    },
-    Asset {
         path: "/assets/main-G62YZGQU.css",
         content_type: "text/css; charset=utf-8",
         sha256: "3c48e2d4ae6f125b0aabd19b6e21fed5cc480935e447f4d47b33f02df26e1266",
@@ -84,6 +74,16 @@ pub(crate) const ASSETS: &[Asset] = &[
         variants: &[
             Variant { encoding: "gzip", sha256: "9c7d5bd9c87248e832f1ecd7d4fd4a917f4e5609de83333bd931a54c420ba6a6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-G62YZGQU.css.gz")) },
             Variant { encoding: "br", sha256: "288fab724485a0b0e532bb66125aa5b132c0882c10c4de45a794259019ab867a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-G62YZGQU.css.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/main-UYLHIE3Q.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "08f5e8b3040f533c388de6ff4d145d0559ab7c93be9b6f2b1f176b10577c7b7f",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-UYLHIE3Q.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "56003aabc831c50d5565ac22bf430e63b32de733545ad073a5bec469ed7681fd", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-UYLHIE3Q.js.gz")) },
+            Variant { encoding: "br", sha256: "03181e586d21bae16b68e1b36f319b92cdc6b2a90d2a55cbea382ac77c88e6f2", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-UYLHIE3Q.js.br")) },
         ],
     },
     Asset {
@@ -107,23 +107,23 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/trends-6T7RWGCE.js",
+        path: "/assets/trends-WNNXTRVB.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "4dcce02cafa02e07876b733d7f1b5cfc52a23a221d8db07470112f6fa942ff22",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-6T7RWGCE.js")),
+        sha256: "7c23b04e7c862766ecb0990edee872b5b689a0050cc4ff7df2b31fc90c9fde71",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-WNNXTRVB.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "c145fe796942d0a9e66ca0b91b5fbb52d49cc74328b53394838c79a318e7ee15", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-6T7RWGCE.js.gz")) },
-            Variant { encoding: "br", sha256: "d9eeec9a46a3f78adc9876f430ec34785be3cae8e5e2a33f5c9edb1e8c7c9e97", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-6T7RWGCE.js.br")) },
+            Variant { encoding: "gzip", sha256: "86d46050b04cd2a9ed6f40b51f78de304a3493157c0c7aec906e1f943fb45411", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-WNNXTRVB.js.gz")) },
+            Variant { encoding: "br", sha256: "2af44e87633eaea57afd17efa26aca2027f053ab5b178a7747bfe7e6010d36da", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-WNNXTRVB.js.br")) },
         ],
     },
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "c865877f0bde6e637402346139c3a9dc7da6edbc834d0cadf701c387d0a5972c",
+        sha256: "d074b97b292ec48da27e906375948acf54639f993549de12561db7f8044ebccf",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "36147c45a51587396bc525b36393cdcd69194ac7d1cbf7c3673a9b059533da18", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "8454c0bec80bc5c4f5f209c0f596d86be1fb4c58229424c39dc56d9517c87914", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "227558cddea0b84df598edb5560b610a9f9f4b741eb5c69ebbfbbd1d493446b8", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "70fd2d653c52141f53c68581dff0bcde9767653b7e82f539b48e13103c70619c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];
