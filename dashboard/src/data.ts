@@ -24,9 +24,12 @@
 //   After a 404 or 405 the batch route is not asked again for `batchProbeMs`.
 // - With a token, every request carries `Authorization: Bearer <token>`; a 401 or 403 stops
 //   the polling and asks for a (different) token, which restarts it.
-// - `get` asks a GET route once (the process search, a pod's processes): an answer still
-//   fresh is given from memory without a request, identical calls in flight share one, and
-//   a kept answer is asked again with `If-None-Match` (a 304 gives the kept body).
+// - `get` asks a GET route once (the process search, a pod's processes, the nodes' history):
+//   an answer still fresh is given from memory without a request, identical calls in flight
+//   share one, and a kept answer is asked again with `If-None-Match` (a 304 gives the kept
+//   body, the same object). `follow` asks it again on the dashboard's schedule (when the
+//   answer stops being fresh, nothing while hidden, backoff after failures, stopped by a
+//   401 or 403 until a token is given), telling its listener only of a changed answer.
 //   `debounce` runs the last of a burst of calls (typing) once the calls pause.
 
 /** The filters of one dashboard request (see the query service's openapi.yaml). */
@@ -270,6 +273,78 @@ export function historySeries(rows: ProcessHistoryRow[]): HistorySeries {
   return series;
 }
 
+/** One node over one bucket of the window (`GET /api/host-history`). */
+export interface HostHistoryRow {
+  /** The bucket's start. */
+  timestamp: string;
+  host: string;
+  avg_cpu: number;
+  max_cpu: number;
+  avg_memory_mb: number;
+  max_memory_mb: number;
+  avg_load_1: number;
+  /** Null from hourly buckets (the rollup keeps no network) and without a previous sample. */
+  network_rx_bytes_per_second: number | null;
+  network_tx_bytes_per_second: number | null;
+  /** Null from hourly buckets. */
+  disk_used_bytes: number | null;
+  samples: number;
+}
+
+/** The nodes' history: its rows and the buckets' length. */
+export interface HostHistory extends Part<HostHistoryRow> {
+  bucket_seconds: number;
+}
+
+/** The nodes' history as chart series: one column per bucket, one line per node. */
+export interface HostSeries {
+  /** Bucket starts, seconds since the epoch, ascending. */
+  times: number[];
+  /** The nodes, sorted. */
+  hosts: string[];
+  /** Per node (in `hosts`' order), its value per bucket; null where it has no sample. */
+  avgCpu: (number | null)[][];
+  maxCpu: (number | null)[][];
+  avgMemory: (number | null)[][];
+  avgLoad: (number | null)[][];
+  networkIn: (number | null)[][];
+  networkOut: (number | null)[][];
+  /** Some bucket has network rates (hourly buckets have none). */
+  hasNetwork: boolean;
+}
+
+/** The chart series of the nodes' history: every node's values aligned on every bucket. */
+export function hostSeries(rows: HostHistoryRow[]): HostSeries {
+  const times = [...new Set(rows.map((row) => Date.parse(row.timestamp) / 1000))].sort((a, b) => a - b);
+  const hosts = [...new Set(rows.map((row) => row.host))].sort();
+  const column = new Map(times.map((at, i) => [at, i]));
+  const line = new Map(hosts.map((host, i) => [host, i]));
+  const empty = () => hosts.map(() => times.map((): number | null => null));
+  const series: HostSeries = {
+    times,
+    hosts,
+    avgCpu: empty(),
+    maxCpu: empty(),
+    avgMemory: empty(),
+    avgLoad: empty(),
+    networkIn: empty(),
+    networkOut: empty(),
+    hasNetwork: false,
+  };
+  for (const row of rows) {
+    const i = line.get(row.host) as number;
+    const j = column.get(Date.parse(row.timestamp) / 1000) as number;
+    series.avgCpu[i][j] = row.avg_cpu;
+    series.maxCpu[i][j] = row.max_cpu;
+    series.avgMemory[i][j] = row.avg_memory_mb;
+    series.avgLoad[i][j] = row.avg_load_1;
+    series.networkIn[i][j] = row.network_rx_bytes_per_second;
+    series.networkOut[i][j] = row.network_tx_bytes_per_second;
+    series.hasNetwork ||= row.network_rx_bytes_per_second !== null || row.network_tx_bytes_per_second !== null;
+  }
+  return series;
+}
+
 /** The whole dashboard, as the batch endpoint answers it. */
 export interface Dashboard {
   host_process_metrics: Part<HostProcessRow>;
@@ -479,6 +554,9 @@ export interface Debounced<T> {
   cancel(): void;
 }
 
+/** What a `follow` listener is told: a changed answer, or why asking failed. */
+export type Followed<T> = { answer: T; error?: undefined } | { answer?: undefined; error: DataError };
+
 /** The query string of `params`: only the fields set, in the order given. */
 export function queryString(params: Record<string, string | number | undefined>): string {
   return Object.entries(params)
@@ -497,6 +575,8 @@ export class DashboardData {
   private readonly authListeners = new Set<(error: DataError) => void>();
   private batchMissingUntil = -Infinity;
   private authBlocked = false;
+  /** Each `follow` running: what restarts it (a token was given) and what stops it. */
+  private readonly followers = new Set<{ restart(): void; stop(): void }>();
 
   constructor(
     private readonly deps: Dependencies,
@@ -551,6 +631,9 @@ export class DashboardData {
   setToken(token: string | null): Promise<void> {
     this.deps.tokens.set(token);
     this.authBlocked = false;
+    for (const follower of [...this.followers]) {
+      follower.restart();
+    }
     return this.refreshAll();
   }
 
@@ -561,8 +644,7 @@ export class DashboardData {
    * asks for a token, as the dashboard's refreshes do.
    */
   get<T>(path: string, params: Record<string, string | number | undefined>): Promise<T> {
-    const query = queryString(params);
-    const url = `${this.deps.baseUrl ?? ""}${path}${query ? `?${query}` : ""}`;
+    const url = this.url(path, params);
     const kept = this.answers.get(url);
     if (kept && this.deps.clock.now() < kept.freshUntil) {
       this.answers.delete(url);
@@ -576,6 +658,94 @@ export class DashboardData {
     const request = this.ask(url, kept).finally(() => this.asking.delete(url));
     this.asking.set(url, request);
     return request as Promise<T>;
+  }
+
+  /**
+   * Follows the answer of `GET path?params` (through `get`) on the dashboard's schedule:
+   * asked at once, then again when it stops being fresh (never sooner than
+   * `minIntervalMs`); nothing while the page is hidden, at once when it is shown and due;
+   * a failure retried with exponential backoff, a 401 or 403 not until a token is given.
+   * `listener` hears of each answer that changed (a 304 keeps the same object, which it
+   * does not hear of again unless a failure came between) and of each failure. Returns what
+   * stops it.
+   */
+  follow<T>(path: string, params: Record<string, string | number | undefined>, listener: (update: Followed<T>) => void): () => void {
+    const url = this.url(path, params);
+    let stopped = false;
+    let asking = false;
+    let blocked = false;
+    let failures = 0;
+    let dueAt = -Infinity;
+    let timer: unknown;
+    let heard: unknown;
+    const cancel = () => {
+      if (timer !== undefined) {
+        this.deps.clock.clearTimeout(timer);
+        timer = undefined;
+      }
+    };
+    const run = () => {
+      cancel();
+      if (stopped || asking || blocked || this.deps.visibility.hidden()) {
+        return;
+      }
+      const wait = dueAt - this.deps.clock.now();
+      if (wait > 0) {
+        timer = this.deps.clock.setTimeout(run, wait);
+        return;
+      }
+      asking = true;
+      this.get<T>(path, params)
+        .then(
+          (answer) => {
+            failures = 0;
+            const freshUntil = this.answers.get(url)?.freshUntil ?? -Infinity;
+            dueAt = Math.max(freshUntil, this.deps.clock.now() + this.options.minIntervalMs);
+            if (!stopped && answer !== heard) {
+              heard = answer;
+              listener({ answer });
+            }
+          },
+          (error: unknown) => {
+            const detail: DataError =
+              error instanceof RefreshFailure ? error.detail : { kind: "network", message: String(error) };
+            blocked = detail.kind === "unauthenticated" || detail.kind === "forbidden";
+            heard = undefined;
+            dueAt = this.deps.clock.now() + Math.min(this.options.retryBaseMs * 2 ** failures, this.options.retryMaxMs);
+            failures += 1;
+            if (!stopped) {
+              listener({ error: detail });
+            }
+          },
+        )
+        .finally(() => {
+          asking = false;
+          run();
+        });
+    };
+    const stopWatching = this.deps.visibility.onChange(run);
+    const follower = {
+      restart: () => {
+        blocked = false;
+        dueAt = -Infinity;
+        run();
+      },
+      stop: () => {
+        stopped = true;
+        cancel();
+        stopWatching();
+        this.followers.delete(follower);
+      },
+    };
+    this.followers.add(follower);
+    run();
+    return follower.stop;
+  }
+
+  /** The URL of `GET path?params`. */
+  private url(path: string, params: Record<string, string | number | undefined>): string {
+    const query = queryString(params);
+    return `${this.deps.baseUrl ?? ""}${path}${query ? `?${query}` : ""}`;
   }
 
   private async ask(url: string, kept: Kept | undefined): Promise<unknown> {
@@ -631,9 +801,12 @@ export class DashboardData {
     };
   }
 
-  /** Stops every timer and the visibility watch; the cache is dropped. */
+  /** Stops every timer, every `follow` and the visibility watch; the cache is dropped. */
   dispose(): void {
     this.stopWatchingVisibility();
+    for (const follower of [...this.followers]) {
+      follower.stop();
+    }
     for (const entry of this.entries.values()) {
       this.cancelTimer(entry);
     }

@@ -283,6 +283,14 @@ function header(): HTMLElement {
 
 applyTheme(localStorage.getItem(THEME_KEY));
 readHash();
+// A link to another view (the overview's long-window chart links to the trends) changes the
+// hash; the page's own changes replace it without this event.
+window.addEventListener("hashchange", () => {
+  readHash();
+  const select = document.querySelector<HTMLSelectElement>("#window");
+  if (select) select.value = state.window;
+  void show();
+});
 data.onAuthRequired(askForToken);
 document.body.append(header(), notice, tokenForm, main);
 void show();

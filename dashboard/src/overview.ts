@@ -1,6 +1,6 @@
 // The fleet overview: a summary of every node, one row per node, and when the data changed;
 // for windows answered from hourly buckets (over 6 hours), a chart of them per node, whose
-// module (with uPlot) is loaded only then.
+// module (with uPlot) is loaded only then, with a link to the nodes over time (the trends).
 
 import type { Filters, HostOverallRow } from "./data.js";
 import { bytes, h, load, megabytes, percent, rate, replace, table, time } from "./dom.js";
@@ -13,6 +13,7 @@ export function overview(context: ViewContext): View {
   const freshness = h("p", { class: "muted", id: "freshness" });
   const nodes = h("section", { "aria-label": "Nodes" }, h("p", { class: "loading" }, "Loading…"));
   const chartBox = h("section", { class: "charts", id: "overview-chart", "aria-label": "Nodes over the window", hidden: true });
+  const overTime = h("p", { hidden: true }, h("a", { id: "overview-trends", href: `#view=trends&window=${encodeURIComponent(context.window)}` }, `Each node over the last ${context.window}, line by line: Trends`));
   let chart: { destroy(): void } | undefined;
   /** The answer the chart should show (the latest), or undefined once stopped. */
   let charted: unknown;
@@ -42,6 +43,7 @@ export function overview(context: ViewContext): View {
       const part = state.data?.host_overall_metrics;
       const hourly = part !== undefined && part.source !== "raw" && part.rows.length > 0;
       chartBox.hidden = !hourly;
+      overTime.hidden = !hourly;
       charted = hourly ? part : undefined;
       if (!hourly) return;
       void import("./hourly.js").then(({ hourlyChart }) => {
@@ -85,7 +87,7 @@ export function overview(context: ViewContext): View {
     }),
   ];
   return {
-    element: h("div", { class: "view", id: "view-overview" }, summary, chartBox, nodes, freshness),
+    element: h("div", { class: "view", id: "view-overview" }, summary, chartBox, overTime, nodes, freshness),
     stop: () => {
       charted = undefined;
       stops.forEach((stop) => stop());

@@ -9,9 +9,9 @@
 //
 // `main` goes through every view, the polling, hiding the page, typing (a namespace and a
 // process search), a pod's drill-down, a process's history across restarts, the lazy
-// chunks, a 30-day window, both themes, the batch route failing and the token prompt, with
-// a screenshot of each; `outage` (run once the test has cut the service
-// off its database) loads the page and reads the notice.
+// chunks, a 30-day window (the overview and the trends), both themes, the batch route
+// failing and the token prompt, with a screenshot of each; `outage` (run once the test has
+// cut the service off its database) loads the page and reads the notice.
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -64,6 +64,9 @@ try {
     };
   });
   const since = (start) => requests.slice(start);
+  // The points each node has in each trends chart (the chart's `data-points`).
+  const trendPoints = () =>
+    page.$$eval("#view-trends [data-points]", (boxes) => Object.fromEntries(boxes.map((box) => [box.id, JSON.parse(box.getAttribute("data-points"))])));
   const batches = (list) => list.filter((request) => request.path === "/api/dashboard/batch");
   const overviewCells = () =>
     page.$$eval("#view-overview tbody tr[data-key]", (rows) =>
@@ -198,10 +201,11 @@ try {
   // The trends chunk is fetched only when the view is opened.
   const trendsBefore = requests.filter((request) => /\/assets\/trends-/.test(request.path)).length;
   mark = requests.length;
+  const trendsOpened = Date.now();
   await page.click('[data-view="trends"]');
   await page.waitForSelector("#view-trends .uplot");
   await sleep(2 * ttlMs + 500);
-  result.phases.trends = { chunkBefore: trendsBefore, requests: since(mark) };
+  result.phases.trends = { chunkBefore: trendsBefore, ms: Date.now() - trendsOpened, ttlMs, requests: since(mark), points: await trendPoints() };
   await page.screenshot({ path: join(values.screenshots, "trends.png"), fullPage: true });
 
   // A long window: 30 days, answered from hourly buckets and charted per node (the chart's
@@ -221,6 +225,19 @@ try {
     freshness: await page.$eval("#freshness", (element) => element.textContent),
   };
   await page.screenshot({ path: join(values.screenshots, "overview-30d.png"), fullPage: true });
+  // The trends over 30 days, by the overview's link: from hourly buckets, which keep no
+  // network.
+  await page.click("#overview-trends");
+  await page.waitForFunction(() => document.querySelector("#view-trends")?.textContent?.includes("hourly buckets"), { timeout: 60_000 });
+  await page.waitForSelector("#trends-cpu .uplot");
+  result.phases.trendsMonth = {
+    hash: await page.evaluate(() => location.hash),
+    points: await trendPoints(),
+    network: await page.$eval("#trends-network", (element) => element.textContent),
+  };
+  await page.screenshot({ path: join(values.screenshots, "trends-30d.png"), fullPage: true });
+  await page.click('[data-view="overview"]');
+  await page.waitForSelector("#overview-chart:not([hidden]) .uplot", { timeout: 60_000 });
 
   // Dark theme: the 30-day overview, then the pods' drill-down and the history again.
   await page.click("#theme");

@@ -7,6 +7,7 @@ import { test } from "node:test";
 import {
   DashboardData,
   type DataError,
+  type Followed,
   type EntryState,
   type Filters,
   type Options,
@@ -14,6 +15,8 @@ import {
   filtersKey,
   freshForMs,
   historySeries,
+  type HostHistoryRow,
+  hostSeries,
   type ProcessHistoryRow,
   queryString,
   RefreshFailure,
@@ -651,4 +654,122 @@ test("a history has one point per bucket and a restart where a new incarnation b
     { at: seconds(third), pid: 8, startTime: third, containerRestarted: true },
   ]);
   assert.deepEqual(historySeries([]), { times: [], avgCpu: [], maxCpu: [], avgMemory: [], incarnations: [], restarts: [] });
+});
+
+test("the nodes' history is one column per bucket and one line per node, null where a node has no sample", () => {
+  const row = (timestamp: string, host: string, cpu: number, rx: number | null): HostHistoryRow => ({
+    timestamp,
+    host,
+    avg_cpu: cpu,
+    max_cpu: cpu + 10,
+    avg_memory_mb: cpu * 100,
+    max_memory_mb: cpu * 100 + 1,
+    avg_load_1: cpu / 10,
+    network_rx_bytes_per_second: rx,
+    network_tx_bytes_per_second: rx === null ? null : rx / 2,
+    disk_used_bytes: null,
+    samples: 1,
+  });
+  // As the API orders them: by host, then time; node-1 has no sample in the middle bucket.
+  const series = hostSeries([
+    row("2026-01-01T00:00:00Z", "node-2", 5, null),
+    row("2026-01-01T00:00:10Z", "node-2", 6, 600),
+    row("2026-01-01T00:00:20Z", "node-2", 7, 700),
+    row("2026-01-01T00:00:00Z", "node-1", 1, null),
+    row("2026-01-01T00:00:20Z", "node-1", 3, 300),
+  ]);
+  const start = Date.parse("2026-01-01T00:00:00Z") / 1000;
+  assert.deepEqual(series.times, [start, start + 10, start + 20]);
+  assert.deepEqual(series.hosts, ["node-1", "node-2"]);
+  assert.deepEqual(series.avgCpu, [[1, null, 3], [5, 6, 7]]);
+  assert.deepEqual(series.maxCpu, [[11, null, 13], [15, 16, 17]]);
+  assert.deepEqual(series.avgMemory, [[100, null, 300], [500, 600, 700]]);
+  assert.deepEqual(series.avgLoad, [[0.1, null, 0.3], [0.5, 0.6, 0.7]]);
+  assert.deepEqual(series.networkIn, [[null, null, 300], [null, 600, 700]]);
+  assert.deepEqual(series.networkOut, [[null, null, 150], [null, 300, 350]]);
+  assert.equal(series.hasNetwork, true);
+  // Hourly buckets carry no network.
+  assert.equal(hostSeries([row("2026-01-01T00:00:00Z", "node-1", 1, null)]).hasNetwork, false);
+  assert.deepEqual(hostSeries([]).times, []);
+});
+
+test("follow asks when the answer stops being fresh, tells only of changes, and waits while hidden", async () => {
+  const { clock, http, data, visibility } = setup({ minIntervalMs: 1_000 });
+  let version = 1;
+  http.handler = (request) =>
+    request.init.headers["If-None-Match"] === `"v${version}"` ? notModified(`"v${version}"`, 5, 1) : ok({ rows: [version] }, `"v${version}"`, 5, 1);
+  const heard: Followed<{ rows: number[] }>[] = [];
+  const stop = data.follow<{ rows: number[] }>("/api/host-history", { window: "15m" }, (update) => heard.push(update));
+  await settle();
+  assert.equal(http.requests[0].url, "/api/host-history?window=15m");
+  assert.deepEqual(heard, [{ answer: { rows: [1] } }]);
+  // Fresh for max-age minus Age: asked again after 4 s, with If-None-Match; a 304 is no news.
+  await clock.advance(3_999);
+  assert.equal(http.requests.length, 1);
+  await clock.advance(1);
+  assert.equal(http.requests.length, 2);
+  assert.equal(http.requests[1].init.headers["If-None-Match"], '"v1"');
+  assert.equal(heard.length, 1);
+  version = 2;
+  await clock.advance(4_000);
+  assert.equal(http.requests.length, 3);
+  assert.deepEqual(heard[1], { answer: { rows: [2] } });
+  // Hidden: nothing; shown again once due: at once.
+  visibility.set(true);
+  await clock.advance(20_000);
+  assert.equal(http.requests.length, 3);
+  assert.equal(clock.pending(), 0);
+  visibility.set(false);
+  await settle();
+  assert.equal(http.requests.length, 4);
+  // An answer without freshness is asked again after minIntervalMs.
+  http.handler = () => ({ status: 200, body: { rows: [3] } });
+  await clock.advance(4_000);
+  assert.equal(http.requests.length, 5);
+  await clock.advance(1_000);
+  assert.equal(http.requests.length, 6);
+  stop();
+  await clock.advance(60_000);
+  assert.equal(http.requests.length, 6, "stopped");
+  assert.equal(visibility.watchers(), 1, "only the data layer's own watch is left");
+});
+
+test("follow tells of failures, retries with backoff, and waits for a token after a 401", async () => {
+  const { clock, http, data } = setup({ retryBaseMs: 1_000, retryMaxMs: 4_000 }, "old");
+  http.handler = () => ({ status: 503, body: { code: "database_unavailable", error: "the database is unavailable" } });
+  const heard: Followed<unknown>[] = [];
+  data.follow("/api/host-history", { window: "1h" }, (update) => heard.push(update));
+  await settle();
+  assert.deepEqual(heard, [{ error: { kind: "http", status: 503, message: "the database is unavailable" } }]);
+  // Retried after 1 s, then 2 s, 4 s, 4 s.
+  await clock.advance(1_000);
+  assert.equal(http.requests.length, 2);
+  await clock.advance(2_000);
+  assert.equal(http.requests.length, 3);
+  await clock.advance(4_000);
+  await clock.advance(4_000);
+  assert.equal(http.requests.length, 5);
+  // The same answer as before a failure is told again: the failure is over.
+  http.handler = () => ok({ rows: [] }, '"e"', 5);
+  await clock.advance(4_000);
+  assert.deepEqual(heard.at(-1), { answer: { rows: [] } });
+  http.handler = () => ({ status: 503, body: {} });
+  await clock.advance(5_000);
+  http.handler = (request) => (request.init.headers["If-None-Match"] === '"e"' ? notModified('"e"') : ok({ rows: [] }, '"e"'));
+  await clock.advance(1_000);
+  assert.deepEqual(heard.slice(-2).map((update) => update.error === undefined), [false, true]);
+  // A 401: no more requests until a token is given.
+  http.handler = (request) =>
+    request.init.headers["Authorization"] === "Bearer new" ? ok({ rows: [1] }, '"f"') : { status: 401, body: { error: "a bearer token is needed" } };
+  await clock.advance(5_000);
+  const refused = http.requests.length;
+  assert.equal(heard.at(-1)?.error?.kind, "unauthenticated");
+  await clock.advance(60_000);
+  assert.equal(http.requests.length, refused);
+  await data.setToken("new");
+  await settle();
+  assert.equal(http.requests.length, refused + 1);
+  assert.deepEqual(heard.at(-1), { answer: { rows: [1] } });
+  data.dispose();
+  assert.equal(clock.pending(), 0, "dispose stops the follow");
 });

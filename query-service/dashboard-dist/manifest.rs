@@ -2,20 +2,10 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "8faeacd626205f4c5c683cc6383ad8b3dd837ecc66e8f95458ca79656c563517";
+pub(crate) const SOURCES_SHA256: &str = "2671a73004ff35f400f3386f6afae0a8f5f5a1351746a65ccf8e4333a73154ec";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
-    Asset {
-        path: "/assets/chunk-FJ4VZYYP.js",
-        content_type: "text/javascript; charset=utf-8",
-        sha256: "76ff0e788bd6dfe9afe854e732e458d8cf006e1280b4e61e66f683212d6e01a4",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-FJ4VZYYP.js")),
-        variants: &[
-            Variant { encoding: "gzip", sha256: "e4c2716a78b4c35453c3ab273db77dee30594acd54d00c0702a3c8ed9958541a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-FJ4VZYYP.js.gz")) },
-            Variant { encoding: "br", sha256: "75668847dbd3e188bdadd2954edb974c725dd82738cd50b27c50727a70313c06", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-FJ4VZYYP.js.br")) },
-        ],
-    },
     Asset {
         path: "/assets/chunk-HONBNZS6.js",
         content_type: "text/javascript; charset=utf-8",
@@ -37,6 +27,16 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
+        path: "/assets/chunk-KR7V7QLG.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "547b8281dbee7b2c6313137784b5479536fc07e4c8ccff1ed4f10647e4e1fe91",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-KR7V7QLG.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "a3fd0dc42115d74fccb69e50d61416ab587ad52ebfddab746f939b8ea5f63fa7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-KR7V7QLG.js.gz")) },
+            Variant { encoding: "br", sha256: "2a9297341e1172a0edce10f1f2a01422dfd4b998056aeb466f9a7b7602999e17", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-KR7V7QLG.js.br")) },
+        ],
+    },
+    Asset {
         path: "/assets/chunk-YMGNRDEZ.js",
         content_type: "text/javascript; charset=utf-8",
         sha256: "2e593ba6007e4e3813bc7b80997c53035a1ce9e2c831cc1ae0a687a9beb7fca8",
@@ -47,13 +47,13 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/history-BUGBDT5G.js",
+        path: "/assets/history-AOUEN3NK.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "158005747a9803ada0ca9ef7a2bf7fc3d06794295b7eb500d15eaa440eaf55e8",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-BUGBDT5G.js")),
+        sha256: "675092947c21653064475eddbb0d56b469ae6aec5e85c1da2d92609d81b7cf47",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-AOUEN3NK.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "4ff746fb0aaf818333ef9f949f7b472dfa17d86f04797cdbe87e2cfaa629fa53", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-BUGBDT5G.js.gz")) },
-            Variant { encoding: "br", sha256: "56de108219b33131f53088afc69191ac3933bb911a72a219579798b5a2c5456a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-BUGBDT5G.js.br")) },
+            Variant { encoding: "gzip", sha256: "e7aba659f870ef91ffddc91de89cb14d1968b02467e539f1d9b26f0bca95aab1", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-AOUEN3NK.js.gz")) },
+            Variant { encoding: "br", sha256: "4417062031ed310a0aed1824a11986f1ddd77f7394282a6c5b8e427ef9bd53f5", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-AOUEN3NK.js.br")) },
         ],
     },
     Asset {
@@ -67,63 +67,63 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-EDVSMNIS.js",
-        content_type: "text/javascript; charset=utf-8",
-        sha256: "a85cf104ef6941908b487dad988c031f1d6c5b39996eccf54d84fa61050523f1",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EDVSMNIS.js")),
-        variants: &[
-            Variant { encoding: "gzip", sha256: "66325d3b1133bb355c1e14a1c125f1b1f6aa9286bbc91be5aa287668b87e41bf", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EDVSMNIS.js.gz")) },
-            Variant { encoding: "br", sha256: "5c86e584b7735245d03255c7b576ff774268ca583b6e019ab41ccf6d2ad7646b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-EDVSMNIS.js.br")) },
-        ],
-    },
-    Asset {
-        path: "/assets/main-Q4GJCTUM.css",
+        path: "/assets/main-G62YZGQU.css",
         content_type: "text/css; charset=utf-8",
-        sha256: "7faef28698c6117163d17a2d174dea989de856e4e53ae10eaa24b384778463f3",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-Q4GJCTUM.css")),
+        sha256: "3c48e2d4ae6f125b0aabd19b6e21fed5cc480935e447f4d47b33f02df26e1266",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-G62YZGQU.css")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "76906e8f009cd86a313bef89f658a53dca5f50656a3cddf1390c657a177c6e55", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-Q4GJCTUM.css.gz")) },
-            Variant { encoding: "br", sha256: "f1b6416e4595161aacba503644a4a8400151b17f1f97cfa574d4edf459209a5b", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-Q4GJCTUM.css.br")) },
+            Variant { encoding: "gzip", sha256: "9c7d5bd9c87248e832f1ecd7d4fd4a917f4e5609de83333bd931a54c420ba6a6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-G62YZGQU.css.gz")) },
+            Variant { encoding: "br", sha256: "288fab724485a0b0e532bb66125aa5b132c0882c10c4de45a794259019ab867a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-G62YZGQU.css.br")) },
         ],
     },
     Asset {
-        path: "/assets/pods-MWIS3DXC.js",
+        path: "/assets/main-UYLHIE3Q.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "52ac3cf4f0a4acff44cd00567dfa3f7cacc71b94ec8c6a9a41a17b8111ccfd5b",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-MWIS3DXC.js")),
+        sha256: "08f5e8b3040f533c388de6ff4d145d0559ab7c93be9b6f2b1f176b10577c7b7f",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-UYLHIE3Q.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "7e1f006909414bd3d27897682be05ce2c9ec45089e8856344eee80398f36ceff", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-MWIS3DXC.js.gz")) },
-            Variant { encoding: "br", sha256: "134c4e4eae29e830c263e3f9e2340c6b0ddcb5631e0d2341216268c3398da43d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-MWIS3DXC.js.br")) },
+            Variant { encoding: "gzip", sha256: "56003aabc831c50d5565ac22bf430e63b32de733545ad073a5bec469ed7681fd", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-UYLHIE3Q.js.gz")) },
+            Variant { encoding: "br", sha256: "03181e586d21bae16b68e1b36f319b92cdc6b2a90d2a55cbea382ac77c88e6f2", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-UYLHIE3Q.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/processes-HU2F7GKP.js",
+        path: "/assets/pods-M7WM3R4R.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "58b5fb9152b461dd555c743b4219ad380dcde09f82a593982a5280d59618b23c",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-HU2F7GKP.js")),
+        sha256: "252f7abcc1e07268cea6518e4a980e59bbb990b09bab63bc13e3f7c5b991d067",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-M7WM3R4R.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "5eaad2496544d6ea8c10d48acc7f4b17a536139feeca462fa1b8f5878e05e2e0", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-HU2F7GKP.js.gz")) },
-            Variant { encoding: "br", sha256: "014f2cc0b7605969e92e705a775c62a4af7f470d6653028546314cb8e5100509", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-HU2F7GKP.js.br")) },
+            Variant { encoding: "gzip", sha256: "4766d8d0be2008df76470f7ccbea72fa2ec9ee1e2879900bd4e1a4e0e17f4bd4", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-M7WM3R4R.js.gz")) },
+            Variant { encoding: "br", sha256: "3f30b4d206dcf5363e4406f1ba76b69130a36e3961c6df3421221ee77c17f87f", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-M7WM3R4R.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/trends-DNHMQYJJ.js",
+        path: "/assets/processes-JWXBQTWX.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "513350aa18f65a11a5c7b499918ff2deb1a38515de08e793f384264a050f0050",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-DNHMQYJJ.js")),
+        sha256: "957cd0ffe9639e78def5d0676a1b6230382c286ef67d91a807fe111aa5a324e1",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-JWXBQTWX.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "1817d4a5bcf4dbd504472ccd8f32049e44feb026d5172f8390dc387e9dde0ea2", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-DNHMQYJJ.js.gz")) },
-            Variant { encoding: "br", sha256: "05e06863a405dd202c2843f1761c80449e01087422ffa23b7c01b9d6dd7fed40", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-DNHMQYJJ.js.br")) },
+            Variant { encoding: "gzip", sha256: "703a57fe37b8aefd3e5d070df28442a835a7ae1b293a24ec5a4155a5a04625d5", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-JWXBQTWX.js.gz")) },
+            Variant { encoding: "br", sha256: "763cff3542676e924b82d815c00a5c653e1d798e48bd690a1f0493958935813a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-JWXBQTWX.js.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/trends-WNNXTRVB.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "7c23b04e7c862766ecb0990edee872b5b689a0050cc4ff7df2b31fc90c9fde71",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-WNNXTRVB.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "86d46050b04cd2a9ed6f40b51f78de304a3493157c0c7aec906e1f943fb45411", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-WNNXTRVB.js.gz")) },
+            Variant { encoding: "br", sha256: "2af44e87633eaea57afd17efa26aca2027f053ab5b178a7747bfe7e6010d36da", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-WNNXTRVB.js.br")) },
         ],
     },
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "788da1c0097aab16b0b0cbeccf768ae6dc57629d82761e88ab90c42efef3481a",
+        sha256: "d074b97b292ec48da27e906375948acf54639f993549de12561db7f8044ebccf",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "8aadbcb6261cfbf23fc1734380838f2ff1a2935661fb1a4b9a42337c2547964a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "fccaa1b2a49ff01061e8df4df10fae27831f35d8d13432ba6a6569c14f220811", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "227558cddea0b84df598edb5560b610a9f9f4b741eb5c69ebbfbbd1d493446b8", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "70fd2d653c52141f53c68581dff0bcde9767653b7e82f539b48e13103c70619c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];

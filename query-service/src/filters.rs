@@ -75,6 +75,8 @@ pub enum Part {
     PodProcesses,
     /// One process of a pod's container, followed by its command across restarts.
     ProcessHistory,
+    /// Each node's metrics over the window, in buckets.
+    HostHistory,
 }
 
 impl Part {
@@ -96,6 +98,7 @@ impl Part {
             Part::ProcessSearch => "process_search",
             Part::PodProcesses => "pod_processes",
             Part::ProcessHistory => "process_history",
+            Part::HostHistory => "host_history",
         }
     }
 }
@@ -448,6 +451,39 @@ impl RawHistory {
                 "container's name",
             )?))?,
             command: Some(command),
+        })
+    }
+}
+
+/// The parameters of `GET /api/host-history` as given. Unknown fields are rejected.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHostHistory {
+    /// The window: whole seconds or `<n>s|m|h|d`, at most 30 days.
+    pub window: Option<WindowInput>,
+    /// Only this host.
+    pub host: Option<String>,
+}
+
+impl RawHostHistory {
+    /// Parses a query string (without the `?`).
+    pub fn from_query(query: &str) -> Result<Self, InvalidInput> {
+        parse_query(query)
+    }
+
+    /// Checks every field and gives the cache key of the nodes' history.
+    pub fn validate(self) -> Result<PartKey, InvalidInput> {
+        Ok(PartKey {
+            part: Part::HostHistory,
+            limit: None,
+            metric: None,
+            window_seconds: bounded_window(self.window, DEFAULT_WINDOW, MAX_WINDOW)?,
+            host: host(self.host)?,
+            namespace: None,
+            search: None,
+            pod: None,
+            container: None,
+            command: None,
         })
     }
 }
@@ -828,6 +864,29 @@ mod tests {
             (&format!("{base}&command=x&window=soon"), "window"),
             (&format!("{base}&command=x&pid=5"), "pid"),
             (&format!("{base}&command=x&command=y"), "command"),
+        ] {
+            assert_eq!(history(query).expect_err(query).field, field, "{query}");
+        }
+    }
+
+    #[test]
+    fn a_nodes_history_takes_a_window_of_up_to_30_days_and_a_host() {
+        let history = |q: &str| RawHostHistory::from_query(q).and_then(RawHostHistory::validate);
+        let key = history("window=30d&host=node-1").unwrap();
+        assert_eq!(
+            (key.part, key.window_seconds, key.host.as_deref()),
+            (Part::HostHistory, 2_592_000, Some("node-1"))
+        );
+        assert_eq!(history("").unwrap().window_seconds, 3600);
+        assert_eq!(history("host=a&window=1h"), history("window=3600&host=a"));
+        for (query, field) in [
+            ("window=31d", "window"),
+            ("window=59", "window"),
+            ("window=soon", "window"),
+            ("host=", "host"),
+            ("host=a%20b", "host"),
+            ("limit=5", "limit"),
+            ("window=1h&window=2h", "window"),
         ] {
             assert_eq!(history(query).expect_err(query).field, field, "{query}");
         }

@@ -3,7 +3,8 @@
 //! unqualified: every connection's `search_path` is the configured schema.
 //!
 //! Windows longer than [`HOURLY_THRESHOLD`] read hourly buckets for host overall metrics,
-//! top processes, pods and a pod's processes: from the TimescaleDB continuous aggregates
+//! the nodes' history (in buckets of whole hours, without network and disk, which the hourly
+//! rollup does not keep), top processes, pods and a pod's processes: from the TimescaleDB continuous aggregates
 //! when they exist, else computed from raw rows with the same bucketing (`date_bin` on whole
 //! UTC hours). The window's start is then rounded down to the hour, so both sources cover the
 //! same rows. The latest samples of host processes (and the search among them) stay raw:
@@ -306,6 +307,65 @@ pub const MAX_HISTORY_ROWS: i64 = 5000;
 /// The length of one bucket of a process's history over `window_seconds`, in whole seconds.
 pub fn history_bucket_seconds(window_seconds: u32) -> u32 {
     window_seconds.div_ceil(HISTORY_BUCKETS).max(1)
+}
+
+/// One node over one bucket of its history.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct HostHistoryRow {
+    /// The bucket's start.
+    pub timestamp: DateTime<Utc>,
+    /// The node.
+    pub host: String,
+    /// Average CPU usage, percent.
+    pub avg_cpu: f64,
+    /// Highest CPU usage, percent.
+    pub max_cpu: f64,
+    /// Average memory in use, MiB.
+    pub avg_memory_mb: f64,
+    /// Highest memory in use, MiB.
+    pub max_memory_mb: f64,
+    /// Average one-minute load.
+    pub avg_load_1: f64,
+    /// Bytes per second received over the bucket: the bytes of its samples over the time
+    /// since each one's previous sample in the window. None from hourly buckets (the hourly
+    /// rollup keeps no network) and without such a sample.
+    pub network_rx_bytes_per_second: Option<f64>,
+    /// Bytes per second sent over the bucket, as `network_rx_...`.
+    pub network_tx_bytes_per_second: Option<f64>,
+    /// Highest disk space in use in the bucket. None from hourly buckets (the hourly rollup
+    /// keeps no disk space).
+    pub disk_used_bytes: Option<i64>,
+    /// Samples summarised.
+    pub samples: i64,
+}
+
+/// Most rows the nodes' history holds (buckets times nodes): 110 nodes of 361 buckets; a
+/// larger fleet is asked node by node.
+pub const MAX_HOST_HISTORY_ROWS: i64 = 40_000;
+
+/// The length of one bucket of the nodes' history over `window_seconds`, in whole seconds:
+/// as a process's history's, and a whole number of hours for windows read from hourly
+/// buckets (over [`HOURLY_THRESHOLD`]), so that hourly buckets nest in it.
+pub fn host_history_bucket_seconds(window_seconds: u32) -> u32 {
+    let seconds = history_bucket_seconds(window_seconds);
+    if u64::from(window_seconds) > HOURLY_THRESHOLD.as_secs() {
+        seconds.div_ceil(3600) * 3600
+    } else {
+        seconds
+    }
+}
+
+/// The answer of the nodes' history: a [`PartAnswer`] with the buckets' length.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostHistoryAnswer {
+    /// Where the rows came from.
+    pub source: Source,
+    /// The window, in seconds.
+    pub window_seconds: u32,
+    /// The length of one bucket, in seconds.
+    pub bucket_seconds: u32,
+    /// The rows, by host and then bucket.
+    pub rows: Vec<HostHistoryRow>,
 }
 
 /// The answer of one part: where its rows came from and the rows.
@@ -689,6 +749,74 @@ GROUP BY 1, host, container_id, pid, start_time
 ORDER BY 1, start_time, pid, host, container_id
 LIMIT $7"#;
 
+// Each node's samples in buckets of $3 seconds (whole multiples from the epoch), from the
+// bucket holding the window's start, so that every bucket is whole and the hourly sources
+// cover the same rows. Parameters: $1 the window in seconds, $2 the host, $3 the bucket's
+// length, $4 the most rows. Found by the ("timestamp") and (host, "timestamp") indexes.
+const HOST_HISTORY_RAW: &str = r#"
+WITH samples AS (
+    SELECT "timestamp", host, cpu_usage_percent, memory_usage_mb, load_1, disk_used_bytes,
+           network_rx_bytes, network_tx_bytes,
+           extract(epoch FROM "timestamp"
+                   - lag("timestamp") OVER (PARTITION BY host ORDER BY "timestamp"))
+               AS seconds
+    FROM host_overall_metrics
+    WHERE "timestamp" >= date_bin(make_interval(secs => $3::float8),
+                                  now() - make_interval(secs => $1::float8),
+                                  TIMESTAMPTZ 'epoch')
+      AND ($2::text IS NULL OR host = $2)
+)
+SELECT date_bin(make_interval(secs => $3::float8), "timestamp", TIMESTAMPTZ 'epoch')
+           AS "timestamp",
+       host, avg(cpu_usage_percent)::float8 AS avg_cpu, max(cpu_usage_percent)::float8 AS max_cpu,
+       avg(memory_usage_mb) AS avg_memory_mb, max(memory_usage_mb) AS max_memory_mb,
+       avg(load_1) AS avg_load_1,
+       (sum(network_rx_bytes) FILTER (WHERE seconds > 0)
+           / sum(seconds) FILTER (WHERE seconds > 0))::float8 AS network_rx_bytes_per_second,
+       (sum(network_tx_bytes) FILTER (WHERE seconds > 0)
+           / sum(seconds) FILTER (WHERE seconds > 0))::float8 AS network_tx_bytes_per_second,
+       max(disk_used_bytes) AS disk_used_bytes, count(*) AS samples
+FROM samples
+GROUP BY 1, host
+ORDER BY host, 1
+LIMIT $4"#;
+
+// As HOST_HISTORY_RAW, in buckets of whole hours; no network or disk, as from the aggregate.
+const HOST_HISTORY_HOURLY_FROM_RAW: &str = r#"
+SELECT date_bin(make_interval(secs => $3::float8), "timestamp", TIMESTAMPTZ 'epoch')
+           AS "timestamp",
+       host, avg(cpu_usage_percent)::float8 AS avg_cpu, max(cpu_usage_percent)::float8 AS max_cpu,
+       avg(memory_usage_mb) AS avg_memory_mb, max(memory_usage_mb) AS max_memory_mb,
+       avg(load_1) AS avg_load_1, NULL::float8 AS network_rx_bytes_per_second,
+       NULL::float8 AS network_tx_bytes_per_second, NULL::int8 AS disk_used_bytes,
+       count(*) AS samples
+FROM host_overall_metrics
+WHERE "timestamp" >= date_bin(make_interval(secs => $3::float8),
+                              now() - make_interval(secs => $1::float8), TIMESTAMPTZ 'epoch')
+  AND ($2::text IS NULL OR host = $2)
+GROUP BY 1, host
+ORDER BY host, 1
+LIMIT $4"#;
+
+// The aggregate's hourly buckets merged into buckets of whole hours, their averages weighed
+// by their samples. The rollup keeps no network or disk.
+const HOST_HISTORY_FROM_AGGREGATE: &str = r#"
+SELECT date_bin(make_interval(secs => $3::float8), bucket, TIMESTAMPTZ 'epoch') AS "timestamp",
+       host, (sum(avg_cpu * samples) / sum(samples))::float8 AS avg_cpu,
+       max(max_cpu)::float8 AS max_cpu,
+       (sum(avg_memory_mb * samples) / sum(samples))::float8 AS avg_memory_mb,
+       max(max_memory_mb)::float8 AS max_memory_mb,
+       (sum(avg_load_1 * samples) / sum(samples))::float8 AS avg_load_1,
+       NULL::float8 AS network_rx_bytes_per_second, NULL::float8 AS network_tx_bytes_per_second,
+       NULL::int8 AS disk_used_bytes, sum(samples)::int8 AS samples
+FROM host_overall_metrics_hourly
+WHERE bucket >= date_bin(make_interval(secs => $3::float8),
+                         now() - make_interval(secs => $1::float8), TIMESTAMPTZ 'epoch')
+  AND ($2::text IS NULL OR host = $2)
+GROUP BY 1, host
+ORDER BY host, 1
+LIMIT $4"#;
+
 /// The ILIKE pattern of a search: `text` anywhere, its `\`, `%` and `_` matching themselves.
 pub fn like_pattern(text: &str) -> String {
     let mut pattern = String::with_capacity(text.len() + 2);
@@ -713,7 +841,7 @@ pub fn statement(key: &PartKey, aggregates: Aggregates) -> Statement {
     };
     let source = match key.part {
         Part::HostProcessMetrics | Part::ProcessSearch | Part::ProcessHistory => Source::Raw,
-        Part::HostOverallMetrics => hourly(aggregates.host_overall),
+        Part::HostOverallMetrics | Part::HostHistory => hourly(aggregates.host_overall),
         Part::TopProcesses => hourly(aggregates.host_process),
         Part::VmMetrics | Part::PodProcesses => hourly(aggregates.vm_process),
     };
@@ -754,6 +882,11 @@ pub fn sql(statement: Statement) -> &'static str {
             POD_PROCESSES_FROM_AGGREGATE,
         ),
         Part::ProcessHistory => PROCESS_HISTORY,
+        Part::HostHistory => hourly(
+            HOST_HISTORY_RAW,
+            HOST_HISTORY_HOURLY_FROM_RAW,
+            HOST_HISTORY_FROM_AGGREGATE,
+        ),
     }
 }
 
@@ -802,6 +935,11 @@ fn arguments(key: &PartKey) -> Result<PgArguments, sqlx::Error> {
             add(arguments.add(key.command.as_deref()))?;
             add(arguments.add(MAX_HISTORY_ROWS))?;
         }
+        Part::HostHistory => {
+            add(arguments.add(host))?;
+            add(arguments.add(f64::from(host_history_bucket_seconds(key.window_seconds))))?;
+            add(arguments.add(MAX_HOST_HISTORY_ROWS))?;
+        }
     }
     Ok(arguments)
 }
@@ -838,6 +976,18 @@ pub async fn run<'c>(
         Part::ProcessSearch => rows::<ProcessMatchRow>(executor, statement, key).await,
         Part::PodProcesses => rows::<PodProcessRow>(executor, statement, key).await,
         Part::ProcessHistory => rows::<ProcessHistoryRow>(executor, statement, key).await,
+        Part::HostHistory => {
+            let rows: Vec<HostHistoryRow> = sqlx::query_as_with(sql(statement), arguments(key)?)
+                .fetch_all(executor)
+                .await?;
+            Ok(serde_json::to_vec(&HostHistoryAnswer {
+                source: statement.source,
+                window_seconds: key.window_seconds,
+                bucket_seconds: host_history_bucket_seconds(key.window_seconds),
+                rows,
+            })
+            .expect("rows serialise"))
+        }
     }
 }
 
@@ -882,6 +1032,22 @@ mod tests {
     }
 
     #[test]
+    fn the_nodes_history_has_a_few_hundred_buckets_of_whole_hours_when_read_hourly() {
+        assert_eq!(host_history_bucket_seconds(900), 3);
+        assert_eq!(host_history_bucket_seconds(6 * 3600), 60);
+        assert_eq!(host_history_bucket_seconds(7 * 3600), 3600);
+        assert_eq!(host_history_bucket_seconds(7 * 86400), 3600);
+        assert_eq!(host_history_bucket_seconds(30 * 86400), 7200);
+        for window in [60u32, 3600, 6 * 3600, 6 * 3600 + 300, 7 * 86400, 30 * 86400] {
+            let buckets = window.div_ceil(host_history_bucket_seconds(window));
+            assert!(
+                (1..=HISTORY_BUCKETS).contains(&buckets),
+                "{window}: {buckets}"
+            );
+        }
+    }
+
+    #[test]
     fn long_windows_read_hourly_buckets_from_the_aggregate_when_it_exists() {
         let both = Aggregates {
             host_process: true,
@@ -920,5 +1086,14 @@ mod tests {
             Source::HourlyFromRaw
         );
         assert_eq!(source(Part::VmMetrics, "window=1h", both), Source::Raw);
+        let history = |query, aggregates| {
+            let key = crate::filters::RawHostHistory::from_query(query)
+                .and_then(crate::filters::RawHostHistory::validate)
+                .unwrap();
+            statement(&key, aggregates).source
+        };
+        assert_eq!(history("window=6h", both), Source::Raw);
+        assert_eq!(history("window=30d", both), Source::HourlyAggregate);
+        assert_eq!(history("window=30d", none), Source::HourlyFromRaw);
     }
 }

@@ -1,9 +1,9 @@
 //! The service's routes and their handlers: the batch, the four single parts, the process
-//! search, a pod's processes and a process's history answered from the cache, the OpenAPI document, the
-//! dashboard's page and assets, the common admin endpoints (`/healthz`, `/readyz`,
-//! `/metrics`) mounted beside them, and the answer to a request no route takes. Every
-//! request has a span of its own, and its answer is counted in the request metrics by
-//! endpoint and status.
+//! search, a pod's processes, a process's history and the nodes' history answered from the
+//! cache, the OpenAPI document, the dashboard's page and assets, the common admin endpoints
+//! (`/healthz`, `/readyz`, `/metrics`) mounted beside them, and the answer to a request no
+//! route takes. Every request has a span of its own, and its answer is counted in the
+//! request metrics by endpoint and status.
 
 use std::convert::Infallible;
 
@@ -17,7 +17,9 @@ use warp::{Filter, Reply};
 
 use crate::cache::{CacheError, Lookup};
 use crate::dashboard;
-use crate::filters::{InvalidInput, Part, PartKey, RawFilters, RawHistory, RawPod, RawSearch};
+use crate::filters::{
+    InvalidInput, Part, PartKey, RawFilters, RawHistory, RawHostHistory, RawPod, RawSearch,
+};
 use crate::http::{Answer, Freshness, bad_request, cached, error_json, failed, read_body};
 use crate::service::{QueryError, QueryService};
 use metricsstack_common::config::StackIdentity;
@@ -75,6 +77,8 @@ impl QueryService {
         let pod: ParseKey = |query, _| RawPod::from_query(query).and_then(RawPod::validate);
         let history: ParseKey =
             |query, _| RawHistory::from_query(query).and_then(RawHistory::validate);
+        let host_history: ParseKey =
+            |query, _| RawHostHistory::from_query(query).and_then(RawHostHistory::validate);
         let batch = warp::path!("api" / "dashboard" / "batch")
             .and(warp::post())
             .and(with.clone())
@@ -185,6 +189,12 @@ impl QueryService {
                 warp::path!("api" / "process-history").boxed(),
                 Part::ProcessHistory,
                 history,
+            ))
+            .unify()
+            .or(get_part(
+                warp::path!("api" / "host-history").boxed(),
+                Part::HostHistory,
+                host_history,
             ))
             .unify()
             .boxed();

@@ -196,12 +196,13 @@ async fn a_token_and_an_rbac_grant_on_the_stacks_data_are_needed_and_reviews_are
         .await
         .expect("the service answers");
     assert_eq!(unauthenticated_batch.status(), StatusCode::UNAUTHORIZED);
-    // The process search, a pod's processes and a process's history (command lines) need
-    // the same grant.
+    // The process search, a pod's processes, a process's history (command lines) and the
+    // nodes' history need the same grant.
     for path in [
         "/api/process-search?q=java",
         "/api/pod-processes?namespace=web&pod=a",
         "/api/process-history?namespace=web&pod=a&container=app&command=java",
+        "/api/host-history?window=30d",
     ] {
         for (token, status) in [
             (None, StatusCode::UNAUTHORIZED),

@@ -2,10 +2,10 @@
 //! puppeteer-core by `dashboard/test/browser.mjs`, against this service on native PostgreSQL
 //! with seeded metrics (through a TCP proxy the test cuts to take the database away). The
 //! script reports what the page showed (the views, a process search, a pod's drill-down
-//! with the containers' request and limit shares, a process's history across a restart, a
-//! 30-day window from hourly buckets) and every request it made
-//! (from the browser's network events); this test compares the numbers with the database
-//! and counts the requests. Screenshots of each view go to
+//! with the containers' request and limit shares, a process's history across a restart, the
+//! nodes' trends from the server's buckets, a 30-day window from hourly buckets) and every
+//! request it made (from the browser's network events); this test compares the numbers with
+//! the database and counts the requests. Screenshots of each view go to
 //! `$CARGO_TARGET_TMPDIR/dashboard-screenshots/`.
 //!
 //! The bounds on requests are upper bounds (a slow machine makes fewer, never more), and
@@ -584,6 +584,50 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
         })
         .collect();
     assert_eq!(chunk.len(), 1, "{trends}");
+    // The trends draw the server's buckets: a line per node with a point per sample of the
+    // last 15 minutes (network from each node's second sample in the window on), asked
+    // again when the answer expires, as the batch is.
+    for (chart, per_node) in [
+        ("trends-cpu", 10),
+        ("trends-memory", 10),
+        ("trends-load", 10),
+        ("trends-network", 9),
+    ] {
+        for node in ["node-1", "node-2", "node-3"] {
+            assert_eq!(
+                trends["points"][chart][node], per_node,
+                "{chart} {node}: {trends}"
+            );
+        }
+    }
+    let asked = paths(&trends["requests"], "/api/host-history").len() as u64;
+    let (ms, ttl_ms) = (
+        trends["ms"].as_u64().expect("ms"),
+        trends["ttlMs"].as_u64().expect("ttl"),
+    );
+    let most = (ms * 10).div_ceil(ttl_ms * 9) + 1;
+    assert!(
+        (2..=most).contains(&asked),
+        "{asked} history requests, at least 2 and at most {most}: {trends}"
+    );
+    // Over 30 days (the overview's link), hourly buckets: every node still has its line,
+    // and the network chart says why it has none.
+    let month = &phases["trendsMonth"];
+    assert_eq!(month["hash"], "#view=trends&window=30d", "{month}");
+    for node in ["node-1", "node-2", "node-3"] {
+        assert!(
+            month["points"]["trends-cpu"][node]
+                .as_u64()
+                .is_some_and(|n| n >= 1),
+            "{node}: {month}"
+        );
+    }
+    assert!(
+        month["network"]
+            .as_str()
+            .is_some_and(|n| n.contains("keep no network")),
+        "{month}"
+    );
 
     // The batch route failing: the four single routes, and the overview still shows.
     let fallback = &phases["fallback"];

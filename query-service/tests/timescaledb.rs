@@ -160,11 +160,12 @@ fn long_window_keys(window_seconds: u32) -> Vec<PartKey> {
         Part::HostOverallMetrics,
         Part::VmMetrics,
         Part::PodProcesses,
+        Part::HostHistory,
     ]
     .into_iter()
     .map(|part| PartKey {
         part,
-        limit: (part != Part::HostOverallMetrics && part != Part::PodProcesses).then_some(20),
+        limit: matches!(part, Part::TopProcesses | Part::VmMetrics).then_some(20),
         metric: (part == Part::TopProcesses).then_some(TopMetric::Cpu),
         window_seconds,
         host: None,
@@ -302,7 +303,9 @@ async fn a_thirty_day_window_reads_the_rollups_not_the_raw_chunks_and_answers_as
         let part = key.part.name();
         let (raw_table, rollup) = match key.part {
             Part::TopProcesses => ("host_process_metrics", "host_process_metrics_hourly"),
-            Part::HostOverallMetrics => ("host_overall_metrics", "host_overall_metrics_hourly"),
+            Part::HostOverallMetrics | Part::HostHistory => {
+                ("host_overall_metrics", "host_overall_metrics_hourly")
+            }
             _ => ("vm_process_metrics", "vm_process_metrics_hourly"),
         };
         let statement = queries::statement(&key, aggregates);
@@ -363,6 +366,27 @@ async fn a_thirty_day_window_reads_the_rollups_not_the_raw_chunks_and_answers_as
             agree(&answer, &answer_from_raw),
             "{part}: {answer} from raw rows: {answer_from_raw}"
         );
+        if key.part == Part::HostHistory {
+            // Each node's history is its raw rows since the window's start, rounded down to
+            // a whole two-hour bucket, in two-hour buckets: every row counted once.
+            assert_eq!(answer["bucket_seconds"], 7200, "{part}");
+            let expected: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT host, count(*) FROM host_overall_metrics \
+                 WHERE \"timestamp\" >= date_bin('2 hours', now() - interval '30 days', \
+                                               TIMESTAMPTZ 'epoch') \
+                 GROUP BY host ORDER BY host",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("the raw answer");
+            let rows = answer["rows"].as_array().expect("rows");
+            for (host, samples) in expected {
+                let buckets: Vec<&Value> = rows.iter().filter(|r| r["host"] == host).collect();
+                assert!(buckets.len() <= 361, "{host}: {} buckets", buckets.len());
+                let counted: i64 = buckets.iter().map(|r| r["samples"].as_i64().unwrap()).sum();
+                assert_eq!(counted, samples, "{host}");
+            }
+        }
         if key.part == Part::PodProcesses {
             // A pod's processes over hourly buckets are its raw rows since the window's
             // start, rounded down to the hour, averaged.
