@@ -22,7 +22,7 @@ use warp::http::{Response, StatusCode};
 use warp::path::FullPath;
 
 use crate::cache::{Cache, Policy};
-use crate::filters::PartKey;
+use crate::filters::{Part, PartKey};
 use crate::http::Answer;
 use crate::metrics::Metrics;
 use crate::queries::{self, Aggregates};
@@ -46,6 +46,11 @@ pub const SERVING_CACHED: &str = "ready: serving cached answers, the database is
 /// (unless a stale answer stands in), so that the pool's queue stays short instead of
 /// growing with hostile or bursting load until requests time out in it.
 pub const QUERIES_PER_CONNECTION: usize = 2;
+/// Database queries that may run (or wait) at once however small the pool: two whole batches
+/// (one cold dashboard's parts, and another view's or viewer's besides). Without this floor a
+/// one- or two-connection pool shed part of a single cold batch, or the trends view's query
+/// beside a batch refresh.
+pub const MIN_QUERIES: usize = 2 * Part::BATCH.len();
 /// How often the hourly aggregates are looked up again.
 pub const AGGREGATE_RECHECK: Duration = Duration::from_secs(300);
 /// How soon a failed look-up of the aggregates is retried.
@@ -231,8 +236,9 @@ impl QueryService {
             stale_if_error: Duration::from_secs(config.stale_if_error_seconds),
             max_entries: usize::try_from(config.max_entries).unwrap_or(usize::MAX),
             max_bytes: config.max_bytes,
-            max_fetches: QUERIES_PER_CONNECTION
-                * usize::try_from(config.pool.max_connections.max(1)).unwrap_or(usize::MAX),
+            max_fetches: (QUERIES_PER_CONNECTION
+                * usize::try_from(config.pool.max_connections.max(1)).unwrap_or(usize::MAX))
+            .max(MIN_QUERIES),
         };
         let metrics = Metrics::default();
         if let AccessPolicy::Kubernetes(kubernetes) = &access {

@@ -999,7 +999,7 @@ async fn while_the_database_is_down_stale_answers_or_503() {
 #[tokio::test]
 async fn beyond_the_query_limit_requests_are_shed_with_503_and_retry_after() {
     let (db, pool) = seeded().await;
-    // One connection: two queries may run or wait for it.
+    // One connection: the floor of eight queries may run or wait for it.
     let mut config = config(60, 60, 60);
     config.pool.max_connections = 1;
     let client = start(&config, &db.url()).await;
@@ -1012,20 +1012,19 @@ async fn beyond_the_query_limit_requests_are_shed_with_503_and_retry_after() {
         .await
         .expect("lock");
     let running = "metricsstack_query_service_database_queries_running";
+    let most = metricsstack_query_service::service::MIN_QUERIES;
+    let held_paths: Vec<String> = (1..=most)
+        .map(|hours| format!("/api/host-overall-metrics?window={hours}h"))
+        .collect();
     let (held, ()) = futures::future::join(
-        futures::future::join_all(
-            [
-                "/api/host-overall-metrics?window=1h",
-                "/api/host-overall-metrics?window=2h",
-            ]
-            .map(|path| client.get(path)),
-        ),
+        futures::future::join_all(held_paths.iter().map(|path| client.get(path))),
         async {
-            eventually("two queries run or wait for the connection", || async {
-                metric(&client, running).await == 2
-            })
+            eventually(
+                "the floor of queries run or wait for the connection",
+                || async { metric(&client, running).await == most as u64 },
+            )
             .await;
-            let shed = client.get("/api/host-overall-metrics?window=3h").await;
+            let shed = client.get("/api/host-overall-metrics?window=20h").await;
             assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(shed.header("retry-after"), "1");
             assert_eq!(shed.header("cache-control"), "no-store");
@@ -1036,7 +1035,7 @@ async fn beyond_the_query_limit_requests_are_shed_with_503_and_retry_after() {
                     "error": metricsstack_query_service::http::OVERLOADED,
                 })
             );
-            let batch = client.batch(r#"{"window": "4h"}"#).await;
+            let batch = client.batch(r#"{"window": "21h"}"#).await;
             assert_eq!(batch.status, StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(batch.body["code"], "overloaded");
             // A fresh answer needs no query: served as ever.
@@ -1050,7 +1049,7 @@ async fn beyond_the_query_limit_requests_are_shed_with_503_and_retry_after() {
     for answer in held {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     }
-    let after = client.get("/api/host-overall-metrics?window=3h").await;
+    let after = client.get("/api/host-overall-metrics?window=20h").await;
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(metric(&client, running).await, 0);
     // The single part and the batch's four.
