@@ -182,7 +182,9 @@ TOML
    "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$node_dir/cni/ipam"}},
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
 JSON
-  start containerd "$run_dir/containerd.log" containerd --config "$node_dir/containerd.toml"
+  # In a session of its own: Ctrl-C reaches the whole process group, and containerd must
+  # outlive the kubelet to remove the pods' containers (their shims stay behind otherwise).
+  start containerd "$run_dir/containerd.log" setsid containerd --config "$node_dir/containerd.toml"
   wait_until containerd 30 ctr --address "$node_socket" version
   (
     for archive in "$pause_archive" "$busy_archive" "$@"; do
@@ -262,7 +264,9 @@ stop_real_node() {
   local id netns mount cgroup rule setting
   if [ -n "${node_socket:-}" ]; then
     local ctr=(ctr --address "$node_socket" -n k8s.io)
-    if "${ctr[@]}" version >/dev/null 2>&1; then
+    # containerd may be gone (it failed, or was killed): without a connect timeout, ctr
+    # would wait 10 s for it.
+    if "${ctr[@]}" --connect-timeout 3s version >/dev/null 2>&1; then
       for id in $("${ctr[@]}" tasks ls -q 2>/dev/null); do
         "${ctr[@]}" tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
       done
