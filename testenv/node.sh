@@ -140,14 +140,16 @@ forward_to_loopback() {
     --to-destination "127.0.0.1:$3"
 }
 
-# start_real_node KUBELET KUBECONFIG CA_CERT: starts containerd and a kubelet and waits
-# until the node is Ready. Sets node_socket and node_busy_image.
-start_real_node() {
-  local kubelet_bin=$1 kubeconfig=$2 ca_cert=$3
-  local subnet=$node_subnet kubelet_port healthz_port controller archive
-  node_socket="$node_dir/containerd/containerd.sock"
-  read -r kubelet_port healthz_port < <(free_ports 2)
+# The node starts in three steps, so that the rest of the environment starts meanwhile:
+# start_node_runtime (no API server needed), start_kubelet (once the API server is ready),
+# wait_real_node.
 
+# start_node_runtime [ARCHIVE...]: starts containerd and imports the sandbox image, the
+# workload image and each OCI ARCHIVE into it in the background (wait_real_node waits for
+# them). Sets node_socket and node_busy_image.
+start_node_runtime() {
+  local subnet=$node_subnet
+  node_socket="$node_dir/containerd/containerd.sock"
   local pause_archive pause_ref busy_archive
   read -r pause_archive pause_ref < <(c_image pause)
   read -r busy_archive node_busy_image < <(c_image busy)
@@ -180,13 +182,25 @@ TOML
    "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$node_dir/cni/ipam"}},
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
 JSON
-  start containerd "$run_dir/containerd.log" containerd --config "$node_dir/containerd.toml"
+  # In a session of its own: Ctrl-C reaches the whole process group, and containerd must
+  # outlive the kubelet to remove the pods' containers (their shims stay behind otherwise).
+  start containerd "$run_dir/containerd.log" setsid containerd --config "$node_dir/containerd.toml"
   wait_until containerd 30 ctr --address "$node_socket" version
-  for archive in "$pause_archive" "$busy_archive"; do
-    ctr --address "$node_socket" -n k8s.io images import "$archive" >/dev/null ||
-      die "importing $archive into containerd failed"
-  done
+  (
+    for archive in "$pause_archive" "$busy_archive" "$@"; do
+      ctr --address "$node_socket" -n k8s.io images import "$archive" >/dev/null ||
+        { log "importing $archive into containerd failed"; exit 1; }
+    done
+  ) &
+  node_importing=$!
+}
 
+# start_kubelet KUBELET KUBECONFIG CA_CERT: starts the kubelet, which registers the real
+# node with the API server (wait_real_node waits until it is Ready).
+start_kubelet() {
+  local kubelet_bin=$1 kubeconfig=$2 ca_cert=$3
+  local subnet=$node_subnet kubelet_port healthz_port controller
+  read -r kubelet_port healthz_port < <(free_ports 2)
   for controller in /sys/fs/cgroup/*/; do
     if [ -e "${controller}cgroup.procs" ]; then mkdir -p "$controller${node_cgroup#/}"; fi
   done
@@ -221,6 +235,11 @@ YAML
   start kubelet "$run_dir/kubelet.log" "$kubelet_bin" --config "$node_dir/kubelet.yaml" \
     --kubeconfig "$kubeconfig" --hostname-override "$real_node_name" --node-ip 127.0.0.1 \
     --root-dir "$node_dir/kubelet" --cert-dir "$node_dir/kubelet/pki"
+}
+
+# wait_real_node: waits until the images are in containerd and the real node is Ready.
+wait_real_node() {
+  wait "$node_importing" || die "importing the node's images into containerd failed"
   wait_until kubelet 120 real_node_ready
 }
 
@@ -245,7 +264,9 @@ stop_real_node() {
   local id netns mount cgroup rule setting
   if [ -n "${node_socket:-}" ]; then
     local ctr=(ctr --address "$node_socket" -n k8s.io)
-    if "${ctr[@]}" version >/dev/null 2>&1; then
+    # containerd may be gone (it failed, or was killed): without a connect timeout, ctr
+    # would wait 10 s for it.
+    if "${ctr[@]}" --connect-timeout 3s version >/dev/null 2>&1; then
       for id in $("${ctr[@]}" tasks ls -q 2>/dev/null); do
         "${ctr[@]}" tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
       done
