@@ -36,7 +36,7 @@ use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::TestDatabase;
+use metricsstack_testkit::{FILL_LATEST_SAMPLES, TestDatabase};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -372,6 +372,7 @@ async fn seed(pool: &PgPool, rows: u64) -> anyhow::Result<()> {
         "  vm_process_metrics seeded after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    sqlx::raw_sql(FILL_LATEST_SAMPLES).execute(pool).await?;
     sqlx::query("ANALYZE").execute(pool).await?;
     println!(
         "seeded and analysed in {:.1} s",

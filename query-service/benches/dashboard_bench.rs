@@ -30,7 +30,7 @@ use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::TestDatabase;
+use metricsstack_testkit::{FILL_LATEST_SAMPLES, TestDatabase};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -107,6 +107,10 @@ async fn seed(pool: &PgPool, rows: i64) {
         }
         query.execute(pool).await.expect("seeding");
     }
+    sqlx::raw_sql(FILL_LATEST_SAMPLES)
+        .execute(pool)
+        .await
+        .expect("the latest samples");
     sqlx::query("ANALYZE").execute(pool).await.expect("ANALYZE");
     eprintln!("seeded in {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -157,7 +161,11 @@ async fn seed_search(pool: &PgPool) {
     .execute(pool)
     .await
     .expect("seeding the search's processes");
-    sqlx::query("ANALYZE host_process_metrics")
+    sqlx::raw_sql(FILL_LATEST_SAMPLES)
+        .execute(pool)
+        .await
+        .expect("the latest samples");
+    sqlx::query("ANALYZE host_process_metrics, host_process_latest")
         .execute(pool)
         .await
         .expect("ANALYZE");

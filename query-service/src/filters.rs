@@ -288,9 +288,9 @@ pub const MAX_SEARCH_LIMIT: u32 = 100;
 pub const MAX_SEARCH_LENGTH: usize = 200;
 /// Default window of a process search: the processes seen in the last 15 minutes.
 pub const DEFAULT_SEARCH_WINDOW: Duration = Duration::from_secs(900);
-/// Longest window of a process search and of a pod's processes: one day, which bounds the
-/// rows either reads.
-pub const MAX_SEARCH_WINDOW: Duration = Duration::from_secs(86400);
+/// Longest window of a pod's processes: one day, which bounds the rows it reads. A process
+/// search reads one row per process whatever its window, and may look back [`MAX_WINDOW`].
+pub const MAX_POD_WINDOW: Duration = Duration::from_secs(86400);
 
 /// The parameters of `GET /api/process-search` as given. Unknown fields are rejected.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -300,7 +300,7 @@ pub struct RawSearch {
     pub q: Option<String>,
     /// Rows, `1..=100`.
     pub limit: Option<u32>,
-    /// Processes seen within this window: whole seconds or `<n>s|m|h|d`, at most a day.
+    /// Processes seen within this window: whole seconds or `<n>s|m|h|d`, at most 30 days.
     pub window: Option<WindowInput>,
     /// Only this host.
     pub host: Option<String>,
@@ -339,7 +339,7 @@ impl RawSearch {
             part: Part::ProcessSearch,
             limit: Some(limit),
             metric: None,
-            window_seconds: bounded_window(self.window, DEFAULT_SEARCH_WINDOW)?,
+            window_seconds: bounded_window(self.window, DEFAULT_SEARCH_WINDOW, MAX_WINDOW)?,
             host: host(self.host)?,
             namespace: None,
             search: Some(search.to_ascii_lowercase()),
@@ -379,7 +379,7 @@ impl RawPod {
             part: Part::PodProcesses,
             limit: None,
             metric: None,
-            window_seconds: bounded_window(self.window, DEFAULT_WINDOW)?,
+            window_seconds: bounded_window(self.window, DEFAULT_WINDOW, MAX_POD_WINDOW)?,
             host: None,
             namespace,
             search: None,
@@ -482,8 +482,12 @@ impl RawHistory {
     }
 }
 
-/// A window of at most [`MAX_SEARCH_WINDOW`], `default` when absent, in whole seconds.
-fn bounded_window(window: Option<WindowInput>, default: Duration) -> Result<u32, InvalidInput> {
+/// A window of at most `longest` (whole days), `default` when absent, in whole seconds.
+fn bounded_window(
+    window: Option<WindowInput>,
+    default: Duration,
+    longest: Duration,
+) -> Result<u32, InvalidInput> {
     let window = match window {
         Some(WindowInput(text)) => parse_window(&text).ok_or_else(|| {
             InvalidInput::new(
@@ -493,13 +497,19 @@ fn bounded_window(window: Option<WindowInput>, default: Duration) -> Result<u32,
         })?,
         None => default,
     };
-    if window < MIN_WINDOW || window > MAX_SEARCH_WINDOW {
+    if window < MIN_WINDOW || window > longest {
+        let days = longest.as_secs() / 86400;
+        let longest = if days == 1 {
+            "one day (1d)".to_owned()
+        } else {
+            format!("{days} days ({days}d)")
+        };
         return Err(InvalidInput::new(
             "window",
-            "must be between 60 seconds (1m) and one day (1d)",
+            format!("must be between 60 seconds (1m) and {longest}"),
         ));
     }
-    Ok(u32::try_from(aligned(window).as_secs()).expect("at most a day"))
+    Ok(u32::try_from(aligned(window).as_secs()).expect("at most 30 days"))
 }
 
 /// `window` rounded to the nearest multiple of its step in [`WINDOW_STEPS`] (halves
@@ -741,6 +751,7 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.search.as_deref(), Some("postgres"));
         assert_eq!(search("q=x").unwrap().window_seconds, 900);
+        assert_eq!(search("q=x&window=30d").unwrap().window_seconds, 30 * 86400);
         assert_eq!(search("q=x").unwrap().limit, Some(DEFAULT_SEARCH_LIMIT));
         for (query, field) in [
             ("", "q"),
@@ -749,7 +760,7 @@ mod tests {
             ("q=a%00b", "q"),
             ("q=x&limit=0", "limit"),
             ("q=x&limit=101", "limit"),
-            ("q=x&window=2d", "window"),
+            ("q=x&window=31d", "window"),
             ("q=x&window=soon", "window"),
             ("q=x&host=", "host"),
             ("q=x&metric=cpu", "metric"),
