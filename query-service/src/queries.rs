@@ -332,16 +332,17 @@ pub struct Statement {
 // Each process's latest sample is its row of `host_process_latest` (kept by the collector's
 // ingest, pruned by the operator): one row per process seen in the window, whatever the
 // window's length. A long window reads the (cpu_usage_percent DESC, ...) index in the
-// answer's order, a short one the ("timestamp") or (host, "timestamp") index.
+// answer's order (hence the order by the stored `real`, not the `float8` it is answered as:
+// the same order), a short one the ("timestamp") or (host, "timestamp") index.
 const HOST_PROCESSES: &str = r#"
 SELECT "timestamp", host, pid, start_time, parent_pid, process_name, command_line, username,
        state, cpu_usage_percent::float8 AS cpu_usage_percent,
        cpu_peak_percent::float8 AS cpu_peak_percent, memory_usage_mb, virtual_memory_mb,
        disk_read_bytes, disk_write_bytes, threads
-FROM host_process_latest
+FROM host_process_latest AS latest
 WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
   AND ($2::text IS NULL OR host = $2)
-ORDER BY cpu_usage_percent DESC, host, pid, start_time
+ORDER BY latest.cpu_usage_percent DESC, host, pid, start_time
 LIMIT $3"#;
 
 /// A host overall statement (`summary`, one row per host, parameters `$1` the window in
