@@ -562,16 +562,18 @@ const VM_METRICS_HOURLY_FROM_RAW: &str = vm_metrics_hourly!(
 // (its row of `host_process_latest`), as `command_line ILIKE $3 OR process_name ILIKE $3`
 // would: `search_text` holds both lower-cased, and LIKE against it is several times faster
 // than ILIKE (which lower-cases every row in a UTF-8 database). The text's `\`, `%` and `_`
-// are escaped by `like_pattern` so that they match themselves.
+// are escaped by `like_pattern` so that they match themselves. Ordered as the host's
+// processes are, so that a text many processes match reads the CPU index until the limit,
+// and one that few match is left to a scan of the table.
 const PROCESS_SEARCH: &str = r#"
 SELECT "timestamp", host, pid, start_time, process_name, command_line, username,
        cpu_usage_percent::float8 AS cpu_usage_percent,
        cpu_peak_percent::float8 AS cpu_peak_percent, memory_usage_mb
-FROM host_process_latest
+FROM host_process_latest AS latest
 WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
   AND ($2::text IS NULL OR host = $2)
   AND search_text LIKE lower($3) ESCAPE '\'
-ORDER BY cpu_usage_percent DESC, host, pid, start_time
+ORDER BY latest.cpu_usage_percent DESC, host, pid, start_time
 LIMIT $4"#;
 
 // One pod's rows in the window, found by the (pod_namespace, pod_name, "timestamp") index.
