@@ -1,6 +1,9 @@
 //! Writing a batch to the database in one statement whose three
 //! `INSERT ... SELECT FROM UNNEST(arrays)` parts fill the three metric tables. Each table has a
 //! natural key, and `ON CONFLICT DO NOTHING` makes a replayed batch insert nothing twice.
+//! The process rows also bring each process's row of `host_process_latest` up to the
+//! batch's newest sample of it, in the same statement; an older or the same sample changes
+//! nothing there, so batches replayed in any order leave each process's newest sample.
 //! Each table's part also runs alone, to find which table refuses a batch, and errors are
 //! classified as transient (wait and try again) or permanent (the rows themselves are
 //! refused).
@@ -54,6 +57,28 @@ const INSERT_PROCESSES: &str = r#"
 /// Parameters of [`INSERT_PROCESSES`].
 const PROCESS_PARAMETERS: usize = 16;
 
+/// Each process's newest sample of the arrays of [`INSERT_PROCESSES`] into
+/// `host_process_latest`, where it replaces an older sample only. One row per process
+/// (`DISTINCT ON`): an upsert may not touch a row twice.
+const UPSERT_LATEST: &str = r#"
+  INSERT INTO host_process_latest AS latest ("timestamp", host, pid, start_time, parent_pid,
+    process_name, command_line, username, state, cpu_usage_percent, cpu_peak_percent,
+    memory_usage_mb, virtual_memory_mb, disk_read_bytes, disk_write_bytes, threads)
+  SELECT DISTINCT ON (h, p, st) * FROM UNNEST($1::timestamptz[], $2::text[], $3::int4[],
+    $4::timestamptz[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[], $10::real[],
+    $11::real[], $12::float8[], $13::float8[], $14::int8[], $15::int8[], $16::int4[])
+    AS u(t, h, p, st, pp, name, line, who, state, cpu, peak, mem, vmem, rd, wr, threads)
+  ORDER BY h, p, st, t DESC
+  ON CONFLICT (host, pid, start_time) DO UPDATE SET "timestamp" = excluded."timestamp",
+    parent_pid = excluded.parent_pid, process_name = excluded.process_name,
+    command_line = excluded.command_line, username = excluded.username, state = excluded.state,
+    cpu_usage_percent = excluded.cpu_usage_percent, cpu_peak_percent = excluded.cpu_peak_percent,
+    memory_usage_mb = excluded.memory_usage_mb, virtual_memory_mb = excluded.virtual_memory_mb,
+    disk_read_bytes = excluded.disk_read_bytes, disk_write_bytes = excluded.disk_write_bytes,
+    threads = excluded.threads
+  WHERE excluded."timestamp" > latest."timestamp"
+"#;
+
 /// The rows of `vm_process_metrics`, from the arrays `$1` to `$20`.
 const INSERT_VMS: &str = r#"
   INSERT INTO vm_process_metrics ("timestamp", host, pid, start_time, process_name, command_line,
@@ -79,15 +104,17 @@ fn shifted(insert: &str, offset: usize) -> String {
         .into_owned()
 }
 
-/// All three tables in one statement: the host arrays first, then the process arrays, then
-/// the pod process arrays.
+/// All three tables (and the latest samples) in one statement: the host arrays first, then
+/// the process arrays, then the pod process arrays. PostgreSQL runs a data-modifying `WITH`
+/// part whether or not the query reads it.
 static INSERT_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH hosts AS ({}), processes AS ({}), vms AS ({})\n\
+        "WITH hosts AS ({}), processes AS ({}), latest AS ({}), vms AS ({})\n\
          SELECT (SELECT count(*) FROM hosts), (SELECT count(*) FROM processes), \
          (SELECT count(*) FROM vms)",
         INSERT_HOSTS,
         shifted(INSERT_PROCESSES, HOST_PARAMETERS),
+        shifted(UPSERT_LATEST, HOST_PARAMETERS),
         shifted(INSERT_VMS, HOST_PARAMETERS + PROCESS_PARAMETERS),
     )
 });
@@ -98,7 +125,12 @@ fn alone(insert: &str) -> String {
 }
 
 static INSERT_HOSTS_ALONE: LazyLock<String> = LazyLock::new(|| alone(INSERT_HOSTS));
-static INSERT_PROCESSES_ALONE: LazyLock<String> = LazyLock::new(|| alone(INSERT_PROCESSES));
+/// The process rows alone bring the latest samples along, as in [`INSERT_BATCH`].
+static INSERT_PROCESSES_ALONE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH latest AS ({UPSERT_LATEST}), inserted AS ({INSERT_PROCESSES}) SELECT count(*) FROM inserted"
+    )
+});
 static INSERT_VMS_ALONE: LazyLock<String> = LazyLock::new(|| alone(INSERT_VMS));
 
 /// A statement being bound, whatever it returns.

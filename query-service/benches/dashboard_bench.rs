@@ -30,7 +30,9 @@ use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::{SEED_HOSTS, SEED_PROCESSES_PER_HOST, TestDatabase, seed_dashboard};
+use metricsstack_testkit::{
+    FILL_LATEST_SAMPLES, SEED_HOSTS, SEED_PROCESSES_PER_HOST, TestDatabase, seed_dashboard,
+};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -103,7 +105,11 @@ async fn seed_search(pool: &PgPool) {
     .execute(pool)
     .await
     .expect("seeding the search's processes");
-    sqlx::query("ANALYZE host_process_metrics")
+    sqlx::raw_sql(FILL_LATEST_SAMPLES)
+        .execute(pool)
+        .await
+        .expect("the latest samples");
+    sqlx::query("ANALYZE host_process_metrics, host_process_latest")
         .execute(pool)
         .await
         .expect("ANALYZE");

@@ -40,7 +40,7 @@ use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
 use metricsstack_query_service::filters::{Part, RawFilters};
-use metricsstack_testkit::{CuttableProxy, TestDatabase};
+use metricsstack_testkit::{CuttableProxy, FILL_LATEST_SAMPLES, TestDatabase};
 use sqlx::{ConnectOptions as _, PgPool};
 use tokio::net::TcpListener;
 
@@ -92,6 +92,10 @@ ANALYZE;
     .execute(pool)
     .await
     .expect("seeding");
+    sqlx::raw_sql(FILL_LATEST_SAMPLES)
+        .execute(pool)
+        .await
+        .expect("the latest samples");
 }
 
 /// The operator's defaults: the cache's, and a pool of ten connections.

@@ -276,9 +276,9 @@ pub const MAX_SEARCH_LIMIT: u32 = 100;
 pub const MAX_SEARCH_LENGTH: usize = 200;
 /// Default window of a process search: the processes seen in the last 15 minutes.
 pub const DEFAULT_SEARCH_WINDOW: Duration = Duration::from_secs(900);
-/// Longest window of a process search and of a pod's processes: one day, which bounds the
-/// rows either reads.
-pub const MAX_SEARCH_WINDOW: Duration = Duration::from_secs(86400);
+/// Longest window of a pod's processes: one day, which bounds the rows it reads. A process
+/// search reads one row per process whatever its window, and may look back [`MAX_WINDOW`].
+pub const MAX_POD_WINDOW: Duration = Duration::from_secs(86400);
 
 /// The parameters of `GET /api/process-search` as given. Unknown fields are rejected.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -288,7 +288,7 @@ pub struct RawSearch {
     pub q: Option<String>,
     /// Rows, `1..=100`.
     pub limit: Option<u32>,
-    /// Processes seen within this window: whole seconds or `<n>s|m|h|d`, at most a day.
+    /// Processes seen within this window: whole seconds or `<n>s|m|h|d`, at most 30 days.
     pub window: Option<WindowInput>,
     /// Only this host.
     pub host: Option<String>,
@@ -327,7 +327,7 @@ impl RawSearch {
             part: Part::ProcessSearch,
             limit: Some(limit),
             metric: None,
-            window_seconds: bounded_window(self.window, DEFAULT_SEARCH_WINDOW, MAX_SEARCH_WINDOW)?,
+            window_seconds: bounded_window(self.window, DEFAULT_SEARCH_WINDOW, MAX_WINDOW)?,
             host: host(self.host)?,
             namespace: None,
             search: Some(search.to_ascii_lowercase()),
@@ -367,7 +367,7 @@ impl RawPod {
             part: Part::PodProcesses,
             limit: None,
             metric: None,
-            window_seconds: bounded_window(self.window, DEFAULT_WINDOW, MAX_SEARCH_WINDOW)?,
+            window_seconds: bounded_window(self.window, DEFAULT_WINDOW, MAX_POD_WINDOW)?,
             host: None,
             namespace,
             search: None,
@@ -488,8 +488,8 @@ impl RawHostHistory {
     }
 }
 
-/// A window of [`MIN_WINDOW`] to `max` (whole days: [`MAX_WINDOW`] or
-/// [`MAX_SEARCH_WINDOW`]), `default` when absent, [`aligned`], in whole seconds.
+/// A window of [`MIN_WINDOW`] to `max` (whole days: [`MAX_WINDOW`] or [`MAX_POD_WINDOW`]),
+/// `default` when absent, [`aligned`], in whole seconds.
 fn bounded_window(
     window: Option<WindowInput>,
     default: Duration,
@@ -739,9 +739,15 @@ mod tests {
             error(history.map(|key| key.window_seconds)),
             "must be between 60 seconds (1m) and 30 days (30d)"
         );
-        let search = RawSearch::from_query("q=x&window=2d").and_then(RawSearch::validate);
+        let search = RawSearch::from_query("q=x&window=31d").and_then(RawSearch::validate);
         assert_eq!(
             error(search.map(|key| key.window_seconds)),
+            "must be between 60 seconds (1m) and 30 days (30d)"
+        );
+        let pod =
+            RawPod::from_query("namespace=web&pod=api-0&window=2d").and_then(RawPod::validate);
+        assert_eq!(
+            error(pod.map(|key| key.window_seconds)),
             "must be between 60 seconds (1m) and one day (1d)"
         );
     }
@@ -778,6 +784,7 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.search.as_deref(), Some("postgres"));
         assert_eq!(search("q=x").unwrap().window_seconds, 900);
+        assert_eq!(search("q=x&window=30d").unwrap().window_seconds, 30 * 86400);
         assert_eq!(search("q=x").unwrap().limit, Some(DEFAULT_SEARCH_LIMIT));
         for (query, field) in [
             ("", "q"),
@@ -786,7 +793,7 @@ mod tests {
             ("q=a%00b", "q"),
             ("q=x&limit=0", "limit"),
             ("q=x&limit=101", "limit"),
-            ("q=x&window=2d", "window"),
+            ("q=x&window=31d", "window"),
             ("q=x&window=soon", "window"),
             ("q=x&host=", "host"),
             ("q=x&metric=cpu", "metric"),

@@ -7,8 +7,8 @@
 //! rollup does not keep), top processes, pods and a pod's processes: from the TimescaleDB continuous aggregates
 //! when they exist, else computed from raw rows with the same bucketing (`date_bin` on whole
 //! UTC hours). The window's start is then rounded down to the hour, so both sources cover the
-//! same rows. The latest samples of host processes (and the search among them) stay raw:
-//! no rollup keeps single processes of a host.
+//! same rows. The latest samples of host processes (and the search among them) stay raw
+//! samples, whatever the window: each process's latest one, from `host_process_latest`.
 
 use std::time::Duration;
 
@@ -66,7 +66,8 @@ pub async fn detect_aggregates<'c>(
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
-    /// Raw samples.
+    /// Raw samples (a host's processes and the search: each process's latest sample, from
+    /// `host_process_latest`).
     Raw,
     /// Hourly buckets computed from raw samples.
     HourlyFromRaw,
@@ -195,8 +196,8 @@ pub struct VmRow {
     pub memory_usage_mb: f64,
 }
 
-/// A process whose command line or name matched a search, at its latest sample in the
-/// window.
+/// A process whose command line or name at its latest sample matched a search, with that
+/// sample (in the window).
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
 pub struct ProcessMatchRow {
     /// The process's latest sample.
@@ -388,23 +389,20 @@ pub struct Statement {
     pub source: Source,
 }
 
-// The latest sample time per process is found by hashing narrow rows (sorting them by the
-// text `host` costs several times more), then those samples are read by the table's key.
+// Each process's latest sample is its row of `host_process_latest` (kept by the collector's
+// ingest, pruned by the operator): one row per process seen in the window, whatever the
+// window's length. A long window reads the (cpu_usage_percent DESC, ...) index in the
+// answer's order (hence the order by the stored `real`, not the `float8` it is answered as:
+// the same order), a short one the ("timestamp") or (host, "timestamp") index.
 const HOST_PROCESSES: &str = r#"
-WITH latest AS (
-    SELECT host, pid, start_time, max("timestamp") AS "timestamp"
-    FROM host_process_metrics
-    WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
-      AND ($2::text IS NULL OR host = $2)
-    GROUP BY host, pid, start_time
-)
-SELECT m."timestamp", m.host, m.pid, m.start_time, m.parent_pid, m.process_name,
-       m.command_line, m.username, m.state, m.cpu_usage_percent::float8 AS cpu_usage_percent,
-       m.cpu_peak_percent::float8 AS cpu_peak_percent, m.memory_usage_mb, m.virtual_memory_mb,
-       m.disk_read_bytes, m.disk_write_bytes, m.threads
-FROM latest
-JOIN host_process_metrics AS m USING (host, pid, start_time, "timestamp")
-ORDER BY m.cpu_usage_percent DESC, m.host, m.pid, m.start_time
+SELECT "timestamp", host, pid, start_time, parent_pid, process_name, command_line, username,
+       state, cpu_usage_percent::float8 AS cpu_usage_percent,
+       cpu_peak_percent::float8 AS cpu_peak_percent, memory_usage_mb, virtual_memory_mb,
+       disk_read_bytes, disk_write_bytes, threads
+FROM host_process_latest AS latest
+WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+  AND ($2::text IS NULL OR host = $2)
+ORDER BY latest.cpu_usage_percent DESC, host, pid, start_time
 LIMIT $3"#;
 
 /// A host overall statement (`summary`, one row per host, parameters `$1` the window in
@@ -620,25 +618,22 @@ const VM_METRICS_HOURLY_FROM_RAW: &str = vm_metrics_hourly!(
              process_name, command_line"#
 );
 
-// The search matches the command line or name of each sample in the window with ILIKE (the
-// text's `\`, `%` and `_` escaped by `like_pattern`, so they match themselves) and answers
-// each matching process's latest matching sample: one pass over the window's rows, where
-// finding every process's latest sample first and matching after read the table twice.
+// The search matches the command line or name of each process's latest sample in the window
+// (its row of `host_process_latest`), as `command_line ILIKE $3 OR process_name ILIKE $3`
+// would: `search_text` holds both lower-cased, and LIKE against it is several times faster
+// than ILIKE (which lower-cases every row in a UTF-8 database). The text's `\`, `%` and `_`
+// are escaped by `like_pattern` so that they match themselves. Ordered as the host's
+// processes are, so that a text many processes match reads the CPU index until the limit,
+// and one that few match is left to a scan of the table.
 const PROCESS_SEARCH: &str = r#"
 SELECT "timestamp", host, pid, start_time, process_name, command_line, username,
-       cpu_usage_percent, cpu_peak_percent, memory_usage_mb
-FROM (
-    SELECT DISTINCT ON (host, pid, start_time)
-           "timestamp", host, pid, start_time, process_name, command_line, username,
-           cpu_usage_percent::float8 AS cpu_usage_percent,
-           cpu_peak_percent::float8 AS cpu_peak_percent, memory_usage_mb
-    FROM host_process_metrics
-    WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
-      AND ($2::text IS NULL OR host = $2)
-      AND (command_line ILIKE $3 ESCAPE '\' OR process_name ILIKE $3 ESCAPE '\')
-    ORDER BY host, pid, start_time, "timestamp" DESC
-) AS matches
-ORDER BY cpu_usage_percent DESC, host, pid, start_time
+       cpu_usage_percent::float8 AS cpu_usage_percent,
+       cpu_peak_percent::float8 AS cpu_peak_percent, memory_usage_mb
+FROM host_process_latest AS latest
+WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+  AND ($2::text IS NULL OR host = $2)
+  AND search_text LIKE lower($3) ESCAPE '\'
+ORDER BY latest.cpu_usage_percent DESC, host, pid, start_time
 LIMIT $4"#;
 
 // One pod's rows in the window, found by the (pod_namespace, pod_name, "timestamp") index.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use metricsstack_operator::database::MIGRATOR;
-use metricsstack_testkit::TestDatabase;
+use metricsstack_testkit::{FILL_LATEST_SAMPLES, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -173,6 +173,10 @@ async fn the_search_finds_what_position_finds_with_percent_and_underscore_taken_
     let pool = db.pool(2).await;
     MIGRATOR.run(&pool).await.expect("migrations run");
     sqlx::raw_sql(SEED).execute(&pool).await.expect("seeding");
+    sqlx::raw_sql(FILL_LATEST_SAMPLES)
+        .execute(&pool)
+        .await
+        .expect("the latest samples");
     let client = start(&db.url()).await;
 
     // Over 10,000 processes: the first search reads the database. (Its time is the
@@ -247,7 +251,7 @@ async fn the_search_finds_what_position_finds_with_percent_and_underscore_taken_
         ("", "q"),
         ("q=", "q"),
         ("q=x&limit=101", "limit"),
-        ("q=x&window=2d", "window"),
+        ("q=x&window=31d", "window"),
         ("q=x&namespace=web", "namespace"),
     ] {
         let answer = client.get(&format!("/api/process-search?{query}")).await;
@@ -269,6 +273,10 @@ async fn a_pods_processes_by_container_match_its_raw_samples() {
     let pool = db.pool(2).await;
     MIGRATOR.run(&pool).await.expect("migrations run");
     sqlx::raw_sql(SEED).execute(&pool).await.expect("seeding");
+    sqlx::raw_sql(FILL_LATEST_SAMPLES)
+        .execute(&pool)
+        .await
+        .expect("the latest samples");
     let client = start(&db.url()).await;
 
     let answer = client

@@ -19,7 +19,7 @@ use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::{CuttableProxy, TestDatabase};
+use metricsstack_testkit::{CuttableProxy, FILL_LATEST_SAMPLES, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{ConnectOptions, PgPool};
@@ -70,6 +70,10 @@ async fn seeded() -> (TestDatabase, PgPool) {
     let pool = db.pool(4).await;
     MIGRATOR.run(&pool).await.expect("migrations run");
     sqlx::raw_sql(SEED).execute(&pool).await.expect("seeding");
+    sqlx::raw_sql(FILL_LATEST_SAMPLES)
+        .execute(&pool)
+        .await
+        .expect("the latest samples");
     (db, pool)
 }
 
@@ -524,12 +528,14 @@ async fn each_endpoint_answers_what_an_independent_query_finds() {
     );
 }
 
-/// Database-side calls of the statements reading the metric tables, by statement.
+/// Database-side calls of the statements reading the metric tables (and the latest samples),
+/// by statement.
 async fn metric_statement_calls(pool: &PgPool) -> Vec<(String, i64)> {
     sqlx::query_as(
         "SELECT query, calls FROM pg_stat_statements \
          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-           AND query ILIKE '%FROM %\\_metrics%' AND query NOT ILIKE '%pg_stat_statements%' \
+           AND (query ILIKE '%FROM %\\_metrics%' OR query ILIKE '%FROM host\\_process\\_latest%') \
+           AND query NOT ILIKE '%pg_stat_statements%' AND query NOT ILIKE '%INSERT INTO%' \
          ORDER BY query",
     )
     .fetch_all(pool)
@@ -596,8 +602,8 @@ async fn a_hundred_concurrent_identical_requests_run_each_query_once() {
     // either way: each query ran once and every other miss waited for it.
     let mut lock = pool.begin().await.expect("begin");
     sqlx::query(
-        "LOCK TABLE host_process_metrics, host_overall_metrics, vm_process_metrics \
-         IN ACCESS EXCLUSIVE MODE",
+        "LOCK TABLE host_process_latest, host_process_metrics, host_overall_metrics, \
+         vm_process_metrics IN ACCESS EXCLUSIVE MODE",
     )
     .execute(&mut *lock)
     .await

@@ -232,3 +232,27 @@ where
         Err(_) => eprintln!("test clean-up panicked"),
     }
 }
+
+/// Brings `host_process_latest` up to the rows a test or benchmark wrote into
+/// `host_process_metrics` with SQL rather than through the collector's ingest: each
+/// process's newest sample of the last 30 days (as migration 0003 fills it), replacing only
+/// an older one, as the ingest does.
+pub const FILL_LATEST_SAMPLES: &str = r#"
+INSERT INTO host_process_latest AS latest ("timestamp", host, pid, start_time, parent_pid,
+    process_name, command_line, username, state, cpu_usage_percent, cpu_peak_percent,
+    memory_usage_mb, virtual_memory_mb, disk_read_bytes, disk_write_bytes, threads)
+SELECT DISTINCT ON (host, pid, start_time) "timestamp", host, pid, start_time, parent_pid,
+       process_name, command_line, username, state, cpu_usage_percent, cpu_peak_percent,
+       memory_usage_mb, virtual_memory_mb, disk_read_bytes, disk_write_bytes, threads
+FROM host_process_metrics
+WHERE "timestamp" >= now() - interval '30 days'
+ORDER BY host, pid, start_time, "timestamp" DESC
+ON CONFLICT (host, pid, start_time) DO UPDATE SET "timestamp" = excluded."timestamp",
+    parent_pid = excluded.parent_pid, process_name = excluded.process_name,
+    command_line = excluded.command_line, username = excluded.username, state = excluded.state,
+    cpu_usage_percent = excluded.cpu_usage_percent, cpu_peak_percent = excluded.cpu_peak_percent,
+    memory_usage_mb = excluded.memory_usage_mb, virtual_memory_mb = excluded.virtual_memory_mb,
+    disk_read_bytes = excluded.disk_read_bytes, disk_write_bytes = excluded.disk_write_bytes,
+    threads = excluded.threads
+WHERE excluded."timestamp" > latest."timestamp"
+"#;

@@ -18,18 +18,29 @@
 //! session: a few hundred thousand rows are what it seeds in a minute, so one host keeps the
 //! samples minutes apart, as a collector takes them, rather than hours). Run it with
 //! `scripts/bench-long-windows`.
+//!
+//! On native PostgreSQL it also times the parts that read raw samples over the 30 days: a
+//! host's processes and the process search from `host_process_latest` beside the raw
+//! statements they replaced (kept here as the baseline, their answers compared), and a
+//! followed process's history; then the collector's process insert with the latest-sample
+//! upsert beside the same insert without it, in rows per second. A third of each host's
+//! processes are short-lived (a new one every hour), so that `host_process_latest` holds
+//! the processes of 30 days of churn, not just the long-running ones.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use clap::Parser;
+use metricsstack_collector::ingest;
+use metricsstack_collector::rows::{Batch, ProcessRow, Table};
 use metricsstack_common::database::{DatabaseTls, PoolSettings, TlsMode};
 use metricsstack_operator::crd::MetricsStack;
 use metricsstack_operator::database::{self, MIGRATOR};
 use metricsstack_operator::validate::validate;
 use metricsstack_query_service::filters::{Part, PartKey, TopMetric};
 use metricsstack_query_service::queries::{self, Source, Statement};
-use metricsstack_testkit::{TestDatabase, TimescaleSchema};
+use metricsstack_testkit::{FILL_LATEST_SAMPLES, TestDatabase, TimescaleSchema};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -60,11 +71,24 @@ struct Args {
     /// Skip TimescaleDB.
     #[arg(long)]
     skip_timescaledb: bool,
+    /// Collector-sized batches (one host's 30 processes) inserted each way when timing the
+    /// latest-sample upsert.
+    #[arg(long, default_value_t = 2000)]
+    ingest_batches: usize,
+    /// On PostgreSQL, time only the statements that read `host_process_latest`, the
+    /// process history and the ingest: no long-window parts, no raw baselines (which take
+    /// seconds a run at the full size).
+    #[arg(long)]
+    skip_baselines: bool,
 }
 
 const WINDOW_DAYS: u32 = 30;
 const PROCESSES_PER_HOST: u64 = 30;
 const PROCESSES_PER_POD: u64 = 3;
+/// Processes of each host (the last ones) replaced by a new process every
+/// [`SHORT_LIVED_SECONDS`].
+const SHORT_LIVED_PER_HOST: u64 = 10;
+const SHORT_LIVED_SECONDS: f64 = 3600.0;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -82,7 +106,11 @@ async fn main() -> anyhow::Result<()> {
             "\nnative PostgreSQL, {rows} process rows of {} hosts over {WINDOW_DAYS} days:",
             args.hosts
         );
-        compare(&pool, Source::HourlyFromRaw, Source::Raw, args.runs).await?;
+        if !args.skip_baselines {
+            compare(&pool, Source::HourlyFromRaw, Source::Raw, args.runs).await?;
+        }
+        compare_raw_parts(&pool, args.runs, !args.skip_baselines).await?;
+        compare_ingest(&pool, args.ingest_batches).await?;
         pool.close().await;
     }
     if !args.skip_timescaledb {
@@ -163,7 +191,10 @@ async fn seed(pool: &PgPool, rows: u64, hosts: u64) -> anyhow::Result<()> {
                cpu_peak_percent, memory_usage_mb, virtual_memory_mb, disk_read_bytes,
                disk_write_bytes, threads)
            SELECT now() - make_interval(secs => s * $2), 'node-' || h, 1000 + p,
-                  TIMESTAMPTZ '2024-01-01 00:00:00+00', 1, 'process-' || (p % 12),
+                  CASE WHEN p > $4 - $5
+                      THEN now() - make_interval(secs => (floor(s * $2 / $6) + 1) * $6)
+                      ELSE TIMESTAMPTZ '2024-01-01 00:00:00+00' END,
+                  1, 'process-' || (p % 12),
                   '/usr/bin/process-' || p || ' --serve', 'app', 'S',
                   ((h * 7919 + p * 104729 + s * 31) % 1000)::real / 10,
                   ((h * 7919 + p * 104729 + s * 37) % 1000)::real / 8,
@@ -176,9 +207,20 @@ async fn seed(pool: &PgPool, rows: u64, hosts: u64) -> anyhow::Result<()> {
     .bind(interval)
     .bind(i64::try_from(hosts)?)
     .bind(i64::try_from(PROCESSES_PER_HOST)?)
+    .bind(i64::try_from(SHORT_LIVED_PER_HOST)?)
+    .bind(SHORT_LIVED_SECONDS)
     .execute(pool)
     .await
     .context("seeding host_process_metrics")?;
+    let filling = Instant::now();
+    sqlx::raw_sql(FILL_LATEST_SAMPLES)
+        .execute(pool)
+        .await
+        .context("filling host_process_latest")?;
+    println!(
+        "  host_process_latest filled from the raw rows (what migration 0003 does) in {:.1} s",
+        filling.elapsed().as_secs_f64()
+    );
     sqlx::query(
         r#"INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent,
                cpu_per_core_percent, load_1, load_5, load_15, memory_total_bytes,
@@ -303,4 +345,354 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// The statement `/api/host-process-metrics` ran before `host_process_latest`: each
+/// process's latest sample time over the window's raw rows, then those samples by the key.
+const RAW_HOST_PROCESSES: &str = r#"
+WITH latest AS (
+    SELECT host, pid, start_time, max("timestamp") AS "timestamp"
+    FROM host_process_metrics
+    WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+      AND ($2::text IS NULL OR host = $2)
+    GROUP BY host, pid, start_time
+)
+SELECT m."timestamp", m.host, m.pid, m.start_time, m.parent_pid, m.process_name,
+       m.command_line, m.username, m.state, m.cpu_usage_percent::float8 AS cpu_usage_percent,
+       m.cpu_peak_percent::float8 AS cpu_peak_percent, m.memory_usage_mb, m.virtual_memory_mb,
+       m.disk_read_bytes, m.disk_write_bytes, m.threads
+FROM latest
+JOIN host_process_metrics AS m USING (host, pid, start_time, "timestamp")
+ORDER BY m.cpu_usage_percent DESC, m.host, m.pid, m.start_time
+LIMIT $3"#;
+
+/// The statement `/api/process-search` ran before `host_process_latest`: every matching
+/// sample of the window, each process's latest of them.
+const RAW_PROCESS_SEARCH: &str = r#"
+SELECT "timestamp", host, pid, start_time, process_name, command_line, username,
+       cpu_usage_percent, cpu_peak_percent, memory_usage_mb
+FROM (
+    SELECT DISTINCT ON (host, pid, start_time)
+           "timestamp", host, pid, start_time, process_name, command_line, username,
+           cpu_usage_percent::float8 AS cpu_usage_percent,
+           cpu_peak_percent::float8 AS cpu_peak_percent, memory_usage_mb
+    FROM host_process_metrics
+    WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+      AND ($2::text IS NULL OR host = $2)
+      AND (command_line ILIKE $3 ESCAPE '\' OR process_name ILIKE $3 ESCAPE '\')
+    ORDER BY host, pid, start_time, "timestamp" DESC
+) AS matches
+ORDER BY cpu_usage_percent DESC, host, pid, start_time
+LIMIT $4"#;
+
+/// One timed statement: its SQL and parameters (the window in seconds first).
+#[derive(Clone, Copy)]
+enum Parameters<'a> {
+    /// A host's processes: host, limit.
+    HostProcesses(Option<&'a str>, i64),
+    /// The search: host, text, limit.
+    Search(Option<&'a str>, &'a str, i64),
+}
+
+/// Runs `sql` with `parameters` over 30 days; the rows' (host, pid, start time, time).
+async fn run_raw(
+    pool: &PgPool,
+    sql: &'static str,
+    parameters: Parameters<'_>,
+) -> anyhow::Result<Vec<(String, i32, DateTime<Utc>, DateTime<Utc>)>> {
+    let window = f64::from(WINDOW_DAYS * 86_400);
+    let query = sqlx::query(sql).bind(window);
+    let query = match parameters {
+        Parameters::HostProcesses(host, limit) => query.bind(host).bind(limit),
+        Parameters::Search(host, text, limit) => query
+            .bind(host)
+            .bind(queries::like_pattern(text))
+            .bind(limit),
+    };
+    let rows = query.fetch_all(pool).await?;
+    use sqlx::Row as _;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("host")?,
+                row.try_get("pid")?,
+                row.try_get("start_time")?,
+                row.try_get("timestamp")?,
+            ))
+        })
+        .collect()
+}
+
+/// p50 and p95 of `runs` runs of `sql` (after one warm-up run), and its rows.
+async fn time_raw(
+    pool: &PgPool,
+    sql: &'static str,
+    parameters: Parameters<'_>,
+    runs: usize,
+) -> anyhow::Result<(
+    Duration,
+    Duration,
+    Vec<(String, i32, DateTime<Utc>, DateTime<Utc>)>,
+)> {
+    let rows = run_raw(pool, sql, parameters).await?;
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        run_raw(pool, sql, parameters).await?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    Ok((percentile(&samples, 0.5), percentile(&samples, 0.95), rows))
+}
+
+/// The parts that read raw samples over 30 days: a host's processes and the search from
+/// `host_process_latest` beside the raw statements they replaced (their answers must be the
+/// same; `baselines` false: the new statements alone), and a followed process's history.
+async fn compare_raw_parts(pool: &PgPool, runs: usize, baselines: bool) -> anyhow::Result<()> {
+    let (latest_rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM host_process_latest")
+        .fetch_one(pool)
+        .await?;
+    println!(
+        "\n  raw samples over {WINDOW_DAYS} days ({latest_rows} processes in host_process_latest):"
+    );
+    println!(
+        "  {:<40} {:>20} {:>20} {:>14}",
+        "part (30 days)", "latest p50/p95 ms", "raw p50/p95 ms", "raw/latest p95"
+    );
+    let cases = [
+        (
+            "host processes, 20 rows",
+            Part::HostProcessMetrics,
+            Parameters::HostProcesses(None, 20),
+        ),
+        (
+            "host processes, 1000 rows",
+            Part::HostProcessMetrics,
+            Parameters::HostProcesses(None, 1000),
+        ),
+        (
+            "host processes of node-1, 1000 rows",
+            Part::HostProcessMetrics,
+            Parameters::HostProcesses(Some("node-1"), 1000),
+        ),
+        (
+            "search \"process-2\", 20 rows",
+            Part::ProcessSearch,
+            Parameters::Search(None, "process-2", 20),
+        ),
+        (
+            "search \"no-such-process\", 20 rows",
+            Part::ProcessSearch,
+            Parameters::Search(None, "no-such-process", 20),
+        ),
+    ];
+    for (name, part, parameters) in cases {
+        let latest = queries::sql(Statement {
+            part,
+            source: Source::Raw,
+        });
+        let raw = match part {
+            Part::HostProcessMetrics => RAW_HOST_PROCESSES,
+            _ => RAW_PROCESS_SEARCH,
+        };
+        let (p50, p95, new_rows) = time_raw(pool, latest, parameters, runs).await?;
+        if !baselines {
+            println!(
+                "  {:<40} {:>20}",
+                name,
+                format!("{:.1} / {:.1}", ms(p50), ms(p95))
+            );
+            continue;
+        }
+        let (raw50, raw95, raw_rows) = time_raw(pool, raw, parameters, runs).await?;
+        anyhow::ensure!(
+            new_rows == raw_rows,
+            "{name}: host_process_latest answers as the raw rows do"
+        );
+        println!(
+            "  {:<40} {:>20} {:>20} {:>14.1}",
+            name,
+            format!("{:.1} / {:.1}", ms(p50), ms(p95)),
+            format!("{:.1} / {:.1}", ms(raw50), ms(raw95)),
+            ms(raw95) / ms(p95)
+        );
+    }
+    let history = PartKey {
+        part: Part::ProcessHistory,
+        limit: None,
+        metric: None,
+        window_seconds: WINDOW_DAYS * 86_400,
+        host: None,
+        namespace: Some("namespace-1".to_owned()),
+        search: None,
+        pod: Some("pod-1".to_owned()),
+        container: Some("main".to_owned()),
+        command: Some("/app/worker-1".to_owned()),
+    };
+    let statement = Statement {
+        part: Part::ProcessHistory,
+        source: Source::Raw,
+    };
+    queries::run(pool, statement, &history).await?;
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        queries::run(pool, statement, &history).await?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    if !baselines {
+        // Where the time goes, for the slowest statements.
+        let plans = [
+            (
+                queries::sql(Statement {
+                    part: Part::HostProcessMetrics,
+                    source: Source::Raw,
+                }),
+                vec![None, Some("1000")],
+            ),
+            (
+                queries::sql(Statement {
+                    part: Part::ProcessSearch,
+                    source: Source::Raw,
+                }),
+                vec![None, Some("%no-such-process%"), Some("20")],
+            ),
+            (
+                queries::sql(statement),
+                vec![
+                    Some("namespace-1"),
+                    Some("pod-1"),
+                    Some("main"),
+                    Some("7200"),
+                    Some("/app/worker-1"),
+                    Some("5000"),
+                ],
+            ),
+        ];
+        for (sql, parameters) in plans {
+            // Literal parameters, typed by the statement's casts where it has them.
+            let mut explain = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
+            for (i, value) in parameters.iter().enumerate().rev() {
+                let literal = value.map_or("NULL".to_owned(), |v| format!("'{v}'"));
+                explain = explain.replace(&format!("${}", i + 2), &literal);
+            }
+            explain = explain.replace("$1", &format!("'{}'", WINDOW_DAYS * 86_400));
+            let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+                .fetch_all(pool)
+                .await?;
+            println!("{}", lines.join("\n"));
+        }
+    }
+    println!(
+        "  {:<40} {:>20}",
+        "process history (pod-1, worker-1)",
+        format!(
+            "{:.1} / {:.1}",
+            ms(percentile(&samples, 0.5)),
+            ms(percentile(&samples, 0.95))
+        )
+    );
+    Ok(())
+}
+
+/// The process insert the collector ran before `host_process_latest`, alone.
+const INSERT_PROCESSES_WITHOUT_LATEST: &str = r#"
+WITH inserted AS (
+  INSERT INTO host_process_metrics ("timestamp", host, pid, start_time, parent_pid, process_name,
+    command_line, username, state, cpu_usage_percent, cpu_peak_percent, memory_usage_mb,
+    virtual_memory_mb, disk_read_bytes, disk_write_bytes, threads)
+  SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::int4[], $4::timestamptz[],
+    $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[], $10::real[], $11::real[],
+    $12::float8[], $13::float8[], $14::int8[], $15::int8[], $16::int4[])
+  ON CONFLICT DO NOTHING RETURNING 1
+) SELECT count(*) FROM inserted"#;
+
+/// One host's sample of its long-running processes at `at`, as a collector sends it.
+fn sample_batch(host: u64, at: DateTime<Utc>) -> Vec<ProcessRow> {
+    let start_time = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+        .expect("a time")
+        .with_timezone(&Utc);
+    (1..=PROCESSES_PER_HOST)
+        .map(|p| ProcessRow {
+            timestamp: at,
+            host: format!("node-{host}"),
+            pid: 1000 + p as i32,
+            start_time,
+            parent_pid: Some(1),
+            process_name: format!("process-{}", p % 12),
+            command_line: Some(format!("/usr/bin/process-{p} --serve")),
+            username: Some("app".to_owned()),
+            state: "S".to_owned(),
+            cpu_usage_percent: (p * 3) as f32,
+            cpu_peak_percent: (p * 4) as f32,
+            memory_usage_mb: 100.0 + p as f64,
+            virtual_memory_mb: 8192.0,
+            disk_read_bytes: 0,
+            disk_write_bytes: 0,
+            threads: Some(4),
+        })
+        .collect()
+}
+
+/// The collector's process insert (with the latest-sample upsert, as it runs alone) beside
+/// the insert without the upsert, interleaved batch by batch, in rows per second.
+async fn compare_ingest(pool: &PgPool, batches: usize) -> anyhow::Result<()> {
+    let base = Utc::now() + chrono::Duration::days(1);
+    let mut with_latest = Duration::ZERO;
+    let mut without_latest = Duration::ZERO;
+    for i in 0..batches {
+        let host = i as u64 % 20 + 1;
+        let at = base + chrono::Duration::seconds(i as i64);
+        let batch = Batch {
+            processes: sample_batch(host, at),
+            ..Batch::default()
+        };
+        let started = Instant::now();
+        ingest::insert_into(pool, Table::Processes, &batch).await?;
+        with_latest += started.elapsed();
+
+        let rows = sample_batch(host, at + chrono::Duration::milliseconds(500));
+        let col = |f: fn(&ProcessRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+        let started = Instant::now();
+        let (inserted,): (i64,) = sqlx::query_as(INSERT_PROCESSES_WITHOUT_LATEST)
+            .bind(rows.iter().map(|r| r.timestamp).collect::<Vec<_>>())
+            .bind(col(|r| r.host.clone()))
+            .bind(rows.iter().map(|r| r.pid).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.start_time).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.parent_pid).collect::<Vec<_>>())
+            .bind(col(|r| r.process_name.clone()))
+            .bind(
+                rows.iter()
+                    .map(|r| r.command_line.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|r| r.username.clone()).collect::<Vec<_>>())
+            .bind(col(|r| r.state.clone()))
+            .bind(rows.iter().map(|r| r.cpu_usage_percent).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.cpu_peak_percent).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.memory_usage_mb).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.virtual_memory_mb).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.disk_read_bytes).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.disk_write_bytes).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.threads).collect::<Vec<_>>())
+            .fetch_one(pool)
+            .await?;
+        without_latest += started.elapsed();
+        anyhow::ensure!(inserted == PROCESSES_PER_HOST as i64, "every row inserted");
+    }
+    let rows = (batches as u64 * PROCESSES_PER_HOST) as f64;
+    let with_rate = rows / with_latest.as_secs_f64();
+    let without_rate = rows / without_latest.as_secs_f64();
+    println!(
+        "\n  collector process insert, {batches} batches of {PROCESSES_PER_HOST} rows each way, \
+         interleaved:"
+    );
+    println!("    with the latest-sample upsert    {with_rate:>10.0} rows/s");
+    println!("    without it                       {without_rate:>10.0} rows/s");
+    println!(
+        "    ratio (with / without)           {:>10.2}",
+        with_rate / without_rate
+    );
+    Ok(())
 }

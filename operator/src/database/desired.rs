@@ -1,6 +1,8 @@
 //! The storage state a MetricsStack asks for, in the units the database compares in
 //! (seconds), with the SQL each metric table and aggregate needs.
 
+use metricsstack_query_service::filters::MAX_WINDOW;
+
 use crate::crd::MetricTable;
 
 /// What the spec asks of the database's storage.
@@ -173,6 +175,20 @@ pub fn rollup(source: MetricTable) -> (&'static str, &'static str) {
     }
 }
 
+/// How long `host_process_latest` keeps a process after its latest sample, in seconds: the
+/// query service's longest window, or the retention of `host_process_metrics` when that is
+/// shorter and in force (on TimescaleDB), so that the table lists no process whose samples
+/// retention has dropped and never grows past the processes of one window.
+pub fn latest_horizon(desired: &DesiredStorage, timescaledb: bool) -> i64 {
+    let longest_window = i64::try_from(MAX_WINDOW.as_secs()).expect("30 days fit");
+    let retention = desired
+        .tables
+        .iter()
+        .filter(|table| timescaledb && table.table == MetricTable::HostProcessMetrics)
+        .find_map(|table| table.retention);
+    retention.map_or(longest_window, |after| after.min(longest_window))
+}
+
 /// How often a retention policy runs, in seconds: TimescaleDB's default, made explicit so
 /// that a schedule changed behind the operator's back is seen and restored.
 pub const RETENTION_SCHEDULE: i64 = 86_400;
@@ -233,6 +249,35 @@ mod tests {
                 "avg_load_1",
                 "samples"
             ]
+        );
+    }
+
+    #[test]
+    fn the_latest_samples_are_kept_for_the_longest_window_or_a_shorter_retention_in_force() {
+        let with_retention = |retention| DesiredStorage {
+            tables: vec![DesiredTable {
+                table: MetricTable::HostProcessMetrics,
+                chunk_interval: 86_400,
+                compression: None,
+                retention,
+            }],
+            aggregates: Vec::new(),
+        };
+        let month = 30 * 86_400;
+        assert_eq!(latest_horizon(&DesiredStorage::default(), true), month);
+        assert_eq!(latest_horizon(&with_retention(None), true), month);
+        assert_eq!(
+            latest_horizon(&with_retention(Some(7 * 86_400)), true),
+            7 * 86_400
+        );
+        assert_eq!(
+            latest_horizon(&with_retention(Some(90 * 86_400)), true),
+            month
+        );
+        // Without TimescaleDB no retention runs: the samples stay.
+        assert_eq!(
+            latest_horizon(&with_retention(Some(7 * 86_400)), false),
+            month
         );
     }
 

@@ -24,8 +24,8 @@ pub use apply::{
 pub use backfill::{Backfill, BackfillStop};
 pub use connection::{DatabaseError, DatabaseInfo, MIGRATOR, connect, migrate, probe};
 pub use desired::{
-    DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable, rollup,
-    table_columns,
+    DesiredAggregate, DesiredCompression, DesiredRefresh, DesiredStorage, DesiredTable,
+    latest_horizon, rollup, table_columns,
 };
 pub use introspect::{
     DatabaseState, FailingJob, Job, JobKind, MANAGED_COMMENT, read_failing_jobs, read_state,
@@ -109,6 +109,8 @@ pub async fn converge_measured(
     owner::claim(pool, schema, owner).await?;
     migrate(pool, schema).await?;
     let state = read_state(pool, schema).await?;
+    let horizon = latest_horizon(desired, state.timescaledb_version.is_some());
+    prune_latest(pool, schema, horizon).await?;
     if state.timescaledb_version.is_none() {
         return Ok(Convergence {
             unsupported: unsupported_without_timescaledb(desired),
@@ -206,6 +208,32 @@ fn backfill_window(desired: &DesiredStorage, aggregate: &DesiredAggregate) -> i6
         .iter()
         .find(|table| table.table == aggregate.source)
         .map_or(86_400, |table| table.chunk_interval)
+}
+
+/// Deletes the rows of `host_process_latest` whose latest sample is older than `horizon`
+/// seconds ([`latest_horizon`]): processes no window can list any more. Run on every
+/// convergence, that is every drift check; it finds nothing to delete most of the time, by
+/// the table's time index. Returns the rows deleted.
+pub async fn prune_latest(pool: &PgPool, schema: &str, horizon: i64) -> Result<u64, DatabaseError> {
+    let table = apply::qualified(schema, "host_process_latest");
+    let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {table} WHERE \"timestamp\" < now() - make_interval(secs => $1::float8)"
+    )))
+    .bind(horizon as f64)
+    .execute(pool)
+    .await
+    .map_err(DatabaseError::statement(
+        "pruning the latest process samples",
+    ))?
+    .rows_affected();
+    if deleted > 0 {
+        tracing::info!(
+            deleted,
+            horizon,
+            "pruned the latest samples of processes gone"
+        );
+    }
+    Ok(deleted)
 }
 
 /// Creates the stack's schema if the database does not have it yet (and only then: a
