@@ -471,29 +471,24 @@ fn backfilled(convergence: &Convergence) -> Option<String> {
     })
 }
 
+/// The database's status after `convergence`: its `applied_revisions` hold only the
+/// revision this convergence applied, if any; [`with_history`] adds the older ones from the
+/// status it is written over.
 fn database_status(stack: &MetricsStack, convergence: &Convergence) -> DatabaseStatus {
-    let previous = stack
-        .status
-        .as_ref()
-        .and_then(|s| s.database.clone())
-        .unwrap_or_default();
-    let mut applied_revisions = previous.applied_revisions;
-    if !convergence.applied.is_empty() {
-        applied_revisions.insert(
-            0,
-            AppliedRevision {
-                generation: stack.metadata.generation.unwrap_or_default(),
-                spec_hash: storage_hash(stack),
-                steps: convergence
-                    .applied
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-                applied_at: Timestamp::now().to_string(),
-            },
-        );
-        applied_revisions.truncate(REVISIONS_KEPT);
-    }
+    let applied_revisions = if convergence.applied.is_empty() {
+        Vec::new()
+    } else {
+        vec![AppliedRevision {
+            generation: stack.metadata.generation.unwrap_or_default(),
+            spec_hash: storage_hash(stack),
+            steps: convergence
+                .applied
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            applied_at: Timestamp::now().to_string(),
+        }]
+    };
     DatabaseStatus {
         timescaledb_version: convergence.timescaledb_version.clone(),
         policies: i32::try_from(convergence.policies).unwrap_or(i32::MAX),
@@ -507,6 +502,24 @@ fn database_status(stack: &MetricsStack, convergence: &Convergence) -> DatabaseS
             earliest_deletion: p.loss.earliest_deletion.map(|at| at.to_rfc3339()),
         }),
     }
+}
+
+/// `database` (as [`database_status`] made it) with the revisions `previous` recorded
+/// after its own, newest first, at most [`REVISIONS_KEPT`]. It is applied to the status the
+/// write goes over, not to the one the reconcile started from, which the watch cache may
+/// hold from before the operator's last write: building on that, a reconcile that applied
+/// nothing wrote an empty history over the one just written.
+pub(super) fn with_history(
+    mut database: DatabaseStatus,
+    previous: Option<&DatabaseStatus>,
+) -> DatabaseStatus {
+    if let Some(previous) = previous {
+        database
+            .applied_revisions
+            .extend(previous.applied_revisions.iter().cloned());
+    }
+    database.applied_revisions.truncate(REVISIONS_KEPT);
+    database
 }
 
 /// A short hash of the storage spec, so that a person can match revisions to commits.
@@ -617,6 +630,40 @@ async fn connect_stack(
 mod tests {
     use super::*;
     use crate::database::{Backfill, FailingJob, Job, JobKind};
+
+    fn revision(generation: i64) -> AppliedRevision {
+        AppliedRevision {
+            generation,
+            spec_hash: format!("hash{generation}"),
+            steps: vec![format!("step of {generation}")],
+            applied_at: "2026-12-02T21:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn the_history_is_the_written_over_statuses_with_this_convergences_revision_first() {
+        let previous = DatabaseStatus {
+            applied_revisions: (1..=5).rev().map(revision).collect(),
+            ..DatabaseStatus::default()
+        };
+        // Nothing applied: the history written over is kept whole (building on a stale
+        // copy without it used to write it away).
+        let nothing = DatabaseStatus::default();
+        let kept = with_history(nothing.clone(), Some(&previous));
+        assert_eq!(kept.applied_revisions, previous.applied_revisions);
+        // A revision applied: first, the oldest dropped beyond five.
+        let applied = DatabaseStatus {
+            applied_revisions: vec![revision(6)],
+            ..nothing
+        };
+        let generations: Vec<i64> = with_history(applied.clone(), Some(&previous))
+            .applied_revisions
+            .iter()
+            .map(|r| r.generation)
+            .collect();
+        assert_eq!(generations, [6, 5, 4, 3, 2]);
+        assert_eq!(with_history(applied, None).applied_revisions, [revision(6)]);
+    }
 
     fn convergence(failing_jobs: Vec<FailingJob>) -> Convergence {
         Convergence {

@@ -21,7 +21,7 @@ use serde_json::json;
 use super::Context;
 use super::apply::{Applied, FIELD_MANAGER, apply_all};
 use super::conditions::{Outcome, conditions};
-use super::database::{DatabaseOutcome, reconcile_database, remove_stack_policies};
+use super::database::{DatabaseOutcome, reconcile_database, remove_stack_policies, with_history};
 use super::pod_creation::failed_pod_creation;
 use super::secret::{Connection, SecretError, read_connection};
 use crate::crd::{
@@ -414,7 +414,10 @@ fn query_service_outcome(deployment: Option<&Deployment>) -> Outcome {
     }
 }
 
-/// Writes the status when it differs from the stored one; returns whether it did.
+/// Writes the status when it differs from the stored one; returns whether it did. The write
+/// is conditional on the object's `resourceVersion`: when the watch cache lagged behind the
+/// operator's own last write, the status is built again over the live one and written once
+/// more, so that nothing built on the stale copy (the applied revisions) overwrites newer.
 async fn update_status(
     ctx: &Context,
     stack: &MetricsStack,
@@ -423,36 +426,53 @@ async fn update_status(
     database: Option<crate::crd::DatabaseStatus>,
     sidecars: Option<crate::crd::SidecarsStatus>,
 ) -> Result<bool, kube::Error> {
-    let previous = stack.status.clone().unwrap_or_default();
-    let status = MetricsStackStatus {
-        observed_generation: stack.meta().generation,
-        conditions: conditions(
-            outcomes,
-            &previous.conditions,
-            stack.meta().generation,
-            Timestamp::now(),
-        ),
-        collectors: collectors.or(previous.collectors.clone()),
-        database: database.or(previous.database.clone()),
-        sidecars: sidecars.or(previous.sidecars.clone()),
-    };
-    if status == previous {
-        return Ok(false);
-    }
     let api: Api<MetricsStack> =
         Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": MetricsStack::api_version(&()),
-        "kind": MetricsStack::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &stack.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(true)
+    let build = |over: &MetricsStack| {
+        let previous = over.status.clone().unwrap_or_default();
+        let status = MetricsStackStatus {
+            observed_generation: stack.meta().generation,
+            conditions: conditions(
+                outcomes,
+                &previous.conditions,
+                stack.meta().generation,
+                Timestamp::now(),
+            ),
+            collectors: collectors.clone().or(previous.collectors.clone()),
+            database: match database.clone() {
+                Some(database) => Some(with_history(database, previous.database.as_ref())),
+                None => previous.database.clone(),
+            },
+            sidecars: sidecars.clone().or(previous.sidecars.clone()),
+        };
+        (status != previous).then(|| {
+            json!({
+                "apiVersion": MetricsStack::api_version(&()),
+                "kind": MetricsStack::kind(&()),
+                "metadata": { "resourceVersion": over.resource_version() },
+                "status": status,
+            })
+        })
+    };
+    let Some(patch) = build(stack) else {
+        return Ok(false);
+    };
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api
+        .patch_status(&stack.name_any(), &params, &Patch::Apply(&patch))
+        .await
+    {
+        Err(kube::Error::Api(response)) if response.code == 409 => {
+            let live = api.get_status(&stack.name_any()).await?;
+            let Some(patch) = build(&live) else {
+                return Ok(false);
+            };
+            api.patch_status(&stack.name_any(), &params, &Patch::Apply(&patch))
+                .await?;
+            Ok(true)
+        }
+        written => written.map(|_| true),
+    }
 }
 
 /// Removes what garbage collection cannot: the cluster-scoped ClusterRoleBindings and, with
