@@ -17,7 +17,7 @@ use metricsstack_query_service::filters::{Part, RawFilters, RawSearch};
 use metricsstack_query_service::queries::{
     self, HostProcessRow, ProcessMatchRow, Source, Statement, like_pattern,
 };
-use metricsstack_testkit::{TestDatabase, TimescaleSchema};
+use metricsstack_testkit::{RAW_HOST_PROCESSES, RAW_PROCESS_SEARCH, TestDatabase, TimescaleSchema};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -219,42 +219,6 @@ async fn on_timescaledb_each_process_keeps_its_newest_sample_however_batches_are
     each_process_keeps_its_newest_sample(&stack).await;
     stack.finish().await;
 }
-
-/// The statement `/api/host-process-metrics` ran on raw rows before `host_process_latest`.
-const RAW_HOST_PROCESSES: &str = r#"
-WITH latest AS (
-    SELECT host, pid, start_time, max("timestamp") AS "timestamp"
-    FROM host_process_metrics
-    WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
-      AND ($2::text IS NULL OR host = $2)
-    GROUP BY host, pid, start_time
-)
-SELECT m."timestamp", m.host, m.pid, m.start_time, m.parent_pid, m.process_name,
-       m.command_line, m.username, m.state, m.cpu_usage_percent::float8 AS cpu_usage_percent,
-       m.cpu_peak_percent::float8 AS cpu_peak_percent, m.memory_usage_mb, m.virtual_memory_mb,
-       m.disk_read_bytes, m.disk_write_bytes, m.threads
-FROM latest
-JOIN host_process_metrics AS m USING (host, pid, start_time, "timestamp")
-ORDER BY m.cpu_usage_percent DESC, m.host, m.pid, m.start_time
-LIMIT $3"#;
-
-/// The statement `/api/process-search` ran on raw rows before `host_process_latest`.
-const RAW_PROCESS_SEARCH: &str = r#"
-SELECT "timestamp", host, pid, start_time, process_name, command_line, username,
-       cpu_usage_percent, cpu_peak_percent, memory_usage_mb
-FROM (
-    SELECT DISTINCT ON (host, pid, start_time)
-           "timestamp", host, pid, start_time, process_name, command_line, username,
-           cpu_usage_percent::float8 AS cpu_usage_percent,
-           cpu_peak_percent::float8 AS cpu_peak_percent, memory_usage_mb
-    FROM host_process_metrics
-    WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
-      AND ($2::text IS NULL OR host = $2)
-      AND (command_line ILIKE $3 ESCAPE '\' OR process_name ILIKE $3 ESCAPE '\')
-    ORDER BY host, pid, start_time, "timestamp" DESC
-) AS matches
-ORDER BY cpu_usage_percent DESC, host, pid, start_time
-LIMIT $4"#;
 
 /// 30 days of two nodes through the collector's ingest, batches out of order: a sample every
 /// 2 hours (half an hour off the windows' edges) of 8 long-running processes and of 2

@@ -13,6 +13,7 @@ use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
 mod crd;
 mod kubernetes;
 mod proxy;
+mod raw_statements;
 mod real_node;
 mod seed;
 mod temp_dir;
@@ -24,6 +25,7 @@ pub use kubernetes::{
     service_account_token, wait_for_grant,
 };
 pub use proxy::CuttableProxy;
+pub use raw_statements::{RAW_HOST_PROCESSES, RAW_PROCESS_SEARCH};
 pub use real_node::{
     REAL_NODE_TAINT, busy_pod, helm, helm_output, poll_batch, process_gone_and_sampled,
 };

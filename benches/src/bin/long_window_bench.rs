@@ -40,7 +40,9 @@ use metricsstack_operator::database::{self, MIGRATOR};
 use metricsstack_operator::validate::validate;
 use metricsstack_query_service::filters::{Part, PartKey, TopMetric};
 use metricsstack_query_service::queries::{self, Source, Statement};
-use metricsstack_testkit::{FILL_LATEST_SAMPLES, TestDatabase, TimescaleSchema};
+use metricsstack_testkit::{
+    FILL_LATEST_SAMPLES, RAW_HOST_PROCESSES, RAW_PROCESS_SEARCH, TestDatabase, TimescaleSchema,
+};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -346,44 +348,6 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
-
-/// The statement `/api/host-process-metrics` ran before `host_process_latest`: each
-/// process's latest sample time over the window's raw rows, then those samples by the key.
-const RAW_HOST_PROCESSES: &str = r#"
-WITH latest AS (
-    SELECT host, pid, start_time, max("timestamp") AS "timestamp"
-    FROM host_process_metrics
-    WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
-      AND ($2::text IS NULL OR host = $2)
-    GROUP BY host, pid, start_time
-)
-SELECT m."timestamp", m.host, m.pid, m.start_time, m.parent_pid, m.process_name,
-       m.command_line, m.username, m.state, m.cpu_usage_percent::float8 AS cpu_usage_percent,
-       m.cpu_peak_percent::float8 AS cpu_peak_percent, m.memory_usage_mb, m.virtual_memory_mb,
-       m.disk_read_bytes, m.disk_write_bytes, m.threads
-FROM latest
-JOIN host_process_metrics AS m USING (host, pid, start_time, "timestamp")
-ORDER BY m.cpu_usage_percent DESC, m.host, m.pid, m.start_time
-LIMIT $3"#;
-
-/// The statement `/api/process-search` ran before `host_process_latest`: every matching
-/// sample of the window, each process's latest of them.
-const RAW_PROCESS_SEARCH: &str = r#"
-SELECT "timestamp", host, pid, start_time, process_name, command_line, username,
-       cpu_usage_percent, cpu_peak_percent, memory_usage_mb
-FROM (
-    SELECT DISTINCT ON (host, pid, start_time)
-           "timestamp", host, pid, start_time, process_name, command_line, username,
-           cpu_usage_percent::float8 AS cpu_usage_percent,
-           cpu_peak_percent::float8 AS cpu_peak_percent, memory_usage_mb
-    FROM host_process_metrics
-    WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
-      AND ($2::text IS NULL OR host = $2)
-      AND (command_line ILIKE $3 ESCAPE '\' OR process_name ILIKE $3 ESCAPE '\')
-    ORDER BY host, pid, start_time, "timestamp" DESC
-) AS matches
-ORDER BY cpu_usage_percent DESC, host, pid, start_time
-LIMIT $4"#;
 
 /// One timed statement: its SQL and parameters (the window in seconds first).
 #[derive(Clone, Copy)]
