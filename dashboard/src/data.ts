@@ -10,8 +10,12 @@
 //   not draw it again).
 // - Stale-while-revalidate: a subscriber gets the cached answer at once, refreshed behind it
 //   when it is due.
-// - The next refresh is due when the server's answer stops being fresh: `max-age` minus
-//   `Age` from `Cache-Control`/`Age`, never sooner than `minIntervalMs`.
+// - The next refresh is due when the server's answer stops being fresh (`max-age` minus
+//   `Age` from `Cache-Control`/`Age`), and never sooner than one `max-age` after the last
+//   request began: the server refreshes an answer that is being read a little before it
+//   turns stale, so polling at each expiry would ask once per server refresh (every nine
+//   tenths of its TTL); this way a tab asks at most once per TTL, and still gets an answer
+//   younger than the TTL. Never sooner than `minIntervalMs` either.
 // - Nothing is requested while the page is hidden; when it is shown again, every entry on
 //   screen whose refresh is due is refreshed at once.
 // - A failed refresh keeps the last answer, marks it stale, exposes the error, and is
@@ -493,13 +497,18 @@ export function filtersKey(filters: Filters): string {
  * (RFC 9111), or undefined when `Cache-Control` has no `max-age`.
  */
 export function freshForMs(cacheControl: string | null, age: string | null): number | undefined {
-  const maxAge = /(?:^|[,\s])max-age=(\d+)/i.exec(cacheControl ?? "");
-  if (!maxAge) {
+  const lifetime = maxAgeMs(cacheControl);
+  if (lifetime === undefined) {
     return undefined;
   }
   const ageSeconds = Number.parseInt(age ?? "0", 10);
-  const remaining = Number(maxAge[1]) - (Number.isFinite(ageSeconds) ? ageSeconds : 0);
-  return Math.max(0, remaining) * 1000;
+  return Math.max(0, lifetime - (Number.isFinite(ageSeconds) ? ageSeconds : 0) * 1000);
+}
+
+/** An answer's whole freshness lifetime, `max-age`, in milliseconds; undefined without one. */
+export function maxAgeMs(cacheControl: string | null): number | undefined {
+  const maxAge = /(?:^|[,\s])max-age=(\d+)/i.exec(cacheControl ?? "");
+  return maxAge ? Number(maxAge[1]) * 1000 : undefined;
 }
 
 const SINGLE_PATHS: Record<PartName, string> = {
@@ -520,6 +529,8 @@ export class RefreshFailure extends Error {
 interface Refreshed {
   data: Partial<Dashboard>;
   freshForMs: number | undefined;
+  /** The answer's `max-age` (the least of the parts'), in milliseconds. */
+  maxAgeMs: number | undefined;
   fallback: boolean;
 }
 
@@ -534,6 +545,8 @@ interface Entry {
   timer?: unknown;
   /** When the next refresh is due (clock ms). */
   dueAt: number;
+  /** When the last refresh began (clock ms). */
+  requestedAt: number;
   /** When `data` stops being fresh (clock ms). */
   freshUntil: number;
   failures: number;
@@ -546,6 +559,8 @@ interface Kept {
   etag?: string;
   /** When it stops being fresh (clock ms). */
   freshUntil: number;
+  /** Its `max-age`, in milliseconds (0 without one). */
+  lifetime: number;
 }
 
 /** A call that runs once the calls pause; `cancel` drops the one waiting. */
@@ -662,8 +677,8 @@ export class DashboardData {
 
   /**
    * Follows the answer of `GET path?params` (through `get`) on the dashboard's schedule:
-   * asked at once, then again when it stops being fresh (never sooner than
-   * `minIntervalMs`); nothing while the page is hidden, at once when it is shown and due;
+   * asked at once, then again when it stops being fresh and one `max-age` after it was
+   * asked (never sooner than `minIntervalMs`), as the dashboard's entries; nothing while the page is hidden, at once when it is shown and due;
    * a failure retried with exponential backoff, a 401 or 403 not until a token is given.
    * `listener` hears of each answer that changed (a 304 keeps the same object, which it
    * does not hear of again unless a failure came between) and of each failure. Returns what
@@ -695,12 +710,17 @@ export class DashboardData {
         return;
       }
       asking = true;
+      const askedAt = this.deps.clock.now();
       this.get<T>(path, params)
         .then(
           (answer) => {
             failures = 0;
-            const freshUntil = this.answers.get(url)?.freshUntil ?? -Infinity;
-            dueAt = Math.max(freshUntil, this.deps.clock.now() + this.options.minIntervalMs);
+            const kept = this.answers.get(url);
+            dueAt = Math.max(
+              kept?.freshUntil ?? -Infinity,
+              askedAt + (kept?.lifetime ?? 0),
+              this.deps.clock.now() + this.options.minIntervalMs,
+            );
             if (!stopped && answer !== heard) {
               heard = answer;
               listener({ answer });
@@ -756,12 +776,13 @@ export class DashboardData {
       throw new RefreshFailure({ kind: "network", message: `the query service did not answer (${String(error)})` });
     }
     const freshFor = freshForMs(response.headers.get("cache-control"), response.headers.get("age")) ?? 0;
+    const lifetime = maxAgeMs(response.headers.get("cache-control")) ?? 0;
     let answer: Kept;
     if (response.status === 304 && kept) {
-      answer = { ...kept, freshUntil: this.deps.clock.now() + freshFor };
+      answer = { ...kept, freshUntil: this.deps.clock.now() + freshFor, lifetime };
     } else if (response.status === 200) {
       const body = await response.json();
-      answer = { body, etag: response.headers.get("etag") ?? undefined, freshUntil: this.deps.clock.now() + freshFor };
+      answer = { body, etag: response.headers.get("etag") ?? undefined, freshUntil: this.deps.clock.now() + freshFor, lifetime };
     } else {
       const refused = await failure(response);
       if (refused.detail.kind === "unauthenticated" || refused.detail.kind === "forbidden") {
@@ -825,6 +846,7 @@ export class DashboardData {
         state: { stale: true, outdated: false, fetching: false, fallback: false },
         partEtags: {},
         dueAt: -Infinity,
+        requestedAt: -Infinity,
         freshUntil: -Infinity,
         failures: 0,
         lastUsed: this.deps.clock.now(),
@@ -908,6 +930,7 @@ export class DashboardData {
       return entry.inFlight;
     }
     this.cancelTimer(entry);
+    entry.requestedAt = this.deps.clock.now();
     entry.state = { ...entry.state, fetching: true };
     this.notify(entry);
     entry.inFlight = this.load(entry)
@@ -932,7 +955,8 @@ export class DashboardData {
       entry.dueAt = now + Math.max(this.backoff(entry), this.options.minIntervalMs);
     } else {
       entry.failures = 0;
-      entry.dueAt = now + Math.max(freshFor, this.options.minIntervalMs);
+      const lifetime = this.options.baseline ? 0 : (refreshed.maxAgeMs ?? 0);
+      entry.dueAt = Math.max(now + freshFor, entry.requestedAt + lifetime, now + this.options.minIntervalMs);
     }
     entry.state = {
       data: refreshed.data,
@@ -1009,8 +1033,9 @@ export class DashboardData {
 
   private async batchAnswer(entry: Entry, response: HttpResponse): Promise<Refreshed> {
     const freshFor = freshForMs(response.headers.get("cache-control"), response.headers.get("age"));
+    const lifetime = maxAgeMs(response.headers.get("cache-control"));
     if (response.status === 304 && entry.state.data) {
-      return { data: entry.state.data, freshForMs: freshFor, fallback: false };
+      return { data: entry.state.data, freshForMs: freshFor, maxAgeMs: lifetime, fallback: false };
     }
     if (response.status !== 200) {
       throw await failure(response);
@@ -1018,7 +1043,7 @@ export class DashboardData {
     const body = (await response.json()) as Dashboard;
     entry.batchEtag = response.headers.get("etag") ?? undefined;
     entry.partEtags = {};
-    return { data: body, freshForMs: freshFor, fallback: false };
+    return { data: body, freshForMs: freshFor, maxAgeMs: lifetime, fallback: false };
   }
 
   /** The four single routes, each with its own ETag. */
@@ -1036,30 +1061,35 @@ export class DashboardData {
           response.headers.get("cache-control"),
           response.headers.get("age"),
         );
+        const lifetime = maxAgeMs(response.headers.get("cache-control"));
         if (response.status === 304 && previous[part]) {
-          return { part, body: previous[part], etag, freshFor };
+          return { part, body: previous[part], etag, freshFor, lifetime };
         }
         if (response.status !== 200) {
           throw await failure(response);
         }
         const body = (await response.json()) as Dashboard[PartName];
-        return { part, body, etag: response.headers.get("etag") ?? undefined, freshFor };
+        return { part, body, etag: response.headers.get("etag") ?? undefined, freshFor, lifetime };
       }),
     );
     // Only now, all parts answered: an ETag kept for a body that is not would get a 304 for
     // the body the page does not have.
     const data: Partial<Dashboard> = {};
     let freshFor: number | undefined;
+    let lifetime: number | undefined;
     for (const answer of answers) {
       (data as Record<PartName, unknown>)[answer.part] = answer.body;
       entry.partEtags[answer.part] = answer.etag;
       if (answer.freshFor !== undefined) {
         freshFor = Math.min(freshFor ?? Infinity, answer.freshFor);
       }
+      if (answer.lifetime !== undefined) {
+        lifetime = Math.min(lifetime ?? Infinity, answer.lifetime);
+      }
     }
     entry.batchEtag = undefined;
     const unchanged = PARTS.every((part) => data[part] === previous[part]);
-    return { data: unchanged ? previous : data, freshForMs: freshFor, fallback: !this.options.baseline };
+    return { data: unchanged ? previous : data, freshForMs: freshFor, maxAgeMs: lifetime, fallback: !this.options.baseline };
   }
 }
 

@@ -2,7 +2,7 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "2671a73004ff35f400f3386f6afae0a8f5f5a1351746a65ccf8e4333a73154ec";
+pub(crate) const SOURCES_SHA256: &str = "93e243b814a10f90a633cb6880c4baaa00c550d5c482af27c89ad71e2a024fad";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
@@ -27,13 +27,13 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/chunk-KR7V7QLG.js",
+        path: "/assets/chunk-OOFNMD5L.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "547b8281dbee7b2c6313137784b5479536fc07e4c8ccff1ed4f10647e4e1fe91",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-KR7V7QLG.js")),
+        sha256: "e703003fc7d9e13169ec8cfad07dfaf55ccabc941e86144280440db6abe4c081",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-OOFNMD5L.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "a3fd0dc42115d74fccb69e50d61416ab587ad52ebfddab746f939b8ea5f63fa7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-KR7V7QLG.js.gz")) },
-            Variant { encoding: "br", sha256: "2a9297341e1172a0edce10f1f2a01422dfd4b998056aeb466f9a7b7602999e17", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-KR7V7QLG.js.br")) },
+            Variant { encoding: "gzip", sha256: "8d3cc548b142579cbf2a1a4ccd7c6585be5868083f2acf56c944e83e86e9adc9", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-OOFNMD5L.js.gz")) },
+            Variant { encoding: "br", sha256: "d06b235bf80c4c1a18971ca96b224fdcea4189118886a2f5f14d401590d05754", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-OOFNMD5L.js.br")) },
         ],
     },
     Asset {
@@ -47,13 +47,13 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/history-AOUEN3NK.js",
+        path: "/assets/history-K7CU24BP.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "675092947c21653064475eddbb0d56b469ae6aec5e85c1da2d92609d81b7cf47",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-AOUEN3NK.js")),
+        sha256: "0e1660806bf4d89b24b99d0de3c35e391c179d6f8d8656b5b0f0171f89667431",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-K7CU24BP.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "e7aba659f870ef91ffddc91de89cb14d1968b02467e539f1d9b26f0bca95aab1", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-AOUEN3NK.js.gz")) },
-            Variant { encoding: "br", sha256: "4417062031ed310a0aed1824a11986f1ddd77f7394282a6c5b8e427ef9bd53f5", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-AOUEN3NK.js.br")) },
+            Variant { encoding: "gzip", sha256: "144b320a5e522fe4dcec2b1febfe1be6b662b7b74d30d2b85edb91178a55f625", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-K7CU24BP.js.gz")) },
+            Variant { encoding: "br", sha256: "3df4f1615556cc2a2c888ec1c5b53b08f1aa044f4e551764a725f84064e458ea", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-K7CU24BP.js.br")) },
         ],
     },
     Asset {
@@ -77,53 +77,53 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-UYLHIE3Q.js",
+        path: "/assets/main-TQ22C327.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "08f5e8b3040f533c388de6ff4d145d0559ab7c93be9b6f2b1f176b10577c7b7f",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-UYLHIE3Q.js")),
+        sha256: "fecdb4790abfe8ebb66bec319db00339059d315a03b69ca294ab2227e4cbaa76",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TQ22C327.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "56003aabc831c50d5565ac22bf430e63b32de733545ad073a5bec469ed7681fd", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-UYLHIE3Q.js.gz")) },
-            Variant { encoding: "br", sha256: "03181e586d21bae16b68e1b36f319b92cdc6b2a90d2a55cbea382ac77c88e6f2", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-UYLHIE3Q.js.br")) },
+            Variant { encoding: "gzip", sha256: "0db90cd3888d6f4b349b892c001722d704d90a18ba21e7ec7fbb81c68519c444", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TQ22C327.js.gz")) },
+            Variant { encoding: "br", sha256: "31d051f0e7da254340f66bd6a9b7f334e8744785976f35febefbe108b2cd8669", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TQ22C327.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/pods-M7WM3R4R.js",
+        path: "/assets/pods-PFGIY7U4.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "252f7abcc1e07268cea6518e4a980e59bbb990b09bab63bc13e3f7c5b991d067",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-M7WM3R4R.js")),
+        sha256: "d7723c7dc0b80e4e6cd27d9bf619ee2a331c997db72078fe4a5d7bc8377bff85",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-PFGIY7U4.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "4766d8d0be2008df76470f7ccbea72fa2ec9ee1e2879900bd4e1a4e0e17f4bd4", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-M7WM3R4R.js.gz")) },
-            Variant { encoding: "br", sha256: "3f30b4d206dcf5363e4406f1ba76b69130a36e3961c6df3421221ee77c17f87f", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-M7WM3R4R.js.br")) },
+            Variant { encoding: "gzip", sha256: "932990c4ba3ca3706cc4c703e9f683543729dc82e69caece687049fa2036ce6c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-PFGIY7U4.js.gz")) },
+            Variant { encoding: "br", sha256: "9ecc59f5c1ed6927e8085e93e5abbd942fe2e3010e55cb14fc4d6e0e5f9a7a63", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-PFGIY7U4.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/processes-JWXBQTWX.js",
+        path: "/assets/processes-POLNRFZG.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "957cd0ffe9639e78def5d0676a1b6230382c286ef67d91a807fe111aa5a324e1",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-JWXBQTWX.js")),
+        sha256: "a1db48ea3cbd6d8786c8a33e549da42f25e28714ebfb6daab93d73ef393a7dda",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-POLNRFZG.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "703a57fe37b8aefd3e5d070df28442a835a7ae1b293a24ec5a4155a5a04625d5", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-JWXBQTWX.js.gz")) },
-            Variant { encoding: "br", sha256: "763cff3542676e924b82d815c00a5c653e1d798e48bd690a1f0493958935813a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-JWXBQTWX.js.br")) },
+            Variant { encoding: "gzip", sha256: "c787b33bdfe7501f9ff97eda184ae9537bd2cdb2f1919ac3cab320d8b60f7c61", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-POLNRFZG.js.gz")) },
+            Variant { encoding: "br", sha256: "32b29b95967eff6b94ec51c80857457fb54f28e533ed43a68521b542c455356f", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-POLNRFZG.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/trends-WNNXTRVB.js",
+        path: "/assets/trends-UJLAXB5R.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "7c23b04e7c862766ecb0990edee872b5b689a0050cc4ff7df2b31fc90c9fde71",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-WNNXTRVB.js")),
+        sha256: "a1c2b04040d4c05b474fe4eb26755538e9a1bc0c3f0453ab238459881dfb5719",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-UJLAXB5R.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "86d46050b04cd2a9ed6f40b51f78de304a3493157c0c7aec906e1f943fb45411", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-WNNXTRVB.js.gz")) },
-            Variant { encoding: "br", sha256: "2af44e87633eaea57afd17efa26aca2027f053ab5b178a7747bfe7e6010d36da", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-WNNXTRVB.js.br")) },
+            Variant { encoding: "gzip", sha256: "b5e725e7e2bb0bd9b9d78d6d07ff3be1aeb987b3522ab53e1a23e9a6dd7528e9", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-UJLAXB5R.js.gz")) },
+            Variant { encoding: "br", sha256: "1ef2b67be02db3bbe7a6beecdab9d5681802ac1815f24e0918e01e6f476fed4a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-UJLAXB5R.js.br")) },
         ],
     },
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "d074b97b292ec48da27e906375948acf54639f993549de12561db7f8044ebccf",
+        sha256: "c5be0f3a72fd46cbe6da75d940f4c222d867bcafc3e35349d225599a45d0efe8",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "227558cddea0b84df598edb5560b610a9f9f4b741eb5c69ebbfbbd1d493446b8", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "70fd2d653c52141f53c68581dff0bcde9767653b7e82f539b48e13103c70619c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "9642e28faeb9ea21a3403419a61824f9107d5274bb23fbc03fc745d199a78786", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "5df992e773be8e89b152f730c1a07b1549f467bde6f1e9f11354beeffc765e25", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];
