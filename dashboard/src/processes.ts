@@ -11,11 +11,6 @@ const SEARCH_PAUSE_MS = 300;
 /** The text searched last, kept while the view is opened again with other filters. */
 let searched = "";
 
-/** The search's window: the page's, at most the day the API allows. */
-function searchWindow(window: string): string {
-  return window.endsWith("d") ? "24h" : window;
-}
-
 /** The search box and its results: processes whose command line or name holds the text. */
 function search(context: ViewContext, host: string): { element: HTMLElement; stop(): void } {
   const results = h("section", { id: "search-results", "aria-label": "Search results", "aria-live": "polite" });
@@ -28,13 +23,13 @@ function search(context: ViewContext, host: string): { element: HTMLElement; sto
       return;
     }
     context.data
-      .get<Part<ProcessMatchRow>>("/api/process-search", { q: text, window: searchWindow(context.window), host: host || undefined, limit: 50 })
+      .get<Part<ProcessMatchRow>>("/api/process-search", { q: text, window: context.window, host: host || undefined, limit: 50 })
       .then(
         (answer) => {
           if (mine !== ticket) return;
           replace(
             results,
-            h("h2", {}, `Processes matching “${text}”`, h("span", { class: "muted" }, ` ${answer.rows.length} at their latest sample, last ${searchWindow(context.window)}`)),
+            h("h2", {}, `Processes matching “${text}”`, h("span", { class: "muted" }, ` ${answer.rows.length} at their latest sample, last ${context.window}`)),
             table<ProcessMatchRow>(
               `Processes matching ${text}`,
               [

@@ -2,7 +2,7 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "93e243b814a10f90a633cb6880c4baaa00c550d5c482af27c89ad71e2a024fad";
+pub(crate) const SOURCES_SHA256: &str = "bc61131b20a870785befd191c509436c1460f0b644d1000707744555c94a57e9";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
@@ -67,6 +67,16 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
+        path: "/assets/main-DFIZIWWL.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "f0ac8c87d8e09741ede2cba692c30d4b8a5aa5886f2e970ebe8c29230d43b0a7",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DFIZIWWL.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "69fa9857a2aadcc1fc60cfdb65c3767b397799425fa67965ff10c0d0936c4a57", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DFIZIWWL.js.gz")) },
+            Variant { encoding: "br", sha256: "ca00ac663b1d759cfd048b5678fdb11063054207f365a5296da8123502b79d0d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DFIZIWWL.js.br")) },
+        ],
+    },
+    Asset {
         path: "/assets/main-G62YZGQU.css",
         content_type: "text/css; charset=utf-8",
         sha256: "3c48e2d4ae6f125b0aabd19b6e21fed5cc480935e447f4d47b33f02df26e1266",
@@ -74,16 +84,6 @@ pub(crate) const ASSETS: &[Asset] = &[
         variants: &[
             Variant { encoding: "gzip", sha256: "9c7d5bd9c87248e832f1ecd7d4fd4a917f4e5609de83333bd931a54c420ba6a6", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-G62YZGQU.css.gz")) },
             Variant { encoding: "br", sha256: "288fab724485a0b0e532bb66125aa5b132c0882c10c4de45a794259019ab867a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-G62YZGQU.css.br")) },
-        ],
-    },
-    Asset {
-        path: "/assets/main-TQ22C327.js",
-        content_type: "text/javascript; charset=utf-8",
-        sha256: "fecdb4790abfe8ebb66bec319db00339059d315a03b69ca294ab2227e4cbaa76",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TQ22C327.js")),
-        variants: &[
-            Variant { encoding: "gzip", sha256: "0db90cd3888d6f4b349b892c001722d704d90a18ba21e7ec7fbb81c68519c444", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TQ22C327.js.gz")) },
-            Variant { encoding: "br", sha256: "31d051f0e7da254340f66bd6a9b7f334e8744785976f35febefbe108b2cd8669", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-TQ22C327.js.br")) },
         ],
     },
     Asset {
@@ -97,13 +97,13 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/processes-POLNRFZG.js",
+        path: "/assets/processes-Y2LJFIVE.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "a1db48ea3cbd6d8786c8a33e549da42f25e28714ebfb6daab93d73ef393a7dda",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-POLNRFZG.js")),
+        sha256: "7e1682a0adb96c83cef79537e916203ea3bb1955fb6d3c848cd1a300e3834ce2",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-Y2LJFIVE.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "c787b33bdfe7501f9ff97eda184ae9537bd2cdb2f1919ac3cab320d8b60f7c61", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-POLNRFZG.js.gz")) },
-            Variant { encoding: "br", sha256: "32b29b95967eff6b94ec51c80857457fb54f28e533ed43a68521b542c455356f", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-POLNRFZG.js.br")) },
+            Variant { encoding: "gzip", sha256: "858d3f4e0fc4e18d0c811ab9c3c706b819da01c421f4289724ae0b23dd379737", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-Y2LJFIVE.js.gz")) },
+            Variant { encoding: "br", sha256: "9c984746a80d89d15a7b4e77dce5f0f8232907f6ae1c077e4ad59ac7661b76bc", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-Y2LJFIVE.js.br")) },
         ],
     },
     Asset {
@@ -119,11 +119,11 @@ pub(crate) const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "c5be0f3a72fd46cbe6da75d940f4c222d867bcafc3e35349d225599a45d0efe8",
+        sha256: "78d3e4d005c82590cddd972c256bc09e3b9eb39f9e67341c40f01ca725733049",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "9642e28faeb9ea21a3403419a61824f9107d5274bb23fbc03fc745d199a78786", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "5df992e773be8e89b152f730c1a07b1549f467bde6f1e9f11354beeffc765e25", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "fdd2d9e82d8ef1ba8fc65efac06732e97f9aeaa94092818e70c61f811f6266e7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "280d718f5a3aa25383d12523416d41c175bc61c7223249121491868e5a470574", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];
