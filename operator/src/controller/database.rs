@@ -103,14 +103,25 @@ pub struct DatabaseOutcome {
 }
 
 impl DatabaseOutcome {
+    /// The database did not answer: policies waiting for it.
     fn not_ready(reason: ConditionReason, message: String, retry: Option<DatabaseError>) -> Self {
-        Self {
-            ready: Outcome::failed(ConditionType::DatabaseReady, reason, message),
-            policies: Outcome::failed(
+        Self::policies_failed(
+            Outcome::failed(ConditionType::DatabaseReady, reason, message),
+            Outcome::failed(
                 ConditionType::PoliciesApplied,
                 ConditionReason::Waiting,
                 "waiting for the database",
             ),
+            retry,
+        )
+    }
+
+    /// The policies could not be applied (`policies` says why): jobs and backfill unknown,
+    /// no status to write.
+    fn policies_failed(ready: Outcome, policies: Outcome, retry: Option<DatabaseError>) -> Self {
+        Self {
+            ready,
+            policies,
             jobs: jobs_unknown(),
             backfill: backfill_unknown(),
             failing_jobs: None,
@@ -198,38 +209,21 @@ pub async fn reconcile_database(
                 DatabaseError::Conflict { .. } => ConditionReason::Conflict,
                 _ => ConditionReason::MigrationNeeded,
             };
-            return Ok(DatabaseOutcome {
-                ready,
-                policies: Outcome::failed(
-                    ConditionType::PoliciesApplied,
-                    reason,
-                    error.to_string(),
-                ),
-                jobs: jobs_unknown(),
-                backfill: backfill_unknown(),
-                failing_jobs: None,
-                status: None,
-                retry: None,
-                drift_corrected: None,
-                backfilled: None,
-            });
+            let policies =
+                Outcome::failed(ConditionType::PoliciesApplied, reason, error.to_string());
+            return Ok(DatabaseOutcome::policies_failed(ready, policies, None));
         }
         Err(error) => {
-            return Ok(DatabaseOutcome {
+            let policies = Outcome::failed(
+                ConditionType::PoliciesApplied,
+                ConditionReason::DatabaseError,
+                error.to_string(),
+            );
+            return Ok(DatabaseOutcome::policies_failed(
                 ready,
-                policies: Outcome::failed(
-                    ConditionType::PoliciesApplied,
-                    ConditionReason::DatabaseError,
-                    error.to_string(),
-                ),
-                jobs: jobs_unknown(),
-                backfill: backfill_unknown(),
-                failing_jobs: None,
-                status: None,
-                retry: Some(error),
-                drift_corrected: None,
-                backfilled: None,
-            });
+                policies,
+                Some(error),
+            ));
         }
     };
     Ok(DatabaseOutcome {
@@ -405,26 +399,20 @@ fn backfill_outcome(convergence: &Convergence) -> Outcome {
             "no continuous aggregates: PostgreSQL without TimescaleDB",
         );
     }
-    let unfinished = |stop: fn(&BackfillStop) -> bool| -> Vec<String> {
-        convergence
-            .backfills
-            .iter()
-            .filter(|b| b.stopped.as_ref().is_some_and(stop))
-            .map(|b| {
-                let cause = match &b.stopped {
-                    Some(BackfillStop::Failed(error)) => format!(": {error}"),
-                    _ => String::new(),
-                };
-                format!(
-                    "{} filled down to {} of {}{cause}",
-                    b.aggregate,
-                    b.reached.to_rfc3339(),
-                    b.from.to_rfc3339()
-                )
-            })
-            .collect()
-    };
-    let failed = unfinished(|stop| matches!(stop, BackfillStop::Failed(_)));
+    let (mut failed, mut budgeted) = (Vec::new(), Vec::new());
+    for b in &convergence.backfills {
+        let reached = format!(
+            "{} filled down to {} of {}",
+            b.aggregate,
+            b.reached.to_rfc3339(),
+            b.from.to_rfc3339()
+        );
+        match &b.stopped {
+            Some(BackfillStop::Failed(error)) => failed.push(format!("{reached}: {error}")),
+            Some(BackfillStop::Budget) => budgeted.push(reached),
+            None => {}
+        }
+    }
     if !failed.is_empty() {
         return Outcome::warning(
             ConditionType::AggregatesBackfilled,
@@ -436,7 +424,6 @@ fn backfill_outcome(convergence: &Convergence) -> Outcome {
             ),
         );
     }
-    let budgeted = unfinished(|stop| *stop == BackfillStop::Budget);
     if !budgeted.is_empty() {
         return Outcome::failed(
             ConditionType::AggregatesBackfilled,

@@ -61,18 +61,12 @@ pub async fn apply_steps(
                 Step::CreateHypertable {
                     table,
                     chunk_interval,
-                } if error
-                    .as_database_error()
-                    .and_then(|e| e.code())
-                    .is_some_and(|code| code == QUERY_CANCELED) =>
-                {
-                    DatabaseError::MigrationNeeded {
-                        schema: schema.to_owned(),
-                        table: table.table_name().to_owned(),
-                        rows: "too many to move within the lock timeout".to_owned(),
-                        chunk_interval: interval(*chunk_interval),
-                    }
-                }
+                } if is_cancelled(&error) => DatabaseError::MigrationNeeded {
+                    schema: schema.to_owned(),
+                    table: table.table_name().to_owned(),
+                    rows: "too many to move within the lock timeout".to_owned(),
+                    chunk_interval: interval(*chunk_interval),
+                },
                 _ => DatabaseError::Statement {
                     context: step.to_string(),
                     source: error,
@@ -414,7 +408,15 @@ fn time_column(relation: &str) -> &'static str {
 }
 
 /// PostgreSQL's SQLSTATE for a statement cancelled by `statement_timeout`.
-pub(super) const QUERY_CANCELED: &str = "57014";
+const QUERY_CANCELED: &str = "57014";
+
+/// Whether the server cancelled the statement for running past `statement_timeout`.
+pub(super) fn is_cancelled(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == QUERY_CANCELED)
+}
 
 /// Most rows a plain metric table may hold for the operator to turn it into a hypertable in
 /// place: moving them must fit in the lock timeout, since inserts wait meanwhile.

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::DatabaseError;
-use super::apply::{DDL_LOCK_TIMEOUT, QUERY_CANCELED, interval, qualified};
+use super::apply::{DDL_LOCK_TIMEOUT, interval, is_cancelled, qualified};
 use super::desired::DesiredAggregate;
 
 /// How long one backfill window may run before the server cancels it (the window is then
@@ -226,12 +226,4 @@ async fn refresh(
         conn.close_on_drop();
     }
     refreshed.map(drop)
-}
-
-/// Whether the server cancelled the statement for running past `statement_timeout`.
-fn is_cancelled(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == QUERY_CANCELED)
 }

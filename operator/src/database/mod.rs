@@ -213,13 +213,13 @@ fn backfill_window(desired: &DesiredStorage, aggregate: &DesiredAggregate) -> i6
 /// Deletes the rows of `host_process_latest` whose latest sample is older than `horizon`
 /// seconds ([`latest_horizon`]): processes no window can list any more. Run on every
 /// convergence, that is every drift check; it finds nothing to delete most of the time, by
-/// the table's time index. Returns the rows deleted.
-pub async fn prune_latest(pool: &PgPool, schema: &str, horizon: i64) -> Result<u64, DatabaseError> {
-    let table = apply::qualified(schema, "host_process_latest");
+/// the table's time index.
+async fn prune_latest(pool: &PgPool, schema: &str, horizon: i64) -> Result<(), DatabaseError> {
+    let table = qualified(schema, "host_process_latest");
     let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM {table} WHERE \"timestamp\" < now() - make_interval(secs => $1::float8)"
+        "DELETE FROM {table} WHERE \"timestamp\" < now() - $1::interval"
     )))
-    .bind(horizon as f64)
+    .bind(interval(horizon))
     .execute(pool)
     .await
     .map_err(DatabaseError::statement(
@@ -233,7 +233,7 @@ pub async fn prune_latest(pool: &PgPool, schema: &str, horizon: i64) -> Result<u
             "pruned the latest samples of processes gone"
         );
     }
-    Ok(deleted)
+    Ok(())
 }
 
 /// Creates the stack's schema if the database does not have it yet (and only then: a
