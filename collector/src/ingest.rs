@@ -132,6 +132,8 @@ static INSERT_PROCESSES_ALONE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 static INSERT_VMS_ALONE: LazyLock<String> = LazyLock::new(|| alone(INSERT_VMS));
+static INSERT_PROCESSES_WITHOUT_LATEST: LazyLock<String> =
+    LazyLock::new(|| alone(INSERT_PROCESSES));
 
 /// A statement being bound, whatever it returns.
 type Insert<O> = QueryAs<'static, Postgres, O, PgArguments>;
@@ -249,6 +251,19 @@ pub async fn insert_into<'c>(
         Table::Vms => bind_vms(sqlx::query_as(INSERT_VMS_ALONE.as_str()), &batch.vms),
     };
     let (inserted,): (i64,) = query.fetch_one(executor).await?;
+    Ok(inserted)
+}
+
+/// The process rows' insert as the collector ran it before `host_process_latest` (without
+/// the latest-sample upsert); returns the rows added. Not used by the collector: the
+/// long-window benchmark times it beside [`insert_into`] to measure what the upsert costs.
+#[doc(hidden)]
+pub async fn insert_processes_without_latest<'c>(
+    executor: impl PgExecutor<'c>,
+    rows: &[ProcessRow],
+) -> Result<i64, sqlx::Error> {
+    let query = sqlx::query_as(INSERT_PROCESSES_WITHOUT_LATEST.as_str());
+    let (inserted,): (i64,) = bind_processes(query, rows).fetch_one(executor).await?;
     Ok(inserted)
 }
 

@@ -31,7 +31,7 @@ use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
 use metricsstack_testkit::{
-    FILL_LATEST_SAMPLES, SEED_HOSTS, SEED_PROCESSES_PER_HOST, TestDatabase, seed_dashboard,
+    SEED_HOSTS, SEED_PROCESSES_PER_HOST, TestDatabase, fill_latest_samples, seed_dashboard,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -51,7 +51,7 @@ async fn seed(pool: &PgPool, rows: i64) {
          {SEED_PROCESSES_PER_HOST} processes, one sample a minute) ..."
     );
     let seeded = seed_dashboard(pool, rows).await.expect("seeding");
-    let (_, took) = seeded.tables.last().expect("three tables");
+    let (_, took) = seeded.tables.last().expect("the tables seeded");
     eprintln!(
         "seeded {:.1} days in {:.1} s",
         seeded.minutes as f64 / 1440.0,
@@ -105,10 +105,7 @@ async fn seed_search(pool: &PgPool) {
     .execute(pool)
     .await
     .expect("seeding the search's processes");
-    sqlx::raw_sql(FILL_LATEST_SAMPLES)
-        .execute(pool)
-        .await
-        .expect("the latest samples");
+    fill_latest_samples(pool).await.expect("the latest samples");
     sqlx::query("ANALYZE host_process_metrics, host_process_latest")
         .execute(pool)
         .await

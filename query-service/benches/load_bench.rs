@@ -40,7 +40,7 @@ use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
 use metricsstack_query_service::filters::{Part, RawFilters};
-use metricsstack_testkit::{CuttableProxy, FILL_LATEST_SAMPLES, TestDatabase};
+use metricsstack_testkit::{CuttableProxy, TestDatabase, seed_dashboard};
 use sqlx::{ConnectOptions as _, PgPool};
 use tokio::net::TcpListener;
 
@@ -55,47 +55,10 @@ const NORMAL_EVERY: Duration = Duration::from_secs(2);
 const OUTAGE_CLIENTS: u64 = 50;
 const OUTAGE_EVERY: Duration = Duration::from_secs(2);
 
-/// Seeds 20 hosts of 30 processes and 20 pods, one sample a minute for two hours.
+/// Seeds 20 hosts of 30 processes and 20 pods, one sample a minute for two hours (72,000
+/// process samples), with the testkit's [`seed_dashboard`].
 async fn seed(pool: &PgPool) {
-    sqlx::raw_sql(
-        r#"
-INSERT INTO host_process_metrics ("timestamp", host, pid, start_time, parent_pid, process_name,
-    command_line, username, state, cpu_usage_percent, cpu_peak_percent, memory_usage_mb,
-    virtual_memory_mb, disk_read_bytes, disk_write_bytes, threads)
-SELECT now() - make_interval(mins => s), 'node-' || h, 1000 + p,
-       TIMESTAMPTZ '2024-01-01 00:00:00+00', 1, 'process-' || (p % 12),
-       '/usr/bin/process-' || p || ' --serve', 'app', 'S',
-       ((h * 7919 + p * 104729 + s * 31) % 1000)::real / 10,
-       ((h * 7919 + p * 104729 + s * 37) % 1000)::real / 8,
-       ((h * 31 + p * 977 + s) % 4096)::float8 + 0.5, 8192, s * 4096, s * 1024, 1 + p % 16
-FROM generate_series(0, 119) AS s, generate_series(1, 20) AS h, generate_series(1, 30) AS p;
-INSERT INTO host_overall_metrics ("timestamp", host, cpu_usage_percent, cpu_per_core_percent,
-    load_1, load_5, load_15, memory_total_bytes, memory_used_bytes, memory_usage_mb,
-    swap_total_bytes, swap_used_bytes, disk_total_bytes, disk_used_bytes, disk_read_bytes,
-    disk_write_bytes, network_rx_bytes, network_tx_bytes, uptime_seconds, process_count)
-SELECT now() - make_interval(mins => s), 'node-' || h, ((h * 13 + s * 7) % 1000)::real / 10,
-       ARRAY[10, 20]::real[], ((h + s) % 400)::float8 / 100, 1, 1, 68719476736, 34359738368,
-       ((h * 131 + s) % 32768)::float8, 0, 0, 500000000000, 200000000000, 0, 0,
-       6000000 + h * 1000, 3000000 + h * 100, s * 60, 300
-FROM generate_series(0, 119) AS s, generate_series(1, 20) AS h;
-INSERT INTO vm_process_metrics ("timestamp", host, pid, start_time, process_name,
-    pod_namespace, pod_name, pod_uid, container_id, container_name, cpu_usage_percent,
-    cpu_peak_percent, memory_usage_mb, disk_read_bytes, disk_write_bytes)
-SELECT now() - make_interval(mins => s), 'node-' || (pd % 20 + 1), 5000 + pd * 10 + pr,
-       TIMESTAMPTZ '2024-01-01 00:00:00+00', 'worker-' || pr, 'namespace-' || (pd % 4),
-       'pod-' || pd, 'uid-' || pd, 'cid-' || pd, 'main', ((pd * 17 + pr * 5 + s) % 400)::real / 4,
-       100, ((pd * 100 + pr * 10 + s) % 2048)::float8, 0, 0
-FROM generate_series(0, 119) AS s, generate_series(1, 20) AS pd, generate_series(1, 3) AS pr;
-ANALYZE;
-"#,
-    )
-    .execute(pool)
-    .await
-    .expect("seeding");
-    sqlx::raw_sql(FILL_LATEST_SAMPLES)
-        .execute(pool)
-        .await
-        .expect("the latest samples");
+    seed_dashboard(pool, 72_000).await.expect("seeding");
 }
 
 /// The operator's defaults: the cache's, and a pool of ten connections.

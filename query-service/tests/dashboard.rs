@@ -20,7 +20,7 @@ use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::{CuttableProxy, FILL_LATEST_SAMPLES, TestDatabase};
+use metricsstack_testkit::{CuttableProxy, TestDatabase, fill_latest_samples};
 use serde_json::Value;
 use sqlx::ConnectOptions as _;
 use tokio::net::TcpListener;
@@ -172,8 +172,7 @@ async fn the_dashboard_shows_the_databases_numbers_with_few_requests_and_falls_b
     let pool = db.pool(2).await;
     MIGRATOR.run(&pool).await.expect("migrations run");
     sqlx::raw_sql(SEED).execute(&pool).await.expect("seeding");
-    sqlx::raw_sql(FILL_LATEST_SAMPLES)
-        .execute(&pool)
+    fill_latest_samples(&pool)
         .await
         .expect("the latest samples");
     let config = QueryServiceConfig {

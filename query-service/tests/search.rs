@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use metricsstack_operator::database::MIGRATOR;
-use metricsstack_testkit::{FILL_LATEST_SAMPLES, TestDatabase};
+use metricsstack_testkit::{TestDatabase, fill_latest_samples};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -173,8 +173,7 @@ async fn the_search_finds_what_position_finds_with_percent_and_underscore_taken_
     let pool = db.pool(2).await;
     MIGRATOR.run(&pool).await.expect("migrations run");
     sqlx::raw_sql(SEED).execute(&pool).await.expect("seeding");
-    sqlx::raw_sql(FILL_LATEST_SAMPLES)
-        .execute(&pool)
+    fill_latest_samples(&pool)
         .await
         .expect("the latest samples");
     let client = start(&db.url()).await;
@@ -273,10 +272,6 @@ async fn a_pods_processes_by_container_match_its_raw_samples() {
     let pool = db.pool(2).await;
     MIGRATOR.run(&pool).await.expect("migrations run");
     sqlx::raw_sql(SEED).execute(&pool).await.expect("seeding");
-    sqlx::raw_sql(FILL_LATEST_SAMPLES)
-        .execute(&pool)
-        .await
-        .expect("the latest samples");
     let client = start(&db.url()).await;
 
     let answer = client

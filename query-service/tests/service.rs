@@ -19,7 +19,7 @@ use metricsstack_common::config::QueryServiceConfig;
 use metricsstack_common::database::PoolSettings;
 use metricsstack_operator::database::MIGRATOR;
 use metricsstack_query_service::QueryService;
-use metricsstack_testkit::{CuttableProxy, FILL_LATEST_SAMPLES, TestDatabase};
+use metricsstack_testkit::{CuttableProxy, TestDatabase, fill_latest_samples};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{ConnectOptions, PgPool};
@@ -70,8 +70,7 @@ async fn seeded() -> (TestDatabase, PgPool) {
     let pool = db.pool(4).await;
     MIGRATOR.run(&pool).await.expect("migrations run");
     sqlx::raw_sql(SEED).execute(&pool).await.expect("seeding");
-    sqlx::raw_sql(FILL_LATEST_SAMPLES)
-        .execute(&pool)
+    fill_latest_samples(&pool)
         .await
         .expect("the latest samples");
     (db, pool)

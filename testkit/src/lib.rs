@@ -239,7 +239,14 @@ where
 /// `host_process_metrics` with SQL rather than through the collector's ingest: each
 /// process's newest sample of the last 30 days (as migration 0003 fills it), replacing only
 /// an older one, as the ingest does.
-pub const FILL_LATEST_SAMPLES: &str = r#"
+pub async fn fill_latest_samples(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(FILL_LATEST_SAMPLES)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+const FILL_LATEST_SAMPLES: &str = r#"
 INSERT INTO host_process_latest AS latest ("timestamp", host, pid, start_time, parent_pid,
     process_name, command_line, username, state, cpu_usage_percent, cpu_peak_percent,
     memory_usage_mb, virtual_memory_mb, disk_read_bytes, disk_write_bytes, threads)

@@ -28,7 +28,7 @@ pub struct Seeded {
 /// Seeds `rows` `host_process_metrics` samples ([`SEED_HOSTS`] hosts with
 /// [`SEED_PROCESSES_PER_HOST`] processes, one sample a minute ending now), with host samples
 /// and pod process samples over the same minutes, fills each process's latest sample
-/// ([`crate::FILL_LATEST_SAMPLES`], as the collector keeps it), then runs `ANALYZE`.
+/// ([`crate::fill_latest_samples`], as the collector keeps it), then runs `ANALYZE`.
 pub async fn seed_dashboard(pool: &PgPool, rows: i64) -> Result<Seeded, sqlx::Error> {
     let per_minute = SEED_HOSTS * SEED_PROCESSES_PER_HOST;
     let minutes = (rows.max(0) + per_minute - 1) / per_minute;
@@ -92,9 +92,7 @@ pub async fn seed_dashboard(pool: &PgPool, rows: i64) -> Result<Seeded, sqlx::Er
         query.execute(pool).await?;
         tables.push((table, started.elapsed()));
     }
-    sqlx::raw_sql(crate::FILL_LATEST_SAMPLES)
-        .execute(pool)
-        .await?;
+    crate::fill_latest_samples(pool).await?;
     tables.push(("host_process_latest", started.elapsed()));
     sqlx::query("ANALYZE").execute(pool).await?;
     Ok(Seeded { minutes, tables })

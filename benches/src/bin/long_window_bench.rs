@@ -41,7 +41,7 @@ use metricsstack_operator::validate::validate;
 use metricsstack_query_service::filters::{Part, PartKey, TopMetric};
 use metricsstack_query_service::queries::{self, Source, Statement};
 use metricsstack_testkit::{
-    FILL_LATEST_SAMPLES, RAW_HOST_PROCESSES, RAW_PROCESS_SEARCH, TestDatabase, TimescaleSchema,
+    RAW_HOST_PROCESSES, RAW_PROCESS_SEARCH, TestDatabase, TimescaleSchema, fill_latest_samples,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -215,8 +215,7 @@ async fn seed(pool: &PgPool, rows: u64, hosts: u64) -> anyhow::Result<()> {
     .await
     .context("seeding host_process_metrics")?;
     let filling = Instant::now();
-    sqlx::raw_sql(FILL_LATEST_SAMPLES)
-        .execute(pool)
+    fill_latest_samples(pool)
         .await
         .context("filling host_process_latest")?;
     println!(
@@ -560,18 +559,6 @@ async fn compare_raw_parts(pool: &PgPool, runs: usize, baselines: bool) -> anyho
     Ok(())
 }
 
-/// The process insert the collector ran before `host_process_latest`, alone.
-const INSERT_PROCESSES_WITHOUT_LATEST: &str = r#"
-WITH inserted AS (
-  INSERT INTO host_process_metrics ("timestamp", host, pid, start_time, parent_pid, process_name,
-    command_line, username, state, cpu_usage_percent, cpu_peak_percent, memory_usage_mb,
-    virtual_memory_mb, disk_read_bytes, disk_write_bytes, threads)
-  SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::int4[], $4::timestamptz[],
-    $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[], $10::real[], $11::real[],
-    $12::float8[], $13::float8[], $14::int8[], $15::int8[], $16::int4[])
-  ON CONFLICT DO NOTHING RETURNING 1
-) SELECT count(*) FROM inserted"#;
-
 /// One host's sample of its long-running processes at `at`, as a collector sends it.
 fn sample_batch(host: u64, at: DateTime<Utc>) -> Vec<ProcessRow> {
     let start_time = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
@@ -617,31 +604,8 @@ async fn compare_ingest(pool: &PgPool, batches: usize) -> anyhow::Result<()> {
         with_latest += started.elapsed();
 
         let rows = sample_batch(host, at + chrono::Duration::milliseconds(500));
-        let col = |f: fn(&ProcessRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
         let started = Instant::now();
-        let (inserted,): (i64,) = sqlx::query_as(INSERT_PROCESSES_WITHOUT_LATEST)
-            .bind(rows.iter().map(|r| r.timestamp).collect::<Vec<_>>())
-            .bind(col(|r| r.host.clone()))
-            .bind(rows.iter().map(|r| r.pid).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.start_time).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.parent_pid).collect::<Vec<_>>())
-            .bind(col(|r| r.process_name.clone()))
-            .bind(
-                rows.iter()
-                    .map(|r| r.command_line.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.username.clone()).collect::<Vec<_>>())
-            .bind(col(|r| r.state.clone()))
-            .bind(rows.iter().map(|r| r.cpu_usage_percent).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.cpu_peak_percent).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.memory_usage_mb).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.virtual_memory_mb).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.disk_read_bytes).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.disk_write_bytes).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.threads).collect::<Vec<_>>())
-            .fetch_one(pool)
-            .await?;
+        let inserted = ingest::insert_processes_without_latest(pool, &rows).await?;
         without_latest += started.elapsed();
         anyhow::ensure!(inserted == PROCESSES_PER_HOST as i64, "every row inserted");
     }
