@@ -505,6 +505,12 @@ export function freshForMs(cacheControl: string | null, age: string | null): num
   return Math.max(0, lifetime - (Number.isFinite(ageSeconds) ? ageSeconds : 0) * 1000);
 }
 
+/** How long a response stays fresh ([`freshForMs`]) and its whole lifetime ([`maxAgeMs`]). */
+function freshness(response: HttpResponse): { freshFor: number | undefined; lifetime: number | undefined } {
+  const cacheControl = response.headers.get("cache-control");
+  return { freshFor: freshForMs(cacheControl, response.headers.get("age")), lifetime: maxAgeMs(cacheControl) };
+}
+
 /** An answer's whole freshness lifetime, `max-age`, in milliseconds; undefined without one. */
 export function maxAgeMs(cacheControl: string | null): number | undefined {
   const maxAge = /(?:^|[,\s])max-age=(\d+)/i.exec(cacheControl ?? "");
@@ -716,11 +722,7 @@ export class DashboardData {
           (answer) => {
             failures = 0;
             const kept = this.answers.get(url);
-            dueAt = Math.max(
-              kept?.freshUntil ?? -Infinity,
-              askedAt + (kept?.lifetime ?? 0),
-              this.deps.clock.now() + this.options.minIntervalMs,
-            );
+            dueAt = this.nextDue(kept?.freshUntil ?? -Infinity, askedAt + (kept?.lifetime ?? 0));
             if (!stopped && answer !== heard) {
               heard = answer;
               listener({ answer });
@@ -731,7 +733,7 @@ export class DashboardData {
               error instanceof RefreshFailure ? error.detail : { kind: "network", message: String(error) };
             blocked = detail.kind === "unauthenticated" || detail.kind === "forbidden";
             heard = undefined;
-            dueAt = this.deps.clock.now() + Math.min(this.options.retryBaseMs * 2 ** failures, this.options.retryMaxMs);
+            dueAt = this.deps.clock.now() + this.retryDelay(failures);
             failures += 1;
             if (!stopped) {
               listener({ error: detail });
@@ -775,8 +777,9 @@ export class DashboardData {
     } catch (error) {
       throw new RefreshFailure({ kind: "network", message: `the query service did not answer (${String(error)})` });
     }
-    const freshFor = freshForMs(response.headers.get("cache-control"), response.headers.get("age")) ?? 0;
-    const lifetime = maxAgeMs(response.headers.get("cache-control")) ?? 0;
+    const fresh = freshness(response);
+    const freshFor = fresh.freshFor ?? 0;
+    const lifetime = fresh.lifetime ?? 0;
     let answer: Kept;
     if (response.status === 304 && kept) {
       answer = { ...kept, freshUntil: this.deps.clock.now() + freshFor, lifetime };
@@ -956,7 +959,7 @@ export class DashboardData {
     } else {
       entry.failures = 0;
       const lifetime = this.options.baseline ? 0 : (refreshed.maxAgeMs ?? 0);
-      entry.dueAt = Math.max(now + freshFor, entry.requestedAt + lifetime, now + this.options.minIntervalMs);
+      entry.dueAt = this.nextDue(entry.freshUntil, entry.requestedAt + lifetime);
     }
     entry.state = {
       data: refreshed.data,
@@ -988,9 +991,23 @@ export class DashboardData {
 
   /** The next retry delay of `entry`, counting one more failure. */
   private backoff(entry: Entry): number {
-    const delay = Math.min(this.options.retryBaseMs * 2 ** entry.failures, this.options.retryMaxMs);
+    const delay = this.retryDelay(entry.failures);
     entry.failures += 1;
     return delay;
+  }
+
+  /** The retry delay after `failures` failures in a row: exponential, bounded. */
+  private retryDelay(failures: number): number {
+    return Math.min(this.options.retryBaseMs * 2 ** failures, this.options.retryMaxMs);
+  }
+
+  /**
+   * When an answer fresh until `freshUntil` is asked again: once it stops being fresh, no
+   * sooner than one `max-age` after the last request (`lifetimeEnds`) nor than
+   * `minIntervalMs` from now.
+   */
+  private nextDue(freshUntil: number, lifetimeEnds: number): number {
+    return Math.max(freshUntil, lifetimeEnds, this.deps.clock.now() + this.options.minIntervalMs);
   }
 
   private headers(etag: string | undefined): Record<string, string> {
@@ -1032,8 +1049,7 @@ export class DashboardData {
   }
 
   private async batchAnswer(entry: Entry, response: HttpResponse): Promise<Refreshed> {
-    const freshFor = freshForMs(response.headers.get("cache-control"), response.headers.get("age"));
-    const lifetime = maxAgeMs(response.headers.get("cache-control"));
+    const { freshFor, lifetime } = freshness(response);
     if (response.status === 304 && entry.state.data) {
       return { data: entry.state.data, freshForMs: freshFor, maxAgeMs: lifetime, fallback: false };
     }
@@ -1057,11 +1073,7 @@ export class DashboardData {
           `${this.deps.baseUrl ?? ""}${SINGLE_PATHS[part]}${query ? `?${query}` : ""}`,
           this.options.baseline ? { method: "GET", headers: this.headers(etag), cache: "no-store" } : { method: "GET", headers: this.headers(etag) },
         );
-        const freshFor = freshForMs(
-          response.headers.get("cache-control"),
-          response.headers.get("age"),
-        );
-        const lifetime = maxAgeMs(response.headers.get("cache-control"));
+        const { freshFor, lifetime } = freshness(response);
         if (response.status === 304 && previous[part]) {
           return { part, body: previous[part], etag, freshFor, lifetime };
         }

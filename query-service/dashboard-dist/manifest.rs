@@ -2,10 +2,20 @@
 
 /// SHA-256 of the dashboard sources this bundle was built from (checked by a test).
 #[cfg(test)]
-pub(crate) const SOURCES_SHA256: &str = "bc61131b20a870785befd191c509436c1460f0b644d1000707744555c94a57e9";
+pub(crate) const SOURCES_SHA256: &str = "902c215c4fae86971213e365d08feac6c1b06945179a9d2c045c4851bc8bcbe6";
 
 /// The dashboard's files: `/` is index.html, the rest are named by their content's hash.
 pub(crate) const ASSETS: &[Asset] = &[
+    Asset {
+        path: "/assets/chunk-AAB4UB4V.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "51bf8a26b7dac1c7a980338dc4edaa2613e3ce92279a4467155037dc5f4568c1",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-AAB4UB4V.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "1171e25b928e822d251980a82faa83f664e737ecf210648fcc1a31500b6a3c62", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-AAB4UB4V.js.gz")) },
+            Variant { encoding: "br", sha256: "466316042eb4e865887fa8e05e9ea915558e2247b0b7ef7fffabffb34c5b89fd", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-AAB4UB4V.js.br")) },
+        ],
+    },
     Asset {
         path: "/assets/chunk-HONBNZS6.js",
         content_type: "text/javascript; charset=utf-8",
@@ -27,16 +37,6 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/chunk-OOFNMD5L.js",
-        content_type: "text/javascript; charset=utf-8",
-        sha256: "e703003fc7d9e13169ec8cfad07dfaf55ccabc941e86144280440db6abe4c081",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-OOFNMD5L.js")),
-        variants: &[
-            Variant { encoding: "gzip", sha256: "8d3cc548b142579cbf2a1a4ccd7c6585be5868083f2acf56c944e83e86e9adc9", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-OOFNMD5L.js.gz")) },
-            Variant { encoding: "br", sha256: "d06b235bf80c4c1a18971ca96b224fdcea4189118886a2f5f14d401590d05754", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/chunk-OOFNMD5L.js.br")) },
-        ],
-    },
-    Asset {
         path: "/assets/chunk-YMGNRDEZ.js",
         content_type: "text/javascript; charset=utf-8",
         sha256: "2e593ba6007e4e3813bc7b80997c53035a1ce9e2c831cc1ae0a687a9beb7fca8",
@@ -47,13 +47,13 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/history-K7CU24BP.js",
+        path: "/assets/history-QTQE32IR.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "0e1660806bf4d89b24b99d0de3c35e391c179d6f8d8656b5b0f0171f89667431",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-K7CU24BP.js")),
+        sha256: "5f19e58cfcb0b6c094585b03503eb22f1d7a09c988d982989f1709a60e7154c8",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-QTQE32IR.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "144b320a5e522fe4dcec2b1febfe1be6b662b7b74d30d2b85edb91178a55f625", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-K7CU24BP.js.gz")) },
-            Variant { encoding: "br", sha256: "3df4f1615556cc2a2c888ec1c5b53b08f1aa044f4e551764a725f84064e458ea", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-K7CU24BP.js.br")) },
+            Variant { encoding: "gzip", sha256: "8b2e75f8958a90d87d948c51f86af466d85e323b280a9a2f7d78c6384db92056", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-QTQE32IR.js.gz")) },
+            Variant { encoding: "br", sha256: "da5487dd2363264ca4d859ae83c190c8198b74365d4a2e62bbbf473b917ad27a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/history-QTQE32IR.js.br")) },
         ],
     },
     Asset {
@@ -67,16 +67,6 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/main-DFIZIWWL.js",
-        content_type: "text/javascript; charset=utf-8",
-        sha256: "f0ac8c87d8e09741ede2cba692c30d4b8a5aa5886f2e970ebe8c29230d43b0a7",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DFIZIWWL.js")),
-        variants: &[
-            Variant { encoding: "gzip", sha256: "69fa9857a2aadcc1fc60cfdb65c3767b397799425fa67965ff10c0d0936c4a57", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DFIZIWWL.js.gz")) },
-            Variant { encoding: "br", sha256: "ca00ac663b1d759cfd048b5678fdb11063054207f365a5296da8123502b79d0d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-DFIZIWWL.js.br")) },
-        ],
-    },
-    Asset {
         path: "/assets/main-G62YZGQU.css",
         content_type: "text/css; charset=utf-8",
         sha256: "3c48e2d4ae6f125b0aabd19b6e21fed5cc480935e447f4d47b33f02df26e1266",
@@ -87,43 +77,53 @@ pub(crate) const ASSETS: &[Asset] = &[
         ],
     },
     Asset {
-        path: "/assets/pods-PFGIY7U4.js",
+        path: "/assets/main-QHEFYFBV.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "d7723c7dc0b80e4e6cd27d9bf619ee2a331c997db72078fe4a5d7bc8377bff85",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-PFGIY7U4.js")),
+        sha256: "e1c50a874563634095058657b5505f43e2ad28ff4e510df73c3c12c4eeaf1131",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-QHEFYFBV.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "932990c4ba3ca3706cc4c703e9f683543729dc82e69caece687049fa2036ce6c", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-PFGIY7U4.js.gz")) },
-            Variant { encoding: "br", sha256: "9ecc59f5c1ed6927e8085e93e5abbd942fe2e3010e55cb14fc4d6e0e5f9a7a63", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-PFGIY7U4.js.br")) },
+            Variant { encoding: "gzip", sha256: "09274b26e94723b883339f4d4c59908e12a8c7fbbac390713f15985ccd9fcc12", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-QHEFYFBV.js.gz")) },
+            Variant { encoding: "br", sha256: "07f5f4b1f098272e8d39ffa9febd3178e1de041b9aea2c9e82403521e8c52116", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/main-QHEFYFBV.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/processes-Y2LJFIVE.js",
+        path: "/assets/pods-OVMEOA33.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "7e1682a0adb96c83cef79537e916203ea3bb1955fb6d3c848cd1a300e3834ce2",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-Y2LJFIVE.js")),
+        sha256: "b512e7017588d9edd36a5538fbdb0ddda8186a0c80950ad05253ac1765c506f9",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-OVMEOA33.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "858d3f4e0fc4e18d0c811ab9c3c706b819da01c421f4289724ae0b23dd379737", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-Y2LJFIVE.js.gz")) },
-            Variant { encoding: "br", sha256: "9c984746a80d89d15a7b4e77dce5f0f8232907f6ae1c077e4ad59ac7661b76bc", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-Y2LJFIVE.js.br")) },
+            Variant { encoding: "gzip", sha256: "fd6890d13725864d12f0495cd2ba54e6c1c15633b1e7c8b5e193e42afc25c9d5", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-OVMEOA33.js.gz")) },
+            Variant { encoding: "br", sha256: "b8ea184dc420b353131c1a59834b08673c0d335eab5a6249bc6118222bb59f7e", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/pods-OVMEOA33.js.br")) },
         ],
     },
     Asset {
-        path: "/assets/trends-UJLAXB5R.js",
+        path: "/assets/processes-XC722JAH.js",
         content_type: "text/javascript; charset=utf-8",
-        sha256: "a1c2b04040d4c05b474fe4eb26755538e9a1bc0c3f0453ab238459881dfb5719",
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-UJLAXB5R.js")),
+        sha256: "b5778a9ac729b8c9c2dcdb8ef746f99e6b37adc99a070fae8992d9bae5d4c269",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-XC722JAH.js")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "b5e725e7e2bb0bd9b9d78d6d07ff3be1aeb987b3522ab53e1a23e9a6dd7528e9", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-UJLAXB5R.js.gz")) },
-            Variant { encoding: "br", sha256: "1ef2b67be02db3bbe7a6beecdab9d5681802ac1815f24e0918e01e6f476fed4a", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-UJLAXB5R.js.br")) },
+            Variant { encoding: "gzip", sha256: "25a95572a4947f29820bd14f8aeda8ceb1915d0b9e7d628d711bcc664dce1f17", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-XC722JAH.js.gz")) },
+            Variant { encoding: "br", sha256: "fbd0345830b089453f31be38a6a5f59f7ae5d1f12c7fcf24ffd2095ab750f694", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/processes-XC722JAH.js.br")) },
+        ],
+    },
+    Asset {
+        path: "/assets/trends-Q7FNMSND.js",
+        content_type: "text/javascript; charset=utf-8",
+        sha256: "01ded736b93422fd5be71a2f69ab33abdf6e764a4ff3f4a8354b37dbc6273cc9",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-Q7FNMSND.js")),
+        variants: &[
+            Variant { encoding: "gzip", sha256: "b381e54bd4e6d9c8547b76b493797586874472ddc9e9bf2475ce4fb73e881fbe", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-Q7FNMSND.js.gz")) },
+            Variant { encoding: "br", sha256: "2a79ade9acd05449243240d07c8bc82f11b7da573d9829531a9a697771f6d6f8", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/assets/trends-Q7FNMSND.js.br")) },
         ],
     },
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        sha256: "78d3e4d005c82590cddd972c256bc09e3b9eb39f9e67341c40f01ca725733049",
+        sha256: "390d323fcf46d0dccbf38bfb7df06875a8f40c90a406471c7e82ba433efa8d52",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html")),
         variants: &[
-            Variant { encoding: "gzip", sha256: "fdd2d9e82d8ef1ba8fc65efac06732e97f9aeaa94092818e70c61f811f6266e7", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
-            Variant { encoding: "br", sha256: "280d718f5a3aa25383d12523416d41c175bc61c7223249121491868e5a470574", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
+            Variant { encoding: "gzip", sha256: "3851c97ed58c3dd48589638430f92154c175cd301a24f9308ad1506bd68170bb", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.gz")) },
+            Variant { encoding: "br", sha256: "5e28424b2c48bb15d874cc480d14c0d072152f243995798ecaa3cc74f6ed306d", bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard-dist/index.html.br")) },
         ],
     },
 ];

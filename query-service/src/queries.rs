@@ -945,6 +945,18 @@ pub async fn run<'c>(
     statement: Statement,
     key: &PartKey,
 ) -> Result<Vec<u8>, sqlx::Error> {
+    async fn fetch<'c, R>(
+        executor: impl PgExecutor<'c>,
+        statement: Statement,
+        key: &PartKey,
+    ) -> Result<Vec<R>, sqlx::Error>
+    where
+        R: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        sqlx::query_as_with(sql(statement), arguments(key)?)
+            .fetch_all(executor)
+            .await
+    }
     async fn rows<'c, R>(
         executor: impl PgExecutor<'c>,
         statement: Statement,
@@ -953,9 +965,7 @@ pub async fn run<'c>(
     where
         R: Serialize + Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
-        let rows: Vec<R> = sqlx::query_as_with(sql(statement), arguments(key)?)
-            .fetch_all(executor)
-            .await?;
+        let rows: Vec<R> = fetch(executor, statement, key).await?;
         Ok(serde_json::to_vec(&PartAnswer {
             source: statement.source,
             window_seconds: key.window_seconds,
@@ -972,9 +982,7 @@ pub async fn run<'c>(
         Part::PodProcesses => rows::<PodProcessRow>(executor, statement, key).await,
         Part::ProcessHistory => rows::<ProcessHistoryRow>(executor, statement, key).await,
         Part::HostHistory => {
-            let rows: Vec<HostHistoryRow> = sqlx::query_as_with(sql(statement), arguments(key)?)
-                .fetch_all(executor)
-                .await?;
+            let rows: Vec<HostHistoryRow> = fetch(executor, statement, key).await?;
             Ok(serde_json::to_vec(&HostHistoryAnswer {
                 source: statement.source,
                 window_seconds: key.window_seconds,
