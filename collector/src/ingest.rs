@@ -3,7 +3,9 @@
 //! natural key, and `ON CONFLICT DO NOTHING` makes a replayed batch insert nothing twice.
 //! The process rows also bring each process's row of `host_process_latest` up to the
 //! batch's newest sample of it, in the same statement; an older or the same sample changes
-//! nothing there, so batches replayed in any order leave each process's newest sample.
+//! nothing there, so batches replayed in any order leave each process's newest sample. A
+//! replaced sample whose command line or name changed updates the process's search text in
+//! `host_process_texts`.
 //! Each table's part also runs alone, to find which table refuses a batch, and errors are
 //! classified as transient (wait and try again) or permanent (the rows themselves are
 //! refused).
@@ -77,6 +79,20 @@ const UPSERT_LATEST: &str = r#"
     disk_read_bytes = excluded.disk_read_bytes, disk_write_bytes = excluded.disk_write_bytes,
     threads = excluded.threads
   WHERE excluded."timestamp" > latest."timestamp"
+  RETURNING host, pid, start_time, process_search_text(command_line, process_name) AS text
+"#;
+
+/// The search texts of the processes whose latest sample [`UPSERT_LATEST`] (the `latest`
+/// part of the statement) replaced, into `host_process_texts` where the text differs: most
+/// samples bring the text the process had and write nothing there. Only a newer sample
+/// reaches it, so a replayed older one never brings an older text back.
+const UPSERT_TEXTS: &str = r#"
+  INSERT INTO host_process_texts AS texts (host, pid, start_time, search_text)
+  SELECT host, pid, start_time, text FROM latest
+  WHERE NOT EXISTS (SELECT 1 FROM host_process_texts AS kept
+                    WHERE (kept.host, kept.pid, kept.start_time, kept.search_text)
+                        = (latest.host, latest.pid, latest.start_time, latest.text))
+  ON CONFLICT (host, pid, start_time) DO UPDATE SET search_text = excluded.search_text
 "#;
 
 /// The rows of `vm_process_metrics`, from the arrays `$1` to `$20`.
@@ -109,7 +125,8 @@ fn shifted(insert: &str, offset: usize) -> String {
 /// part whether or not the query reads it.
 static INSERT_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH hosts AS ({}), processes AS ({}), latest AS ({}), vms AS ({})\n\
+        "WITH hosts AS ({}), processes AS ({}), latest AS ({}), texts AS ({UPSERT_TEXTS}), \
+         vms AS ({})\n\
          SELECT (SELECT count(*) FROM hosts), (SELECT count(*) FROM processes), \
          (SELECT count(*) FROM vms)",
         INSERT_HOSTS,
@@ -128,7 +145,8 @@ static INSERT_HOSTS_ALONE: LazyLock<String> = LazyLock::new(|| alone(INSERT_HOST
 /// The process rows alone bring the latest samples along, as in [`INSERT_BATCH`].
 static INSERT_PROCESSES_ALONE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH latest AS ({UPSERT_LATEST}), inserted AS ({INSERT_PROCESSES}) SELECT count(*) FROM inserted"
+        "WITH latest AS ({UPSERT_LATEST}), texts AS ({UPSERT_TEXTS}), \
+         inserted AS ({INSERT_PROCESSES}) SELECT count(*) FROM inserted"
     )
 });
 static INSERT_VMS_ALONE: LazyLock<String> = LazyLock::new(|| alone(INSERT_VMS));
@@ -280,16 +298,17 @@ pub enum Failure {
 /// Classifies a failed write by its SQLSTATE. Permanent: class 22 (data exception), 23
 /// (integrity constraint violation), 42 (syntax error or access rule violation: an
 /// undefined column, a datatype mismatch), 0A (feature not supported) and 54 (program limit
-/// exceeded). Two codes of class 42 say that the environment is not ready rather than that
+/// exceeded). Three codes of class 42 say that the environment is not ready rather than that
 /// the rows are wrong, and are transient like everything else: 42P01 (undefined table: the
-/// operator has not created the schema yet) and 42501 (insufficient privilege: a grant is
-/// pending). Connection errors, pool timeouts and the classes 08, 53, 57, 40 and 55 are
+/// operator has not created the schema yet), 42883 (undefined function: the statement is
+/// fixed and its values are bound as typed arrays, so only a migration still to run can
+/// lack one) and 42501 (insufficient privilege: a grant is pending). Connection errors, pool timeouts and the classes 08, 53, 57, 40 and 55 are
 /// transient.
 pub fn classify(error: &sqlx::Error) -> Failure {
     match error {
         sqlx::Error::Encode(_) => Failure::Permanent,
         sqlx::Error::Database(error) => match error.code().as_deref() {
-            Some("42P01" | "42501") => Failure::Transient,
+            Some("42P01" | "42883" | "42501") => Failure::Transient,
             Some(code)
                 if ["22", "23", "42", "0A", "54"]
                     .iter()

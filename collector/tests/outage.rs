@@ -476,8 +476,8 @@ async fn a_rotated_password_loses_no_sample_across_the_roll() {
             metricsstack_testkit::PASSWORD_LOGIN_ROLE
         ),
         format!("GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}"),
-        // The latest sample of each process is updated in place.
-        format!("GRANT UPDATE ON host_process_latest TO {role}"),
+        // The latest sample and the search text of each process are updated in place.
+        format!("GRANT UPDATE ON host_process_latest, host_process_texts TO {role}"),
     ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
             .execute(&pool)

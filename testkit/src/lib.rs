@@ -238,7 +238,8 @@ where
 /// Brings `host_process_latest` up to the rows a test or benchmark wrote into
 /// `host_process_metrics` with SQL rather than through the collector's ingest: each
 /// process's newest sample of the last 30 days (as migration 0003 fills it), replacing only
-/// an older one, as the ingest does.
+/// an older one, as the ingest does; then each process's search text from its latest
+/// sample (`host_process_texts`, as the ingest keeps it).
 pub async fn fill_latest_samples(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(FILL_LATEST_SAMPLES)
         .execute(pool)
@@ -263,5 +264,10 @@ ON CONFLICT (host, pid, start_time) DO UPDATE SET "timestamp" = excluded."timest
     memory_usage_mb = excluded.memory_usage_mb, virtual_memory_mb = excluded.virtual_memory_mb,
     disk_read_bytes = excluded.disk_read_bytes, disk_write_bytes = excluded.disk_write_bytes,
     threads = excluded.threads
-WHERE excluded."timestamp" > latest."timestamp"
+WHERE excluded."timestamp" > latest."timestamp";
+INSERT INTO host_process_texts AS texts (host, pid, start_time, search_text)
+SELECT host, pid, start_time, process_search_text(command_line, process_name)
+FROM host_process_latest
+ON CONFLICT (host, pid, start_time) DO UPDATE SET search_text = excluded.search_text
+WHERE texts.search_text <> excluded.search_text;
 "#;

@@ -108,6 +108,7 @@ pub async fn converge_measured(
     ensure_schema(pool, schema).await?;
     owner::claim(pool, schema, owner).await?;
     migrate(pool, schema).await?;
+    ensure_search_index(pool, schema).await?;
     let state = read_state(pool, schema).await?;
     let horizon = latest_horizon(desired, state.timescaledb_version.is_some());
     prune_latest(pool, schema, horizon).await?;
@@ -211,13 +212,17 @@ fn backfill_window(desired: &DesiredStorage, aggregate: &DesiredAggregate) -> i6
 }
 
 /// Deletes the rows of `host_process_latest` whose latest sample is older than `horizon`
-/// seconds ([`latest_horizon`]): processes no window can list any more. Run on every
-/// convergence, that is every drift check; it finds nothing to delete most of the time, by
-/// the table's time index.
+/// seconds ([`latest_horizon`]): processes no window can list any more; their search texts
+/// go with them. Run on every convergence, that is every drift check; it finds nothing to
+/// delete most of the time, by the table's time index.
 async fn prune_latest(pool: &PgPool, schema: &str, horizon: i64) -> Result<(), DatabaseError> {
-    let table = qualified(schema, "host_process_latest");
+    let latest = qualified(schema, "host_process_latest");
+    let texts = qualified(schema, "host_process_texts");
     let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM {table} WHERE \"timestamp\" < now() - $1::interval"
+        "WITH gone AS (DELETE FROM {latest} WHERE \"timestamp\" < now() - $1::interval \
+                       RETURNING host, pid, start_time) \
+         DELETE FROM {texts} AS texts USING gone \
+         WHERE (texts.host, texts.pid, texts.start_time) = (gone.host, gone.pid, gone.start_time)"
     )))
     .bind(interval(horizon))
     .execute(pool)
@@ -234,6 +239,54 @@ async fn prune_latest(pool: &PgPool, schema: &str, horizon: i64) -> Result<(), D
         );
     }
     Ok(())
+}
+
+/// The trigram index of the processes' search texts (`host_process_texts`).
+pub const SEARCH_INDEX: &str = "host_process_texts_search";
+
+/// Creates [`SEARCH_INDEX`] when pg_trgm is installed in the database (in any schema: its
+/// operator class is named with that schema) and the index is missing, so that a search
+/// few processes match reads the index rather than every process's text; returns whether
+/// the index exists. Without pg_trgm (`CREATE EXTENSION pg_trgm`, a trusted extension a
+/// database owner may create) the search still answers, reading every text. The table holds
+/// one row per process and gets the index once, waiting at most [`DDL_LOCK_TIMEOUT`] for
+/// its lock; every later convergence reads the catalog once and does nothing.
+pub async fn ensure_search_index(pool: &PgPool, schema: &str) -> Result<bool, DatabaseError> {
+    let (index, trigram_schema): (bool, Option<String>) = sqlx::query_as(
+        "SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL, \
+                (SELECT quote_ident(n.nspname) FROM pg_extension AS e \
+                 JOIN pg_namespace AS n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm')",
+    )
+    .bind(schema)
+    .bind(SEARCH_INDEX)
+    .fetch_one(pool)
+    .await
+    .map_err(DatabaseError::statement("looking up the search index"))?;
+    let Some(trigram_schema) = trigram_schema.filter(|_| !index) else {
+        return Ok(index);
+    };
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(DatabaseError::statement("starting a transaction"))?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(DDL_LOCK_TIMEOUT)
+        .execute(&mut *tx)
+        .await
+        .map_err(DatabaseError::statement("bounding the index's lock wait"))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE INDEX IF NOT EXISTS \"{SEARCH_INDEX}\" ON {} \
+         USING gin (search_text {trigram_schema}.gin_trgm_ops)",
+        qualified(schema, "host_process_texts")
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(DatabaseError::statement(format!("creating {SEARCH_INDEX}")))?;
+    tx.commit()
+        .await
+        .map_err(DatabaseError::statement(format!("creating {SEARCH_INDEX}")))?;
+    tracing::info!(schema, "created the trigram index of the process search");
+    Ok(true)
 }
 
 /// Creates the stack's schema if the database does not have it yet (and only then: a
