@@ -421,6 +421,63 @@ async fn on_postgresql_a_hosts_processes_and_the_search_answer_what_the_raw_rows
     stack.finish().await;
 }
 
+/// A collector on the new image while migration 0004 has not run yet (the operator rolls
+/// the pods and migrates independently): its batch is refused as transient, so it waits in
+/// the spool, and lands whole, search text included, once the migration has run.
+#[tokio::test]
+async fn a_batch_written_before_the_search_texts_migration_waits_and_then_lands() {
+    let db = TestDatabase::create().await;
+    let pool = db.pool(1).await;
+    let migrations = metricsstack_testkit::TempDir::new("migrations");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    for entry in std::fs::read_dir(&source).expect("the migrations") {
+        let path = entry.expect("an entry").path();
+        let name = path
+            .file_name()
+            .expect("a name")
+            .to_string_lossy()
+            .into_owned();
+        if name.as_str() < "0004" {
+            std::fs::copy(&path, migrations.path().join(&name)).expect("copied");
+        }
+    }
+    sqlx::migrate::Migrator::new(migrations.path())
+        .await
+        .expect("the older migrations")
+        .run(&pool)
+        .await
+        .expect("migrated up to 0003");
+
+    let now = Utc::now();
+    let row = process("node-a", 7, now - Duration::hours(1), now);
+    let error = ingest::insert(&pool, &batch(vec![row.clone()]))
+        .await
+        .expect_err("the statement needs migration 0004");
+    assert_eq!(
+        ingest::classify(&error),
+        ingest::Failure::Transient,
+        "{error}"
+    );
+
+    database::MIGRATOR.run(&pool).await.expect("migrated");
+    ingest::insert(&pool, &batch(vec![row]))
+        .await
+        .expect("written");
+    let key = RawSearch::from_query("q=app-7&window=1h")
+        .expect("parses")
+        .validate()
+        .expect("valid");
+    let statement = Statement {
+        part: Part::ProcessSearch,
+        source: Source::Raw,
+    };
+    let answer = queries::run(&pool, statement, &key)
+        .await
+        .expect("answered");
+    assert_eq!(answer_rows(&answer).as_array().map(Vec::len), Some(1));
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn on_postgresql_with_pg_trgm_the_search_reads_the_trigram_index() {
     let stack = postgres_stack().await;
