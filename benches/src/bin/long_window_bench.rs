@@ -1,6 +1,7 @@
 //! Uncached latency of the query service's long-window parts (top processes, host overall
-//! metrics, pods, a pod's processes) over a 30-day window, each statement run straight
-//! against the database (no HTTP, no answer cache), reported side by side as ratios:
+//! metrics, pods, a pod's processes, a process's history) over a 30-day window, each
+//! statement run straight against the database (no HTTP, no answer cache), reported side
+//! by side as ratios:
 //!
 //! 1. native PostgreSQL, which has no rollups: the hourly buckets computed from raw rows
 //!    (what the service runs there for long windows) against the raw statement of a short
@@ -21,8 +22,9 @@
 //!
 //! On native PostgreSQL it also times the parts that read raw samples over the 30 days: a
 //! host's processes and the process search from `host_process_latest` beside the raw
-//! statements they replaced (kept here as the baseline, their answers compared), and a
-//! followed process's history; then the collector's process insert with the latest-sample
+//! statements they replaced (kept here as the baseline, their answers compared), the
+//! search without and with the trigram index of `host_process_texts`, and a followed
+//! process's history; then the collector's process insert with the latest-sample
 //! upsert beside the same insert without it, in rows per second. A third of each host's
 //! processes are short-lived (a new one every hour), so that `host_process_latest` holds
 //! the processes of 30 days of churn, not just the long-running ones.
@@ -267,27 +269,32 @@ async fn seed(pool: &PgPool, rows: u64, hosts: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The four long-window parts over 30 days, as the dashboard asks for them (20 rows; the
-/// pods of every namespace; the processes of `pod-1`).
+/// The long-window parts over 30 days, as the dashboard asks for them (20 rows; the pods
+/// of every namespace; the processes of `pod-1`; the history of its `/app/worker-1`).
 fn keys() -> Vec<PartKey> {
     [
         Part::TopProcesses,
         Part::HostOverallMetrics,
         Part::VmMetrics,
         Part::PodProcesses,
+        Part::ProcessHistory,
     ]
     .into_iter()
-    .map(|part| PartKey {
-        part,
-        limit: matches!(part, Part::TopProcesses | Part::VmMetrics).then_some(20),
-        metric: (part == Part::TopProcesses).then_some(TopMetric::Cpu),
-        window_seconds: WINDOW_DAYS * 86_400,
-        host: None,
-        namespace: (part == Part::PodProcesses).then(|| "namespace-1".to_owned()),
-        search: None,
-        pod: (part == Part::PodProcesses).then(|| "pod-1".to_owned()),
-        container: None,
-        command: None,
+    .map(|part| {
+        let in_pod = matches!(part, Part::PodProcesses | Part::ProcessHistory);
+        let followed = part == Part::ProcessHistory;
+        PartKey {
+            part,
+            limit: matches!(part, Part::TopProcesses | Part::VmMetrics).then_some(20),
+            metric: (part == Part::TopProcesses).then_some(TopMetric::Cpu),
+            window_seconds: WINDOW_DAYS * 86_400,
+            host: None,
+            namespace: in_pod.then(|| "namespace-1".to_owned()),
+            search: None,
+            pod: in_pod.then(|| "pod-1".to_owned()),
+            container: followed.then(|| "main".to_owned()),
+            command: followed.then(|| "/app/worker-1".to_owned()),
+        }
     })
     .collect()
 }
@@ -357,7 +364,8 @@ enum Parameters<'a> {
     Search(Option<&'a str>, &'a str, i64),
 }
 
-/// Runs `sql` with `parameters` over 30 days; the rows' (host, pid, start time, time).
+/// Runs `sql` with `parameters` over 30 days, as the service does (a search planned for
+/// its text, [`queries::planned_per_run`]); the rows' (host, pid, start time, time).
 async fn run_raw(
     pool: &PgPool,
     sql: &'static str,
@@ -368,6 +376,7 @@ async fn run_raw(
     let query = match parameters {
         Parameters::HostProcesses(host, limit) => query.bind(host).bind(limit),
         Parameters::Search(host, text, limit) => query
+            .persistent(!queries::planned_per_run(Part::ProcessSearch))
             .bind(host)
             .bind(queries::like_pattern(text))
             .bind(limit),
@@ -386,17 +395,16 @@ async fn run_raw(
         .collect()
 }
 
+/// Rows of an answer: (host, pid, start time, time).
+type AnswerRows = Vec<(String, i32, DateTime<Utc>, DateTime<Utc>)>;
+
 /// p50 and p95 of `runs` runs of `sql` (after one warm-up run), and its rows.
 async fn time_raw(
     pool: &PgPool,
     sql: &'static str,
     parameters: Parameters<'_>,
     runs: usize,
-) -> anyhow::Result<(
-    Duration,
-    Duration,
-    Vec<(String, i32, DateTime<Utc>, DateTime<Utc>)>,
-)> {
+) -> anyhow::Result<(Duration, Duration, AnswerRows)> {
     let rows = run_raw(pool, sql, parameters).await?;
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -408,9 +416,16 @@ async fn time_raw(
     Ok((percentile(&samples, 0.5), percentile(&samples, 0.95), rows))
 }
 
+/// "p50 / p95" in milliseconds.
+fn p50_p95(p50: Duration, p95: Duration) -> String {
+    format!("{:.1} / {:.1}", ms(p50), ms(p95))
+}
+
 /// The parts that read raw samples over 30 days: a host's processes and the search from
 /// `host_process_latest` beside the raw statements they replaced (their answers must be the
-/// same; `baselines` false: the new statements alone), and a followed process's history.
+/// same; `baselines` false: the new statements alone), the search first without the
+/// trigram index (every process's text read) and then with it (pg_trgm installed as the
+/// operator would find it), and a followed process's history.
 async fn compare_raw_parts(pool: &PgPool, runs: usize, baselines: bool) -> anyhow::Result<()> {
     let (latest_rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM host_process_latest")
         .fetch_one(pool)
@@ -422,80 +437,96 @@ async fn compare_raw_parts(pool: &PgPool, runs: usize, baselines: bool) -> anyho
         "  {:<40} {:>20} {:>20} {:>14}",
         "part (30 days)", "latest p50/p95 ms", "raw p50/p95 ms", "raw/latest p95"
     );
-    let cases = [
-        (
-            "host processes, 20 rows",
-            Part::HostProcessMetrics,
-            Parameters::HostProcesses(None, 20),
-        ),
-        (
-            "host processes, 1000 rows",
-            Part::HostProcessMetrics,
-            Parameters::HostProcesses(None, 1000),
-        ),
-        (
-            "host processes of node-1, 1000 rows",
-            Part::HostProcessMetrics,
-            Parameters::HostProcesses(Some("node-1"), 1000),
-        ),
-        (
-            "search \"process-2\", 20 rows",
-            Part::ProcessSearch,
-            Parameters::Search(None, "process-2", 20),
-        ),
-        (
-            "search \"no-such-process\", 20 rows",
-            Part::ProcessSearch,
-            Parameters::Search(None, "no-such-process", 20),
-        ),
+    let host_processes = [
+        ("host processes, 20 rows", None, 20),
+        ("host processes, 1000 rows", None, 1000),
+        ("host processes of node-1, 1000 rows", Some("node-1"), 1000),
     ];
-    for (name, part, parameters) in cases {
-        let latest = queries::sql(Statement {
-            part,
-            source: Source::Raw,
-        });
-        let raw = match part {
-            Part::HostProcessMetrics => RAW_HOST_PROCESSES,
-            _ => RAW_PROCESS_SEARCH,
-        };
+    let latest = queries::sql(Statement {
+        part: Part::HostProcessMetrics,
+        source: Source::Raw,
+    });
+    for (name, host, limit) in host_processes {
+        let parameters = Parameters::HostProcesses(host, limit);
         let (p50, p95, new_rows) = time_raw(pool, latest, parameters, runs).await?;
         if !baselines {
-            println!(
-                "  {:<40} {:>20}",
-                name,
-                format!("{:.1} / {:.1}", ms(p50), ms(p95))
-            );
+            println!("  {name:<40} {:>20}", p50_p95(p50, p95));
             continue;
         }
-        let (raw50, raw95, raw_rows) = time_raw(pool, raw, parameters, runs).await?;
+        let (raw50, raw95, raw_rows) = time_raw(pool, RAW_HOST_PROCESSES, parameters, runs).await?;
         anyhow::ensure!(
             new_rows == raw_rows,
             "{name}: host_process_latest answers as the raw rows do"
         );
         println!(
-            "  {:<40} {:>20} {:>20} {:>14.1}",
-            name,
-            format!("{:.1} / {:.1}", ms(p50), ms(p95)),
-            format!("{:.1} / {:.1}", ms(raw50), ms(raw95)),
+            "  {name:<40} {:>20} {:>20} {:>14.1}",
+            p50_p95(p50, p95),
+            p50_p95(raw50, raw95),
             ms(raw95) / ms(p95)
         );
     }
-    let history = PartKey {
-        part: Part::ProcessHistory,
-        limit: None,
-        metric: None,
-        window_seconds: WINDOW_DAYS * 86_400,
-        host: None,
-        namespace: Some("namespace-1".to_owned()),
-        search: None,
-        pod: Some("pod-1".to_owned()),
-        container: Some("main".to_owned()),
-        command: Some("/app/worker-1".to_owned()),
-    };
-    let statement = Statement {
-        part: Part::ProcessHistory,
+
+    // Texts a third of the processes match, none matches (long and short: a trigram index
+    // serves three characters and more), and one match per host.
+    let searches = [
+        ("\"process-2\"", "process-2"),
+        ("\"no-such-process\"", "no-such-process"),
+        ("\"zq\"", "zq"),
+        ("\"process-7 \"", "process-7 "),
+    ];
+    let search = queries::sql(Statement {
+        part: Part::ProcessSearch,
         source: Source::Raw,
-    };
+    });
+    let mut without_index = Vec::new();
+    for (_, text) in searches {
+        without_index.push(time_raw(pool, search, Parameters::Search(None, text, 20), runs).await?);
+    }
+    sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        .execute(pool)
+        .await?;
+    anyhow::ensure!(
+        database::ensure_search_index(pool, "public").await?,
+        "the trigram index is created"
+    );
+    sqlx::raw_sql("ANALYZE host_process_texts")
+        .execute(pool)
+        .await?;
+    println!(
+        "\n  {:<40} {:>20} {:>20} {:>20} {:>10}",
+        "search (30 days, 20 rows)",
+        "trigram p50/p95 ms",
+        "no index p50/p95 ms",
+        "raw p50/p95 ms",
+        "rows"
+    );
+    for ((name, text), (plain50, plain95, plain_rows)) in searches.into_iter().zip(without_index) {
+        let parameters = Parameters::Search(None, text, 20);
+        let (p50, p95, rows) = time_raw(pool, search, parameters, runs).await?;
+        anyhow::ensure!(rows == plain_rows, "{name}: the index changes no answer");
+        let raw = if baselines {
+            let (raw50, raw95, raw_rows) =
+                time_raw(pool, RAW_PROCESS_SEARCH, parameters, runs).await?;
+            anyhow::ensure!(rows == raw_rows, "{name}: answered as the raw rows do");
+            p50_p95(raw50, raw95)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "  {name:<40} {:>20} {:>20} {raw:>20} {:>10}",
+            p50_p95(p50, p95),
+            p50_p95(plain50, plain95),
+            rows.len()
+        );
+    }
+    // The history of a pod's process (also among the long-window parts, which
+    // `--skip-baselines` leaves out).
+    let history = keys()
+        .into_iter()
+        .find(|key| key.part == Part::ProcessHistory)
+        .expect("the history is a long-window part");
+    // What the service runs without rollups: hourly buckets from the raw rows.
+    let statement = queries::statement(&history, queries::Aggregates::default());
     queries::run(pool, statement, &history).await?;
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -504,52 +535,12 @@ async fn compare_raw_parts(pool: &PgPool, runs: usize, baselines: bool) -> anyho
         samples.push(started.elapsed());
     }
     samples.sort();
-    if !baselines {
-        // Where the time goes, for the slowest statements.
-        let plans = [
-            (
-                queries::sql(Statement {
-                    part: Part::HostProcessMetrics,
-                    source: Source::Raw,
-                }),
-                vec![None, Some("1000")],
-            ),
-            (
-                queries::sql(Statement {
-                    part: Part::ProcessSearch,
-                    source: Source::Raw,
-                }),
-                vec![None, Some("%no-such-process%"), Some("20")],
-            ),
-            (
-                queries::sql(statement),
-                vec![
-                    Some("namespace-1"),
-                    Some("pod-1"),
-                    Some("main"),
-                    Some("7200"),
-                    Some("/app/worker-1"),
-                    Some("5000"),
-                ],
-            ),
-        ];
-        for (sql, parameters) in plans {
-            // Literal parameters, typed by the statement's casts where it has them.
-            let mut explain = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
-            for (i, value) in parameters.iter().enumerate().rev() {
-                let literal = value.map_or("NULL".to_owned(), |v| format!("'{v}'"));
-                explain = explain.replace(&format!("${}", i + 2), &literal);
-            }
-            explain = explain.replace("$1", &format!("'{}'", WINDOW_DAYS * 86_400));
-            let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
-                .fetch_all(pool)
-                .await?;
-            println!("{}", lines.join("\n"));
-        }
-    }
     println!(
         "  {:<40} {:>20}",
-        "process history (pod-1, worker-1)",
+        format!(
+            "process history (pod-1, worker-1), {}",
+            statement.source.as_str()
+        ),
         format!(
             "{:.1} / {:.1}",
             ms(percentile(&samples, 0.5)),
