@@ -659,6 +659,22 @@ GROUP BY container_id, container_name, host, pid, start_time, process_name, comm
 ORDER BY container_name, container_id, avg_cpu DESC, pid, start_time
 LIMIT $4"#;
 
+/// The averages of the shares of a container's requests and limits over hourly buckets of
+/// the pod process rollup, each weighed by the samples that had that request or limit
+/// (select-list lines ending in a comma).
+macro_rules! weighted_shares {
+    () => {
+        r#"       (sum(avg_cpu_limit_percent * limit_samples) / NULLIF(sum(limit_samples), 0))::float8
+           AS avg_cpu_limit_percent,
+       (sum(avg_cpu_request_percent * cpu_request_samples)
+           / NULLIF(sum(cpu_request_samples), 0))::float8 AS avg_cpu_request_percent,
+       (sum(avg_memory_limit_percent * memory_limit_samples)
+           / NULLIF(sum(memory_limit_samples), 0))::float8 AS avg_memory_limit_percent,
+       (sum(avg_memory_request_percent * memory_request_samples)
+           / NULLIF(sum(memory_request_samples), 0))::float8 AS avg_memory_request_percent,"#
+    };
+}
+
 /// A pod's processes over hourly buckets (`hourly`: the pod's rows of the window's buckets,
 /// per process, as `vm_process_metrics_hourly` holds them; parameters as
 /// [`POD_PROCESSES`]'s), the buckets' averages weighed by their samples.
@@ -672,14 +688,9 @@ macro_rules! pod_processes_hourly {
 SELECT container_id, container_name, host, pid, start_time, process_name, command_line,
        (sum(avg_cpu * samples) / sum(samples))::float8 AS avg_cpu,
        max(max_cpu)::float8 AS max_cpu,
-       (sum(avg_cpu_limit_percent * limit_samples) / NULLIF(sum(limit_samples), 0))::float8
-           AS avg_cpu_limit_percent,
-       (sum(avg_cpu_request_percent * cpu_request_samples)
-           / NULLIF(sum(cpu_request_samples), 0))::float8 AS avg_cpu_request_percent,
-       (sum(avg_memory_limit_percent * memory_limit_samples)
-           / NULLIF(sum(memory_limit_samples), 0))::float8 AS avg_memory_limit_percent,
-       (sum(avg_memory_request_percent * memory_request_samples)
-           / NULLIF(sum(memory_request_samples), 0))::float8 AS avg_memory_request_percent,
+"#,
+            weighted_shares!(),
+            r#"
        (sum(avg_memory_mb * samples) / sum(samples))::float8 AS avg_memory_mb,
        max(max_memory_mb)::float8 AS max_memory_mb, max(last_seen) AS last_seen,
        sum(samples)::int8 AS samples
@@ -770,21 +781,17 @@ const PROCESS_HISTORY_HOURLY_FROM_RAW: &str = process_history!(
 // The rollup's hourly buckets of the process merged into buckets of $5 seconds (whole
 // hours), their averages weighed by their samples (the limit and request shares by the
 // samples that had one).
-const PROCESS_HISTORY_FROM_AGGREGATE: &str = r#"
+const PROCESS_HISTORY_FROM_AGGREGATE: &str = concat!(
+    r#"
 SELECT date_bin(make_interval(secs => $5::float8), bucket, TIMESTAMPTZ 'epoch') AS "timestamp",
        host, container_id, pid, start_time,
        (sum(avg_cpu * samples) / sum(samples))::float8 AS avg_cpu,
        max(max_cpu)::float8 AS max_cpu,
        (sum(avg_memory_mb * samples) / sum(samples))::float8 AS avg_memory_mb,
        max(max_memory_mb)::float8 AS max_memory_mb,
-       (sum(avg_cpu_limit_percent * limit_samples) / NULLIF(sum(limit_samples), 0))::float8
-           AS avg_cpu_limit_percent,
-       (sum(avg_cpu_request_percent * cpu_request_samples)
-           / NULLIF(sum(cpu_request_samples), 0))::float8 AS avg_cpu_request_percent,
-       (sum(avg_memory_limit_percent * memory_limit_samples)
-           / NULLIF(sum(memory_limit_samples), 0))::float8 AS avg_memory_limit_percent,
-       (sum(avg_memory_request_percent * memory_request_samples)
-           / NULLIF(sum(memory_request_samples), 0))::float8 AS avg_memory_request_percent,
+"#,
+    weighted_shares!(),
+    r#"
        sum(samples)::int8 AS samples
 FROM vm_process_metrics_hourly
 WHERE bucket >= date_bin(make_interval(secs => $5::float8),
@@ -793,7 +800,8 @@ WHERE bucket >= date_bin(make_interval(secs => $5::float8),
   AND coalesce(command_line, process_name) = $6
 GROUP BY 1, host, container_id, pid, start_time
 ORDER BY 1, start_time, pid, host, container_id
-LIMIT $7"#;
+LIMIT $7"#
+);
 
 // Each node's samples in buckets of $3 seconds (whole multiples from the epoch), from the
 // bucket holding the window's start, so that every bucket is whole and the hourly sources
