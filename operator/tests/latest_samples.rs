@@ -520,6 +520,57 @@ async fn on_postgresql_with_pg_trgm_the_search_reads_the_trigram_index() {
     stack.finish().await;
 }
 
+/// The index is an optimisation: a convergence that cannot create it in time (writers hold
+/// the table) carries on without it, and a later one creates it.
+#[tokio::test]
+async fn a_search_index_that_cannot_be_created_now_fails_no_convergence_and_comes_later() {
+    let db = TestDatabase::create().await;
+    let schema = "metrics";
+    let pool = connect(&db.url(), schema).await;
+    converge(&pool, schema, "tests/latest", &storage(None), None)
+        .await
+        .expect("converges without pg_trgm");
+    assert!(
+        !database::ensure_search_index(&pool, schema)
+            .await
+            .expect("looked up"),
+        "no pg_trgm, no index"
+    );
+    sqlx::raw_sql("CREATE EXTENSION pg_trgm SCHEMA public")
+        .execute(&pool)
+        .await
+        .expect("pg_trgm is installed");
+    // A writer's lock, as a collector's open transaction holds it: the index's SHARE lock
+    // waits for it until the lock timeout.
+    let writers = db.pool(1).await;
+    let mut writing = writers.begin().await.expect("begin");
+    sqlx::raw_sql("LOCK TABLE metrics.host_process_texts IN ROW EXCLUSIVE MODE")
+        .execute(&mut *writing)
+        .await
+        .expect("locked");
+    converge(&pool, schema, "tests/latest", &storage(None), None)
+        .await
+        .expect("converges while the index waits");
+    assert!(
+        !database::ensure_search_index(&pool, schema)
+            .await
+            .expect("looked up"),
+        "the index waited for the lock and gave up"
+    );
+    writing.rollback().await.expect("released");
+    converge(&pool, schema, "tests/latest", &storage(None), None)
+        .await
+        .expect("converges");
+    let index: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("{schema}.{}", database::SEARCH_INDEX))
+        .fetch_one(&pool)
+        .await
+        .expect("looked up");
+    assert!(index, "the next convergence created the index");
+    writers.close().await;
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn on_timescaledb_a_hosts_processes_and_the_search_answer_what_the_raw_rows_did() {
     let stack = timescaledb_stack().await;

@@ -250,7 +250,10 @@ pub const SEARCH_INDEX: &str = "host_process_texts_search";
 /// the index exists. Without pg_trgm (`CREATE EXTENSION pg_trgm`, a trusted extension a
 /// database owner may create) the search still answers, reading every text. The table holds
 /// one row per process and gets the index once, waiting at most [`DDL_LOCK_TIMEOUT`] for
-/// its lock; every later convergence reads the catalog once and does nothing.
+/// its lock; every later convergence reads the catalog once and does nothing. The index is
+/// an optimisation: failing to create it (a lock held too long, no `USAGE` on pg_trgm's
+/// schema) is logged as a warning and tried again on the next convergence, and fails no
+/// convergence.
 pub async fn ensure_search_index(pool: &PgPool, schema: &str) -> Result<bool, DatabaseError> {
     let (index, trigram_schema): (bool, Option<String>) = sqlx::query_as(
         "SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL, \
@@ -265,28 +268,43 @@ pub async fn ensure_search_index(pool: &PgPool, schema: &str) -> Result<bool, Da
     let Some(trigram_schema) = trigram_schema.filter(|_| !index) else {
         return Ok(index);
     };
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(DatabaseError::statement("starting a transaction"))?;
+    match create_search_index(pool, schema, &trigram_schema).await {
+        Ok(()) => {
+            tracing::info!(schema, "created the trigram index of the process search");
+            Ok(true)
+        }
+        Err(error) => {
+            tracing::warn!(
+                schema,
+                %error,
+                "could not create the trigram index of the process search; searches read \
+                 every process's text until the next convergence creates it"
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// [`SEARCH_INDEX`] with pg_trgm's operator class from `trigram_schema` (quoted), waiting
+/// at most [`DDL_LOCK_TIMEOUT`] for the table's lock.
+async fn create_search_index(
+    pool: &PgPool,
+    schema: &str,
+    trigram_schema: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
     sqlx::query("SELECT set_config('lock_timeout', $1, true)")
         .bind(DDL_LOCK_TIMEOUT)
         .execute(&mut *tx)
-        .await
-        .map_err(DatabaseError::statement("bounding the index's lock wait"))?;
+        .await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE INDEX IF NOT EXISTS \"{SEARCH_INDEX}\" ON {} \
          USING gin (search_text {trigram_schema}.gin_trgm_ops)",
         qualified(schema, "host_process_texts")
     )))
     .execute(&mut *tx)
-    .await
-    .map_err(DatabaseError::statement(format!("creating {SEARCH_INDEX}")))?;
-    tx.commit()
-        .await
-        .map_err(DatabaseError::statement(format!("creating {SEARCH_INDEX}")))?;
-    tracing::info!(schema, "created the trigram index of the process search");
-    Ok(true)
+    .await?;
+    tx.commit().await
 }
 
 /// Creates the stack's schema if the database does not have it yet (and only then: a
