@@ -520,8 +520,78 @@ async fn on_postgresql_with_pg_trgm_the_search_reads_the_trigram_index() {
     stack.finish().await;
 }
 
-/// The index is an optimisation: a convergence that cannot create it in time (writers hold
-/// the table) carries on without it, and a later one creates it.
+/// Texts missing or outdated, as collectors of the previous release leave them during the
+/// rollout (they upsert the latest samples and write no text), are repaired by the
+/// convergences of the day after migration 0004, and only then.
+#[tokio::test]
+async fn processes_written_without_their_text_during_the_rollout_are_given_it() {
+    let stack = postgres_stack().await;
+    let pool = &stack.pool;
+    let now = Utc::now();
+    // What an older collector writes: the latest sample alone.
+    let older_collector = |pid: i32, line: &'static str| async move {
+        sqlx::query(
+            "INSERT INTO host_process_latest (\"timestamp\", host, pid, start_time, \
+                 process_name, command_line, cpu_usage_percent, cpu_peak_percent, \
+                 memory_usage_mb, virtual_memory_mb, disk_read_bytes, disk_write_bytes) \
+             VALUES (now(), 'node-a', $1, now() - interval '1 hour', 'app', $2, 1, 1, 1, 1, 0, 0) \
+             ON CONFLICT (host, pid, start_time) \
+             DO UPDATE SET command_line = excluded.command_line",
+        )
+        .bind(pid)
+        .bind(line)
+        .execute(pool)
+        .await
+        .expect("written")
+    };
+    let found = |text: &'static str| async move {
+        let key = RawSearch::from_query(&format!("q={text}&window=1d"))
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        let statement = Statement {
+            part: Part::ProcessSearch,
+            source: Source::Raw,
+        };
+        let answer = queries::run(pool, statement, &key).await.expect("answered");
+        answer_rows(&answer).as_array().map_or(0, Vec::len)
+    };
+    // A process the new collector wrote, whose command line an older one then changed.
+    ingest::insert(
+        pool,
+        &batch(vec![process("node-a", 8, now - Duration::hours(1), now)]),
+    )
+    .await
+    .expect("written");
+    older_collector(7, "/usr/bin/written-by-the-old-release").await;
+    older_collector(8, "/usr/bin/changed-by-the-old-release").await;
+    assert_eq!(found("written-by-the-old").await, 0, "no text yet");
+    assert_eq!(found("changed-by-the-old").await, 0, "the old text still");
+
+    converge(pool, &stack.schema, "tests/latest", &storage(None), None)
+        .await
+        .expect("converges");
+    assert_eq!(found("written-by-the-old").await, 1);
+    assert_eq!(found("changed-by-the-old").await, 1);
+
+    // A day after the migration, no collector of the previous release is left: the
+    // convergence reads neither table.
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET installed_on = now() - interval '25 hours' WHERE version = 4",
+    )
+    .execute(pool)
+    .await
+    .expect("aged");
+    older_collector(9, "/usr/bin/a-day-later").await;
+    converge(pool, &stack.schema, "tests/latest", &storage(None), None)
+        .await
+        .expect("converges");
+    assert_eq!(found("a-day-later").await, 0);
+    stack.finish().await;
+}
+
+/// The index is an optimisation: a convergence that cannot build it in time (a writer holds
+/// the table past the lock timeout) carries on without it, and a later one builds it.
 #[tokio::test]
 async fn a_search_index_that_cannot_be_created_now_fails_no_convergence_and_comes_later() {
     let db = TestDatabase::create().await;
@@ -561,12 +631,13 @@ async fn a_search_index_that_cannot_be_created_now_fails_no_convergence_and_come
     converge(&pool, schema, "tests/latest", &storage(None), None)
         .await
         .expect("converges");
-    let index: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(format!("{schema}.{}", database::SEARCH_INDEX))
-        .fetch_one(&pool)
-        .await
-        .expect("looked up");
-    assert!(index, "the next convergence created the index");
+    let valid: Option<bool> =
+        sqlx::query_scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)")
+            .bind(format!("{schema}.{}", database::SEARCH_INDEX))
+            .fetch_optional(&pool)
+            .await
+            .expect("looked up");
+    assert_eq!(valid, Some(true), "the next convergence built the index");
     writers.close().await;
     pool.close().await;
 }
