@@ -302,8 +302,8 @@ pub enum Failure {
 /// the rows are wrong, and are transient like everything else: 42P01 (undefined table: the
 /// operator has not created the schema yet), 42883 (undefined function: the statement is
 /// fixed and its values are bound as typed arrays, so only a migration still to run can
-/// lack one) and 42501 (insufficient privilege: a grant is pending). Connection errors, pool timeouts and the classes 08, 53, 57, 40 and 55 are
-/// transient.
+/// lack one) and 42501 (insufficient privilege: a grant is pending). Connection errors, pool
+/// timeouts and the classes 08, 53, 57, 40 and 55 are transient.
 pub fn classify(error: &sqlx::Error) -> Failure {
     match error {
         sqlx::Error::Encode(_) => Failure::Permanent,

@@ -9,7 +9,8 @@
 //! when they exist, else computed from raw rows with the same bucketing (`date_bin` on whole
 //! UTC hours). The window's start is then rounded down to the hour, so both sources cover the
 //! same rows. The latest samples of host processes (and the search among them) stay raw
-//! samples, whatever the window: each process's latest one, from `host_process_latest`.
+//! samples, whatever the window: each process's latest one, from `host_process_latest` (the
+//! search matches its text in `host_process_texts`).
 
 use std::time::Duration;
 
@@ -664,7 +665,8 @@ LIMIT $4"#;
 /// (select-list lines ending in a comma).
 macro_rules! weighted_shares {
     () => {
-        r#"       (sum(avg_cpu_limit_percent * limit_samples) / NULLIF(sum(limit_samples), 0))::float8
+        r#"
+       (sum(avg_cpu_limit_percent * limit_samples) / NULLIF(sum(limit_samples), 0))::float8
            AS avg_cpu_limit_percent,
        (sum(avg_cpu_request_percent * cpu_request_samples)
            / NULLIF(sum(cpu_request_samples), 0))::float8 AS avg_cpu_request_percent,
