@@ -597,9 +597,9 @@ async fn a_search_index_that_cannot_be_created_now_fails_no_convergence_and_come
     let db = TestDatabase::create().await;
     let schema = "metrics";
     let pool = connect(&db.url(), schema).await;
-    converge(&pool, schema, "tests/latest", &storage(None), None)
-        .await
-        .expect("converges without pg_trgm");
+    let desired = storage(None);
+    let converge_stack = || converge(&pool, schema, "tests/latest", &desired, None);
+    converge_stack().await.expect("converges without pg_trgm");
     assert!(
         !database::ensure_search_index(&pool, schema)
             .await
@@ -618,7 +618,7 @@ async fn a_search_index_that_cannot_be_created_now_fails_no_convergence_and_come
         .execute(&mut *writing)
         .await
         .expect("locked");
-    converge(&pool, schema, "tests/latest", &storage(None), None)
+    converge_stack()
         .await
         .expect("converges while the index waits");
     assert!(
@@ -628,9 +628,7 @@ async fn a_search_index_that_cannot_be_created_now_fails_no_convergence_and_come
         "the index waited for the lock and gave up"
     );
     writing.rollback().await.expect("released");
-    converge(&pool, schema, "tests/latest", &storage(None), None)
-        .await
-        .expect("converges");
+    converge_stack().await.expect("converges");
     let valid: Option<bool> =
         sqlx::query_scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)")
             .bind(format!("{schema}.{}", database::SEARCH_INDEX))
