@@ -311,6 +311,28 @@ fn answer_rows(answer: &[u8]) -> Value {
     answer["rows"].clone()
 }
 
+/// The search's statement.
+const SEARCH: Statement = Statement {
+    part: Part::ProcessSearch,
+    source: Source::Raw,
+};
+
+/// The search's key for a query string.
+fn search_key(query: &str) -> metricsstack_query_service::filters::PartKey {
+    RawSearch::from_query(query)
+        .expect("parses")
+        .validate()
+        .expect("valid")
+}
+
+/// How many processes the search answers for a query string.
+async fn found(pool: &PgPool, query: &str) -> usize {
+    let answer = queries::run(pool, SEARCH, &search_key(query))
+        .await
+        .expect("answered");
+    answer_rows(&answer).as_array().map_or(0, Vec::len)
+}
+
 async fn parts_answer_as_the_raw_statements(stack: &Stack) {
     let pool = &stack.pool;
     seed_month(pool).await;
@@ -398,17 +420,10 @@ async fn parts_answer_as_the_raw_statements(stack: &Stack) {
     ingest::insert(pool, &batch(vec![before]))
         .await
         .expect("replayed");
-    for (text, found) in [("before-exec", 0), ("after-exec", 1)] {
-        let key = RawSearch::from_query(&format!("q={text}&window=1h"))
-            .expect("parses")
-            .validate()
-            .expect("valid");
-        let answer = queries::run(pool, statement(Part::ProcessSearch), &key)
-            .await
-            .expect("answered");
+    for (text, expected) in [("before-exec", 0), ("after-exec", 1)] {
         assert_eq!(
-            answer_rows(&answer).as_array().map(Vec::len),
-            Some(found),
+            found(pool, &format!("q={text}&window=1h")).await,
+            expected,
             "{text}"
         );
     }
@@ -463,18 +478,7 @@ async fn a_batch_written_before_the_search_texts_migration_waits_and_then_lands(
     ingest::insert(&pool, &batch(vec![row]))
         .await
         .expect("written");
-    let key = RawSearch::from_query("q=app-7&window=1h")
-        .expect("parses")
-        .validate()
-        .expect("valid");
-    let statement = Statement {
-        part: Part::ProcessSearch,
-        source: Source::Raw,
-    };
-    let answer = queries::run(&pool, statement, &key)
-        .await
-        .expect("answered");
-    assert_eq!(answer_rows(&answer).as_array().map(Vec::len), Some(1));
+    assert_eq!(found(&pool, "q=app-7&window=1h").await, 1);
     pool.close().await;
 }
 
@@ -497,21 +501,10 @@ async fn on_postgresql_with_pg_trgm_the_search_reads_the_trigram_index() {
         .execute(pool)
         .await
         .expect("set");
-    let key = RawSearch::from_query("q=no-such-process&window=30d")
-        .expect("parses")
-        .validate()
-        .expect("valid");
-    let plan = queries::explain(
-        pool,
-        Statement {
-            part: Part::ProcessSearch,
-            source: Source::Raw,
-        },
-        &key,
-    )
-    .await
-    .expect("explained")
-    .to_string();
+    let plan = queries::explain(pool, SEARCH, &search_key("q=no-such-process&window=30d"))
+        .await
+        .expect("explained")
+        .to_string();
     sqlx::raw_sql("RESET enable_seqscan; RESET enable_indexscan")
         .execute(pool)
         .await
@@ -544,18 +537,6 @@ async fn processes_written_without_their_text_during_the_rollout_are_given_it() 
         .await
         .expect("written")
     };
-    let found = |text: &'static str| async move {
-        let key = RawSearch::from_query(&format!("q={text}&window=1d"))
-            .expect("parses")
-            .validate()
-            .expect("valid");
-        let statement = Statement {
-            part: Part::ProcessSearch,
-            source: Source::Raw,
-        };
-        let answer = queries::run(pool, statement, &key).await.expect("answered");
-        answer_rows(&answer).as_array().map_or(0, Vec::len)
-    };
     // A process the new collector wrote, whose command line an older one then changed.
     ingest::insert(
         pool,
@@ -565,14 +546,22 @@ async fn processes_written_without_their_text_during_the_rollout_are_given_it() 
     .expect("written");
     older_collector(7, "/usr/bin/written-by-the-old-release").await;
     older_collector(8, "/usr/bin/changed-by-the-old-release").await;
-    assert_eq!(found("written-by-the-old").await, 0, "no text yet");
-    assert_eq!(found("changed-by-the-old").await, 0, "the old text still");
+    assert_eq!(
+        found(pool, "q=written-by-the-old&window=1d").await,
+        0,
+        "no text yet"
+    );
+    assert_eq!(
+        found(pool, "q=changed-by-the-old&window=1d").await,
+        0,
+        "the old text still"
+    );
 
     converge(pool, &stack.schema, "tests/latest", &storage(None), None)
         .await
         .expect("converges");
-    assert_eq!(found("written-by-the-old").await, 1);
-    assert_eq!(found("changed-by-the-old").await, 1);
+    assert_eq!(found(pool, "q=written-by-the-old&window=1d").await, 1);
+    assert_eq!(found(pool, "q=changed-by-the-old&window=1d").await, 1);
 
     // A day after the migration, no collector of the previous release is left: the
     // convergence reads neither table.
@@ -586,7 +575,7 @@ async fn processes_written_without_their_text_during_the_rollout_are_given_it() 
     converge(pool, &stack.schema, "tests/latest", &storage(None), None)
         .await
         .expect("converges");
-    assert_eq!(found("a-day-later").await, 0);
+    assert_eq!(found(pool, "q=a-day-later&window=1d").await, 0);
     stack.finish().await;
 }
 
