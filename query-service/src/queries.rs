@@ -359,17 +359,18 @@ pub fn served_bucket_seconds(window_seconds: u32) -> u32 {
     }
 }
 
-/// The answer of the nodes' history: a [`PartAnswer`] with the buckets' length.
+/// The answer of a history (the nodes' or a process's): a [`PartAnswer`] with the buckets'
+/// length.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct HostHistoryAnswer {
+pub struct HistoryAnswer<R> {
     /// Where the rows came from.
     pub source: Source,
     /// The window, in seconds.
     pub window_seconds: u32,
     /// The length of one bucket, in seconds.
     pub bucket_seconds: u32,
-    /// The rows, by host and then bucket.
-    pub rows: Vec<HostHistoryRow>,
+    /// The rows, in the history's order.
+    pub rows: Vec<R>,
 }
 
 /// The answer of one part: where its rows came from and the rows.
@@ -1050,6 +1051,23 @@ pub async fn run<'c>(
         })
         .expect("rows serialise"))
     }
+    async fn history<'c, R>(
+        executor: impl PgExecutor<'c>,
+        statement: Statement,
+        key: &PartKey,
+    ) -> Result<Vec<u8>, sqlx::Error>
+    where
+        R: Serialize + Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        let rows: Vec<R> = fetch(executor, statement, key).await?;
+        Ok(serde_json::to_vec(&HistoryAnswer {
+            source: statement.source,
+            window_seconds: key.window_seconds,
+            bucket_seconds: served_bucket_seconds(key.window_seconds),
+            rows,
+        })
+        .expect("rows serialise"))
+    }
     match statement.part {
         Part::HostProcessMetrics => rows::<HostProcessRow>(executor, statement, key).await,
         Part::HostOverallMetrics => rows::<HostOverallRow>(executor, statement, key).await,
@@ -1057,17 +1075,8 @@ pub async fn run<'c>(
         Part::VmMetrics => rows::<VmRow>(executor, statement, key).await,
         Part::ProcessSearch => rows::<ProcessMatchRow>(executor, statement, key).await,
         Part::PodProcesses => rows::<PodProcessRow>(executor, statement, key).await,
-        Part::ProcessHistory => rows::<ProcessHistoryRow>(executor, statement, key).await,
-        Part::HostHistory => {
-            let rows: Vec<HostHistoryRow> = fetch(executor, statement, key).await?;
-            Ok(serde_json::to_vec(&HostHistoryAnswer {
-                source: statement.source,
-                window_seconds: key.window_seconds,
-                bucket_seconds: served_bucket_seconds(key.window_seconds),
-                rows,
-            })
-            .expect("rows serialise"))
-        }
+        Part::ProcessHistory => history::<ProcessHistoryRow>(executor, statement, key).await,
+        Part::HostHistory => history::<HostHistoryRow>(executor, statement, key).await,
     }
 }
 

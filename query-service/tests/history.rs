@@ -73,6 +73,7 @@ async fn a_process_is_followed_by_its_command_across_a_restart_with_both_incarna
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["window_seconds"], 3600);
     assert_eq!(answer["source"], "raw");
+    assert_eq!(answer["bucket_seconds"], 10);
     let rows = answer["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 20 + 25, "{answer}");
     let incarnation = |row: &Value| {
@@ -121,6 +122,7 @@ async fn a_process_is_followed_by_its_command_across_a_restart_with_both_incarna
     assert_eq!(status, StatusCode::OK, "{month}");
     // PostgreSQL has no rollup: the hourly buckets are computed from the raw rows.
     assert_eq!(month["source"], "hourly_from_raw");
+    assert_eq!(month["bucket_seconds"], 7200);
     let rows = month["rows"].as_array().expect("rows");
     assert_eq!(rows[0]["pid"], 90, "{month}");
     let samples: i64 = rows
