@@ -376,6 +376,10 @@ async fn parts_answer_as_the_raw_statements(stack: &Stack) {
         "q=axb&window=30d",
         "q=kworker&window=30d&host=node-a",
         "q=no-such-process&window=30d",
+        // Two characters, which no trigram serves: `_` is itself there too.
+        "q=p-&window=30d&limit=100",
+        "q=_b&window=30d",
+        "q=zq&window=30d",
     ] {
         let key = RawSearch::from_query(query)
             .expect("parses")

@@ -631,7 +631,10 @@ const VM_METRICS_HOURLY_FROM_RAW: &str = vm_metrics_hourly!(
 // reads the CPU index until the limit, and one that few match reads the texts' trigram
 // index (where pg_trgm is installed, else the texts alone) and then those processes. Which
 // of the two depends on the text, so the statement is planned for each search
-// ([`planned_per_run`]).
+// ([`planned_per_run`]), its parameters folded in. A text of one or two characters ($5,
+// as given) has no trigram: the index would be read whole, slower than the texts (111 ms
+// against 31 ms p95 at 144,400 processes under load), so it is matched with `strpos`,
+// which no index serves, and the texts are read.
 const PROCESS_SEARCH: &str = r#"
 SELECT "timestamp", latest.host, latest.pid, latest.start_time, process_name, command_line,
        username, cpu_usage_percent::float8 AS cpu_usage_percent,
@@ -640,7 +643,8 @@ FROM host_process_latest AS latest
 JOIN host_process_texts AS texts USING (host, pid, start_time)
 WHERE "timestamp" >= now() - make_interval(secs => $1::float8)
   AND ($2::text IS NULL OR latest.host = $2)
-  AND texts.search_text LIKE lower($3) ESCAPE '\'
+  AND CASE WHEN char_length($5::text) >= 3 THEN texts.search_text LIKE lower($3) ESCAPE '\'
+           ELSE strpos(texts.search_text, lower($5::text)) > 0 END
 ORDER BY latest.cpu_usage_percent DESC, latest.host, latest.pid, latest.start_time
 LIMIT $4"#;
 
@@ -990,9 +994,11 @@ fn arguments(key: &PartKey) -> Result<PgArguments, sqlx::Error> {
             add(arguments.add(limit))?;
         }
         Part::ProcessSearch => {
+            let text = key.search.as_deref().unwrap_or_default();
             add(arguments.add(host))?;
-            add(arguments.add(like_pattern(key.search.as_deref().unwrap_or_default())))?;
+            add(arguments.add(like_pattern(text)))?;
             add(arguments.add(limit))?;
+            add(arguments.add(text))?;
         }
         Part::PodProcesses => {
             add(arguments.add(key.namespace.as_deref()))?;

@@ -375,11 +375,19 @@ async fn run_raw(
     let query = sqlx::query(sql).bind(window);
     let query = match parameters {
         Parameters::HostProcesses(host, limit) => query.bind(host).bind(limit),
-        Parameters::Search(host, text, limit) => query
-            .persistent(!queries::planned_per_run(Part::ProcessSearch))
-            .bind(host)
-            .bind(queries::like_pattern(text))
-            .bind(limit),
+        Parameters::Search(host, text, limit) => {
+            let query = query
+                .persistent(!queries::planned_per_run(Part::ProcessSearch))
+                .bind(host)
+                .bind(queries::like_pattern(text))
+                .bind(limit);
+            // The service's statement also takes the text as given; the old one does not.
+            if sql == RAW_PROCESS_SEARCH {
+                query
+            } else {
+                query.bind(text)
+            }
+        }
     };
     let rows = query.fetch_all(pool).await?;
     use sqlx::Row as _;
