@@ -219,20 +219,22 @@ fn backfill_window(desired: &DesiredStorage, aggregate: &DesiredAggregate) -> i6
 async fn prune_latest(pool: &PgPool, schema: &str, horizon: i64) -> Result<(), DatabaseError> {
     let latest = qualified(schema, "host_process_latest");
     let texts = qualified(schema, "host_process_texts");
-    let deleted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "WITH gone AS (DELETE FROM {latest} WHERE \"timestamp\" < now() - $1::interval \
-                       RETURNING host, pid, start_time), \
-              texts AS (DELETE FROM {texts} AS texts USING gone \
+    // The texts of the same rows (one snapshot for both parts); the statement's own rows are
+    // the processes deleted.
+    let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH texts AS (DELETE FROM {texts} AS texts USING {latest} AS latest \
                         WHERE (texts.host, texts.pid, texts.start_time) \
-                            = (gone.host, gone.pid, gone.start_time)) \
-         SELECT count(*) FROM gone"
+                            = (latest.host, latest.pid, latest.start_time) \
+                          AND latest.\"timestamp\" < now() - $1::interval) \
+         DELETE FROM {latest} WHERE \"timestamp\" < now() - $1::interval"
     )))
     .bind(interval(horizon))
-    .fetch_one(pool)
+    .execute(pool)
     .await
     .map_err(DatabaseError::statement(
         "pruning the latest process samples",
-    ))?;
+    ))?
+    .rows_affected();
     if deleted > 0 {
         tracing::info!(
             deleted,
