@@ -1043,6 +1043,7 @@ pub async fn run<'c>(
             .fetch_all(executor)
             .await
     }
+    /// The rows as the part's answer: a history's with its buckets' length.
     async fn rows<'c, R>(
         executor: impl PgExecutor<'c>,
         statement: Statement,
@@ -1052,29 +1053,22 @@ pub async fn run<'c>(
         R: Serialize + Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
         let rows: Vec<R> = fetch(executor, statement, key).await?;
-        Ok(serde_json::to_vec(&PartAnswer {
-            source: statement.source,
-            window_seconds: key.window_seconds,
-            rows,
-        })
-        .expect("rows serialise"))
-    }
-    async fn history<'c, R>(
-        executor: impl PgExecutor<'c>,
-        statement: Statement,
-        key: &PartKey,
-    ) -> Result<Vec<u8>, sqlx::Error>
-    where
-        R: Serialize + Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
-    {
-        let rows: Vec<R> = fetch(executor, statement, key).await?;
-        Ok(serde_json::to_vec(&HistoryAnswer {
-            source: statement.source,
-            window_seconds: key.window_seconds,
-            bucket_seconds: served_bucket_seconds(key.window_seconds),
-            rows,
-        })
-        .expect("rows serialise"))
+        let (source, window_seconds) = (statement.source, key.window_seconds);
+        let answer = if matches!(statement.part, Part::ProcessHistory | Part::HostHistory) {
+            serde_json::to_vec(&HistoryAnswer {
+                source,
+                window_seconds,
+                bucket_seconds: served_bucket_seconds(window_seconds),
+                rows,
+            })
+        } else {
+            serde_json::to_vec(&PartAnswer {
+                source,
+                window_seconds,
+                rows,
+            })
+        };
+        Ok(answer.expect("rows serialise"))
     }
     match statement.part {
         Part::HostProcessMetrics => rows::<HostProcessRow>(executor, statement, key).await,
@@ -1083,8 +1077,8 @@ pub async fn run<'c>(
         Part::VmMetrics => rows::<VmRow>(executor, statement, key).await,
         Part::ProcessSearch => rows::<ProcessMatchRow>(executor, statement, key).await,
         Part::PodProcesses => rows::<PodProcessRow>(executor, statement, key).await,
-        Part::ProcessHistory => history::<ProcessHistoryRow>(executor, statement, key).await,
-        Part::HostHistory => history::<HostHistoryRow>(executor, statement, key).await,
+        Part::ProcessHistory => rows::<ProcessHistoryRow>(executor, statement, key).await,
+        Part::HostHistory => rows::<HostHistoryRow>(executor, statement, key).await,
     }
 }
 
