@@ -2,7 +2,7 @@
 //! it is allowed to run. Identifiers come from validated settings and are quoted; values are
 //! bound as parameters.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::DatabaseError;
 use super::desired::{DesiredRefresh, rollup};
@@ -32,6 +32,22 @@ pub const DDL_LOCK_TIMEOUT: &str = "5s";
 /// beyond this the plan fails and says so rather than holding locks for hours.
 pub const DDL_STATEMENT_TIMEOUT: &str = "10min";
 
+/// A transaction for DDL: each statement waits at most [`DDL_LOCK_TIMEOUT`] for a lock and
+/// runs at most [`DDL_STATEMENT_TIMEOUT`] (both local to the transaction).
+pub(super) async fn begin_ddl(
+    pool: &PgPool,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+    )
+    .bind(DDL_LOCK_TIMEOUT)
+    .bind(DDL_STATEMENT_TIMEOUT)
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
+}
+
 /// Runs `steps` in one transaction: all of them or, on an error, none; each statement
 /// waits at most [`DDL_LOCK_TIMEOUT`] for a lock and runs at most
 /// [`DDL_STATEMENT_TIMEOUT`] (both local to the transaction).
@@ -41,18 +57,9 @@ pub async fn apply_steps(
     state: &DatabaseState,
     steps: &[Step],
 ) -> Result<(), DatabaseError> {
-    let mut tx = pool
-        .begin()
+    let mut tx = begin_ddl(pool)
         .await
-        .map_err(DatabaseError::statement("starting a transaction"))?;
-    sqlx::query(
-        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
-    )
-    .bind(DDL_LOCK_TIMEOUT)
-    .bind(DDL_STATEMENT_TIMEOUT)
-    .execute(&mut *tx)
-    .await
-    .map_err(DatabaseError::statement("bounding the plan's lock waits"))?;
+        .map_err(DatabaseError::statement("starting the plan's transaction"))?;
     for step in steps {
         run(&mut tx, schema, state, step)
             .await

@@ -339,14 +339,7 @@ async fn create_search_index(
     schema: &str,
     trigram_schema: &str,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
-    )
-    .bind(DDL_LOCK_TIMEOUT)
-    .bind(DDL_STATEMENT_TIMEOUT)
-    .execute(&mut *tx)
-    .await?;
+    let mut tx = apply::begin_ddl(pool).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE INDEX IF NOT EXISTS \"{SEARCH_INDEX}\" ON {} \
          USING gin (search_text {trigram_schema}.gin_trgm_ops)",
