@@ -747,6 +747,20 @@ const POD_PROCESSES_HOURLY_FROM_RAW: &str = pod_processes_hourly!(
              container_id, container_name, host, pid, start_time, process_name, command_line"#
 );
 
+/// The end of a process's history statement: the followed process ($2 to $4 its pod and
+/// container, $6 its command line as recorded, else its name), one row per bucket and
+/// incarnation in the history's order, at most $7.
+macro_rules! followed_process {
+    () => {
+        r#"
+  AND pod_namespace = $2 AND pod_name = $3 AND container_name = $4
+  AND coalesce(command_line, process_name) = $6
+GROUP BY 1, host, container_id, pid, start_time
+ORDER BY 1, start_time, pid, host, container_id
+LIMIT $7"#
+    };
+}
+
 // A process followed by its pod, container name and command (the command line as recorded,
 // else the process name) rather than by pid, in buckets of $5 seconds (whole multiples from
 // the epoch), one row per incarnation and bucket. Found by the
@@ -768,12 +782,7 @@ SELECT date_bin(make_interval(secs => $5::float8), "timestamp", TIMESTAMPTZ 'epo
 FROM vm_process_metrics
 WHERE "timestamp" >= "#,
             $since,
-            r#"
-  AND pod_namespace = $2 AND pod_name = $3 AND container_name = $4
-  AND coalesce(command_line, process_name) = $6
-GROUP BY 1, host, container_id, pid, start_time
-ORDER BY 1, start_time, pid, host, container_id
-LIMIT $7"#
+            followed_process!()
         )
     };
 }
@@ -804,12 +813,8 @@ SELECT date_bin(make_interval(secs => $5::float8), bucket, TIMESTAMPTZ 'epoch') 
        sum(samples)::int8 AS samples
 FROM vm_process_metrics_hourly
 WHERE bucket >= date_bin(make_interval(secs => $5::float8),
-                         now() - make_interval(secs => $1::float8), TIMESTAMPTZ 'epoch')
-  AND pod_namespace = $2 AND pod_name = $3 AND container_name = $4
-  AND coalesce(command_line, process_name) = $6
-GROUP BY 1, host, container_id, pid, start_time
-ORDER BY 1, start_time, pid, host, container_id
-LIMIT $7"#
+                         now() - make_interval(secs => $1::float8), TIMESTAMPTZ 'epoch')"#,
+    followed_process!()
 );
 
 // Each node's samples in buckets of $3 seconds (whole multiples from the epoch), from the
@@ -1024,6 +1029,16 @@ fn arguments(key: &PartKey) -> Result<PgArguments, sqlx::Error> {
     Ok(arguments)
 }
 
+/// `statement` for `key` as the service runs it: its SQL, its parameters bound, and
+/// prepared once or planned for each run ([`planned_per_run`]).
+pub fn prepared(
+    statement: Statement,
+    key: &PartKey,
+) -> Result<sqlx::query::Query<'static, sqlx::Postgres, PgArguments>, sqlx::Error> {
+    Ok(sqlx::query_with(sql(statement), arguments(key)?)
+        .persistent(!planned_per_run(statement.part)))
+}
+
 /// Runs `statement` for `key` and serialises its answer as JSON.
 pub async fn run<'c>(
     executor: impl PgExecutor<'c>,
@@ -1038,10 +1053,8 @@ pub async fn run<'c>(
     where
         R: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
-        sqlx::query_as_with(sql(statement), arguments(key)?)
-            .persistent(!planned_per_run(statement.part))
-            .fetch_all(executor)
-            .await
+        let rows = prepared(statement, key)?.fetch_all(executor).await?;
+        rows.iter().map(R::from_row).collect()
     }
     /// The rows as the part's answer: a history's with its buckets' length.
     async fn rows<'c, R>(

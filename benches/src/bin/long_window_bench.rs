@@ -355,7 +355,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// One timed statement: its SQL and parameters (the window in seconds first).
+/// One timed statement's parameters over 30 days.
 #[derive(Clone, Copy)]
 enum Parameters<'a> {
     /// A host's processes: host, limit.
@@ -364,29 +364,63 @@ enum Parameters<'a> {
     Search(Option<&'a str>, &'a str, i64),
 }
 
-/// Runs `sql` with `parameters` over 30 days, as the service does (a search planned for
-/// its text, [`queries::planned_per_run`]); the rows' (host, pid, start time, time).
+impl Parameters<'_> {
+    /// The service's key of the part.
+    fn key(self) -> PartKey {
+        let (part, host, search, limit) = match self {
+            Parameters::HostProcesses(host, limit) => (Part::HostProcessMetrics, host, None, limit),
+            Parameters::Search(host, text, limit) => (Part::ProcessSearch, host, Some(text), limit),
+        };
+        PartKey {
+            part,
+            limit: Some(u32::try_from(limit).expect("a limit")),
+            metric: None,
+            window_seconds: WINDOW_DAYS * 86_400,
+            host: host.map(str::to_owned),
+            namespace: None,
+            search: search.map(str::to_owned),
+            pod: None,
+            container: None,
+            command: None,
+        }
+    }
+}
+
+/// Which statement a timed run runs: the service's, or the raw statement it replaced.
+#[derive(Clone, Copy)]
+enum Runs {
+    Service,
+    Baseline(&'static str),
+}
+
+/// Rows of an answer: (host, pid, start time, time).
+type AnswerRows = Vec<(String, i32, DateTime<Utc>, DateTime<Utc>)>;
+
+/// Runs the statement with `parameters` (the service's as it runs it, or a baseline with
+/// the window, host, pattern and limit bound); the rows' (host, pid, start time, time).
 async fn run_raw(
     pool: &PgPool,
-    sql: &'static str,
+    runs: Runs,
     parameters: Parameters<'_>,
-) -> anyhow::Result<Vec<(String, i32, DateTime<Utc>, DateTime<Utc>)>> {
-    let window = f64::from(WINDOW_DAYS * 86_400);
-    let query = sqlx::query(sql).bind(window);
-    let query = match parameters {
-        Parameters::HostProcesses(host, limit) => query.bind(host).bind(limit),
-        Parameters::Search(host, text, limit) => {
-            let query = query
-                .persistent(!queries::planned_per_run(Part::ProcessSearch))
-                .bind(host)
-                .bind(queries::like_pattern(text))
-                .bind(limit);
-            // The service's statement also takes the text as given; the old one does not.
-            if sql == RAW_PROCESS_SEARCH {
-                query
-            } else {
-                query.bind(text)
+) -> anyhow::Result<AnswerRows> {
+    let key = parameters.key();
+    let query = match runs {
+        Runs::Service => {
+            let statement = Statement {
+                part: key.part,
+                source: Source::Raw,
+            };
+            queries::prepared(statement, &key)?
+        }
+        Runs::Baseline(sql) => {
+            let query = sqlx::query(sql)
+                .bind(f64::from(key.window_seconds))
+                .bind(key.host.clone());
+            match key.search.as_deref() {
+                Some(text) => query.bind(queries::like_pattern(text)),
+                None => query,
             }
+            .bind(i64::from(key.limit.expect("a limit")))
         }
     };
     let rows = query.fetch_all(pool).await?;
@@ -403,21 +437,18 @@ async fn run_raw(
         .collect()
 }
 
-/// Rows of an answer: (host, pid, start time, time).
-type AnswerRows = Vec<(String, i32, DateTime<Utc>, DateTime<Utc>)>;
-
-/// p50 and p95 of `runs` runs of `sql` (after one warm-up run), and its rows.
+/// p50 and p95 of `runs` runs of the statement (after one warm-up run), and its rows.
 async fn time_raw(
     pool: &PgPool,
-    sql: &'static str,
+    statement: Runs,
     parameters: Parameters<'_>,
     runs: usize,
 ) -> anyhow::Result<(Duration, Duration, AnswerRows)> {
-    let rows = run_raw(pool, sql, parameters).await?;
+    let rows = run_raw(pool, statement, parameters).await?;
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         let started = Instant::now();
-        run_raw(pool, sql, parameters).await?;
+        run_raw(pool, statement, parameters).await?;
         samples.push(started.elapsed());
     }
     samples.sort();
@@ -450,18 +481,15 @@ async fn compare_raw_parts(pool: &PgPool, runs: usize, baselines: bool) -> anyho
         ("host processes, 1000 rows", None, 1000),
         ("host processes of node-1, 1000 rows", Some("node-1"), 1000),
     ];
-    let latest = queries::sql(Statement {
-        part: Part::HostProcessMetrics,
-        source: Source::Raw,
-    });
     for (name, host, limit) in host_processes {
         let parameters = Parameters::HostProcesses(host, limit);
-        let (p50, p95, new_rows) = time_raw(pool, latest, parameters, runs).await?;
+        let (p50, p95, new_rows) = time_raw(pool, Runs::Service, parameters, runs).await?;
         if !baselines {
             println!("  {name:<40} {:>20}", p50_p95(p50, p95));
             continue;
         }
-        let (raw50, raw95, raw_rows) = time_raw(pool, RAW_HOST_PROCESSES, parameters, runs).await?;
+        let (raw50, raw95, raw_rows) =
+            time_raw(pool, Runs::Baseline(RAW_HOST_PROCESSES), parameters, runs).await?;
         anyhow::ensure!(
             new_rows == raw_rows,
             "{name}: host_process_latest answers as the raw rows do"
@@ -482,13 +510,17 @@ async fn compare_raw_parts(pool: &PgPool, runs: usize, baselines: bool) -> anyho
         ("\"zq\"", "zq"),
         ("\"process-7 \"", "process-7 "),
     ];
-    let search = queries::sql(Statement {
-        part: Part::ProcessSearch,
-        source: Source::Raw,
-    });
     let mut without_index = Vec::new();
     for (_, text) in searches {
-        without_index.push(time_raw(pool, search, Parameters::Search(None, text, 20), runs).await?);
+        without_index.push(
+            time_raw(
+                pool,
+                Runs::Service,
+                Parameters::Search(None, text, 20),
+                runs,
+            )
+            .await?,
+        );
     }
     sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         .execute(pool)
@@ -510,11 +542,11 @@ async fn compare_raw_parts(pool: &PgPool, runs: usize, baselines: bool) -> anyho
     );
     for ((name, text), (plain50, plain95, plain_rows)) in searches.into_iter().zip(without_index) {
         let parameters = Parameters::Search(None, text, 20);
-        let (p50, p95, rows) = time_raw(pool, search, parameters, runs).await?;
+        let (p50, p95, rows) = time_raw(pool, Runs::Service, parameters, runs).await?;
         anyhow::ensure!(rows == plain_rows, "{name}: the index changes no answer");
         let raw = if baselines {
             let (raw50, raw95, raw_rows) =
-                time_raw(pool, RAW_PROCESS_SEARCH, parameters, runs).await?;
+                time_raw(pool, Runs::Baseline(RAW_PROCESS_SEARCH), parameters, runs).await?;
             anyhow::ensure!(rows == raw_rows, "{name}: answered as the raw rows do");
             p50_p95(raw50, raw95)
         } else {
